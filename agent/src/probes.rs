@@ -1,0 +1,175 @@
+//! Kernel programs: loads the eBPF object built from agent-ebpf (embedded at build time) and
+//! attaches the traffic counters to TC ingress and egress of every interface tern counts,
+//! following interfaces as they come and go. Reads no counter itself.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+use aya::{
+    Ebpf, include_bytes_aligned,
+    maps::{MapData, PerCpuArray, PerCpuHashMap},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType,
+        tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions, qdisc_add_clsact},
+    },
+    util::KernelVersion,
+};
+use log::{info, warn};
+use tern_common::IfTraffic;
+
+use crate::interfaces::{Interface, LinkEvent};
+
+static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tern-ebpf"));
+
+const INGRESS: &str = "tc_ingress";
+const EGRESS: &str = "tc_egress";
+
+/// The maps the collector reads; their fds stay valid for the life of the process.
+pub struct TrafficMaps {
+    pub per_interface: PerCpuHashMap<MapData, u32, IfTraffic>,
+    pub overflow: PerCpuArray<MapData, IfTraffic>,
+}
+
+struct Attachment {
+    name: String,
+    ingress: SchedClassifierLinkId,
+    egress: SchedClassifierLinkId,
+}
+
+pub struct Probes {
+    ebpf: Ebpf,
+    include_loopback: bool,
+    attached: HashMap<u32, Attachment>,
+}
+
+impl Probes {
+    pub fn load(include_loopback: bool) -> Result<(Self, TrafficMaps)> {
+        let mut ebpf = Ebpf::load(OBJECT).context("loading tern's eBPF object into the kernel")?;
+        for name in [INGRESS, EGRESS] {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the eBPF object"))?
+                .try_into()?;
+            program
+                .load()
+                .with_context(|| format!("the kernel refused program {name}"))?;
+        }
+        let per_interface = PerCpuHashMap::try_from(
+            ebpf.take_map("IF_TRAFFIC")
+                .context("map IF_TRAFFIC missing from the eBPF object")?,
+        )?;
+        let overflow = PerCpuArray::try_from(
+            ebpf.take_map("IF_TRAFFIC_OVERFLOW")
+                .context("map IF_TRAFFIC_OVERFLOW missing from the eBPF object")?,
+        )?;
+        let probes = Self {
+            ebpf,
+            include_loopback,
+            attached: HashMap::new(),
+        };
+        Ok((
+            probes,
+            TrafficMaps {
+                per_interface,
+                overflow,
+            },
+        ))
+    }
+
+    /// Follows one link change. A failure concerns that interface only: it is logged and
+    /// the others keep counting.
+    pub fn apply(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Present(interface) => {
+                if interface.loopback && !self.include_loopback {
+                    return;
+                }
+                if let Some(known) = self.attached.get_mut(&interface.index) {
+                    known.name = interface.name;
+                    return;
+                }
+                match self.attach(&interface) {
+                    Ok(attachment) => {
+                        info!("counting traffic on {}", interface.name);
+                        self.attached.insert(interface.index, attachment);
+                    }
+                    Err(err) => warn!("cannot count traffic on {}: {err:#}", interface.name),
+                }
+            }
+            LinkEvent::Removed(index) => {
+                if let Some(gone) = self.attached.remove(&index) {
+                    info!("interface {} is gone", gone.name);
+                    self.detach(gone);
+                }
+            }
+        }
+    }
+
+    /// Indexes of the interfaces being counted.
+    pub fn counted(&self) -> impl Iterator<Item = u32> + '_ {
+        self.attached.keys().copied()
+    }
+
+    pub fn counted_names(&self) -> Vec<&str> {
+        let mut names: Vec<_> = self.attached.values().map(|a| a.name.as_str()).collect();
+        names.sort_unstable();
+        names
+    }
+
+    fn attach(&mut self, interface: &Interface) -> Result<Attachment> {
+        // TCX (6.6+) links die with tern's fds and run before legacy filters; either way tern
+        // goes first and returns "unspecified", so every other program still sees the packet.
+        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        if !tcx {
+            match qdisc_add_clsact(&interface.name) {
+                Ok(()) => {}
+                Err(err) if err.to_string().contains("exists") => {}
+                Err(err) => return Err(err).context("adding the clsact qdisc"),
+            }
+        }
+        let options = || {
+            if tcx {
+                TcAttachOptions::TcxOrder(LinkOrder::first())
+            } else {
+                TcAttachOptions::Netlink(NlOptions::default())
+            }
+        };
+        let ingress = self
+            .program(INGRESS)?
+            .attach_with_options(&interface.name, TcAttachType::Ingress, options())
+            .context("attaching to TC ingress")?;
+        let egress = match self.program(EGRESS)?.attach_with_options(
+            &interface.name,
+            TcAttachType::Egress,
+            options(),
+        ) {
+            Ok(egress) => egress,
+            Err(err) => {
+                let _ = self.program(INGRESS)?.detach(ingress);
+                return Err(err).context("attaching to TC egress");
+            }
+        };
+        Ok(Attachment {
+            name: interface.name.clone(),
+            ingress,
+            egress,
+        })
+    }
+
+    fn detach(&mut self, gone: Attachment) {
+        // The kernel already released the hooks of a deleted device; this frees tern's side.
+        for (name, link) in [(INGRESS, gone.ingress), (EGRESS, gone.egress)] {
+            if let Ok(program) = self.program(name) {
+                let _ = program.detach(link);
+            }
+        }
+    }
+
+    fn program(&mut self, name: &str) -> Result<&mut SchedClassifier> {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing"))?
+            .try_into()?)
+    }
+}
