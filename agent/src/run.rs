@@ -33,14 +33,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
         probes.counted_names().len(),
         probes.counted_names().join(" ")
     );
-    let mut collector = TrafficCollector::new(maps);
-    let mut ids = ReportIds::default();
+    let collector = TrafficCollector::new(maps);
     let interval = Duration::from_secs(args.interval);
     let mut next = Instant::now() + interval;
-    let mut sent = 0u64;
-    let stdout = std::io::stdout();
 
-    while !signals::stop_requested() {
+    let mut out = Reporter::new(collector);
+    loop {
         wait_readable(
             links.as_raw_fd(),
             next.saturating_duration_since(Instant::now()),
@@ -49,33 +47,62 @@ pub fn run(args: &RunArgs) -> Result<()> {
             Ok(events) => events.into_iter().for_each(|e| probes.apply(e)),
             Err(err) => error!("reading link changes: {err:#}"),
         }
-        if Instant::now() < next || signals::stop_requested() {
+        if signals::stop_requested() {
+            // What was counted since the last report is reported, not dropped.
+            out.report(&probes)?;
+            break;
+        }
+        if Instant::now() < next {
             continue;
         }
         // Deadlines advance by whole intervals, so reports do not drift.
         while next <= Instant::now() {
             next += interval;
         }
-        let counted: HashSet<u32> = probes.counted().collect();
-        let stats = match collector.collect(&counted) {
-            Ok(stats) => stats,
-            Err(err) => {
-                error!("{err:#}; this interval's traffic goes into the next report");
-                continue;
-            }
-        };
-        let line = Report::new(ids.next(), stats).to_json();
-        let mut out = stdout.lock();
-        writeln!(out, "{line}")
-            .and_then(|()| out.flush())
-            .context("writing a report to stdout")?;
-        sent += 1;
-        if args.count.is_some_and(|count| sent >= count) {
+        out.report(&probes)?;
+        if args.count.is_some_and(|count| out.sent >= count) {
             break;
         }
     }
+    let sent = out.sent;
     info!("stopping after {sent} reports");
     Ok(())
+}
+
+/// Builds reports from the collector and writes them, one JSON document per line.
+struct Reporter {
+    collector: TrafficCollector,
+    ids: ReportIds,
+    sent: u64,
+}
+
+impl Reporter {
+    fn new(collector: TrafficCollector) -> Self {
+        Self {
+            collector,
+            ids: ReportIds::default(),
+            sent: 0,
+        }
+    }
+
+    fn report(&mut self, probes: &Probes) -> Result<()> {
+        let counted: HashSet<u32> = probes.counted().collect();
+        let stats = match self.collector.collect(&counted) {
+            Ok(stats) => stats,
+            Err(err) => {
+                // The kernel keeps counting: the next report carries this interval too.
+                error!("{err:#}; this interval's traffic goes into the next report");
+                return Ok(());
+            }
+        };
+        let line = Report::new(self.ids.next(), stats).to_json();
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")
+            .and_then(|()| out.flush())
+            .context("writing a report to stdout")?;
+        self.sent += 1;
+        Ok(())
+    }
 }
 
 /// Sleeps until `fd` is readable, `timeout` passes or a signal arrives.

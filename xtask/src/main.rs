@@ -1,1 +1,180 @@
-fn main() {}
+//! tern's developer commands. `cargo xtask run` and `cargo xtask test` are the two a
+//! newcomer needs; both set up the machine first.
+
+mod setup;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "tern's developer commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what this machine lacks to build and test tern (idempotent).
+    Setup,
+    /// Build the eBPF object (target/bpfel-unknown-none/release/tern-ebpf).
+    BuildEbpf,
+    /// Set up, build, and run tern printing a report every few seconds until Ctrl-C.
+    Run {
+        /// Seconds between reports.
+        #[arg(long, default_value_t = 5)]
+        interval: u64,
+        /// More arguments for `tern run`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every test: format, lints, unit tests and the kernel tests (root).
+    Test,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf => build_ebpf(),
+        Task::Run { interval, args } => run(interval, &args),
+        Task::Test => test(),
+    }
+}
+
+fn root_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command from the workspace root, failing with the command line if it fails.
+fn cmd(program: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(program);
+    command.args(args).current_dir(root_dir());
+    command
+}
+
+fn status(mut command: Command) -> Result<()> {
+    let shown = format!("{command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+fn build_ebpf() -> Result<()> {
+    setup::require_toolchain()?;
+    let mut command = cmd(
+        "rustup",
+        &[
+            "run",
+            "nightly",
+            "cargo",
+            "build",
+            "--package",
+            "tern-ebpf",
+            "--bins",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ],
+    );
+    let arch = env::consts::ARCH;
+    command.env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf"),
+    );
+    command
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    status(command)?;
+    println!(
+        "{}",
+        root_dir()
+            .join("target/bpfel-unknown-none/release/tern-ebpf")
+            .display()
+    );
+    Ok(())
+}
+
+fn build_agent() -> Result<PathBuf> {
+    status(cmd("cargo", &["build", "--release", "--package", "tern"]))?;
+    Ok(root_dir().join("target/release/tern"))
+}
+
+fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{what} needs root (it loads eBPF programs); run it again with sudo -E");
+    }
+    Ok(())
+}
+
+fn run(interval: u64, args: &[String]) -> Result<()> {
+    setup::run()?;
+    let tern = build_agent()?;
+    require_root("tern")?;
+    let mut command = Command::new(tern);
+    command
+        .args([
+            "run",
+            "--output",
+            "stdout",
+            "--interval",
+            &interval.to_string(),
+        ])
+        .args(args);
+    // tern stops on Ctrl-C itself; the same SIGINT reaches this process, which just waits.
+    status(command)
+}
+
+fn test() -> Result<()> {
+    setup::run()?;
+    status(cmd("cargo", &["fmt", "--all", "--", "--check"]))?;
+    status(cmd(
+        "cargo",
+        &[
+            "clippy",
+            "--all-targets",
+            "--package",
+            "tern",
+            "--package",
+            "tern-common",
+            "--package",
+            "xtask",
+            "--package",
+            "tern-tests",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    ))?;
+    let tern = build_agent()?;
+    status(cmd("cargo", &["test", "--release"]))?;
+    require_root("the kernel tests")?;
+    let mut kernel = cmd(
+        "cargo",
+        &[
+            "test",
+            "--release",
+            "--package",
+            "tern-tests",
+            "--",
+            "--test-threads=1",
+        ],
+    );
+    kernel.env("TERN_BIN", tern);
+    status(kernel)
+}

@@ -1,0 +1,186 @@
+//! Machine setup: installs what a fresh Debian 12 machine lacks to build and test tern.
+//! Every step checks first and does nothing when its piece is present, so a set-up machine
+//! passes in seconds.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context, Result, bail};
+
+/// Debian packages: LLVM 22 for bpf-linker, and the tools the kernel and broker tests use.
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libclang-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    "bpftool",
+    "iproute2",
+    "mosquitto",
+    "openssl",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+pub fn run() -> Result<()> {
+    if !Path::new("/etc/debian_version").exists() {
+        bail!(
+            "setup installs with apt on Debian 12; on this system install by hand: {}, \
+             rust-src for the nightly toolchain, and bpf-linker {BPF_LINKER_VERSION} built \
+             with --features llvm-22",
+            PACKAGES.join(" ")
+        );
+    }
+    packages()?;
+    rust_src()?;
+    bpf_linker()?;
+    tracefs()?;
+    Ok(())
+}
+
+/// The nightly toolchain and bpf-linker, without installing anything.
+pub fn require_toolchain() -> Result<()> {
+    if !has_rust_src()? {
+        bail!("rust-src for the nightly toolchain is missing: run `cargo xtask setup`");
+    }
+    if !has_bpf_linker() {
+        bail!("bpf-linker is missing: run `cargo xtask setup`");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn packages() -> Result<()> {
+    let output = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package} ${db:Status-Status}\n"])
+        .args(PACKAGES)
+        .output()
+        .context("running dpkg-query")?;
+    let listed = String::from_utf8_lossy(&output.stdout);
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !listed.lines().any(|l| l == format!("{p} installed")))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing packages: {}; install them as root (sudo apt-get install {}) or run \
+             `sudo -E cargo xtask setup`",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    apt(&["update", "-q"])?;
+    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
+    install.extend(&missing);
+    apt(&install)
+}
+
+fn apt(args: &[&str]) -> Result<()> {
+    let status = Command::new("apt-get")
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get")?;
+    if !status.success() {
+        bail!("apt-get {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn has_rust_src() -> Result<bool> {
+    let output = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .context("running rustup")?;
+    if !output.status.success() {
+        bail!(
+            "the nightly toolchain is missing; this machine kind ships it as `nightly` \
+             (rustup toolchain list); tern's eBPF programs need it"
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src")))
+}
+
+fn rust_src() -> Result<()> {
+    if has_rust_src()? {
+        return Ok(());
+    }
+    eprintln!("setup: adding rust-src to the nightly toolchain");
+    let status = Command::new("rustup")
+        .args(["component", "add", "rust-src", "--toolchain", "nightly"])
+        .status()
+        .context("running rustup")?;
+    if !status.success() {
+        bail!("rustup component add rust-src --toolchain nightly failed: {status}");
+    }
+    Ok(())
+}
+
+fn has_bpf_linker() -> bool {
+    Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        })
+}
+
+fn bpf_linker() -> Result<()> {
+    if has_bpf_linker() {
+        return Ok(());
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (a few minutes)");
+    // Its build script takes the first llvm-config on PATH, which must be LLVM 22's.
+    let path = format!("{LLVM_BIN}:{}", std::env::var("PATH").unwrap_or_default());
+    let status = Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
+        .env("PATH", path)
+        .status()
+        .context("running cargo install")?;
+    if !status.success() {
+        bail!("cargo install bpf-linker failed: {status}");
+    }
+    if !has_bpf_linker() {
+        bail!("bpf-linker was installed but is not on PATH: add ~/.cargo/bin to PATH");
+    }
+    Ok(())
+}
+
+fn tracefs() -> Result<()> {
+    if Path::new(TRACEFS).join("events").is_dir() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("tracefs is not mounted: sudo mount -t tracefs nodev {TRACEFS}");
+    }
+    eprintln!("setup: mounting tracefs at {TRACEFS}");
+    let status = Command::new("mount")
+        .args(["-t", "tracefs", "nodev", TRACEFS])
+        .status()
+        .context("running mount")?;
+    if !status.success() {
+        bail!("mount -t tracefs nodev {TRACEFS} failed: {status}");
+    }
+    Ok(())
+}
