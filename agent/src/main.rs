@@ -11,10 +11,14 @@ mod probes;
 mod report;
 mod run;
 mod signals;
+mod state;
 
 use std::process::ExitCode;
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand, ValueEnum};
+use report::{Format, Names};
 
 #[derive(Parser)]
 #[command(version, about = "Device Defender metrics from eBPF counters")]
@@ -43,6 +47,18 @@ pub struct RunArgs {
     /// Count loopback traffic too (each loopback packet is then both in and out).
     #[arg(long)]
     pub include_loopback: bool,
+    /// Field names of the report: the document's long names or its short ones.
+    #[arg(long, value_enum, default_value_t = Names::Long)]
+    pub names: Names,
+    /// Encoding of the report (on stdout, CBOR is printed as one hex line per report).
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+    /// Largest encoded report, in bytes; lists are cut to fit, totals stay exact.
+    #[arg(long, default_value_t = 128 * 1024, value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024))]
+    pub budget: u64,
+    /// Where tern keeps its state (the last report id); created 0700 if missing.
+    #[arg(long, default_value = "/var/lib/tern")]
+    pub state_dir: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -13,16 +13,18 @@ use anyhow::{Context, Result};
 use log::{error, info};
 
 use crate::{
-    RunArgs,
+    Output, RunArgs,
     collect::TrafficCollector,
     interfaces::LinkWatch,
     probes::Probes,
-    report::{Report, ReportIds},
-    signals,
+    report::{Format, Metrics, Report, ReportIds, encode_within},
+    signals, state,
 };
 
 pub fn run(args: &RunArgs) -> Result<()> {
     signals::install()?;
+    state::prepare(&args.state_dir)?;
+    let ids = ReportIds::open(&args.state_dir)?;
     let (mut probes, maps) = Probes::load(args.include_loopback)?;
     let mut links = LinkWatch::open()?;
     for event in links.dump()? {
@@ -37,7 +39,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let interval = Duration::from_secs(args.interval);
     let mut next = Instant::now() + interval;
 
-    let mut out = Reporter::new(collector);
+    let mut out = Reporter {
+        collector,
+        ids,
+        args,
+        sent: 0,
+    };
     loop {
         wait_readable(
             links.as_raw_fd(),
@@ -69,22 +76,15 @@ pub fn run(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// Builds reports from the collector and writes them, one JSON document per line.
-struct Reporter {
+/// Builds reports from the collector and writes them, one per line.
+struct Reporter<'a> {
     collector: TrafficCollector,
     ids: ReportIds,
+    args: &'a RunArgs,
     sent: u64,
 }
 
-impl Reporter {
-    fn new(collector: TrafficCollector) -> Self {
-        Self {
-            collector,
-            ids: ReportIds::default(),
-            sent: 0,
-        }
-    }
-
+impl Reporter<'_> {
     fn report(&mut self, probes: &Probes) -> Result<()> {
         let counted: HashSet<u32> = probes.counted().collect();
         let stats = match self.collector.collect(&counted) {
@@ -95,14 +95,41 @@ impl Reporter {
                 return Ok(());
             }
         };
-        let line = Report::new(self.ids.next(), stats).to_json();
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{line}")
-            .and_then(|()| out.flush())
-            .context("writing a report to stdout")?;
+        let (id, saved) = self.ids.next();
+        if let Err(err) = saved {
+            error!("{err:#}; after a restart, report ids may not continue from {id}");
+        }
+        let report = Report::new(
+            id,
+            Metrics {
+                network_stats: Some(stats),
+                ..Default::default()
+            },
+        );
+        let budget = usize::try_from(self.args.budget).unwrap_or(usize::MAX);
+        let (bytes, cut) = encode_within(&report, self.args.names, self.args.format, budget)?;
+        if cut {
+            info!("report {id} was over {budget} bytes: its lists were cut to fit");
+        }
+        match self.args.output {
+            Output::Stdout => {
+                let mut out = std::io::stdout().lock();
+                match self.args.format {
+                    Format::Json => out.write_all(&bytes),
+                    Format::Cbor => out.write_all(hex(&bytes).as_bytes()),
+                }
+                .and_then(|()| out.write_all(b"\n"))
+                .and_then(|()| out.flush())
+                .context("writing a report to stdout")?;
+            }
+        }
         self.sent += 1;
         Ok(())
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Sleeps until `fd` is readable, `timeout` passes or a signal arrives.

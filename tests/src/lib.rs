@@ -212,9 +212,10 @@ impl Default for Pair {
     }
 }
 
-/// A running tern; killed when dropped.
+/// A running tern with its own state directory; killed and removed when dropped.
 pub struct Tern {
     child: Child,
+    pub state_dir: PathBuf,
     reports: Receiver<Value>,
     log: Receiver<String>,
 }
@@ -222,10 +223,17 @@ pub struct Tern {
 impl Tern {
     /// Starts `tern run --output stdout` with `args` in `ns`, and waits until it has attached.
     pub fn start(ns: &Netns, args: &[&str]) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let state_dir = std::env::temp_dir().join(format!(
+            "tern-test-state-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
         let mut child = Command::new("ip")
             .args(["netns", "exec", &ns.name])
             .arg(tern_bin())
-            .args(["run", "--output", "stdout"])
+            .args(["run", "--output", "stdout", "--state-dir"])
+            .arg(&state_dir)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -257,6 +265,7 @@ impl Tern {
         });
         let tern = Self {
             child,
+            state_dir,
             reports,
             log,
         };
@@ -330,6 +339,7 @@ impl Drop for Tern {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
 

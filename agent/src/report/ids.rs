@@ -1,0 +1,137 @@
+//! Report ids: strictly increasing across reports, restarts and wall-clock steps. An id is
+//! the wall clock in milliseconds, or the last id + 1 when the clock is behind it; the last
+//! id is kept in the state directory so a restart (or a reboot with a wrong clock) never
+//! reuses one.
+
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result};
+
+const FILE: &str = "last_report_id";
+
+#[derive(Debug)]
+pub struct ReportIds {
+    last: u64,
+    path: Option<PathBuf>,
+}
+
+impl ReportIds {
+    /// Ids continuing from the last one recorded in `state_dir`, if any.
+    pub fn open(state_dir: &Path) -> Result<Self> {
+        let path = state_dir.join(FILE);
+        let last = match fs::read_to_string(&path) {
+            Ok(text) => match text.trim().parse() {
+                Ok(last) => last,
+                Err(_) => {
+                    // Set aside for a person to look at; the wall clock takes over.
+                    let aside = path.with_extension("corrupt");
+                    log::warn!(
+                        "{} does not hold a report id; moved it to {} and continuing from \
+                         the clock",
+                        path.display(),
+                        aside.display()
+                    );
+                    fs::rename(&path, &aside)
+                        .with_context(|| format!("moving {} aside", path.display()))?;
+                    0
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        Ok(Self {
+            last,
+            path: Some(path),
+        })
+    }
+
+    /// The next id, recorded before it is returned. If it cannot be recorded the id is still
+    /// good for this run; the error says why a restart might not continue from it.
+    pub fn next(&mut self) -> (u64, Result<()>) {
+        let id = self.next_at(SystemTime::now());
+        let saved = match &self.path {
+            Some(path) => save(path, id),
+            None => Ok(()),
+        };
+        (id, saved)
+    }
+
+    fn next_at(&mut self, now: SystemTime) -> u64 {
+        let wall = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        self.last = wall.max(self.last.saturating_add(1));
+        self.last
+    }
+}
+
+/// Replaces the file atomically, so a crash leaves the old id or the new one, never half.
+fn save(path: &Path, id: u64) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    writeln!(file, "{id}")
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn in_memory() -> ReportIds {
+        ReportIds {
+            last: 0,
+            path: None,
+        }
+    }
+
+    #[test]
+    fn ids_increase_even_when_the_clock_steps_back() {
+        let mut ids = in_memory();
+        let t = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let first = ids.next_at(t);
+        assert_eq!(first, 1_800_000_000_000);
+        let second = ids.next_at(t - Duration::from_secs(3600));
+        assert_eq!(second, first + 1);
+        assert!(ids.next_at(t + Duration::from_secs(1)) > second);
+    }
+
+    #[test]
+    fn a_restart_continues_above_the_last_id_even_with_a_clock_far_behind() {
+        let dir = std::env::temp_dir().join(format!("tern-ids-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(FILE), format!("{}\n", u64::MAX / 2)).unwrap();
+        let mut ids = ReportIds::open(&dir).unwrap();
+        let (id, saved) = ids.next();
+        saved.unwrap();
+        assert_eq!(id, u64::MAX / 2 + 1);
+        let mut again = ReportIds::open(&dir).unwrap();
+        assert_eq!(again.next().0, u64::MAX / 2 + 2);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_id_file_is_set_aside_and_the_clock_takes_over() {
+        let dir = std::env::temp_dir().join(format!("tern-ids-bad-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(FILE), "garbage").unwrap();
+        let mut ids = ReportIds::open(&dir).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join("last_report_id.corrupt")).unwrap(),
+            "garbage"
+        );
+        let (id, saved) = ids.next();
+        saved.unwrap();
+        assert!(id > 1_700_000_000_000);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

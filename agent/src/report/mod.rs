@@ -1,0 +1,238 @@
+//! The report model: a Device Defender metrics report with the document's long field names.
+//! Builds, merges and checks reports; `encode` turns one into bytes. Knows nothing of where
+//! the numbers come from or where the bytes go.
+
+mod encode;
+mod ids;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use encode::{Format, Names, encode_within};
+pub use ids::ReportIds;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub header: Header,
+    #[serde(default, skip_serializing_if = "Metrics::is_empty")]
+    pub metrics: Metrics,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub custom_metrics: BTreeMap<String, [CustomMetric; 1]>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub report_id: u64,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metrics {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listening_tcp_ports: Option<PortList>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listening_udp_ports: Option<PortList>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_stats: Option<NetworkStats>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_connections: Option<TcpConnections>,
+}
+
+impl Metrics {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Listening ports; `total` is the full count even when `ports` is cut to fit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortList {
+    pub ports: Vec<Port>,
+    pub total: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Port {
+    pub port: u16,
+    /// Absent for a wildcard bind, which has no single interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpConnections {
+    pub established_connections: Connections,
+}
+
+/// Established TCP connections; `total` is the full count even when the list is cut.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connections {
+    pub connections: Vec<Connection>,
+    pub total: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Connection {
+    /// "ip:port", or "[ipv6]:port".
+    pub remote_addr: String,
+    pub local_port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_interface: Option<String>,
+}
+
+/// Traffic since the previous report, in wire segments and wire bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkStats {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+}
+
+impl NetworkStats {
+    /// Adds growth given as [bytes_in, packets_in, bytes_out, packets_out].
+    pub fn add(&mut self, growth: [u64; 4]) {
+        self.bytes_in = self.bytes_in.saturating_add(growth[0]);
+        self.packets_in = self.packets_in.saturating_add(growth[1]);
+        self.bytes_out = self.bytes_out.saturating_add(growth[2]);
+        self.packets_out = self.packets_out.saturating_add(growth[3]);
+    }
+}
+
+/// A custom metric value; in the document it is always wrapped in a one-element array.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CustomMetric {
+    Number(u64),
+    NumberList(Vec<u64>),
+    StringList(Vec<String>),
+    IpList(Vec<String>),
+}
+
+impl Report {
+    pub fn new(report_id: u64, metrics: Metrics) -> Self {
+        Self {
+            header: Header {
+                report_id,
+                version: "1.0".to_owned(),
+            },
+            metrics,
+            custom_metrics: BTreeMap::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn stats(bytes_in: u64, packets_in: u64) -> Metrics {
+        Metrics {
+            network_stats: Some(NetworkStats {
+                bytes_in,
+                packets_in,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn serialises_with_the_document_field_names() {
+        let mut report = Report::new(
+            42,
+            Metrics {
+                listening_tcp_ports: Some(PortList {
+                    ports: vec![
+                        Port {
+                            port: 22,
+                            interface: Some("eth0".into()),
+                        },
+                        Port {
+                            port: 80,
+                            interface: None,
+                        },
+                    ],
+                    total: 2,
+                }),
+                network_stats: Some(NetworkStats {
+                    bytes_in: 1_000,
+                    bytes_out: 2_000,
+                    packets_in: 3,
+                    packets_out: 4,
+                }),
+                tcp_connections: Some(TcpConnections {
+                    established_connections: Connections {
+                        connections: vec![Connection {
+                            remote_addr: "[2001:db8::1]:443".into(),
+                            local_port: 50_000,
+                            local_interface: Some("eth0".into()),
+                        }],
+                        total: 1,
+                    },
+                }),
+                ..Default::default()
+            },
+        );
+        report
+            .custom_metrics
+            .insert("opened".into(), [CustomMetric::Number(7)]);
+        report
+            .custom_metrics
+            .insert("ports".into(), [CustomMetric::NumberList(vec![22, 80])]);
+        report.custom_metrics.insert(
+            "addrs".into(),
+            [CustomMetric::IpList(vec!["10.0.0.1".into()])],
+        );
+        let value: Value = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            value,
+            json!({
+                "header": {"report_id": 42, "version": "1.0"},
+                "metrics": {
+                    "listening_tcp_ports": {"ports": [
+                        {"port": 22, "interface": "eth0"}, {"port": 80}], "total": 2},
+                    "network_stats": {
+                        "bytes_in": 1000, "bytes_out": 2000, "packets_in": 3, "packets_out": 4},
+                    "tcp_connections": {"established_connections": {"connections": [
+                        {"remote_addr": "[2001:db8::1]:443", "local_port": 50000,
+                         "local_interface": "eth0"}], "total": 1}}
+                },
+                "custom_metrics": {
+                    "addrs": [{"ip_list": ["10.0.0.1"]}],
+                    "opened": [{"number": 7}],
+                    "ports": [{"number_list": [22, 80]}]
+                }
+            })
+        );
+        let back: Report = serde_json::from_value(value).unwrap();
+        assert_eq!(back, report);
+    }
+
+    #[test]
+    fn counters_beyond_32_bits_stay_exact() {
+        let report = Report::new(1, stats(u64::from(u32::MAX) * 3, 1));
+        let value = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            value["metrics"]["network_stats"]["bytes_in"].as_u64(),
+            Some(u64::from(u32::MAX) * 3)
+        );
+    }
+
+    #[test]
+    fn growth_saturates_instead_of_wrapping() {
+        let mut stats = NetworkStats {
+            bytes_in: u64::MAX - 1,
+            ..Default::default()
+        };
+        stats.add([5, 1, 2, 3]);
+        assert_eq!(stats.bytes_in, u64::MAX);
+        assert_eq!(
+            (stats.packets_in, stats.bytes_out, stats.packets_out),
+            (1, 2, 3)
+        );
+    }
+}
