@@ -25,4 +25,116 @@ mod user {
     // SAFETY: IfTraffic is repr(C), all fields are u64, so there is no padding and every
     // bit pattern is valid.
     unsafe impl aya::Pod for super::IfTraffic {}
+    // SAFETY: as above: repr(C), integer fields laid out without padding.
+    unsafe impl aya::Pod for super::TcpSock {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TcpState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::UdpSock {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Seen {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Layout {}
+}
+
+/// Address families as the kernel numbers them.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// `TcpSock::kind` of a listening socket.
+pub const TCP_LISTENER: u16 = 1;
+/// `TcpSock::kind` of an established connection.
+pub const TCP_CONNECTION: u16 = 2;
+
+/// A TCP socket that is listening or established now: the key of `TCP_SOCKS`. Listeners have
+/// a zero remote address and port. Ports are in host order; addresses as on the wire, an
+/// IPv4 address in the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TcpSock {
+    /// Network namespace cookie.
+    pub netns: u64,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub family: u16,
+    pub kind: u16,
+}
+
+/// `TcpState::flags`: how a connection was opened.
+pub const OPENED_INBOUND: u32 = 1;
+pub const OPENED_OUTBOUND: u32 = 2;
+/// Found by the start-up snapshot rather than seen opening.
+pub const SEEDED: u32 = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpState {
+    /// Interval (epoch) in which the connection opened; never matches for seeded ones.
+    pub opened_epoch: u32,
+    pub flags: u32,
+    /// Listening sockets sharing this key (SO_REUSEPORT), 1 for a connection.
+    pub count: u64,
+}
+
+/// A UDP socket that is bound and not connected, the value of `UDP_SOCKS` (keyed by the
+/// socket cookie).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UdpSock {
+    pub netns: u64,
+    pub local_addr: [u8; 16],
+    pub local_port: u16,
+    pub family: u16,
+    pub flags: u32,
+}
+
+/// An entry of an interval set: something seen during interval `epoch`. Used for ports that
+/// listened (`port` set, `addr` the local address) and remote addresses (`port` 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Seen {
+    pub netns: u64,
+    pub addr: [u8; 16],
+    pub epoch: u32,
+    pub port: u16,
+    pub family: u16,
+}
+
+/// Capacity of the sets of current sockets.
+pub const SOCKS_MAX_ENTRIES: u32 = 65_536;
+/// Capacity of each interval set; what does not fit is counted in `DETAILS_DROPPED`.
+pub const SEEN_MAX_ENTRIES: u32 = 16_384;
+
+/// Indexes of the cumulative per-CPU event counters in `SOCK_COUNTERS`.
+pub const OPENED_INBOUND_COUNT: u32 = 0;
+pub const OPENED_OUTBOUND_COUNT: u32 = 1;
+/// Connections that opened and closed within one interval.
+pub const SHORT_LIVED_COUNT: u32 = 2;
+/// Entries an interval set or a socket set could not take.
+pub const DETAILS_DROPPED: u32 = 3;
+pub const SOCK_COUNTERS_LEN: u32 = 4;
+
+/// Where `sock:inet_sock_set_state` keeps each field, read from its format file at start,
+/// and where `struct sock` keeps its namespace's cookie, read from the kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Layout {
+    pub skaddr: u32,
+    pub oldstate: u32,
+    pub newstate: u32,
+    pub sport: u32,
+    pub dport: u32,
+    pub family: u32,
+    pub protocol: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+    /// Offset of `skc_net` in `struct sock`, and of `net_cookie` in `struct net`; 0 when the
+    /// kernel has no BTF, and then namespaces cannot be told apart.
+    pub sock_net: u32,
+    pub net_cookie: u32,
+    pub reserved: u32,
 }

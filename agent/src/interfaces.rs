@@ -1,8 +1,12 @@
 //! Network interfaces of tern's namespace, as rtnetlink tells them: a dump at start, then
-//! every link that appears or goes away. Owns the NETLINK_ROUTE socket; knows nothing of
-//! eBPF or reports.
+//! every link that appears or goes away; and which interface holds which local address.
+//! Owns the NETLINK_ROUTE sockets; knows nothing of eBPF or reports.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    os::fd::{AsRawFd, RawFd},
+};
 
 use anyhow::{Context, Result, bail};
 use netlink_packet_core::{
@@ -10,6 +14,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::{
     RouteNetlinkMessage,
+    address::{AddressAttribute, AddressMessage},
     link::{LinkAttribute, LinkFlags, LinkMessage},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
@@ -54,28 +59,12 @@ impl LinkWatch {
 
     /// All links of the namespace, plus any change that raced with the dump.
     pub fn dump(&mut self) -> Result<Vec<LinkEvent>> {
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        header.sequence_number = 1;
-        let mut request = NetlinkMessage::new(
-            header,
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetLink(LinkMessage::default())),
-        );
-        request.finalize();
-        let mut bytes = vec![0; request.buffer_len()];
-        request.serialize(&mut bytes);
-        self.socket
-            .send(&bytes, 0)
-            .context("requesting the link list")?;
-
-        let mut events = Vec::new();
-        // A dump ends with NLMSG_DONE; the bound keeps a misbehaving kernel from holding us.
-        for _ in 0..100_000 {
-            if self.receive(0, &mut events)? {
-                return Ok(events);
-            }
-        }
-        bail!("the kernel's link list did not end")
+        let messages = dump(
+            &self.socket,
+            &mut self.buf,
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        )?;
+        Ok(messages.into_iter().filter_map(link_event).collect())
     }
 
     /// Changes that arrived since the last call; never blocks.
@@ -102,36 +91,121 @@ impl LinkWatch {
         }
     }
 
-    /// Reads one datagram; true when it held the end of a dump.
     fn receive(&mut self, flags: libc::c_int, events: &mut Vec<LinkEvent>) -> Result<bool> {
-        self.buf.clear();
-        let n = self.socket.recv(&mut self.buf, flags)?;
-        let mut done = false;
-        let mut offset = 0;
-        while offset < n {
-            let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[offset..n])
-                .context("parsing a link message from the kernel")?;
-            let length = message.header.length as usize;
-            match message.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
-                    events.push(LinkEvent::Present(interface(&link)));
-                }
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => {
-                    events.push(LinkEvent::Removed(link.header.index));
-                }
-                NetlinkPayload::Done(_) => done = true,
-                NetlinkPayload::Error(err) => {
-                    bail!("the kernel refused the link list request: {err:?}")
-                }
-                _ => {}
-            }
-            if length == 0 {
-                break;
-            }
-            offset += (length + 3) & !3;
-        }
+        let mut messages = Vec::new();
+        let done = receive(&self.socket, &mut self.buf, flags, &mut messages)?;
+        events.extend(messages.into_iter().filter_map(link_event));
         Ok(done)
     }
+}
+
+fn link_event(message: RouteNetlinkMessage) -> Option<LinkEvent> {
+    match message {
+        RouteNetlinkMessage::NewLink(link) => Some(LinkEvent::Present(interface(&link))),
+        RouteNetlinkMessage::DelLink(link) => Some(LinkEvent::Removed(link.header.index)),
+        _ => None,
+    }
+}
+
+/// Which interface holds each local address of the namespace, by interface name.
+pub fn address_owners() -> Result<HashMap<IpAddr, String>> {
+    let mut socket = Socket::new(NETLINK_ROUTE).context("opening a NETLINK_ROUTE socket")?;
+    socket
+        .bind_auto()
+        .context("binding the NETLINK_ROUTE socket")?;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let names: HashMap<u32, String> = dump(
+        &socket,
+        &mut buf,
+        RouteNetlinkMessage::GetLink(LinkMessage::default()),
+    )?
+    .into_iter()
+    .filter_map(|m| match m {
+        RouteNetlinkMessage::NewLink(link) => {
+            let i = interface(&link);
+            Some((i.index, i.name))
+        }
+        _ => None,
+    })
+    .collect();
+    let addresses = dump(
+        &socket,
+        &mut buf,
+        RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+    )?;
+    let mut owners = HashMap::new();
+    for message in addresses {
+        let RouteNetlinkMessage::NewAddress(address) = message else {
+            continue;
+        };
+        // IFA_LOCAL is the local address; IFA_ADDRESS is the peer's on point-to-point links.
+        let local = address.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(ip) => Some(*ip),
+            _ => None,
+        });
+        let any = address.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        });
+        if let (Some(ip), Some(name)) = (local.or(any), names.get(&address.header.index)) {
+            owners.insert(ip, name.clone());
+        }
+    }
+    Ok(owners)
+}
+
+fn dump(
+    socket: &Socket,
+    buf: &mut Vec<u8>,
+    request: RouteNetlinkMessage,
+) -> Result<Vec<RouteNetlinkMessage>> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = 1;
+    let mut request = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
+    request.finalize();
+    let mut bytes = vec![0; request.buffer_len()];
+    request.serialize(&mut bytes);
+    socket
+        .send(&bytes, 0)
+        .context("sending an rtnetlink request")?;
+    let mut messages = Vec::new();
+    // A dump ends with NLMSG_DONE; the bound keeps a misbehaving kernel from holding us.
+    for _ in 0..100_000 {
+        if receive(socket, buf, 0, &mut messages)? {
+            return Ok(messages);
+        }
+    }
+    bail!("the kernel's rtnetlink dump did not end")
+}
+
+/// Reads one datagram; true when it held the end of a dump.
+fn receive(
+    socket: &Socket,
+    buf: &mut Vec<u8>,
+    flags: libc::c_int,
+    messages: &mut Vec<RouteNetlinkMessage>,
+) -> Result<bool> {
+    buf.clear();
+    let n = socket.recv(buf, flags)?;
+    let mut done = false;
+    let mut offset = 0;
+    while offset < n {
+        let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..n])
+            .context("parsing an rtnetlink message from the kernel")?;
+        let length = message.header.length as usize;
+        match message.payload {
+            NetlinkPayload::InnerMessage(inner) => messages.push(inner),
+            NetlinkPayload::Done(_) => done = true,
+            NetlinkPayload::Error(err) => bail!("the kernel refused an rtnetlink request: {err:?}"),
+            _ => {}
+        }
+        if length == 0 {
+            break;
+        }
+        offset += (length + 3) & !3;
+    }
+    Ok(done)
 }
 
 impl AsRawFd for LinkWatch {

@@ -7,10 +7,12 @@
 mod collect;
 mod delta;
 mod interfaces;
+mod layout;
 mod probes;
 mod report;
 mod run;
 mod signals;
+mod sockdiag;
 mod state;
 
 use std::process::ExitCode;
@@ -56,6 +58,13 @@ pub struct RunArgs {
     /// Largest encoded report, in bytes; lists are cut to fit, totals stay exact.
     #[arg(long, default_value_t = 128 * 1024, value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024))]
     pub budget: u64,
+    /// Report the sockets of every network namespace (containers too), not only tern's own.
+    #[arg(long)]
+    pub all_namespaces: bool,
+    /// List in `established_connections` every connection that existed during the interval,
+    /// not only those established at report time.
+    #[arg(long)]
+    pub interval_connections: bool,
     /// Where tern keeps its state (the last report id); created 0700 if missing.
     #[arg(long, default_value = "/var/lib/tern")]
     pub state_dir: PathBuf,

@@ -1,21 +1,23 @@
-//! Kernel programs: loads the eBPF object built from agent-ebpf (embedded at build time) and
-//! attaches the traffic counters to TC ingress and egress of every interface tern counts,
-//! following interfaces as they come and go. Reads no counter itself.
+//! Kernel programs: loads the eBPF object built from agent-ebpf (embedded at build time),
+//! attaches the traffic counters to TC ingress and egress of every interface tern counts
+//! (following interfaces as they come and go), the TCP state tracepoint, and the UDP socket
+//! hooks on the cgroup-v2 root. Reads no map itself.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, fs, fs::File};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use aya::{
-    Ebpf, include_bytes_aligned,
-    maps::{MapData, PerCpuArray, PerCpuHashMap},
+    Ebpf, EbpfLoader, include_bytes_aligned,
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuHashMap},
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
+        TracePoint,
         tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions, qdisc_add_clsact},
     },
     util::KernelVersion,
 };
 use log::{info, warn};
-use tern_common::IfTraffic;
+use tern_common::{IfTraffic, Seen, TcpSock, TcpState, UdpSock};
 
 use crate::interfaces::{Interface, LinkEvent};
 
@@ -24,10 +26,35 @@ static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tern-eb
 const INGRESS: &str = "tc_ingress";
 const EGRESS: &str = "tc_egress";
 
-/// The maps the collector reads; their fds stay valid for the life of the process.
+const CGROUP_SOCK: &[&str] = &["udp_post_bind4", "udp_post_bind6", "udp_release"];
+const CGROUP_SOCK_ADDR: &[&str] = &[
+    "udp_sendmsg4",
+    "udp_sendmsg6",
+    "udp_connect4",
+    "udp_connect6",
+];
+
+/// The maps the collectors read; their fds stay valid for the life of the process.
 pub struct TrafficMaps {
     pub per_interface: PerCpuHashMap<MapData, u32, IfTraffic>,
     pub overflow: PerCpuArray<MapData, IfTraffic>,
+}
+
+pub struct SocketMaps {
+    pub tcp_socks: BpfHashMap<MapData, TcpSock, TcpState>,
+    pub udp_socks: BpfHashMap<MapData, u64, UdpSock>,
+    pub tcp_listened: BpfHashMap<MapData, Seen, u32>,
+    pub udp_listened: BpfHashMap<MapData, Seen, u32>,
+    pub remotes_seen: BpfHashMap<MapData, Seen, u32>,
+    pub connections_seen: BpfHashMap<MapData, TcpSock, u32>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub epoch: Array<MapData, u32>,
+}
+
+/// What to load: which namespace the socket programs follow (0: all of them).
+pub struct LoadOptions {
+    pub include_loopback: bool,
+    pub netns_filter: u64,
 }
 
 struct Attachment {
@@ -43,37 +70,66 @@ pub struct Probes {
 }
 
 impl Probes {
-    pub fn load(include_loopback: bool) -> Result<(Self, TrafficMaps)> {
-        let mut ebpf = Ebpf::load(OBJECT).context("loading tern's eBPF object into the kernel")?;
+    pub fn load(options: &LoadOptions) -> Result<(Self, TrafficMaps, SocketMaps)> {
+        let layout = crate::layout::read()?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("LAYOUT", &layout, true)
+            .override_global("NETNS_FILTER", &options.netns_filter, true)
+            .load(OBJECT)
+            .context("loading tern's eBPF object into the kernel")?;
         for name in [INGRESS, EGRESS] {
-            let program: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing from the eBPF object"))?
-                .try_into()?;
+            let program: &mut SchedClassifier = program(&mut ebpf, name)?;
             program
                 .load()
                 .with_context(|| format!("the kernel refused program {name}"))?;
         }
-        let per_interface = PerCpuHashMap::try_from(
-            ebpf.take_map("IF_TRAFFIC")
-                .context("map IF_TRAFFIC missing from the eBPF object")?,
-        )?;
-        let overflow = PerCpuArray::try_from(
-            ebpf.take_map("IF_TRAFFIC_OVERFLOW")
-                .context("map IF_TRAFFIC_OVERFLOW missing from the eBPF object")?,
-        )?;
+
+        let tracepoint: &mut TracePoint = program(&mut ebpf, "inet_sock_set_state")?;
+        tracepoint
+            .load()
+            .context("the kernel refused the TCP state tracepoint program")?;
+        tracepoint
+            .attach("sock", "inet_sock_set_state")
+            .context("attaching to the tracepoint sock:inet_sock_set_state")?;
+
+        let cgroup = cgroup2_root()?;
+        // Through a bpf_link (Linux 5.7+), which dies with tern and always shares the hook
+        // with other programs; the link takes no attach flags, hence "Single".
+        for &name in CGROUP_SOCK {
+            let hook: &mut CgroupSock = program(&mut ebpf, name)?;
+            hook.load()
+                .with_context(|| format!("the kernel refused program {name}"))?;
+            hook.attach(&cgroup, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to the cgroup-v2 root"))?;
+        }
+        for &name in CGROUP_SOCK_ADDR {
+            let hook: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            hook.load()
+                .with_context(|| format!("the kernel refused program {name}"))?;
+            hook.attach(&cgroup, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to the cgroup-v2 root"))?;
+        }
+
+        let traffic = TrafficMaps {
+            per_interface: PerCpuHashMap::try_from(take(&mut ebpf, "IF_TRAFFIC")?)?,
+            overflow: PerCpuArray::try_from(take(&mut ebpf, "IF_TRAFFIC_OVERFLOW")?)?,
+        };
+        let sockets = SocketMaps {
+            tcp_socks: BpfHashMap::try_from(take(&mut ebpf, "TCP_SOCKS")?)?,
+            udp_socks: BpfHashMap::try_from(take(&mut ebpf, "UDP_SOCKS")?)?,
+            tcp_listened: BpfHashMap::try_from(take(&mut ebpf, "TCP_LISTENED")?)?,
+            udp_listened: BpfHashMap::try_from(take(&mut ebpf, "UDP_LISTENED")?)?,
+            remotes_seen: BpfHashMap::try_from(take(&mut ebpf, "REMOTES_SEEN")?)?,
+            connections_seen: BpfHashMap::try_from(take(&mut ebpf, "CONNECTIONS_SEEN")?)?,
+            counters: PerCpuArray::try_from(take(&mut ebpf, "SOCK_COUNTERS")?)?,
+            epoch: Array::try_from(take(&mut ebpf, "EPOCH")?)?,
+        };
         let probes = Self {
             ebpf,
-            include_loopback,
+            include_loopback: options.include_loopback,
             attached: HashMap::new(),
         };
-        Ok((
-            probes,
-            TrafficMaps {
-                per_interface,
-                overflow,
-            },
-        ))
+        Ok((probes, traffic, sockets))
     }
 
     /// Follows one link change. A failure concerns that interface only: it is logged and
@@ -166,10 +222,43 @@ impl Probes {
     }
 
     fn program(&mut self, name: &str) -> Result<&mut SchedClassifier> {
-        Ok(self
-            .ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} missing"))?
-            .try_into()?)
+        program(&mut self.ebpf, name)
     }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the eBPF object"))?;
+    Ok(program.try_into()?)
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
+    ebpf.take_map(name)
+        .with_context(|| format!("map {name} missing from the eBPF object"))
+}
+
+/// The root of the cgroup-v2 hierarchy, where the UDP hooks see every process's sockets.
+fn cgroup2_root() -> Result<File> {
+    let mounts =
+        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    // mountinfo: ID parent major:minor root mount-point options ... - fstype source options
+    let root = mounts
+        .lines()
+        .filter_map(|line| {
+            let (mount, fs) = line.split_once(" - ")?;
+            (fs.split(' ').next()? == "cgroup2" && mount.split(' ').nth(3)? == "/")
+                .then(|| mount.split(' ').nth(4).map(str::to_owned))?
+        })
+        .next();
+    let Some(root) = root else {
+        bail!(
+            "no cgroup v2 hierarchy is mounted; tern needs one for its UDP socket hooks: \
+             mount -t cgroup2 none /sys/fs/cgroup (or boot with systemd.unified_cgroup_hierarchy=1)"
+        );
+    };
+    File::open(&root).with_context(|| format!("opening the cgroup-v2 root {root}"))
 }

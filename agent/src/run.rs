@@ -14,18 +14,22 @@ use log::{error, info};
 
 use crate::{
     Output, RunArgs,
-    collect::TrafficCollector,
+    collect::{SocketCollector, SocketOptions, TrafficCollector},
     interfaces::LinkWatch,
-    probes::Probes,
+    probes::{LoadOptions, Probes},
     report::{Format, Metrics, Report, ReportIds, encode_within},
-    signals, state,
+    signals, sockdiag, state,
 };
 
 pub fn run(args: &RunArgs) -> Result<()> {
     signals::install()?;
     state::prepare(&args.state_dir)?;
     let ids = ReportIds::open(&args.state_dir)?;
-    let (mut probes, maps) = Probes::load(args.include_loopback)?;
+    let own_netns = sockdiag::own_netns_cookie()?;
+    let (mut probes, traffic, sockets) = Probes::load(&LoadOptions {
+        include_loopback: args.include_loopback,
+        netns_filter: if args.all_namespaces { 0 } else { own_netns },
+    })?;
     let mut links = LinkWatch::open()?;
     for event in links.dump()? {
         probes.apply(event);
@@ -35,12 +39,21 @@ pub fn run(args: &RunArgs) -> Result<()> {
         probes.counted_names().len(),
         probes.counted_names().join(" ")
     );
-    let collector = TrafficCollector::new(maps);
+    let sockets = SocketCollector::start(
+        sockets,
+        SocketOptions {
+            netns: (!args.all_namespaces).then_some(own_netns),
+            interval_connections: args.interval_connections,
+        },
+        own_netns,
+    )?;
+    let traffic = TrafficCollector::new(traffic);
     let interval = Duration::from_secs(args.interval);
     let mut next = Instant::now() + interval;
 
     let mut out = Reporter {
-        collector,
+        traffic,
+        sockets,
         ids,
         args,
         sent: 0,
@@ -78,7 +91,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
 
 /// Builds reports from the collector and writes them, one per line.
 struct Reporter<'a> {
-    collector: TrafficCollector,
+    traffic: TrafficCollector,
+    sockets: SocketCollector,
     ids: ReportIds,
     args: &'a RunArgs,
     sent: u64,
@@ -87,11 +101,18 @@ struct Reporter<'a> {
 impl Reporter<'_> {
     fn report(&mut self, probes: &Probes) -> Result<()> {
         let counted: HashSet<u32> = probes.counted().collect();
-        let stats = match self.collector.collect(&counted) {
+        // The kernel keeps counting: on a read error, the next report carries this interval.
+        let stats = match self.traffic.collect(&counted) {
             Ok(stats) => stats,
             Err(err) => {
-                // The kernel keeps counting: the next report carries this interval too.
                 error!("{err:#}; this interval's traffic goes into the next report");
+                return Ok(());
+            }
+        };
+        let sockets = match self.sockets.collect() {
+            Ok(sockets) => sockets,
+            Err(err) => {
+                error!("{err:#}; this interval's sockets go into the next report");
                 return Ok(());
             }
         };
@@ -99,13 +120,18 @@ impl Reporter<'_> {
         if let Err(err) = saved {
             error!("{err:#}; after a restart, report ids may not continue from {id}");
         }
-        let report = Report::new(
+        let mut report = Report::new(
             id,
             Metrics {
+                listening_tcp_ports: Some(sockets.listening_tcp_ports),
+                listening_udp_ports: Some(sockets.listening_udp_ports),
                 network_stats: Some(stats),
-                ..Default::default()
+                tcp_connections: Some(sockets.tcp_connections),
             },
         );
+        for (name, value) in sockets.custom {
+            report.custom_metrics.insert(name.to_owned(), [value]);
+        }
         let budget = usize::try_from(self.args.budget).unwrap_or(usize::MAX);
         let (bytes, cut) = encode_within(&report, self.args.names, self.args.format, budget)?;
         if cut {

@@ -229,8 +229,9 @@ impl Tern {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::SeqCst)
         ));
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns.name])
+        // nsenter, not `ip netns exec`: the latter remounts /sys, which hides tracefs.
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name))
             .arg(tern_bin())
             .args(["run", "--output", "stdout", "--state-dir"])
             .arg(&state_dir)

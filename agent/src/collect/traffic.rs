@@ -1,6 +1,6 @@
-//! Collection: reads the kernel's traffic maps (summing the per-CPU values) and turns them
-//! into `network_stats` deltas since the previous report. Owns the last readings; never
-//! touches /proc or /sys counters.
+//! Traffic: reads the kernel's traffic maps (summing the per-CPU values) and turns them into
+//! `network_stats` deltas since the previous report. Owns the last readings; never touches
+//! /proc or /sys counters.
 
 use std::collections::HashSet;
 

@@ -1,0 +1,524 @@
+//! Sockets: turns the kernel's socket maps into the report's listening ports and
+//! established connections (what exists now) and into the interval's custom metrics (what
+//! existed at any moment since the previous report). Seeds the maps at start from the
+//! sock_diag snapshot, so sockets older than tern are known too.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use anyhow::{Context, Result};
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use log::{info, warn};
+use tern_common::{
+    AF_INET, AF_INET6, DETAILS_DROPPED, OPENED_INBOUND_COUNT, OPENED_OUTBOUND_COUNT, SEEDED,
+    SHORT_LIVED_COUNT, Seen, TCP_CONNECTION, TCP_LISTENER, TcpSock, TcpState, UdpSock,
+};
+
+use crate::{
+    delta::Readings,
+    interfaces,
+    probes::SocketMaps,
+    report::{Connection, Connections, CustomMetric, Port, PortList, TcpConnections},
+    sockdiag::{self, DiagSocket},
+};
+
+/// bpf_map_update_elem flag: only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
+
+/// Names of the interval metrics, in the report's `custom_metrics`.
+pub const OPENED: &str = "interval_tcp_connections_opened";
+pub const OPENED_INBOUND: &str = "interval_tcp_connections_opened_inbound";
+pub const OPENED_OUTBOUND: &str = "interval_tcp_connections_opened_outbound";
+pub const SHORT_LIVED: &str = "interval_tcp_connections_short_lived";
+pub const TCP_PORTS: &str = "interval_listening_tcp_ports";
+pub const UDP_PORTS: &str = "interval_listening_udp_ports";
+pub const REMOTES: &str = "interval_remote_addresses";
+pub const DROPPED: &str = "interval_details_dropped";
+
+pub struct SocketOptions {
+    /// The namespace cookie to report; None reports every namespace.
+    pub netns: Option<u64>,
+    /// List every connection of the interval in `established_connections`, not only the
+    /// ones established at report time.
+    pub interval_connections: bool,
+}
+
+/// One report's worth of socket data.
+pub struct Sockets {
+    pub listening_tcp_ports: PortList,
+    pub listening_udp_ports: PortList,
+    pub tcp_connections: TcpConnections,
+    pub custom: Vec<(&'static str, CustomMetric)>,
+}
+
+/// What existed at one moment: kept from one report to the next, because what existed at
+/// the start of an interval existed during it.
+#[derive(Default)]
+struct Snapshot {
+    tcp_ports: BTreeSet<u16>,
+    udp_ports: BTreeSet<u16>,
+    remotes: BTreeSet<IpAddr>,
+}
+
+pub struct SocketCollector {
+    maps: SocketMaps,
+    options: SocketOptions,
+    epoch: u32,
+    counters: Readings<(), 4>,
+    previous: Snapshot,
+}
+
+impl SocketCollector {
+    /// Seeds the kernel maps with the sockets that existed before the programs were
+    /// attached, and takes the first snapshot.
+    pub fn start(mut maps: SocketMaps, options: SocketOptions, own_netns: u64) -> Result<Self> {
+        let seeded = seed(&mut maps, own_netns)?;
+        info!(
+            "found {} TCP listeners, {} TCP connections and {} UDP sockets open before start",
+            seeded.0, seeded.1, seeded.2
+        );
+        let mut collector = Self {
+            maps,
+            options,
+            epoch: 1,
+            counters: Readings::default(),
+            previous: Snapshot::default(),
+        };
+        collector.publish_epoch()?;
+        let (now, _) = collector.current(&HashMap::new())?;
+        collector.previous = now;
+        collector.counters.advance((), collector.read_counters()?);
+        Ok(collector)
+    }
+
+    pub fn collect(&mut self) -> Result<Sockets> {
+        // Events from here on belong to the next interval; the sets of this one are drained.
+        self.epoch = self.epoch.wrapping_add(1);
+        self.publish_epoch()?;
+        let owners = interfaces::address_owners().unwrap_or_else(|err| {
+            warn!("cannot read the interfaces' addresses: {err:#}; interfaces are left out");
+            HashMap::new()
+        });
+        let (now, current) = self.current(&owners)?;
+        let epoch = self.epoch;
+        let netns = self.options.netns;
+        let tcp_listened = drain_seen(&mut self.maps.tcp_listened, epoch, netns)?;
+        let udp_listened = drain_seen(&mut self.maps.udp_listened, epoch, netns)?;
+        let remotes_seen = drain_seen(&mut self.maps.remotes_seen, epoch, netns)?;
+        let connections_seen = drain_connections(&mut self.maps.connections_seen, epoch, netns)?;
+        let growth = self.counters.advance((), self.read_counters()?);
+
+        let mut connections = current.connections;
+        if self.options.interval_connections {
+            let mut all: BTreeSet<TcpSock> = current.connection_keys;
+            all.extend(connections_seen);
+            connections = all.iter().map(|s| connection(s, &owners)).collect();
+        }
+        let union_ports = |before: &BTreeSet<u16>, after: &BTreeSet<u16>, seen: &[Seen]| {
+            let mut ports: BTreeSet<u16> = before.union(after).copied().collect();
+            ports.extend(seen.iter().map(|s| s.port));
+            CustomMetric::NumberList(ports.into_iter().map(u64::from).collect())
+        };
+        let mut remotes: BTreeSet<IpAddr> =
+            self.previous.remotes.union(&now.remotes).copied().collect();
+        remotes.extend(remotes_seen.iter().map(|s| ip(s.family, &s.addr)));
+        let custom = vec![
+            (OPENED, CustomMetric::Number(growth[0] + growth[1])),
+            (OPENED_INBOUND, CustomMetric::Number(growth[0])),
+            (OPENED_OUTBOUND, CustomMetric::Number(growth[1])),
+            (SHORT_LIVED, CustomMetric::Number(growth[2])),
+            (
+                TCP_PORTS,
+                union_ports(&self.previous.tcp_ports, &now.tcp_ports, &tcp_listened),
+            ),
+            (
+                UDP_PORTS,
+                union_ports(&self.previous.udp_ports, &now.udp_ports, &udp_listened),
+            ),
+            (
+                REMOTES,
+                CustomMetric::IpList(remotes.iter().map(IpAddr::to_string).collect()),
+            ),
+            (DROPPED, CustomMetric::Number(growth[3])),
+        ];
+        self.previous = now;
+        Ok(Sockets {
+            listening_tcp_ports: port_list(current.tcp_ports),
+            listening_udp_ports: port_list(current.udp_ports),
+            tcp_connections: TcpConnections {
+                established_connections: Connections {
+                    total: connections.len() as u64,
+                    connections,
+                },
+            },
+            custom,
+        })
+    }
+
+    fn publish_epoch(&mut self) -> Result<()> {
+        self.maps
+            .epoch
+            .set(0, self.epoch, 0)
+            .context("publishing the interval number to the kernel")
+    }
+
+    /// The kernel's cumulative counters: [inbound opened, outbound opened, short-lived,
+    /// details dropped], each summed over all CPUs.
+    fn read_counters(&self) -> Result<[u64; 4]> {
+        let mut out = [0; 4];
+        let indexes = [
+            OPENED_INBOUND_COUNT,
+            OPENED_OUTBOUND_COUNT,
+            SHORT_LIVED_COUNT,
+            DETAILS_DROPPED,
+        ];
+        for (index, slot) in indexes.iter().zip(out.iter_mut()) {
+            let per_cpu = self
+                .maps
+                .counters
+                .get(index, 0)
+                .context("reading the SOCK_COUNTERS map")?;
+            *slot = per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v));
+        }
+        Ok(out)
+    }
+
+    /// The sockets that exist now.
+    fn current(&self, owners: &HashMap<IpAddr, String>) -> Result<(Snapshot, Current)> {
+        let mut snapshot = Snapshot::default();
+        let mut current = Current::default();
+        for entry in self.maps.tcp_socks.iter() {
+            let (sock, _) = entry.context("reading the TCP_SOCKS map")?;
+            if !self.reported(sock.netns) {
+                continue;
+            }
+            let local = ip(sock.family, &sock.local_addr);
+            if sock.kind == TCP_LISTENER {
+                snapshot.tcp_ports.insert(sock.local_port);
+                current
+                    .tcp_ports
+                    .insert(port(sock.local_port, local, owners));
+            } else if sock.kind == TCP_CONNECTION {
+                snapshot.remotes.insert(ip(sock.family, &sock.remote_addr));
+                current.connections.push(connection(&sock, owners));
+                current.connection_keys.insert(sock);
+            }
+        }
+        for entry in self.maps.udp_socks.iter() {
+            let (_, sock) = entry.context("reading the UDP_SOCKS map")?;
+            if !self.reported(sock.netns) {
+                continue;
+            }
+            snapshot.udp_ports.insert(sock.local_port);
+            let local = ip(sock.family, &sock.local_addr);
+            current
+                .udp_ports
+                .insert(port(sock.local_port, local, owners));
+        }
+        current.connections.sort_unstable();
+        Ok((snapshot, current))
+    }
+
+    fn reported(&self, netns: u64) -> bool {
+        self.options
+            .netns
+            .is_none_or(|own| netns == own || netns == 0)
+    }
+}
+
+#[derive(Default)]
+struct Current {
+    tcp_ports: BTreeSet<Port>,
+    udp_ports: BTreeSet<Port>,
+    connections: Vec<Connection>,
+    connection_keys: BTreeSet<TcpSock>,
+}
+
+fn port_list(ports: BTreeSet<Port>) -> PortList {
+    PortList {
+        total: ports.len() as u64,
+        ports: ports.into_iter().collect(),
+    }
+}
+
+fn port(number: u16, local: IpAddr, owners: &HashMap<IpAddr, String>) -> Port {
+    Port {
+        port: number,
+        interface: interface(local, owners),
+    }
+}
+
+fn connection(sock: &TcpSock, owners: &HashMap<IpAddr, String>) -> Connection {
+    let remote = SocketAddr::new(ip(sock.family, &sock.remote_addr), sock.remote_port);
+    Connection {
+        remote_addr: remote.to_string(),
+        local_port: sock.local_port,
+        local_interface: interface(ip(sock.family, &sock.local_addr), owners),
+    }
+}
+
+/// The interface that holds `addr`. A wildcard address has no single interface; any
+/// 127.0.0.0/8 address is loopback's, though only 127.0.0.1 is listed on it.
+fn interface(addr: IpAddr, owners: &HashMap<IpAddr, String>) -> Option<String> {
+    if addr.is_unspecified() {
+        return None;
+    }
+    owners.get(&addr).cloned().or_else(|| match addr {
+        IpAddr::V4(v4) if v4.is_loopback() => owners.get(&IpAddr::V4(Ipv4Addr::LOCALHOST)).cloned(),
+        _ => None,
+    })
+}
+
+/// The address as reported: an IPv4-mapped IPv6 address is shown as the IPv4 address.
+fn ip(family: u16, bytes: &[u8; 16]) -> IpAddr {
+    if family == AF_INET {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*bytes)).to_canonical()
+    }
+}
+
+fn drain_seen(
+    set: &mut BpfHashMap<MapData, Seen, u32>,
+    epoch: u32,
+    netns: Option<u64>,
+) -> Result<Vec<Seen>> {
+    let mut past = Vec::new();
+    for key in set.keys() {
+        let key = key.context("reading an interval set")?;
+        if key.epoch != epoch {
+            past.push(key);
+        }
+    }
+    for key in &past {
+        // Already gone is fine: nothing else deletes, so it is not lost either.
+        let _ = set.remove(key);
+    }
+    past.retain(|s| netns.is_none_or(|own| s.netns == own || s.netns == 0));
+    Ok(past)
+}
+
+fn drain_connections(
+    set: &mut BpfHashMap<MapData, TcpSock, u32>,
+    epoch: u32,
+    netns: Option<u64>,
+) -> Result<Vec<TcpSock>> {
+    let mut past = Vec::new();
+    for entry in set.iter() {
+        let (key, seen_in) = entry.context("reading the CONNECTIONS_SEEN map")?;
+        if seen_in != epoch {
+            past.push(key);
+        }
+    }
+    for key in &past {
+        let _ = set.remove(key);
+    }
+    past.retain(|s| netns.is_none_or(|own| s.netns == own || s.netns == 0));
+    Ok(past)
+}
+
+/// Puts the sockets that existed before the programs were attached into the kernel maps.
+/// A socket that closes between the snapshot and its insertion would stay forever, so a
+/// second snapshot afterwards removes seeded sockets it no longer lists.
+fn seed(maps: &mut SocketMaps, netns: u64) -> Result<(usize, usize, usize)> {
+    let tcp_states = [sockdiag::TCP_LISTEN, sockdiag::TCP_ESTABLISHED];
+    let udp_states = [sockdiag::TCP_CLOSE];
+    let tcp = tcp_seeds(
+        &sockdiag::dump(sockdiag::IPPROTO_TCP, sockdiag::states(&tcp_states))?,
+        netns,
+    );
+    let udp = udp_seeds(
+        &sockdiag::dump(sockdiag::IPPROTO_UDP, sockdiag::states(&udp_states))?,
+        netns,
+    );
+    for (key, state) in &tcp {
+        let _ = maps.tcp_socks.insert(key, state, BPF_NOEXIST);
+    }
+    for (cookie, sock) in &udp {
+        let _ = maps.udp_socks.insert(cookie, sock, BPF_NOEXIST);
+    }
+
+    let tcp_again = tcp_seeds(
+        &sockdiag::dump(sockdiag::IPPROTO_TCP, sockdiag::states(&tcp_states))?,
+        netns,
+    );
+    let udp_again = udp_seeds(
+        &sockdiag::dump(sockdiag::IPPROTO_UDP, sockdiag::states(&udp_states))?,
+        netns,
+    );
+    for key in tcp.keys().filter(|k| !tcp_again.contains_key(k)) {
+        if maps
+            .tcp_socks
+            .get(key, 0)
+            .is_ok_and(|s| s.flags & SEEDED != 0)
+        {
+            let _ = maps.tcp_socks.remove(key);
+        }
+    }
+    for cookie in udp.keys().filter(|c| !udp_again.contains_key(c)) {
+        if maps
+            .udp_socks
+            .get(cookie, 0)
+            .is_ok_and(|s| s.flags & SEEDED != 0)
+        {
+            let _ = maps.udp_socks.remove(cookie);
+        }
+    }
+    let listeners = tcp.keys().filter(|k| k.kind == TCP_LISTENER).count();
+    Ok((listeners, tcp.len() - listeners, udp.len()))
+}
+
+fn tcp_seeds(sockets: &[DiagSocket], netns: u64) -> HashMap<TcpSock, TcpState> {
+    let mut seeds: HashMap<TcpSock, TcpState> = HashMap::new();
+    for s in sockets {
+        let listener = s.state == sockdiag::TCP_LISTEN;
+        let (family, local) = raw(s.local);
+        let mut key = TcpSock {
+            netns,
+            local_addr: local,
+            local_port: s.local_port,
+            family,
+            kind: if listener {
+                TCP_LISTENER
+            } else {
+                TCP_CONNECTION
+            },
+            ..TcpSock::default()
+        };
+        if !listener {
+            key.remote_addr = raw(s.remote).1;
+            key.remote_port = s.remote_port;
+        }
+        seeds
+            .entry(key)
+            .and_modify(|state| state.count += 1)
+            .or_insert(TcpState {
+                opened_epoch: u32::MAX,
+                flags: SEEDED,
+                count: 1,
+            });
+    }
+    seeds
+}
+
+fn udp_seeds(sockets: &[DiagSocket], netns: u64) -> HashMap<u64, UdpSock> {
+    sockets
+        .iter()
+        .filter(|s| s.local_port != 0)
+        .map(|s| {
+            let (family, local_addr) = raw(s.local);
+            let sock = UdpSock {
+                netns,
+                local_addr,
+                local_port: s.local_port,
+                family,
+                flags: SEEDED,
+            };
+            (s.cookie, sock)
+        })
+        .collect()
+}
+
+/// An address as the kernel programs store it: IPv4 in the first four bytes.
+fn raw(addr: IpAddr) -> (u16, [u8; 16]) {
+    let mut bytes = [0; 16];
+    match addr {
+        IpAddr::V4(v4) => {
+            bytes[..4].copy_from_slice(&v4.octets());
+            (AF_INET, bytes)
+        }
+        IpAddr::V6(v6) => (AF_INET6, v6.octets()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owners() -> HashMap<IpAddr, String> {
+        HashMap::from([
+            ("127.0.0.1".parse().unwrap(), "lo".to_owned()),
+            ("::1".parse().unwrap(), "lo".to_owned()),
+            ("10.0.0.5".parse().unwrap(), "eth0".to_owned()),
+            ("2001:db8::5".parse().unwrap(), "eth0".to_owned()),
+        ])
+    }
+
+    #[test]
+    fn a_wildcard_bind_has_no_interface() {
+        for wildcard in ["0.0.0.0", "::"] {
+            assert_eq!(interface(wildcard.parse().unwrap(), &owners()), None);
+        }
+    }
+
+    #[test]
+    fn a_bound_address_reports_the_interface_holding_it() {
+        let o = owners();
+        assert_eq!(
+            interface("10.0.0.5".parse().unwrap(), &o).as_deref(),
+            Some("eth0")
+        );
+        assert_eq!(
+            interface("2001:db8::5".parse().unwrap(), &o).as_deref(),
+            Some("eth0")
+        );
+        assert_eq!(
+            interface("127.0.0.53".parse().unwrap(), &o).as_deref(),
+            Some("lo")
+        );
+        assert_eq!(interface("::1".parse().unwrap(), &o).as_deref(), Some("lo"));
+        assert_eq!(interface("192.0.2.1".parse().unwrap(), &o), None);
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_is_shown_as_ipv4() {
+        let mapped: Ipv6Addr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(ip(AF_INET6, &mapped.octets()).to_string(), "192.0.2.7");
+        let sock = TcpSock {
+            family: AF_INET6,
+            remote_addr: mapped.octets(),
+            remote_port: 443,
+            local_addr: "::ffff:10.0.0.5".parse::<Ipv6Addr>().unwrap().octets(),
+            local_port: 5000,
+            ..TcpSock::default()
+        };
+        let c = connection(&sock, &owners());
+        assert_eq!(c.remote_addr, "192.0.2.7:443");
+        assert_eq!(c.local_interface.as_deref(), Some("eth0"));
+        let v6 = TcpSock {
+            family: AF_INET6,
+            remote_addr: "2001:db8::9".parse::<Ipv6Addr>().unwrap().octets(),
+            remote_port: 22,
+            ..TcpSock::default()
+        };
+        assert_eq!(connection(&v6, &owners()).remote_addr, "[2001:db8::9]:22");
+    }
+
+    #[test]
+    fn reuseport_listeners_seed_as_one_key_with_a_count() {
+        let listener = DiagSocket {
+            state: sockdiag::TCP_LISTEN,
+            local: "0.0.0.0".parse().unwrap(),
+            local_port: 80,
+            remote: "0.0.0.0".parse().unwrap(),
+            remote_port: 0,
+            cookie: 1,
+        };
+        let seeds = tcp_seeds(
+            &[
+                listener.clone(),
+                DiagSocket {
+                    cookie: 2,
+                    ..listener
+                },
+            ],
+            9,
+        );
+        assert_eq!(seeds.len(), 1);
+        let (key, state) = seeds.iter().next().unwrap();
+        assert_eq!((key.kind, key.netns, state.count), (TCP_LISTENER, 9, 2));
+        assert_eq!(state.flags, SEEDED);
+    }
+}

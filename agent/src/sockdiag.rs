@@ -1,0 +1,159 @@
+//! The start-up snapshot: the sockets of tern's namespace as NETLINK_SOCK_DIAG lists them,
+//! so sockets opened before tern started are known. Read-only; seeding the kernel maps
+//! with it is the collector's job.
+
+use std::net::IpAddr;
+
+use anyhow::{Context, Result, bail};
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_sock_diag::{
+    SockDiagMessage,
+    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+/// Kernel TCP states, which UDP sockets reuse: a bound unconnected UDP socket is CLOSE.
+pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_CLOSE: u8 = 7;
+pub const TCP_LISTEN: u8 = 10;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiagSocket {
+    pub state: u8,
+    pub local: IpAddr,
+    pub local_port: u16,
+    pub remote: IpAddr,
+    pub remote_port: u16,
+    pub cookie: u64,
+}
+
+/// Every socket of `protocol` (IPv4 and IPv6) in one of `states`.
+pub fn dump(protocol: u8, states: StateFlags) -> Result<Vec<DiagSocket>> {
+    let mut socket =
+        Socket::new(NETLINK_SOCK_DIAG).context("opening a NETLINK_SOCK_DIAG socket")?;
+    socket
+        .bind_auto()
+        .context("binding the NETLINK_SOCK_DIAG socket")?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .context("connecting the NETLINK_SOCK_DIAG socket")?;
+    let mut all = Vec::new();
+    for family in [AF_INET, AF_INET6] {
+        request(&socket, family, protocol, states.clone())?;
+        read_dump(&socket, &mut all)?;
+    }
+    Ok(all)
+}
+
+fn request(socket: &Socket, family: u8, protocol: u8, states: StateFlags) -> Result<()> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    let socket_id = if family == AF_INET {
+        SocketId::new_v4()
+    } else {
+        SocketId::new_v6()
+    };
+    let mut message = NetlinkMessage::new(
+        header,
+        NetlinkPayload::InnerMessage(SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol,
+            extensions: ExtensionFlags::empty(),
+            states,
+            socket_id,
+        })),
+    );
+    message.finalize();
+    let mut bytes = vec![0; message.buffer_len()];
+    message.serialize(&mut bytes);
+    socket
+        .send(&bytes, 0)
+        .context("requesting the socket list")?;
+    Ok(())
+}
+
+fn read_dump(socket: &Socket, into: &mut Vec<DiagSocket>) -> Result<()> {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    // A dump ends with NLMSG_DONE; the bound keeps a misbehaving kernel from holding us.
+    for _ in 0..1_000_000 {
+        buf.clear();
+        let n = socket
+            .recv(&mut buf, 0)
+            .context("reading the socket list")?;
+        let mut offset = 0;
+        while offset < n {
+            let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[offset..n])
+                .context("parsing a socket from the kernel")?;
+            let length = message.header.length as usize;
+            match message.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                    let id = &response.header.socket_id;
+                    let words = [&id.cookie[..4], &id.cookie[4..]]
+                        .map(|w| u64::from(u32::from_ne_bytes(w.try_into().expect("4 bytes"))));
+                    into.push(DiagSocket {
+                        state: response.header.state,
+                        local: id.source_address,
+                        local_port: id.source_port,
+                        remote: id.destination_address,
+                        remote_port: id.destination_port,
+                        cookie: words[0] | words[1] << 32,
+                    });
+                }
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(err) => bail!("the kernel refused the socket list: {err:?}"),
+                _ => {}
+            }
+            if length == 0 {
+                break;
+            }
+            offset += (length + 3) & !3;
+        }
+    }
+    bail!("the kernel's socket list did not end")
+}
+
+/// The cookie of tern's own network namespace, as the kernel programs see it.
+pub fn own_netns_cookie() -> Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // An unbound socket is enough: the cookie is the namespace's, and nothing listens.
+    // SAFETY: socket() has no memory preconditions; a valid fd is owned right away.
+    let socket = unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            bail!(
+                "cannot open a socket to learn the namespace cookie: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    };
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: cookie and len describe a writable u64.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "cannot read this network namespace's cookie (SO_NETNS_COOKIE needs Linux 5.14): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(cookie)
+}
+
+pub fn states(states: &[u8]) -> StateFlags {
+    StateFlags::from_bits_truncate(states.iter().fold(0, |acc, s| acc | 1 << s))
+}
