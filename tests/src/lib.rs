@@ -21,6 +21,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod schema;
+
 /// Runs a command and panics with its output if it fails.
 pub fn sh(program: &str, args: &[&str]) -> String {
     let output = Command::new(program)
@@ -54,6 +56,22 @@ impl Netns {
     /// A fresh namespace with loopback up and IPv6 off, so that no neighbour discovery or
     /// multicast report adds traffic the test did not send.
     pub fn new(tag: &str) -> Self {
+        let ns = Self::create(tag);
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+        ns
+    }
+
+    /// A fresh namespace with loopback up and IPv6 on (::1 on loopback).
+    pub fn dual_stack(tag: &str) -> Self {
+        let ns = Self::create(tag);
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0"]);
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=0"]);
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"]);
+        ns
+    }
+
+    fn create(tag: &str) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "tern-t{}-{}-{tag}",
@@ -62,8 +80,6 @@ impl Netns {
         );
         sh("ip", &["netns", "add", &name]);
         let ns = Self { name };
-        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
         ns.exec(&["ip", "link", "set", "lo", "up"]);
         ns
     }
@@ -162,10 +178,48 @@ pub const ADDR_B: &str = "10.77.0.2";
 pub const DEV_A: &str = "ta";
 pub const DEV_B: &str = "tb";
 
+pub const ADDR6_A: &str = "fd00:77::1";
+pub const ADDR6_B: &str = "fd00:77::2";
+
 impl Pair {
     pub fn new() -> Self {
-        let a = Netns::new("a");
-        let b = Netns::new("b");
+        Self::join(Netns::new("a"), Netns::new("b"))
+    }
+
+    /// As `new`, with IPv6 too: fd00:77::1 on `ta`, fd00:77::2 on `tb`.
+    pub fn dual_stack() -> Self {
+        let pair = Self::join(Netns::dual_stack("a"), Netns::dual_stack("b"));
+        let (mac_a, mac_b) = (pair.a.mac(DEV_A), pair.b.mac(DEV_B));
+        for (ns, dev, addr, peer, mac) in [
+            (&pair.a, DEV_A, ADDR6_A, ADDR6_B, &mac_b),
+            (&pair.b, DEV_B, ADDR6_B, ADDR6_A, &mac_a),
+        ] {
+            ns.exec(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{addr}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+            ns.exec(&[
+                "ip",
+                "neigh",
+                "replace",
+                peer,
+                "lladdr",
+                mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ]);
+        }
+        pair
+    }
+
+    fn join(a: Netns, b: Netns) -> Self {
         sh(
             "ip",
             &[
@@ -216,8 +270,9 @@ impl Default for Pair {
 pub struct Tern {
     child: Child,
     pub state_dir: PathBuf,
-    reports: Receiver<Value>,
+    reports: Receiver<Result<Value, String>>,
     log: Receiver<String>,
+    sizes: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
 }
 
 impl Tern {
@@ -242,13 +297,18 @@ impl Tern {
             .expect("starting tern");
         let (report_tx, reports) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout");
+        let sizes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sizes_seen = sizes.clone();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let report: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
-                    panic!("tern printed a line that is not JSON ({e}): {line}")
-                });
-                if report_tx.send(report).is_err() {
+                let bytes = if line.starts_with('{') {
+                    line.len()
+                } else {
+                    line.len() / 2
+                };
+                sizes_seen.lock().expect("sizes").push(bytes);
+                if report_tx.send(decode(&line)).is_err() {
                     break;
                 }
             }
@@ -269,9 +329,15 @@ impl Tern {
             state_dir,
             reports,
             log,
+            sizes,
         };
         tern.wait_log("attached", Duration::from_secs(20));
         tern
+    }
+
+    /// Encoded size in bytes of every report printed so far (hex CBOR counted as bytes).
+    pub fn encoded_sizes(&self) -> Vec<usize> {
+        self.sizes.lock().expect("sizes").clone()
     }
 
     /// Waits for a log line containing `needle`; panics after `timeout`.
@@ -287,10 +353,11 @@ impl Tern {
         }
     }
 
-    /// The next report; panics after `timeout`.
+    /// The next report, checked against the document rules and with long names whatever
+    /// its encoding; panics after `timeout`.
     pub fn next_report(&self, timeout: Duration) -> Value {
         match self.reports.recv_timeout(timeout) {
-            Ok(report) => report,
+            Ok(report) => report.unwrap_or_else(|e| panic!("{e}")),
             Err(RecvTimeoutError::Timeout) => panic!("no report within {timeout:?}"),
             Err(RecvTimeoutError::Disconnected) => panic!("tern exited before reporting"),
         }
@@ -315,10 +382,32 @@ impl Tern {
         let deadline = Instant::now() + Duration::from_secs(5);
         Stopped {
             code,
-            reports: drain(&self.reports, deadline),
+            reports: drain(&self.reports, deadline)
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|e| panic!("{e}")))
+                .collect(),
             log: drain(&self.log, deadline),
         }
     }
+}
+
+/// One line of tern's stdout: a JSON document, or a CBOR document in hex. Every report is
+/// checked against the document rules.
+fn decode(line: &str) -> Result<Value, String> {
+    let doc: Value = if line.starts_with('{') {
+        serde_json::from_str(line).map_err(|e| format!("not JSON ({e}): {line}"))?
+    } else {
+        let bytes = (0..line.len())
+            .step_by(2)
+            .map(|i| {
+                line.get(i..i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(|| format!("neither JSON nor hex: {line}"))?;
+        ciborium::from_reader(bytes.as_slice()).map_err(|e| format!("not CBOR ({e}): {line}"))?
+    };
+    schema::validate(&doc)
 }
 
 /// Everything a channel yields until its sender is gone or `deadline` passes.
@@ -380,5 +469,99 @@ pub fn tcp_info(socket: &impl AsRawFd) -> TcpInfo {
         segs_in: u32_at(140),
         bytes_sent: u64_at(200),
         bytes_received: u64_at(128),
+    }
+}
+
+/// Ground truth from `ss` and `ip addr` in a namespace, for the socket tests.
+pub mod ss {
+    use std::{
+        collections::{BTreeSet, HashMap},
+        net::{IpAddr, Ipv4Addr},
+    };
+
+    use serde_json::Value;
+
+    use super::{Netns, sh};
+
+    /// (port, interface) of every listening socket: `ss -l` for TCP, `ss -l` (UNCONN) for
+    /// UDP. The interface is the one `ip addr` lists the bound address on; none for a
+    /// wildcard bind.
+    pub fn listening(ns: &Netns, proto: char) -> BTreeSet<(u16, Option<String>)> {
+        let owners = owners(ns);
+        lines(ns, &[&format!("-H{proto}ln")])
+            .iter()
+            .map(|cols| {
+                let (ip, port) = endpoint(&cols[3]);
+                (port, interface(ip, &owners))
+            })
+            .collect()
+    }
+
+    /// (remote "ip:port", local port, local interface) of every established TCP connection.
+    pub fn established(ns: &Netns) -> Vec<(String, u16, Option<String>)> {
+        let owners = owners(ns);
+        let mut all: Vec<_> = lines(ns, &["-Htan"])
+            .iter()
+            .filter(|cols| cols[0] == "ESTAB")
+            .map(|cols| {
+                let (local, local_port) = endpoint(&cols[3]);
+                let (remote, remote_port) = endpoint(&cols[4]);
+                let remote = std::net::SocketAddr::new(remote, remote_port).to_string();
+                (remote, local_port, interface(local, &owners))
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
+    fn lines(ns: &Netns, args: &[&str]) -> Vec<Vec<String>> {
+        let mut full = vec!["ss"];
+        full.extend_from_slice(args);
+        ns.exec(&full)
+            .lines()
+            .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .filter(|cols| cols.len() >= 5)
+            .collect()
+    }
+
+    /// "10.0.0.1:80", "[fd00::1]:80", "*:80", "127.0.0.53%lo:53", "[::ffff:10.0.0.1]:80".
+    fn endpoint(text: &str) -> (IpAddr, u16) {
+        let (host, port) = text.rsplit_once(':').expect("address:port");
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host = host.split('%').next().expect("a host");
+        let ip = if host == "*" {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            host.parse::<IpAddr>()
+                .unwrap_or_else(|_| panic!("ss address {text}"))
+                .to_canonical()
+        };
+        (ip, port.parse().expect("a port"))
+    }
+
+    fn owners(ns: &Netns) -> HashMap<IpAddr, String> {
+        let json: Value =
+            serde_json::from_str(&sh("ip", &["-n", &ns.name, "-j", "addr", "show"])).unwrap();
+        let mut owners = HashMap::new();
+        for link in json.as_array().expect("a link list") {
+            let name = link["ifname"].as_str().expect("ifname");
+            for addr in link["addr_info"].as_array().into_iter().flatten() {
+                if let Some(local) = addr["local"].as_str() {
+                    owners.insert(local.parse().expect("an address"), name.to_owned());
+                }
+            }
+        }
+        owners
+    }
+
+    fn interface(ip: IpAddr, owners: &HashMap<IpAddr, String>) -> Option<String> {
+        if ip.is_unspecified() {
+            return None;
+        }
+        owners.get(&ip).cloned().or_else(|| {
+            ip.is_loopback()
+                .then(|| owners.get(&IpAddr::V4(Ipv4Addr::LOCALHOST)).cloned())
+                .flatten()
+        })
     }
 }
