@@ -58,6 +58,11 @@ static LAYOUT: Layout = Layout {
 #[unsafe(no_mangle)]
 static NETNS_FILTER: u64 = 0;
 
+/// Non-zero when user space lists every connection of an interval, which then costs one
+/// more map update per connection.
+#[unsafe(no_mangle)]
+static RECORD_CONNECTIONS: u32 = 0;
+
 #[map]
 static TCP_SOCKS: HashMap<TcpSock, TcpState> =
     HashMap::with_max_entries(SOCKS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
@@ -227,7 +232,10 @@ fn connection_opened(sock: &TcpSock, flags: u32, epoch: u32) {
         family: sock.family,
     };
     remember(&REMOTES_SEEN, &remote);
-    if CONNECTIONS_SEEN.insert(sock, &epoch, BPF_ANY).is_err() {
+    // SAFETY: as for LAYOUT.
+    if unsafe { read_volatile(&RECORD_CONNECTIONS) } != 0
+        && CONNECTIONS_SEEN.insert(sock, &epoch, BPF_ANY).is_err()
+    {
         count(DETAILS_DROPPED);
     }
 }

@@ -51,10 +51,12 @@ pub struct SocketMaps {
     pub epoch: Array<MapData, u32>,
 }
 
-/// What to load: which namespace the socket programs follow (0: all of them).
+/// What to load: which namespace the socket programs follow (0: all of them), and whether
+/// they record every connection of an interval.
 pub struct LoadOptions {
     pub include_loopback: bool,
     pub netns_filter: u64,
+    pub record_connections: bool,
 }
 
 struct Attachment {
@@ -72,9 +74,11 @@ pub struct Probes {
 impl Probes {
     pub fn load(options: &LoadOptions) -> Result<(Self, TrafficMaps, SocketMaps)> {
         let layout = crate::layout::read()?;
+        let record_connections = u32::from(options.record_connections);
         let mut ebpf = EbpfLoader::new()
             .override_global("LAYOUT", &layout, true)
             .override_global("NETNS_FILTER", &options.netns_filter, true)
+            .override_global("RECORD_CONNECTIONS", &record_connections, true)
             .load(OBJECT)
             .context("loading tern's eBPF object into the kernel")?;
         for name in [INGRESS, EGRESS] {

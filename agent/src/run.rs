@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use log::{error, info};
+use log::{debug, error, info};
 
 use crate::{
     Output, RunArgs,
@@ -29,6 +29,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let (mut probes, traffic, sockets) = Probes::load(&LoadOptions {
         include_loopback: args.include_loopback,
         netns_filter: if args.all_namespaces { 0 } else { own_netns },
+        record_connections: args.interval_connections,
     })?;
     let mut links = LinkWatch::open()?;
     for event in links.dump()? {
@@ -100,6 +101,7 @@ struct Reporter<'a> {
 
 impl Reporter<'_> {
     fn report(&mut self, probes: &Probes) -> Result<()> {
+        let started = Instant::now();
         let counted: HashSet<u32> = probes.counted().collect();
         // The kernel keeps counting: on a read error, the next report carries this interval.
         let stats = match self.traffic.collect(&counted) {
@@ -132,11 +134,23 @@ impl Reporter<'_> {
         for (name, value) in sockets.custom {
             report.custom_metrics.insert(name.to_owned(), [value]);
         }
+        let collected = started.elapsed();
         let budget = usize::try_from(self.args.budget).unwrap_or(usize::MAX);
         let (bytes, cut) = encode_within(&report, self.args.names, self.args.format, budget)?;
         if cut {
             info!("report {id} was over {budget} bytes: its lists were cut to fit");
         }
+        debug!(
+            "report {id} built in {} us (collected in {} us): {} connections, {} bytes",
+            started.elapsed().as_micros(),
+            collected.as_micros(),
+            report
+                .metrics
+                .tcp_connections
+                .as_ref()
+                .map_or(0, |t| t.established_connections.total),
+            bytes.len()
+        );
         match self.args.output {
             Output::Stdout => {
                 let mut out = std::io::stdout().lock();

@@ -278,6 +278,11 @@ pub struct Tern {
 impl Tern {
     /// Starts `tern run --output stdout` with `args` in `ns`, and waits until it has attached.
     pub fn start(ns: &Netns, args: &[&str]) -> Self {
+        Self::start_with_env(ns, args, &[])
+    }
+
+    /// As `start`, with more environment variables for tern (e.g. TERN_LOG).
+    pub fn start_with_env(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let state_dir = std::env::temp_dir().join(format!(
             "tern-test-state-{}-{}",
@@ -291,6 +296,7 @@ impl Tern {
             .args(["run", "--output", "stdout", "--state-dir"])
             .arg(&state_dir)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -470,6 +476,65 @@ pub fn tcp_info(socket: &impl AsRawFd) -> TcpInfo {
         bytes_sent: u64_at(200),
         bytes_received: u64_at(128),
     }
+}
+
+/// A child process in a namespace holding TCP connections open until dropped: one process
+/// may not hold both ends of 10,000 connections. It is the calling test binary again,
+/// running its ignored test `hold_connections`, which calls [`hold_connections`].
+pub struct Clients(Child);
+
+impl Clients {
+    pub fn connect(ns: &Netns, host: &str, port: u16, count: usize) -> Self {
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name))
+            .arg(std::env::current_exe().expect("the test binary"))
+            .args(["--exact", "hold_connections", "--ignored", "--nocapture"])
+            .env("HOLD_CONNECTIONS", format!("{host} {port} {count}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the client process");
+        let stdout = child.stdout.take().expect("stdout");
+        let ready = BufReader::new(stdout)
+            .lines()
+            .take(100)
+            .any(|l| l.is_ok_and(|l| l == "connected"));
+        assert!(ready, "the client process did not connect");
+        Self(child)
+    }
+}
+
+impl Drop for Clients {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The body of a test binary's `hold_connections`: connects as HOLD_CONNECTIONS says
+/// ("host port count"), prints "connected", and holds until killed, stdin closes, or ten
+/// minutes pass. Does nothing when run as an ordinary test.
+pub fn hold_connections() {
+    let Ok(spec) = std::env::var("HOLD_CONNECTIONS") else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split(' ').collect();
+    let (host, port, count): (&str, u16, usize) = (
+        parts[0],
+        parts[1].parse().expect("a port"),
+        parts[2].parse().expect("a count"),
+    );
+    let held: Vec<std::net::TcpStream> = (0..count)
+        .map(|_| std::net::TcpStream::connect((host, port)).expect("connect"))
+        .collect();
+    println!("connected");
+    thread::spawn(|| {
+        thread::sleep(Duration::from_secs(600));
+        std::process::exit(0);
+    });
+    let mut buf = [0u8; 1];
+    let _ = std::io::Read::read(&mut std::io::stdin(), &mut buf);
+    drop(held);
 }
 
 /// Ground truth from `ss` and `ip addr` in a namespace, for the socket tests.

@@ -10,7 +10,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tern_tests::{ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, DEV_A, Pair, Tern, ss};
+use tern_tests::{ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, Clients, DEV_A, Pair, Tern, ss};
 
 const REPORT_WAIT: Duration = Duration::from_secs(15);
 
@@ -345,64 +345,11 @@ fn ten_thousand_connections_fit_the_budget_with_exact_totals() {
     drop((clients, served));
 }
 
-/// A child process in a namespace holding `count` TCP connections open until dropped. It is
-/// this test binary again, running `hold_connections` below.
-struct Clients(std::process::Child);
-
-impl Clients {
-    fn connect(ns: &tern_tests::Netns, host: &str, port: u16, count: usize) -> Self {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", ns.name))
-            .arg(std::env::current_exe().unwrap())
-            .args(["--exact", "hold_connections", "--ignored", "--nocapture"])
-            .env("HOLD_CONNECTIONS", format!("{host} {port} {count}"))
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let ready = std::io::BufReader::new(stdout)
-            .lines()
-            .take(100)
-            .any(|l| l.is_ok_and(|l| l == "connected"));
-        assert!(ready, "the client process did not connect");
-        Self(child)
-    }
-}
-
-impl Drop for Clients {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Not a test of its own: the client process of the test above.
+/// Not a test of its own: the client process of `Clients` (tests/src/lib.rs).
 #[test]
 #[ignore = "run by ten_thousand_connections_fit_the_budget_with_exact_totals"]
 fn hold_connections() {
-    let Ok(spec) = std::env::var("HOLD_CONNECTIONS") else {
-        return;
-    };
-    let parts: Vec<&str> = spec.split(' ').collect();
-    let (host, port, count): (&str, u16, usize) = (
-        parts[0],
-        parts[1].parse().unwrap(),
-        parts[2].parse().unwrap(),
-    );
-    let held: Vec<TcpStream> = (0..count)
-        .map(|_| TcpStream::connect((host, port)).unwrap())
-        .collect();
-    println!("connected");
-    // Until the test kills us or closes stdin, and never past ten minutes.
-    thread::spawn(|| {
-        thread::sleep(Duration::from_secs(600));
-        std::process::exit(0);
-    });
-    let mut buf = [0u8; 1];
-    let _ = std::io::Read::read(&mut std::io::stdin(), &mut buf);
-    drop(held);
+    tern_tests::hold_connections();
 }
 
 /// A UDP socket never bound explicitly: its first unconnected send binds it to an

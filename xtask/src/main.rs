@@ -36,6 +36,8 @@ enum Task {
     },
     /// Set up, then run every test: format, lints, unit tests and the kernel tests (root).
     Test,
+    /// Set up, then run the benchmarks (root) and print their figures.
+    Bench,
 }
 
 fn main() -> Result<()> {
@@ -44,6 +46,7 @@ fn main() -> Result<()> {
         Task::BuildEbpf => build_ebpf(),
         Task::Run { interval, args } => run(interval, &args),
         Task::Test => test(),
+        Task::Bench => bench(),
     }
 }
 
@@ -177,4 +180,27 @@ fn test() -> Result<()> {
     );
     kernel.env("TERN_BIN", tern);
     status(kernel)
+}
+
+fn bench() -> Result<()> {
+    setup::run()?;
+    let tern = build_agent()?;
+    require_root("the benchmarks")?;
+    let mut run = cmd(
+        "cargo",
+        &[
+            "test",
+            "--release",
+            "--package",
+            "tern-tests",
+            "--test",
+            "bench",
+            "--",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ],
+    );
+    run.env("TERN_BIN", tern);
+    status(run)
 }

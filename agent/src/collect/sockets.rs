@@ -189,8 +189,9 @@ impl SocketCollector {
     fn current(&self, owners: &HashMap<IpAddr, String>) -> Result<(Snapshot, Current)> {
         let mut snapshot = Snapshot::default();
         let mut current = Current::default();
-        for entry in self.maps.tcp_socks.iter() {
-            let (sock, _) = entry.context("reading the TCP_SOCKS map")?;
+        // Keys only: one syscall per socket instead of two.
+        for sock in self.maps.tcp_socks.keys() {
+            let sock = sock.context("reading the TCP_SOCKS map")?;
             if !self.reported(sock.netns) {
                 continue;
             }

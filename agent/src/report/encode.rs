@@ -77,6 +77,33 @@ pub fn encode_within(
         );
     }
     let mut best = empty;
+    // Entries cost about the same bytes each: a first probe at the proportional guess
+    // usually lands next to the answer, and bisection finishes from there.
+    if longest > 1 {
+        let guess = (budget - best.len()) as u128 * longest as u128
+            / (whole.len() - best.len()).max(1) as u128;
+        let guess = usize::try_from(guess)
+            .unwrap_or(longest)
+            .clamp(1, longest - 1);
+        let bytes = encode(&capped(&sorted, guess), names, format)?;
+        if bytes.len() <= budget {
+            fits = guess;
+            best = bytes;
+            // The answer is rarely far above the guess: bracket it closely.
+            let near = (guess + guess / 16 + 1).min(over);
+            if near < over {
+                let bytes = encode(&capped(&sorted, near), names, format)?;
+                if bytes.len() <= budget {
+                    fits = near;
+                    best = bytes;
+                } else {
+                    over = near;
+                }
+            }
+        } else {
+            over = guess;
+        }
+    }
     while over - fits > 1 {
         let mid = fits + (over - fits) / 2;
         let bytes = encode(&capped(&sorted, mid), names, format)?;
@@ -301,6 +328,16 @@ mod tests {
         let first =
             &value["metrics"]["tcp_connections"]["established_connections"]["connections"][0];
         assert_eq!(first["remote_addr"], "10.0.0.0:443");
+    }
+
+    #[test]
+    fn a_single_entry_over_budget_is_cut_to_none() {
+        let report = with_connections(1);
+        let (empty, _) =
+            encode_within(&capped(&report, 0), Names::Long, Format::Json, 1 << 17).unwrap();
+        let (bytes, cut) = encode_within(&report, Names::Long, Format::Json, empty.len()).unwrap();
+        assert!(cut);
+        assert_eq!(bytes, empty);
     }
 
     #[test]
