@@ -9,7 +9,7 @@ use std::{
     fs::File,
     io::{BufRead, BufReader},
     os::fd::AsRawFd,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicU32, Ordering},
@@ -270,6 +270,7 @@ impl Default for Pair {
 pub struct Tern {
     child: Child,
     pub state_dir: PathBuf,
+    owns_state: bool,
     reports: Receiver<Result<Value, String>>,
     log: Receiver<String>,
     sizes: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
@@ -289,6 +290,14 @@ impl Tern {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::SeqCst)
         ));
+        let mut tern = Self::start_in(ns, &state_dir, args, env);
+        tern.owns_state = true;
+        tern
+    }
+
+    /// Starts tern with the state directory `state_dir`, which outlives it.
+    pub fn start_in(ns: &Netns, state_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let state_dir = state_dir.to_path_buf();
         // nsenter, not `ip netns exec`: the latter remounts /sys, which hides tracefs.
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", ns.name))
@@ -333,6 +342,7 @@ impl Tern {
         let tern = Self {
             child,
             state_dir,
+            owns_state: false,
             reports,
             log,
             sizes,
@@ -435,7 +445,9 @@ impl Drop for Tern {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.state_dir);
+        if self.owns_state {
+            let _ = std::fs::remove_dir_all(&self.state_dir);
+        }
     }
 }
 
