@@ -309,7 +309,10 @@ fn other_namespaces_are_reported_only_when_asked_for() {
     let (own_udp, _) = ports(&own_report, "listening_udp_ports");
     assert!(own_tcp.is_empty(), "{own_tcp:?}");
     assert!(own_udp.is_empty(), "{own_udp:?}");
-    // Sockets of other namespaces opened after start are followed by the kernel programs.
+    // Opened before start in another namespace: seeded from that namespace's snapshot.
+    let (all_tcp, _) = ports(&all_report, "listening_tcp_ports");
+    assert!(all_tcp.contains(&(7600, None)), "{all_tcp:?}");
+    // Opened after start: followed by the kernel programs.
     let (all_udp, _) = ports(&all_report, "listening_udp_ports");
     assert!(all_udp.contains(&(7601, None)), "{all_udp:?}");
     drop((theirs, later));

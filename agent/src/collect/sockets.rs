@@ -74,7 +74,16 @@ impl SocketCollector {
     /// Seeds the kernel maps with the sockets that existed before the programs were
     /// attached, and takes the first snapshot.
     pub fn start(mut maps: SocketMaps, options: SocketOptions, own_netns: u64) -> Result<Self> {
-        let seeded = seed(&mut maps, own_netns)?;
+        let mut seeded = seed(&mut maps, own_netns)?;
+        if options.netns.is_none() {
+            let others = sockdiag::in_other_namespaces(|| {
+                let cookie = sockdiag::own_netns_cookie()?;
+                seed(&mut maps, cookie)
+            })?;
+            for (listeners, connections, udp) in others {
+                seeded = (seeded.0 + listeners, seeded.1 + connections, seeded.2 + udp);
+            }
+        }
         info!(
             "found {} TCP listeners, {} TCP connections and {} UDP sockets open before start",
             seeded.0, seeded.1, seeded.2
