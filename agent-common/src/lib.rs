@@ -35,6 +35,8 @@ mod user {
     unsafe impl aya::Pod for super::Seen {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Layout {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SignalLayout {}
 }
 
 /// Address families as the kernel numbers them.
@@ -114,7 +116,36 @@ pub const OPENED_OUTBOUND_COUNT: u32 = 1;
 pub const SHORT_LIVED_COUNT: u32 = 2;
 /// Entries an interval set or a socket set could not take.
 pub const DETAILS_DROPPED: u32 = 3;
-pub const SOCK_COUNTERS_LEN: u32 = 4;
+/// TCP resets this host sent.
+pub const RESETS_SENT: u32 = 4;
+/// Segments and datagrams that reached no socket: a reset without a socket (TCP) or an
+/// ICMP port unreachable (UDP). Mostly connection attempts to closed ports.
+pub const CLOSED_PORT_ATTEMPTS: u32 = 5;
+/// Outbound connections that went from SYN_SENT to CLOSE without being established.
+pub const FAILED_CONNECTS: u32 = 6;
+pub const RETRANSMITS: u32 = 7;
+pub const EXECS: u32 = 8;
+pub const SOCK_COUNTERS_LEN: u32 = 9;
+
+/// Longest executable path recorded; longer ones are cut.
+pub const EXEC_PATH_LEN: usize = 128;
+
+/// Where the tracepoints of the security signals keep their fields, and where `struct
+/// sk_buff` and `struct net_device` lead to a namespace (from BTF; 0 when unknown).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SignalLayout {
+    pub reset_skb: u32,
+    pub reset_sk: u32,
+    pub retransmit_sk: u32,
+    pub icmp_skb: u32,
+    pub icmp_type: u32,
+    pub icmp_code: u32,
+    pub exec_filename: u32,
+    pub skb_dev: u32,
+    pub dev_net: u32,
+    pub reserved: u32,
+}
 
 /// Where `sock:inet_sock_set_state` keeps each field, read from its format file at start,
 /// and where `struct sock` keeps its namespace's cookie, read from the kernel's BTF.

@@ -21,9 +21,10 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext, TracePointContext},
 };
 use tern_common::{
-    AF_INET, AF_INET6, DETAILS_DROPPED, Layout, OPENED_INBOUND, OPENED_INBOUND_COUNT,
-    OPENED_OUTBOUND, OPENED_OUTBOUND_COUNT, SEEN_MAX_ENTRIES, SHORT_LIVED_COUNT, SOCK_COUNTERS_LEN,
-    SOCKS_MAX_ENTRIES, Seen, TCP_CONNECTION, TCP_LISTENER, TcpSock, TcpState, UdpSock,
+    AF_INET, AF_INET6, DETAILS_DROPPED, FAILED_CONNECTS, Layout, OPENED_INBOUND,
+    OPENED_INBOUND_COUNT, OPENED_OUTBOUND, OPENED_OUTBOUND_COUNT, SEEN_MAX_ENTRIES,
+    SHORT_LIVED_COUNT, SOCK_COUNTERS_LEN, SOCKS_MAX_ENTRIES, Seen, TCP_CONNECTION, TCP_LISTENER,
+    TcpSock, TcpState, UdpSock,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -31,13 +32,15 @@ const IPPROTO_UDP: u32 = 17;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
+/// An outbound connection attempt: entering SYN_SENT, or leaving it for CLOSE.
+const ATTEMPT: u16 = 0;
 const TCP_LISTEN: i32 = 10;
 /// bpf_map_update_elem flags.
 const BPF_ANY: u64 = 0;
 const BPF_NOEXIST: u64 = 1;
 
 #[unsafe(no_mangle)]
-static LAYOUT: Layout = Layout {
+pub(crate) static LAYOUT: Layout = Layout {
     skaddr: 0,
     oldstate: 0,
     newstate: 0,
@@ -77,6 +80,11 @@ static TCP_LISTENED: HashMap<Seen, u32> =
 
 #[map]
 static UDP_LISTENED: HashMap<Seen, u32> =
+    HashMap::with_max_entries(SEEN_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Remote address and port of every outbound connection attempt.
+#[map]
+static CONTACTED: HashMap<Seen, u32> =
     HashMap::with_max_entries(SEEN_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]
@@ -119,6 +127,8 @@ fn on_state_change(ctx: &TracePointContext) -> Option<()> {
         return None;
     } else if new == TCP_ESTABLISHED || old == TCP_ESTABLISHED {
         TCP_CONNECTION
+    } else if new == TCP_SYN_SENT || (old == TCP_SYN_SENT && new == TCP_CLOSE) {
+        ATTEMPT
     } else {
         return None;
     };
@@ -147,7 +157,20 @@ fn on_state_change(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     let epoch = epoch();
-    if kind == TCP_LISTENER {
+    if kind == ATTEMPT {
+        if new == TCP_SYN_SENT {
+            let contacted = Seen {
+                netns,
+                addr: sock.remote_addr,
+                epoch,
+                port: sock.remote_port,
+                family,
+            };
+            remember(&CONTACTED, &contacted);
+        } else {
+            count(FAILED_CONNECTS);
+        }
+    } else if kind == TCP_LISTENER {
         sock.remote_addr = [0; 16];
         sock.remote_port = 0;
         if new == TCP_LISTEN {
@@ -387,7 +410,7 @@ fn udp_forget(ctx: *mut core::ffi::c_void, protocol: u32) {
 }
 
 #[inline(always)]
-fn read<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
+pub(crate) fn read<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
     // SAFETY: bounds are checked by the helper the read goes through.
     unsafe { ctx.read_at::<T>(offset as usize) }.ok()
 }
@@ -395,12 +418,17 @@ fn read<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
 /// The namespace cookie of the tracepoint's socket, 0 when the layout is unknown.
 #[inline(always)]
 fn sock_netns(ctx: &TracePointContext, layout: &Layout) -> u64 {
-    if layout.sock_net == 0 {
+    read::<u64>(ctx, layout.skaddr).map_or(0, sock_netns_of)
+}
+
+/// The namespace cookie of the socket at `sk`, 0 when unknown.
+#[inline(always)]
+pub(crate) fn sock_netns_of(sk: u64) -> u64 {
+    // SAFETY: as for LAYOUT.
+    let layout = unsafe { read_volatile(&LAYOUT) };
+    if layout.sock_net == 0 || sk == 0 {
         return 0;
     }
-    let Some(sk) = read::<u64>(ctx, layout.skaddr) else {
-        return 0;
-    };
     // SAFETY: bpf_probe_read_kernel checks the address; a bad one yields an error, not a
     // fault.
     unsafe {
@@ -414,26 +442,26 @@ fn sock_netns(ctx: &TracePointContext, layout: &Layout) -> u64 {
 /// Whether to record a socket of namespace `netns`; 0 is a namespace that could not be read,
 /// which user space sorts out.
 #[inline(always)]
-fn followed(netns: u64) -> bool {
+pub(crate) fn followed(netns: u64) -> bool {
     // SAFETY: as for LAYOUT.
     let filter = unsafe { read_volatile(&NETNS_FILTER) };
     filter == 0 || netns == filter || netns == 0
 }
 
 #[inline(always)]
-fn epoch() -> u32 {
+pub(crate) fn epoch() -> u32 {
     EPOCH.get(0).copied().unwrap_or(0)
 }
 
 #[inline(always)]
-fn remember(set: &HashMap<Seen, u32>, seen: &Seen) {
+pub(crate) fn remember(set: &HashMap<Seen, u32>, seen: &Seen) {
     if set.insert(seen, &0, BPF_ANY).is_err() {
         count(DETAILS_DROPPED);
     }
 }
 
 #[inline(always)]
-fn count(index: u32) {
+pub(crate) fn count(index: u32) {
     if let Some(counter) = SOCK_COUNTERS.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot, touched by this CPU only.
         unsafe { *counter += 1 };

@@ -7,25 +7,27 @@ use std::{fs, path::Path};
 
 use anyhow::{Context, Result, bail};
 use log::warn;
-use tern_common::Layout;
+use tern_common::{Layout, SignalLayout};
 
-const FORMAT: &str = "events/sock/inet_sock_set_state/format";
+const SET_STATE: &str = "sock/inet_sock_set_state";
 const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-pub fn read() -> Result<Layout> {
-    let format = TRACEFS
+/// The format file of tracepoint `event` ("category/name"), if this kernel has it.
+pub fn tracepoint_format(event: &str) -> Option<String> {
+    TRACEFS
         .iter()
-        .map(|root| Path::new(root).join(FORMAT))
-        .find(|p| p.exists())
-        .context(
-            "the tracepoint sock:inet_sock_set_state is not visible: mount tracefs \
-             (mount -t tracefs nodev /sys/kernel/tracing); it needs Linux 4.16 or later",
-        )?;
-    let text =
-        fs::read_to_string(&format).with_context(|| format!("reading {}", format.display()))?;
-    let mut layout = tracepoint_layout(&text)
-        .with_context(|| format!("unexpected tracepoint format in {}", format.display()))?;
+        .map(|root| Path::new(root).join("events").join(event).join("format"))
+        .find_map(|p| fs::read_to_string(p).ok())
+}
+
+pub fn read() -> Result<Layout> {
+    let text = tracepoint_format(SET_STATE).context(
+        "the tracepoint sock:inet_sock_set_state is not visible: mount tracefs \
+         (mount -t tracefs nodev /sys/kernel/tracing); it needs Linux 4.16 or later",
+    )?;
+    let mut layout =
+        tracepoint_layout(&text).context("unexpected format of sock:inet_sock_set_state")?;
     match fs::read(VMLINUX_BTF)
         .map_err(anyhow::Error::from)
         .and_then(|btf| {
@@ -46,22 +48,52 @@ pub fn read() -> Result<Layout> {
     Ok(layout)
 }
 
-fn tracepoint_layout(format: &str) -> Result<Layout> {
-    let offset = |name: &str| -> Result<u32> {
-        format
-            .lines()
-            .filter_map(|line| {
-                let decl = line.trim().strip_prefix("field:")?.split(';').next()?;
-                let field = decl.rsplit(' ').next()?.split('[').next()?;
-                (field == name).then_some(line)
-            })
-            .find_map(|line| {
-                line.split(';')
-                    .find_map(|part| part.trim().strip_prefix("offset:"))
-                    .and_then(|n| n.parse().ok())
-            })
-            .with_context(|| format!("no field {name}"))
+/// Where the security signals' tracepoints keep their fields; a tracepoint this kernel lacks
+/// keeps zeros, and its program is not attached.
+pub fn read_signals() -> SignalLayout {
+    let field = |event: &str, name: &str| {
+        tracepoint_format(event)
+            .and_then(|f| field_offset(&f, name).ok())
+            .unwrap_or(0)
     };
+    let btf = fs::read(VMLINUX_BTF).ok();
+    let member = |name: &str, member: &str| {
+        btf.as_deref()
+            .and_then(|b| member_offset(b, name, member).ok())
+            .unwrap_or(0)
+    };
+    SignalLayout {
+        reset_skb: field("tcp/tcp_send_reset", "skbaddr"),
+        reset_sk: field("tcp/tcp_send_reset", "skaddr"),
+        retransmit_sk: field("tcp/tcp_retransmit_skb", "skaddr"),
+        icmp_skb: field("icmp/icmp_send", "skbaddr"),
+        icmp_type: field("icmp/icmp_send", "type"),
+        icmp_code: field("icmp/icmp_send", "code"),
+        exec_filename: field("sched/sched_process_exec", "filename"),
+        skb_dev: member("sk_buff", "dev"),
+        dev_net: member("net_device", "nd_net"),
+        reserved: 0,
+    }
+}
+
+fn field_offset(format: &str, name: &str) -> Result<u32> {
+    format
+        .lines()
+        .filter_map(|line| {
+            let decl = line.trim().strip_prefix("field:")?.split(';').next()?;
+            let field = decl.rsplit(' ').next()?.split('[').next()?;
+            (field == name).then_some(line)
+        })
+        .find_map(|line| {
+            line.split(';')
+                .find_map(|part| part.trim().strip_prefix("offset:"))
+                .and_then(|n| n.parse().ok())
+        })
+        .with_context(|| format!("no field {name}"))
+}
+
+fn tracepoint_layout(format: &str) -> Result<Layout> {
+    let offset = |name: &str| field_offset(format, name);
     Ok(Layout {
         skaddr: offset("skaddr")?,
         oldstate: offset("oldstate")?,
@@ -80,56 +112,138 @@ fn tracepoint_layout(format: &str) -> Result<Layout> {
 
 /// Byte offset of `member` in the struct `name`, from raw BTF (the format is in the kernel's
 /// Documentation/bpf/btf.rst: a header, then the type section, then the string section).
+/// Members of anonymous structs and unions inside `name` count as its own, as in C.
 fn member_offset(btf: &[u8], name: &str, member: &str) -> Result<u32> {
-    let u32_at = |at: usize| -> Result<u32> {
-        btf.get(at..at + 4)
-            .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
-            .context("BTF ends early")
-    };
-    if btf.get(..2) != Some(&0xeb9f_u16.to_ne_bytes()[..]) {
-        bail!("not BTF of this machine's byte order");
-    }
-    let header_len = u32_at(4)? as usize;
-    let (type_off, type_len) = (u32_at(8)? as usize, u32_at(12)? as usize);
-    let str_off = u32_at(16)? as usize;
-    let types = header_len + type_off;
-    let strings = header_len + str_off;
-    let string = |at: u32| -> &[u8] {
-        let start = strings + at as usize;
-        let rest = btf.get(start..).unwrap_or_default();
-        &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())]
-    };
+    let types = Btf::parse(btf)?;
+    let id = types
+        .struct_named(name)
+        .with_context(|| format!("no struct {name}"))?;
+    types
+        .find_member(id, member, 0)?
+        .with_context(|| format!("struct {name} has no member {member}"))
+}
 
-    let mut at = types;
-    while at < types + type_len {
-        let name_off = u32_at(at)?;
-        let info = u32_at(at + 4)?;
-        let kind = (info >> 24) & 0x1f;
+const BTF_KIND_STRUCT: u32 = 4;
+const BTF_KIND_UNION: u32 = 5;
+const BTF_KIND_TYPEDEF: u32 = 8;
+const BTF_KIND_VOLATILE: u32 = 9;
+const BTF_KIND_CONST: u32 = 10;
+
+struct Btf<'a> {
+    bytes: &'a [u8],
+    strings: usize,
+    /// Where each type starts, by type id (id 0 is void and has no entry).
+    starts: Vec<usize>,
+}
+
+impl<'a> Btf<'a> {
+    fn parse(bytes: &'a [u8]) -> Result<Self> {
+        if bytes.get(..2) != Some(&0xeb9f_u16.to_ne_bytes()[..]) {
+            bail!("not BTF of this machine's byte order");
+        }
+        let at = |o: usize| u32_at(bytes, o);
+        let header_len = at(4)? as usize;
+        let (type_off, type_len) = (at(8)? as usize, at(12)? as usize);
+        let strings = header_len + at(16)? as usize;
+        let types = header_len + type_off;
+        let mut starts = vec![0];
+        let mut pos = types;
+        while pos < types + type_len {
+            starts.push(pos);
+            let info = at(pos + 4)?;
+            let vlen = (info & 0xffff) as usize;
+            pos += 12
+                + match (info >> 24) & 0x1f {
+                    1 | 14 | 17 => 4,     // int, var, decl_tag
+                    3 => 12,              // array
+                    4 | 5 => vlen * 12,   // struct, union
+                    6 | 13 => vlen * 8,   // enum, func_proto
+                    15 | 19 => vlen * 12, // datasec, enum64
+                    _ => 0,
+                };
+        }
+        Ok(Self {
+            bytes,
+            strings,
+            starts,
+        })
+    }
+
+    fn u32(&self, at: usize) -> Result<u32> {
+        u32_at(self.bytes, at)
+    }
+
+    fn string(&self, at: u32) -> &[u8] {
+        let rest = self
+            .bytes
+            .get(self.strings + at as usize..)
+            .unwrap_or_default();
+        &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())]
+    }
+
+    fn kind(&self, id: u32) -> Result<(usize, u32)> {
+        let start = *self
+            .starts
+            .get(id as usize)
+            .context("a BTF type id out of range")?;
+        Ok((start, (self.u32(start + 4)? >> 24) & 0x1f))
+    }
+
+    fn struct_named(&self, name: &str) -> Option<u32> {
+        (1..self.starts.len() as u32).find(|&id| {
+            self.kind(id).is_ok_and(|(start, kind)| {
+                kind == BTF_KIND_STRUCT
+                    && self
+                        .u32(start)
+                        .is_ok_and(|n| self.string(n) == name.as_bytes())
+            })
+        })
+    }
+
+    /// Offset of `member` within struct or union `id`, which itself sits at `base`.
+    fn find_member(&self, id: u32, member: &str, base: u32) -> Result<Option<u32>> {
+        let (start, _) = self.kind(id)?;
+        let info = self.u32(start + 4)?;
         let vlen = (info & 0xffff) as usize;
         let kind_flag = info >> 31 == 1;
-        at += 12;
-        let members = at;
-        at += match kind {
-            1 | 14 | 17 => 4,     // int, var, decl_tag
-            3 => 12,              // array
-            4 | 5 => vlen * 12,   // struct, union
-            6 | 13 => vlen * 8,   // enum, func_proto
-            15 | 19 => vlen * 12, // datasec, enum64
-            _ => 0,
-        };
-        if kind == 4 && string(name_off) == name.as_bytes() {
-            for i in 0..vlen {
-                let m = members + i * 12;
-                if string(u32_at(m)?) == member.as_bytes() {
-                    let bits = u32_at(m + 8)?;
-                    let bits = if kind_flag { bits & 0x00ff_ffff } else { bits };
-                    return Ok(bits / 8);
+        for i in 0..vlen {
+            let m = start + 12 + i * 12;
+            let bits = self.u32(m + 8)?;
+            let offset = base + if kind_flag { bits & 0x00ff_ffff } else { bits } / 8;
+            let name = self.string(self.u32(m)?);
+            if name == member.as_bytes() {
+                return Ok(Some(offset));
+            }
+            if name.is_empty() {
+                let inner = self.resolve(self.u32(m + 4)?)?;
+                if matches!(self.kind(inner)?.1, BTF_KIND_STRUCT | BTF_KIND_UNION)
+                    && let Some(found) = self.find_member(inner, member, offset)?
+                {
+                    return Ok(Some(found));
                 }
             }
-            bail!("struct {name} has no member {member}");
         }
+        Ok(None)
     }
-    bail!("no struct {name}")
+
+    /// Follows typedefs and qualifiers to the type they name.
+    fn resolve(&self, mut id: u32) -> Result<u32> {
+        for _ in 0..32 {
+            let (start, kind) = self.kind(id)?;
+            if !matches!(kind, BTF_KIND_TYPEDEF | BTF_KIND_VOLATILE | BTF_KIND_CONST) {
+                return Ok(id);
+            }
+            id = self.u32(start + 8)?;
+        }
+        bail!("a BTF typedef chain too long")
+    }
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Result<u32> {
+    bytes
+        .get(at..at + 4)
+        .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
+        .context("BTF ends early")
 }
 
 #[cfg(test)]
@@ -177,6 +291,9 @@ format:
         let net = member_offset(&btf, "sock_common", "skc_net").unwrap();
         assert!(net > 0 && net < 136, "skc_net at {net}");
         assert!(member_offset(&btf, "net", "net_cookie").unwrap() > 0);
+        // `dev` sits in an anonymous union of sk_buff, after next and prev.
+        assert_eq!(member_offset(&btf, "sk_buff", "dev").unwrap(), 16);
+        assert!(member_offset(&btf, "net_device", "nd_net").unwrap() > 0);
         assert!(member_offset(&btf, "net", "no_such_member").is_err());
         assert!(member_offset(&btf, "no_such_struct", "x").is_err());
         assert!(member_offset(&btf[..10], "net", "ns").is_err());

@@ -17,7 +17,7 @@ use aya::{
     util::KernelVersion,
 };
 use log::{info, warn};
-use tern_common::{IfTraffic, Seen, TcpSock, TcpState, UdpSock};
+use tern_common::{EXEC_PATH_LEN, IfTraffic, Seen, TcpSock, TcpState, UdpSock};
 
 use crate::interfaces::{Interface, LinkEvent};
 
@@ -25,6 +25,14 @@ static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tern-eb
 
 const INGRESS: &str = "tc_ingress";
 const EGRESS: &str = "tc_egress";
+
+/// The security signals' programs and their tracepoints ("category/name").
+const SIGNALS: &[(&str, &str)] = &[
+    ("tcp_send_reset", "tcp/tcp_send_reset"),
+    ("icmp_send", "icmp/icmp_send"),
+    ("tcp_retransmit_skb", "tcp/tcp_retransmit_skb"),
+    ("sched_process_exec", "sched/sched_process_exec"),
+];
 
 const CGROUP_SOCK: &[&str] = &["udp_post_bind4", "udp_post_bind6", "udp_release"];
 const CGROUP_SOCK_ADDR: &[&str] = &[
@@ -46,6 +54,8 @@ pub struct SocketMaps {
     pub tcp_listened: BpfHashMap<MapData, Seen, u32>,
     pub udp_listened: BpfHashMap<MapData, Seen, u32>,
     pub remotes_seen: BpfHashMap<MapData, Seen, u32>,
+    pub contacted: BpfHashMap<MapData, Seen, u32>,
+    pub executed: BpfHashMap<MapData, [u8; EXEC_PATH_LEN], u32>,
     pub connections_seen: BpfHashMap<MapData, TcpSock, u32>,
     pub counters: PerCpuArray<MapData, u64>,
     pub epoch: Array<MapData, u32>,
@@ -74,11 +84,13 @@ pub struct Probes {
 impl Probes {
     pub fn load(options: &LoadOptions) -> Result<(Self, TrafficMaps, SocketMaps)> {
         let layout = crate::layout::read()?;
+        let signals = crate::layout::read_signals();
         let record_connections = u32::from(options.record_connections);
         let mut ebpf = EbpfLoader::new()
             .override_global("LAYOUT", &layout, true)
             .override_global("NETNS_FILTER", &options.netns_filter, true)
             .override_global("RECORD_CONNECTIONS", &record_connections, true)
+            .override_global("SIGNAL_LAYOUT", &signals, true)
             .load(OBJECT)
             .context("loading tern's eBPF object into the kernel")?;
         for name in [INGRESS, EGRESS] {
@@ -95,6 +107,23 @@ impl Probes {
         tracepoint
             .attach("sock", "inet_sock_set_state")
             .context("attaching to the tracepoint sock:inet_sock_set_state")?;
+
+        for &(name_of_program, event) in SIGNALS {
+            let Some((category, name)) = event.split_once('/') else {
+                continue;
+            };
+            if crate::layout::tracepoint_format(event).is_none() {
+                warn!("this kernel has no tracepoint {category}:{name}; its signal stays 0");
+                continue;
+            }
+            let tracepoint: &mut TracePoint = program(&mut ebpf, name_of_program)?;
+            tracepoint
+                .load()
+                .with_context(|| format!("the kernel refused program {name_of_program}"))?;
+            tracepoint
+                .attach(category, name)
+                .with_context(|| format!("attaching to the tracepoint {category}:{name}"))?;
+        }
 
         let cgroup = cgroup2_root()?;
         // Through a bpf_link (Linux 5.7+), which dies with tern and always shares the hook
@@ -124,6 +153,8 @@ impl Probes {
             tcp_listened: BpfHashMap::try_from(take(&mut ebpf, "TCP_LISTENED")?)?,
             udp_listened: BpfHashMap::try_from(take(&mut ebpf, "UDP_LISTENED")?)?,
             remotes_seen: BpfHashMap::try_from(take(&mut ebpf, "REMOTES_SEEN")?)?,
+            contacted: BpfHashMap::try_from(take(&mut ebpf, "CONTACTED")?)?,
+            executed: BpfHashMap::try_from(take(&mut ebpf, "EXECUTED")?)?,
             connections_seen: BpfHashMap::try_from(take(&mut ebpf, "CONNECTIONS_SEEN")?)?,
             counters: PerCpuArray::try_from(take(&mut ebpf, "SOCK_COUNTERS")?)?,
             epoch: Array::try_from(take(&mut ebpf, "EPOCH")?)?,

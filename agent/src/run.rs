@@ -14,7 +14,7 @@ use log::{debug, error, info};
 
 use crate::{
     Output, RunArgs,
-    collect::{SocketCollector, SocketOptions, TrafficCollector},
+    collect::{DeviceCollector, SocketCollector, SocketOptions, TrafficCollector},
     interfaces::LinkWatch,
     probes::{LoadOptions, Probes},
     report::{Format, Metrics, Report, ReportIds, encode_within},
@@ -55,6 +55,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let mut out = Reporter {
         traffic,
         sockets,
+        device: DeviceCollector::start(),
         ids,
         args,
         sent: 0,
@@ -94,6 +95,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
 struct Reporter<'a> {
     traffic: TrafficCollector,
     sockets: SocketCollector,
+    device: DeviceCollector,
     ids: ReportIds,
     args: &'a RunArgs,
     sent: u64,
@@ -131,7 +133,7 @@ impl Reporter<'_> {
                 tcp_connections: Some(sockets.tcp_connections),
             },
         );
-        for (name, value) in sockets.custom {
+        for (name, value) in sockets.custom.into_iter().chain(self.device.collect()) {
             report.custom_metrics.insert(name.to_owned(), [value]);
         }
         let collected = started.elapsed();

@@ -1,7 +1,7 @@
-//! Sockets: turns the kernel's socket maps into the report's listening ports and
-//! established connections (what exists now) and into the interval's custom metrics (what
-//! existed at any moment since the previous report). Seeds the maps at start from the
-//! sock_diag snapshot, so sockets older than tern are known too.
+//! Sockets and kernel events: turns the kernel's socket maps into the report's listening
+//! ports and established connections (what exists now), and its event counters and sets into
+//! the interval's custom metrics (what existed or happened since the previous report). Seeds
+//! the maps at start from the sock_diag snapshot, so sockets older than tern are known too.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -12,7 +12,8 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use log::{info, warn};
 use tern_common::{
-    AF_INET, AF_INET6, DETAILS_DROPPED, OPENED_INBOUND_COUNT, OPENED_OUTBOUND_COUNT, SEEDED,
+    AF_INET, AF_INET6, CLOSED_PORT_ATTEMPTS, DETAILS_DROPPED, EXEC_PATH_LEN, EXECS,
+    FAILED_CONNECTS, OPENED_INBOUND_COUNT, OPENED_OUTBOUND_COUNT, RESETS_SENT, RETRANSMITS, SEEDED,
     SHORT_LIVED_COUNT, Seen, TCP_CONNECTION, TCP_LISTENER, TcpSock, TcpState, UdpSock,
 };
 
@@ -36,6 +37,17 @@ pub const TCP_PORTS: &str = "interval_listening_tcp_ports";
 pub const UDP_PORTS: &str = "interval_listening_udp_ports";
 pub const REMOTES: &str = "interval_remote_addresses";
 pub const DROPPED: &str = "interval_details_dropped";
+pub const RESETS: &str = "interval_tcp_resets_sent";
+pub const CLOSED_PORTS: &str = "interval_closed_port_attempts";
+pub const FAILED: &str = "interval_tcp_failed_connects";
+pub const RETRANSMITTED: &str = "interval_tcp_retransmits";
+pub const EXECUTIONS: &str = "interval_execs";
+pub const NEW_EXECUTABLES: &str = "interval_new_executables";
+pub const PORTS_CONTACTED: &str = "interval_remote_ports_contacted";
+pub const ADDRESSES_CONTACTED: &str = "interval_remote_addresses_contacted";
+
+/// Executables remembered as seen; past this, older ones may be reported as new again.
+const KNOWN_EXECUTABLES: usize = 65_536;
 
 pub struct SocketOptions {
     /// The namespace cookie to report; None reports every namespace.
@@ -66,8 +78,9 @@ pub struct SocketCollector {
     maps: SocketMaps,
     options: SocketOptions,
     epoch: u32,
-    counters: Readings<(), 4>,
+    counters: Readings<(), 9>,
     previous: Snapshot,
+    known_executables: std::collections::HashSet<String>,
 }
 
 impl SocketCollector {
@@ -94,6 +107,7 @@ impl SocketCollector {
             epoch: 1,
             counters: Readings::default(),
             previous: Snapshot::default(),
+            known_executables: std::collections::HashSet::new(),
         };
         collector.publish_epoch()?;
         let (now, _) = collector.current(&HashMap::new())?;
@@ -117,6 +131,8 @@ impl SocketCollector {
         let udp_listened = drain_seen(&mut self.maps.udp_listened, epoch, netns)?;
         let remotes_seen = drain_seen(&mut self.maps.remotes_seen, epoch, netns)?;
         let connections_seen = drain_connections(&mut self.maps.connections_seen, epoch, netns)?;
+        let contacted = drain_seen(&mut self.maps.contacted, epoch, netns)?;
+        let new_executables = self.new_executables()?;
         let growth = self.counters.advance((), self.read_counters()?);
 
         let mut connections = current.connections;
@@ -133,11 +149,14 @@ impl SocketCollector {
         let mut remotes: BTreeSet<IpAddr> =
             self.previous.remotes.union(&now.remotes).copied().collect();
         remotes.extend(remotes_seen.iter().map(|s| ip(s.family, &s.addr)));
+        let ports_contacted: BTreeSet<u64> = contacted.iter().map(|s| u64::from(s.port)).collect();
+        let addresses_contacted: BTreeSet<IpAddr> =
+            contacted.iter().map(|s| ip(s.family, &s.addr)).collect();
         let custom = vec![
-            (OPENED, CustomMetric::Number(growth[0] + growth[1])),
-            (OPENED_INBOUND, CustomMetric::Number(growth[0])),
-            (OPENED_OUTBOUND, CustomMetric::Number(growth[1])),
-            (SHORT_LIVED, CustomMetric::Number(growth[2])),
+            (OPENED, CustomMetric::from(growth[0] + growth[1])),
+            (OPENED_INBOUND, growth[0].into()),
+            (OPENED_OUTBOUND, growth[1].into()),
+            (SHORT_LIVED, growth[2].into()),
             (
                 TCP_PORTS,
                 union_ports(&self.previous.tcp_ports, &now.tcp_ports, &tcp_listened),
@@ -150,7 +169,21 @@ impl SocketCollector {
                 REMOTES,
                 CustomMetric::IpList(remotes.iter().map(IpAddr::to_string).collect()),
             ),
-            (DROPPED, CustomMetric::Number(growth[3])),
+            (DROPPED, growth[3].into()),
+            (RESETS, growth[4].into()),
+            (CLOSED_PORTS, growth[5].into()),
+            (FAILED, growth[6].into()),
+            (RETRANSMITTED, growth[7].into()),
+            (EXECUTIONS, growth[8].into()),
+            (NEW_EXECUTABLES, CustomMetric::StringList(new_executables)),
+            (
+                PORTS_CONTACTED,
+                CustomMetric::NumberList(ports_contacted.into_iter().collect()),
+            ),
+            (
+                ADDRESSES_CONTACTED,
+                CustomMetric::IpList(addresses_contacted.iter().map(IpAddr::to_string).collect()),
+            ),
         ];
         self.previous = now;
         Ok(Sockets {
@@ -173,15 +206,41 @@ impl SocketCollector {
             .context("publishing the interval number to the kernel")
     }
 
-    /// The kernel's cumulative counters: [inbound opened, outbound opened, short-lived,
-    /// details dropped], each summed over all CPUs.
-    fn read_counters(&self) -> Result<[u64; 4]> {
-        let mut out = [0; 4];
+    /// Executables run during the interval that were never seen since start, as Device
+    /// Defender string values (see `sanitize`).
+    fn new_executables(&mut self) -> Result<Vec<String>> {
+        let mut paths = Vec::new();
+        for key in self.maps.executed.keys() {
+            paths.push(key.context("reading the EXECUTED map")?);
+        }
+        let mut new = BTreeSet::new();
+        for path in &paths {
+            let _ = self.maps.executed.remove(path);
+            let name = sanitize(path);
+            if self.known_executables.len() >= KNOWN_EXECUTABLES {
+                self.known_executables.clear();
+            }
+            if self.known_executables.insert(name.clone()) {
+                new.insert(name);
+            }
+        }
+        Ok(new.into_iter().collect())
+    }
+
+    /// The kernel's cumulative counters, in the order of the `growth` array of `collect`,
+    /// each summed over all CPUs.
+    fn read_counters(&self) -> Result<[u64; 9]> {
+        let mut out = [0; 9];
         let indexes = [
             OPENED_INBOUND_COUNT,
             OPENED_OUTBOUND_COUNT,
             SHORT_LIVED_COUNT,
             DETAILS_DROPPED,
+            RESETS_SENT,
+            CLOSED_PORT_ATTEMPTS,
+            FAILED_CONNECTS,
+            RETRANSMITS,
+            EXECS,
         ];
         for (index, slot) in indexes.iter().zip(out.iter_mut()) {
             let per_cpu = self
@@ -431,6 +490,21 @@ fn udp_seeds(sockets: &[DiagSocket], netns: u64) -> HashMap<u64, UdpSock> {
         .collect()
 }
 
+/// An executable's path as a Device Defender string-list value, which keeps only letters,
+/// digits and `: _ - / .`: any other character becomes `_`.
+fn sanitize(path: &[u8; EXEC_PATH_LEN]) -> String {
+    let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+    path[..end]
+        .iter()
+        .map(|&b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b':' | b'_' | b'-' | b'/' | b'.' => {
+                char::from(b)
+            }
+            _ => '_',
+        })
+        .collect()
+}
+
 /// An address as the kernel programs store it: IPv4 in the first four bytes.
 fn raw(addr: IpAddr) -> (u16, [u8; 16]) {
     let mut bytes = [0; 16];
@@ -504,6 +578,14 @@ mod tests {
             ..TcpSock::default()
         };
         assert_eq!(connection(&v6, &owners()).remote_addr, "[2001:db8::9]:22");
+    }
+
+    #[test]
+    fn executable_paths_keep_only_the_characters_device_defender_keeps() {
+        let mut path = [0u8; EXEC_PATH_LEN];
+        let raw = b"/opt/my app/run+x\xff.sh";
+        path[..raw.len()].copy_from_slice(raw);
+        assert_eq!(sanitize(&path), "/opt/my_app/run_x_.sh");
     }
 
     #[test]

@@ -255,7 +255,7 @@ mod tests {
         let mut report = with_connections(1);
         report
             .custom_metrics
-            .insert("bytes_in".into(), [CustomMetric::Number(1)]);
+            .insert("bytes_in".into(), [CustomMetric::from(1)]);
         let (bytes, cut) = encode_within(&report, Names::Short, Format::Json, 1 << 17).unwrap();
         assert!(!cut);
         let value: Value = serde_json::from_slice(&bytes).unwrap();

@@ -104,10 +104,24 @@ impl NetworkStats {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CustomMetric {
-    Number(u64),
+    Number(Number),
     NumberList(Vec<u64>),
     StringList(Vec<String>),
     IpList(Vec<String>),
+}
+
+/// A `number` value: a count stays an integer in the document; a reading may have decimals.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Number {
+    Count(u64),
+    Reading(f64),
+}
+
+impl From<u64> for CustomMetric {
+    fn from(count: u64) -> Self {
+        Self::Number(Number::Count(count))
+    }
 }
 
 impl Report {
@@ -179,7 +193,7 @@ mod tests {
         );
         report
             .custom_metrics
-            .insert("opened".into(), [CustomMetric::Number(7)]);
+            .insert("opened".into(), [CustomMetric::from(7)]);
         report
             .custom_metrics
             .insert("ports".into(), [CustomMetric::NumberList(vec![22, 80])]);

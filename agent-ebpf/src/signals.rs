@@ -1,0 +1,132 @@
+//! Security signals from kernel events, counted per event: TCP resets sent, probes of closed
+//! ports (TCP resets without a socket, ICMP port unreachable), TCP retransmissions, and
+//! process executions with the path of each executable.
+
+use core::ptr::read_volatile;
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::BPF_F_NO_PREALLOC,
+    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
+    macros::{map, tracepoint},
+    maps::HashMap,
+    programs::TracePointContext,
+};
+use tern_common::{
+    CLOSED_PORT_ATTEMPTS, EXEC_PATH_LEN, EXECS, RESETS_SENT, RETRANSMITS, SEEN_MAX_ENTRIES,
+    SignalLayout,
+};
+
+use crate::sockets::{LAYOUT, count, followed, read, sock_netns_of};
+
+const ICMP_DEST_UNREACH: i32 = 3;
+const ICMP_PORT_UNREACH: i32 = 3;
+
+#[unsafe(no_mangle)]
+static SIGNAL_LAYOUT: SignalLayout = SignalLayout {
+    reset_skb: 0,
+    reset_sk: 0,
+    retransmit_sk: 0,
+    icmp_skb: 0,
+    icmp_type: 0,
+    icmp_code: 0,
+    exec_filename: 0,
+    skb_dev: 0,
+    dev_net: 0,
+    reserved: 0,
+};
+
+/// Paths executed during the interval; user space takes and deletes them at each report.
+#[map]
+static EXECUTED: HashMap<[u8; EXEC_PATH_LEN], u32> =
+    HashMap::with_max_entries(SEEN_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[tracepoint]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    let layout = signal_layout();
+    let sk: u64 = read(&ctx, layout.reset_sk).unwrap_or(0);
+    let netns = if sk != 0 {
+        sock_netns_of(sk)
+    } else {
+        skb_netns(read(&ctx, layout.reset_skb).unwrap_or(0), &layout)
+    };
+    if followed(netns) {
+        count(RESETS_SENT);
+        if sk == 0 {
+            count(CLOSED_PORT_ATTEMPTS);
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn icmp_send(ctx: TracePointContext) -> u32 {
+    let layout = signal_layout();
+    let kind: i32 = read(&ctx, layout.icmp_type).unwrap_or(0);
+    let code: i32 = read(&ctx, layout.icmp_code).unwrap_or(0);
+    if kind == ICMP_DEST_UNREACH && code == ICMP_PORT_UNREACH {
+        let netns = skb_netns(read(&ctx, layout.icmp_skb).unwrap_or(0), &layout);
+        if followed(netns) {
+            count(CLOSED_PORT_ATTEMPTS);
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    let layout = signal_layout();
+    let sk: u64 = read(&ctx, layout.retransmit_sk).unwrap_or(0);
+    if followed(sock_netns_of(sk)) {
+        count(RETRANSMITS);
+    }
+    0
+}
+
+/// Executions are counted on the whole host: a process is not in a network namespace's
+/// business alone.
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    count(EXECS);
+    let layout = signal_layout();
+    // A __data_loc field: the data's offset in the record in the low 16 bits.
+    let Some(loc) = read::<u32>(&ctx, layout.exec_filename) else {
+        return 0;
+    };
+    let mut path = [0u8; EXEC_PATH_LEN];
+    let src = (ctx.as_ptr() as usize + (loc & 0xffff) as usize) as *const u8;
+    // SAFETY: the helper checks the source address and bounds the copy to `path`.
+    if unsafe { bpf_probe_read_kernel_str_bytes(src, &mut path) }.is_ok() {
+        let _ = EXECUTED.insert(&path, &0, 0);
+    }
+    0
+}
+
+#[inline(always)]
+fn signal_layout() -> SignalLayout {
+    // SAFETY: set by user space before loading; volatile keeps the zeros from being folded.
+    unsafe { read_volatile(&SIGNAL_LAYOUT) }
+}
+
+/// The namespace of a packet's device, 0 when the layout is unknown or the packet has none.
+#[inline(always)]
+fn skb_netns(skb: u64, layout: &SignalLayout) -> u64 {
+    // SAFETY: as for LAYOUT.
+    let cookie = unsafe { read_volatile(&LAYOUT) }.net_cookie;
+    if skb == 0 || layout.skb_dev == 0 || cookie == 0 {
+        return 0;
+    }
+    // SAFETY: bpf_probe_read_kernel checks each address; a bad one gives an error.
+    unsafe {
+        let Ok(dev) = bpf_probe_read_kernel((skb + u64::from(layout.skb_dev)) as *const u64) else {
+            return 0;
+        };
+        if dev == 0 {
+            return 0;
+        }
+        let Ok(net) = bpf_probe_read_kernel((dev + u64::from(layout.dev_net)) as *const u64) else {
+            return 0;
+        };
+        bpf_probe_read_kernel((net + u64::from(cookie)) as *const u64).unwrap_or(0)
+    }
+}

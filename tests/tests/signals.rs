@@ -1,0 +1,219 @@
+//! Security signals counted by kernel programs, against what the tests themselves do: port
+//! scans, failed connects, process executions. tern runs in namespace `a` of a veth pair;
+//! `b` plays the scanner or the peer.
+
+use std::{
+    net::{SocketAddr, TcpStream, UdpSocket},
+    path::PathBuf,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tern_tests::{ADDR_A, ADDR_B, DEV_A, Pair, Tern};
+
+const REPORT_WAIT: Duration = Duration::from_secs(15);
+
+fn number(report: &Value, name: &str) -> u64 {
+    report["custom_metrics"][name][0]["number"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{name} missing in {report}"))
+}
+
+fn strings(report: &Value, name: &str) -> Vec<String> {
+    report["custom_metrics"][name][0]["string_list"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{name} missing in {report}"))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Sums `name` over reports until one after `done` reports none of it: every event the test
+/// caused is then counted.
+fn total_until_quiet(tern: &Tern, name: &str, done: Instant) -> (u64, Value) {
+    let mut total = 0;
+    for _ in 0..10 {
+        let report = tern.next_report(REPORT_WAIT);
+        let n = number(&report, name);
+        total += n;
+        if n == 0 && done.elapsed() > Duration::from_millis(2100) {
+            return (total, report);
+        }
+    }
+    panic!("{name} never went quiet");
+}
+
+#[test]
+fn a_scan_of_closed_ports_shows_as_resets_sent_and_closed_port_attempts() {
+    let pair = Pair::new();
+    let tern = Tern::start(&pair.a, &["--interval", "2"]);
+    let quiet = tern.next_report(REPORT_WAIT);
+    pair.b.enter(|| {
+        for port in 30_000..30_200 {
+            let addr = SocketAddr::from(([10, 77, 0, 1], port));
+            let refused = TcpStream::connect_timeout(&addr, Duration::from_secs(2));
+            assert!(refused.is_err(), "port {port} is open");
+        }
+    });
+    let (resets, last) = total_until_quiet(&tern, "interval_tcp_resets_sent", Instant::now());
+    // One reset per SYN to a closed port, and nothing else resets in this namespace.
+    assert_eq!(resets, 200);
+    assert_eq!(number(&last, "interval_tcp_resets_sent"), 0);
+    assert_eq!(number(&quiet, "interval_tcp_resets_sent"), 0);
+    assert_eq!(number(&quiet, "interval_closed_port_attempts"), 0);
+}
+
+#[test]
+fn datagrams_to_closed_udp_ports_are_closed_port_attempts() {
+    let pair = Pair::new();
+    let tern = Tern::start(&pair.a, &["--interval", "2"]);
+    tern.next_report(REPORT_WAIT);
+    let sender = pair.b.enter(|| UdpSocket::bind((ADDR_B, 0)).unwrap());
+    for port in 40_000..40_010 {
+        sender.send_to(b"probe", (ADDR_A, port)).unwrap();
+        // Spaced out: the kernel rate-limits ICMP errors per peer.
+        thread::sleep(Duration::from_millis(150));
+    }
+    let (attempts, _) = total_until_quiet(&tern, "interval_closed_port_attempts", Instant::now());
+    assert!((1..=10).contains(&attempts), "{attempts}");
+}
+
+#[test]
+fn connection_attempts_that_never_establish_are_failed_connects() {
+    let pair = Pair::new();
+    // An address on the link that nobody holds: b's namespace receives and drops the SYNs.
+    let mac_b = pair.b.mac("tb");
+    pair.a.exec(&[
+        "ip",
+        "neigh",
+        "replace",
+        "10.77.0.99",
+        "lladdr",
+        &mac_b,
+        "dev",
+        DEV_A,
+        "nud",
+        "permanent",
+    ]);
+    let tern = Tern::start(&pair.a, &["--interval", "2"]);
+    tern.next_report(REPORT_WAIT);
+    pair.a.enter(|| {
+        for port in 31_000..31_040 {
+            let closed = SocketAddr::from(([10, 77, 0, 2], port));
+            assert!(TcpStream::connect_timeout(&closed, Duration::from_secs(2)).is_err());
+        }
+        for port in 31_100..31_110 {
+            let unreachable = SocketAddr::from(([10, 77, 0, 99], port));
+            let attempt = TcpStream::connect_timeout(&unreachable, Duration::from_millis(100));
+            assert!(attempt.is_err());
+        }
+    });
+    let done = Instant::now();
+    let mut failed = 0;
+    let mut ports = std::collections::BTreeSet::new();
+    let mut addresses = std::collections::BTreeSet::new();
+    loop {
+        let report = tern.next_report(REPORT_WAIT);
+        failed += number(&report, "interval_tcp_failed_connects");
+        for p in report["custom_metrics"]["interval_remote_ports_contacted"][0]["number_list"]
+            .as_array()
+            .unwrap()
+        {
+            ports.insert(p.as_u64().unwrap());
+        }
+        for a in report["custom_metrics"]["interval_remote_addresses_contacted"][0]["ip_list"]
+            .as_array()
+            .unwrap()
+        {
+            addresses.insert(a.as_str().unwrap().to_owned());
+        }
+        if done.elapsed() > Duration::from_millis(2100) {
+            break;
+        }
+    }
+    assert_eq!(failed, 50);
+    assert_eq!(ports.len(), 50, "{ports:?}");
+    assert_eq!(
+        addresses,
+        ["10.77.0.2", "10.77.0.99"]
+            .map(String::from)
+            .into_iter()
+            .collect()
+    );
+}
+
+/// A copy of /bin/true under a name no one has run, removed when dropped.
+struct FreshBinary(PathBuf);
+
+impl FreshBinary {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "tern-exec-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("never-seen-probe");
+        std::fs::copy("/bin/true", &path).unwrap();
+        Self(path)
+    }
+
+    fn run(&self) {
+        assert!(Command::new(&self.0).status().unwrap().success());
+    }
+}
+
+impl Drop for FreshBinary {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+#[test]
+fn executions_are_counted_and_a_new_executable_is_named_once() {
+    let pair = Pair::new();
+    let tern = Tern::start(&pair.a, &["--interval", "2"]);
+    tern.next_report(REPORT_WAIT);
+    let fresh = FreshBinary::new();
+    for _ in 0..30 {
+        assert!(Command::new("/bin/true").status().unwrap().success());
+    }
+    fresh.run();
+    let name = fresh.0.to_str().unwrap().to_owned();
+    // Executions are counted host-wide: other processes may add to them.
+    let first = tern.next_report(REPORT_WAIT);
+    assert!(number(&first, "interval_execs") >= 31);
+    assert!(strings(&first, "interval_new_executables").contains(&name));
+
+    fresh.run();
+    let second = tern.next_report(REPORT_WAIT);
+    assert!(number(&second, "interval_execs") >= 1);
+    assert!(!strings(&second, "interval_new_executables").contains(&name));
+}
+
+#[test]
+fn device_readings_are_in_range() {
+    let pair = Pair::new();
+    let tern = Tern::start(&pair.a, &["--interval", "1"]);
+    let report = tern.next_report(REPORT_WAIT);
+    let cpu = report["custom_metrics"]["cpu_usage"][0]["number"]
+        .as_f64()
+        .expect("cpu_usage");
+    assert!((0.0..=100.0).contains(&cpu), "{cpu}");
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let total_kb: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    let used = number(&report, "memory_used");
+    assert!(used > 0 && used < total_kb * 1024, "{used}");
+}
