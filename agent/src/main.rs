@@ -65,6 +65,14 @@ pub struct RunArgs {
     /// not only those established at report time.
     #[arg(long)]
     pub interval_connections: bool,
+    /// Which of tern's own custom metrics to send: all, none, or a comma-separated list of
+    /// names (see the README).
+    #[arg(long, default_value = "all")]
+    pub custom_metrics: collect::Selection,
+    /// A custom metric read from a file at every report: NAME=TYPE:PATH, TYPE one of number,
+    /// number_list, string_list, ip_list. Repeat for more.
+    #[arg(long = "metric", value_name = "NAME=TYPE:PATH")]
+    pub metrics: Vec<collect::FileMetric>,
     /// Where tern keeps its state (the last report id); created 0700 if missing.
     #[arg(long, default_value = "/var/lib/tern")]
     pub state_dir: PathBuf,

@@ -14,7 +14,9 @@ use log::{debug, error, info};
 
 use crate::{
     Output, RunArgs,
-    collect::{DeviceCollector, SocketCollector, SocketOptions, TrafficCollector},
+    collect::{
+        DeviceCollector, SocketCollector, SocketOptions, TrafficCollector, check_user_metrics,
+    },
     interfaces::LinkWatch,
     probes::{LoadOptions, Probes},
     report::{Format, Metrics, Report, ReportIds, encode_within},
@@ -23,6 +25,7 @@ use crate::{
 
 pub fn run(args: &RunArgs) -> Result<()> {
     signals::install()?;
+    check_user_metrics(&args.metrics)?;
     state::prepare(&args.state_dir)?;
     let ids = ReportIds::open(&args.state_dir)?;
     let own_netns = sockdiag::own_netns_cookie()?;
@@ -133,8 +136,14 @@ impl Reporter<'_> {
                 tcp_connections: Some(sockets.tcp_connections),
             },
         );
-        for (name, value) in sockets.custom.into_iter().chain(self.device.collect()) {
+        let own = sockets.custom.into_iter().chain(self.device.collect());
+        for (name, value) in own.filter(|(name, _)| self.args.custom_metrics.sends(name)) {
             report.custom_metrics.insert(name.to_owned(), [value]);
+        }
+        for metric in &self.args.metrics {
+            if let Some(value) = metric.read() {
+                report.custom_metrics.insert(metric.name.clone(), [value]);
+            }
         }
         let collected = started.elapsed();
         let budget = usize::try_from(self.args.budget).unwrap_or(usize::MAX);

@@ -1,0 +1,132 @@
+//! User-defined metrics read from files, and the choice of tern's own custom metrics.
+
+use std::{fs, path::PathBuf, time::Duration};
+
+use serde_json::{Value, json};
+use tern_tests::{Netns, Tern};
+
+const REPORT_WAIT: Duration = Duration::from_secs(15);
+
+/// A directory of metric files, removed when dropped.
+struct Files(PathBuf);
+
+impl Files {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("tern-metric-files-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn write(&self, name: &str, content: &str) -> String {
+        let path = self.0.join(name);
+        // Replaced whole, as a well-behaved exporter does.
+        let tmp = self.0.join(format!("{name}.tmp"));
+        fs::write(&tmp, content).unwrap();
+        fs::rename(&tmp, &path).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn custom(report: &Value, name: &str) -> Value {
+    report["custom_metrics"][name].clone()
+}
+
+#[test]
+fn a_file_metric_follows_the_file_and_a_bad_value_is_dropped_with_a_log_line() {
+    let ns = Netns::new("files");
+    let files = Files::new();
+    let temp = files.write("temp", "41000\n");
+    let peers = files.write("peers", "10.0.0.1\n2001:db8::7\n");
+    let tags = files.write("tags", "edge-7 rack:b\n");
+    let args = [
+        "--interval".to_owned(),
+        "1".to_owned(),
+        "--metric".to_owned(),
+        format!("board_temp=number:{temp}"),
+        "--metric".to_owned(),
+        format!("allowed_peers=ip_list:{peers}"),
+        "--metric".to_owned(),
+        format!("site_tags=string_list:{tags}"),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let tern = Tern::start(&ns, &args);
+
+    let first = tern.next_report(REPORT_WAIT);
+    assert_eq!(custom(&first, "board_temp"), json!([{"number": 41000}]));
+    assert_eq!(
+        custom(&first, "allowed_peers"),
+        json!([{"ip_list": ["10.0.0.1", "2001:db8::7"]}])
+    );
+    assert_eq!(
+        custom(&first, "site_tags"),
+        json!([{"string_list": ["edge-7", "rack:b"]}])
+    );
+
+    files.write("temp", "42.5\n");
+    files.write("peers", "10.0.0.1\nnot-an-address\n");
+    // Read at each report: wait for one that started after the change.
+    let mut report = tern.next_report(REPORT_WAIT);
+    if custom(&report, "board_temp") == json!([{"number": 41000}]) {
+        report = tern.next_report(REPORT_WAIT);
+    }
+    assert_eq!(custom(&report, "board_temp"), json!([{"number": 42.5}]));
+    assert_eq!(
+        custom(&report, "allowed_peers"),
+        Value::Null,
+        "an invalid list was sent"
+    );
+    assert!(
+        report["metrics"]["network_stats"].is_object(),
+        "the rest must still be sent"
+    );
+    tern.wait_log("allowed_peers", Duration::from_secs(5));
+}
+
+#[test]
+fn only_the_chosen_custom_metrics_are_sent() {
+    let ns = Netns::new("select");
+    let tern = Tern::start(
+        &ns,
+        &[
+            "--interval",
+            "1",
+            "--custom-metrics",
+            "cpu_usage,interval_execs",
+        ],
+    );
+    let report = tern.next_report(REPORT_WAIT);
+    let names: Vec<&String> = report["custom_metrics"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(names, ["cpu_usage", "interval_execs"]);
+
+    let tern = Tern::start(&ns, &["--interval", "1", "--custom-metrics", "none"]);
+    let report = tern.next_report(REPORT_WAIT);
+    assert!(report.get("custom_metrics").is_none(), "{report}");
+}
+
+#[test]
+fn a_bad_metric_definition_stops_tern_before_it_loads_anything() {
+    for (arg, expected) in [
+        ("aws:x=number:/tmp/x", "aws:"),
+        ("x=float:/tmp/x", "unknown metric type"),
+        ("interval_execs=number:/tmp/x", "one of tern's own"),
+    ] {
+        let out = std::process::Command::new(tern_tests::tern_bin())
+            .args(["run", "--output", "stdout", "--metric", arg])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{arg}: {stderr}");
+        assert!(out.stdout.is_empty());
+    }
+}
