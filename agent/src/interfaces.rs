@@ -8,16 +8,15 @@ use std::{
     os::fd::{AsRawFd, RawFd},
 };
 
-use anyhow::{Context, Result, bail};
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
+use anyhow::{Context, Result};
 use netlink_packet_route::{
     RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage},
     link::{LinkAttribute, LinkFlags, LinkMessage},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+use crate::netlink::{dump, receive};
 
 /// rtnetlink multicast group of link changes (RTNLGRP_LINK).
 const RTNLGRP_LINK: u32 = 1;
@@ -152,60 +151,6 @@ pub fn address_owners() -> Result<HashMap<IpAddr, String>> {
         }
     }
     Ok(owners)
-}
-
-fn dump(
-    socket: &Socket,
-    buf: &mut Vec<u8>,
-    request: RouteNetlinkMessage,
-) -> Result<Vec<RouteNetlinkMessage>> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    header.sequence_number = 1;
-    let mut request = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
-    request.finalize();
-    let mut bytes = vec![0; request.buffer_len()];
-    request.serialize(&mut bytes);
-    socket
-        .send(&bytes, 0)
-        .context("sending an rtnetlink request")?;
-    let mut messages = Vec::new();
-    // A dump ends with NLMSG_DONE; the bound keeps a misbehaving kernel from holding us.
-    for _ in 0..100_000 {
-        if receive(socket, buf, 0, &mut messages)? {
-            return Ok(messages);
-        }
-    }
-    bail!("the kernel's rtnetlink dump did not end")
-}
-
-/// Reads one datagram; true when it held the end of a dump.
-fn receive(
-    socket: &Socket,
-    buf: &mut Vec<u8>,
-    flags: libc::c_int,
-    messages: &mut Vec<RouteNetlinkMessage>,
-) -> Result<bool> {
-    buf.clear();
-    let n = socket.recv(buf, flags)?;
-    let mut done = false;
-    let mut offset = 0;
-    while offset < n {
-        let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[offset..n])
-            .context("parsing an rtnetlink message from the kernel")?;
-        let length = message.header.length as usize;
-        match message.payload {
-            NetlinkPayload::InnerMessage(inner) => messages.push(inner),
-            NetlinkPayload::Done(_) => done = true,
-            NetlinkPayload::Error(err) => bail!("the kernel refused an rtnetlink request: {err:?}"),
-            _ => {}
-        }
-        if length == 0 {
-            break;
-        }
-        offset += (length + 3) & !3;
-    }
-    Ok(done)
 }
 
 impl AsRawFd for LinkWatch {

@@ -8,6 +8,7 @@ mod collect;
 mod delta;
 mod interfaces;
 mod layout;
+mod netlink;
 mod probes;
 mod report;
 mod run;

@@ -5,14 +5,13 @@
 use std::net::IpAddr;
 
 use anyhow::{Context, Result, bail};
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
 use netlink_packet_sock_diag::{
     SockDiagMessage,
     inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
+
+use crate::netlink;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -43,79 +42,39 @@ pub fn dump(protocol: u8, states: StateFlags) -> Result<Vec<DiagSocket>> {
     socket
         .connect(&SocketAddr::new(0, 0))
         .context("connecting the NETLINK_SOCK_DIAG socket")?;
+    let mut buf = Vec::with_capacity(64 * 1024);
     let mut all = Vec::new();
     for family in [AF_INET, AF_INET6] {
-        request(&socket, family, protocol, states.clone())?;
-        read_dump(&socket, &mut all)?;
-    }
-    Ok(all)
-}
-
-fn request(socket: &Socket, family: u8, protocol: u8, states: StateFlags) -> Result<()> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let socket_id = if family == AF_INET {
-        SocketId::new_v4()
-    } else {
-        SocketId::new_v6()
-    };
-    let mut message = NetlinkMessage::new(
-        header,
-        NetlinkPayload::InnerMessage(SockDiagMessage::InetRequest(InetRequest {
+        let socket_id = if family == AF_INET {
+            SocketId::new_v4()
+        } else {
+            SocketId::new_v6()
+        };
+        let request = SockDiagMessage::InetRequest(InetRequest {
             family,
             protocol,
             extensions: ExtensionFlags::empty(),
-            states,
+            states: states.clone(),
             socket_id,
-        })),
-    );
-    message.finalize();
-    let mut bytes = vec![0; message.buffer_len()];
-    message.serialize(&mut bytes);
-    socket
-        .send(&bytes, 0)
-        .context("requesting the socket list")?;
-    Ok(())
-}
-
-fn read_dump(socket: &Socket, into: &mut Vec<DiagSocket>) -> Result<()> {
-    let mut buf = Vec::with_capacity(64 * 1024);
-    // A dump ends with NLMSG_DONE; the bound keeps a misbehaving kernel from holding us.
-    for _ in 0..1_000_000 {
-        buf.clear();
-        let n = socket
-            .recv(&mut buf, 0)
-            .context("reading the socket list")?;
-        let mut offset = 0;
-        while offset < n {
-            let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[offset..n])
-                .context("parsing a socket from the kernel")?;
-            let length = message.header.length as usize;
-            match message.payload {
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                    let id = &response.header.socket_id;
-                    let words = [&id.cookie[..4], &id.cookie[4..]]
-                        .map(|w| u64::from(u32::from_ne_bytes(w.try_into().expect("4 bytes"))));
-                    into.push(DiagSocket {
-                        state: response.header.state,
-                        local: id.source_address,
-                        local_port: id.source_port,
-                        remote: id.destination_address,
-                        remote_port: id.destination_port,
-                        cookie: words[0] | words[1] << 32,
-                    });
-                }
-                NetlinkPayload::Done(_) => return Ok(()),
-                NetlinkPayload::Error(err) => bail!("the kernel refused the socket list: {err:?}"),
-                _ => {}
-            }
-            if length == 0 {
-                break;
-            }
-            offset += (length + 3) & !3;
+        });
+        for message in netlink::dump(&socket, &mut buf, request)? {
+            let SockDiagMessage::InetResponse(response) = message else {
+                continue;
+            };
+            let id = &response.header.socket_id;
+            let words = [&id.cookie[..4], &id.cookie[4..]]
+                .map(|w| u64::from(u32::from_ne_bytes(w.try_into().expect("4 bytes"))));
+            all.push(DiagSocket {
+                state: response.header.state,
+                local: id.source_address,
+                local_port: id.source_port,
+                remote: id.destination_address,
+                remote_port: id.destination_port,
+                cookie: words[0] | words[1] << 32,
+            });
         }
     }
-    bail!("the kernel's socket list did not end")
+    Ok(all)
 }
 
 /// The cookie of tern's own network namespace, as the kernel programs see it.

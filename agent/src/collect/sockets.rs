@@ -9,7 +9,10 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::{
+    Pod,
+    maps::{HashMap as BpfHashMap, MapData},
+};
 use log::{info, warn};
 use tern_common::{
     AF_INET, AF_INET6, CLOSED_PORT_ATTEMPTS, DETAILS_DROPPED, EXEC_PATH_LEN, EXECS,
@@ -349,15 +352,19 @@ fn ip(family: u16, bytes: &[u8; 16]) -> IpAddr {
     }
 }
 
-fn drain_seen(
-    set: &mut BpfHashMap<MapData, Seen, u32>,
+/// Takes and deletes the entries of past intervals from an interval set: those whose epoch
+/// (`epoch_of`) is not the current one. Entries of namespaces not reported are dropped too.
+fn drain<K: Pod, V: Pod>(
+    set: &mut BpfHashMap<MapData, K, V>,
     epoch: u32,
     netns: Option<u64>,
-) -> Result<Vec<Seen>> {
+    epoch_of: impl Fn(&K, &V) -> u32,
+    netns_of: impl Fn(&K) -> u64,
+) -> Result<Vec<K>> {
     let mut past = Vec::new();
-    for key in set.keys() {
-        let key = key.context("reading an interval set")?;
-        if key.epoch != epoch {
+    for entry in set.iter() {
+        let (key, value) = entry.context("reading an interval set")?;
+        if epoch_of(&key, &value) != epoch {
             past.push(key);
         }
     }
@@ -365,8 +372,16 @@ fn drain_seen(
         // Already gone is fine: nothing else deletes, so it is not lost either.
         let _ = set.remove(key);
     }
-    past.retain(|s| netns.is_none_or(|own| s.netns == own || s.netns == 0));
+    past.retain(|k| netns.is_none_or(|own| netns_of(k) == own || netns_of(k) == 0));
     Ok(past)
+}
+
+fn drain_seen(
+    set: &mut BpfHashMap<MapData, Seen, u32>,
+    epoch: u32,
+    netns: Option<u64>,
+) -> Result<Vec<Seen>> {
+    drain(set, epoch, netns, |s, _| s.epoch, |s| s.netns)
 }
 
 fn drain_connections(
@@ -374,18 +389,7 @@ fn drain_connections(
     epoch: u32,
     netns: Option<u64>,
 ) -> Result<Vec<TcpSock>> {
-    let mut past = Vec::new();
-    for entry in set.iter() {
-        let (key, seen_in) = entry.context("reading the CONNECTIONS_SEEN map")?;
-        if seen_in != epoch {
-            past.push(key);
-        }
-    }
-    for key in &past {
-        let _ = set.remove(key);
-    }
-    past.retain(|s| netns.is_none_or(|own| s.netns == own || s.netns == 0));
-    Ok(past)
+    drain(set, epoch, netns, |_, seen_in| *seen_in, |s| s.netns)
 }
 
 /// Puts the sockets that existed before the programs were attached into the kernel maps.

@@ -1,0 +1,66 @@
+//! Netlink requests and dumps for the kernel families tern speaks (rtnetlink, sock_diag):
+//! framing, the end of a dump, the kernel's errors. Knows nothing of what the messages say.
+
+use anyhow::{Context, Result, bail};
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkDeserializable, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload, NetlinkSerializable,
+};
+use netlink_sys::Socket;
+
+/// Sends a dump request and returns every message of the answer.
+pub fn dump<I>(socket: &Socket, buf: &mut Vec<u8>, request: I) -> Result<Vec<I>>
+where
+    I: NetlinkSerializable + NetlinkDeserializable,
+{
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = 1;
+    let mut request = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
+    request.finalize();
+    let mut bytes = vec![0; request.buffer_len()];
+    request.serialize(&mut bytes);
+    socket
+        .send(&bytes, 0)
+        .context("sending a netlink request")?;
+    let mut messages = Vec::new();
+    // A dump ends with NLMSG_DONE; the bound keeps a misbehaving kernel from holding us.
+    for _ in 0..1_000_000 {
+        if receive(socket, buf, 0, &mut messages)? {
+            return Ok(messages);
+        }
+    }
+    bail!("the kernel's netlink dump did not end")
+}
+
+/// Reads one datagram into `messages`; true when it held the end of a dump.
+pub fn receive<I>(
+    socket: &Socket,
+    buf: &mut Vec<u8>,
+    flags: libc::c_int,
+    messages: &mut Vec<I>,
+) -> Result<bool>
+where
+    I: NetlinkDeserializable,
+{
+    buf.clear();
+    let n = socket.recv(buf, flags)?;
+    let mut done = false;
+    let mut offset = 0;
+    while offset < n {
+        let message = NetlinkMessage::<I>::deserialize(&buf[offset..n])
+            .context("parsing a netlink message from the kernel")?;
+        let length = message.header.length as usize;
+        match message.payload {
+            NetlinkPayload::InnerMessage(inner) => messages.push(inner),
+            NetlinkPayload::Done(_) => done = true,
+            NetlinkPayload::Error(err) => bail!("the kernel refused a netlink request: {err:?}"),
+            _ => {}
+        }
+        if length == 0 {
+            break;
+        }
+        offset += (length + 3) & !3;
+    }
+    Ok(done)
+}
