@@ -7,6 +7,8 @@
 mod collect;
 mod delta;
 mod interfaces;
+mod linker;
+mod privilege;
 mod probes;
 mod report;
 mod run;
@@ -43,6 +45,14 @@ pub struct RunArgs {
     /// Count loopback traffic too (each loopback packet is then both in and out).
     #[arg(long)]
     pub include_loopback: bool,
+    /// Unprivileged user to run as once the programs are attached (default: the user `install`
+    /// created, named like this binary, or nobody).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Attach at start only: no privileged helper stays, and interfaces added later are not
+    /// counted.
+    #[arg(long)]
+    pub static_interfaces: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -2,7 +2,7 @@
 //! attaches the traffic counters to TC ingress and egress of every interface tern counts,
 //! following interfaces as they come and go. Reads no counter itself.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context, Result};
 use aya::{
@@ -10,11 +10,14 @@ use aya::{
     maps::{MapData, PerCpuArray, PerCpuHashMap},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType,
-        tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions, qdisc_add_clsact},
+        tc::{
+            NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError, qdisc_add_clsact,
+            qdisc_detach_program,
+        },
     },
     util::KernelVersion,
 };
-use log::{info, warn};
+use log::{debug, info, warn};
 use tern_common::IfTraffic;
 
 use crate::interfaces::{Interface, LinkEvent};
@@ -30,16 +33,30 @@ pub struct TrafficMaps {
     pub overflow: PerCpuArray<MapData, IfTraffic>,
 }
 
+/// Who attaches to an interface that appears after start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewInterfaces {
+    /// This process (before the privilege drop, and in the link child).
+    Attach,
+    /// The link child does; this process only counts them.
+    LinkChild,
+    /// Nobody: started with --static-interfaces.
+    Ignore,
+}
+
 struct Attachment {
     name: String,
-    ingress: SchedClassifierLinkId,
-    egress: SchedClassifierLinkId,
+    /// None when the link child holds the links.
+    links: Option<(SchedClassifierLinkId, SchedClassifierLinkId)>,
 }
 
 pub struct Probes {
     ebpf: Ebpf,
     include_loopback: bool,
+    new_interfaces: NewInterfaces,
     attached: HashMap<u32, Attachment>,
+    /// Interfaces already said to be left out, so each is logged once.
+    ignored: HashSet<u32>,
 }
 
 impl Probes {
@@ -65,7 +82,9 @@ impl Probes {
         let probes = Self {
             ebpf,
             include_loopback,
+            new_interfaces: NewInterfaces::Attach,
             attached: HashMap::new(),
+            ignored: HashSet::new(),
         };
         Ok((
             probes,
@@ -74,6 +93,11 @@ impl Probes {
                 overflow,
             },
         ))
+    }
+
+    /// Decides who attaches to interfaces seen from now on.
+    pub fn set_new_interfaces(&mut self, mode: NewInterfaces) {
+        self.new_interfaces = mode;
     }
 
     /// Follows one link change. A failure concerns that interface only: it is logged and
@@ -88,18 +112,49 @@ impl Probes {
                     known.name = interface.name;
                     return;
                 }
-                match self.attach(&interface) {
-                    Ok(attachment) => {
-                        info!("counting traffic on {}", interface.name);
-                        self.attached.insert(interface.index, attachment);
+                match self.new_interfaces {
+                    NewInterfaces::Attach => match self.attach(&interface) {
+                        Ok(links) => {
+                            info!("counting traffic on {}", interface.name);
+                            self.attached.insert(
+                                interface.index,
+                                Attachment {
+                                    name: interface.name,
+                                    links: Some(links),
+                                },
+                            );
+                        }
+                        Err(err) => warn!("cannot count traffic on {}: {err:#}", interface.name),
+                    },
+                    NewInterfaces::LinkChild => {
+                        // The child says "counting" once it has attached.
+                        debug!("{} appeared; the link child attaches it", interface.name);
+                        self.attached.insert(
+                            interface.index,
+                            Attachment {
+                                name: interface.name,
+                                links: None,
+                            },
+                        );
                     }
-                    Err(err) => warn!("cannot count traffic on {}: {err:#}", interface.name),
+                    NewInterfaces::Ignore => {
+                        if self.ignored.insert(interface.index) {
+                            info!(
+                                "new interface {} is not counted: started with \
+                                 --static-interfaces",
+                                interface.name
+                            );
+                        }
+                    }
                 }
             }
             LinkEvent::Removed(index) => {
+                self.ignored.remove(&index);
                 if let Some(gone) = self.attached.remove(&index) {
                     info!("interface {} is gone", gone.name);
-                    self.detach(gone);
+                    if let Some(links) = gone.links {
+                        self.detach(links);
+                    }
                 }
             }
         }
@@ -116,7 +171,10 @@ impl Probes {
         names
     }
 
-    fn attach(&mut self, interface: &Interface) -> Result<Attachment> {
+    fn attach(
+        &mut self,
+        interface: &Interface,
+    ) -> Result<(SchedClassifierLinkId, SchedClassifierLinkId)> {
         // TCX (6.6+) links die with tern's fds and run before legacy filters; either way tern
         // goes first and returns "unspecified", so every other program still sees the packet.
         let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
@@ -125,6 +183,17 @@ impl Probes {
                 Ok(()) => {}
                 Err(err) if err.to_string().contains("exists") => {}
                 Err(err) => return Err(err).context("adding the clsact qdisc"),
+            }
+            // Legacy filters outlive their process: remove those a previous tern left.
+            for (kind, name) in [
+                (TcAttachType::Ingress, INGRESS),
+                (TcAttachType::Egress, EGRESS),
+            ] {
+                match qdisc_detach_program(&interface.name, kind, name) {
+                    Ok(()) => info!("removed a stale {name} filter from {}", interface.name),
+                    Err(TcError::IoError(err)) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(err).context("removing a stale filter"),
+                }
             }
         }
         let options = || {
@@ -149,16 +218,12 @@ impl Probes {
                 return Err(err).context("attaching to TC egress");
             }
         };
-        Ok(Attachment {
-            name: interface.name.clone(),
-            ingress,
-            egress,
-        })
+        Ok((ingress, egress))
     }
 
-    fn detach(&mut self, gone: Attachment) {
+    fn detach(&mut self, (ingress, egress): (SchedClassifierLinkId, SchedClassifierLinkId)) {
         // The kernel already released the hooks of a deleted device; this frees tern's side.
-        for (name, link) in [(INGRESS, gone.ingress), (EGRESS, gone.egress)] {
+        for (name, link) in [(INGRESS, ingress), (EGRESS, egress)] {
             if let Ok(program) = self.program(name) {
                 let _ = program.detach(link);
             }

@@ -16,22 +16,52 @@ use crate::{
     RunArgs,
     collect::TrafficCollector,
     interfaces::LinkWatch,
-    probes::Probes,
+    linker::{self, Fork},
+    privilege::{self, Account},
+    probes::{NewInterfaces, Probes},
     report::{Report, ReportIds},
     signals,
 };
 
+/// Follows the ordering contract of [`crate::privilege`].
 pub fn run(args: &RunArgs) -> Result<()> {
     signals::install()?;
+    let account = Account::resolve(args.user.as_deref())?;
     let (mut probes, maps) = Probes::load(args.include_loopback)?;
+    // Both sockets subscribe before the dump, so a link created meanwhile reaches the child.
     let mut links = LinkWatch::open()?;
+    let child_links = match args.static_interfaces {
+        true => None,
+        false => Some(LinkWatch::open()?),
+    };
     for event in links.dump()? {
         probes.apply(event);
     }
+    let parent = std::process::id();
+    let mut linker = None;
+    if let Some(watch) = child_links {
+        match linker::fork()? {
+            Fork::Child => {
+                drop(maps);
+                drop(links);
+                linker::serve(probes, watch, &account, parent)
+            }
+            Fork::Parent(pid) => {
+                drop(watch);
+                linker = Some(pid);
+            }
+        }
+    }
+    probes.set_new_interfaces(match linker {
+        Some(_) => NewInterfaces::LinkChild,
+        None => NewInterfaces::Ignore,
+    });
+    privilege::drop_to(&account, &privilege::main_process_keeps())?;
     info!(
-        "attached; counting {} interfaces: {}",
+        "attached; counting {} interfaces: {}; running as {}",
         probes.counted_names().len(),
-        probes.counted_names().join(" ")
+        probes.counted_names().join(" "),
+        account.name
     );
     let collector = TrafficCollector::new(maps);
     let interval = Duration::from_secs(args.interval);
@@ -39,6 +69,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
 
     let mut out = Reporter::new(collector);
     loop {
+        if linker.is_some_and(|pid| !linker::alive(pid)) {
+            error!("the link child exited; interfaces added from now on are not counted");
+            probes.set_new_interfaces(NewInterfaces::Ignore);
+            linker = None;
+        }
         wait_readable(
             links.as_raw_fd(),
             next.saturating_duration_since(Instant::now()),

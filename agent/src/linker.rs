@@ -1,0 +1,97 @@
+//! The link child: a process forked before the privilege drop whose only job is to attach
+//! tern's programs to interfaces that appear later. Attaching needs CAP_NET_ADMIN, which the
+//! main process (the one that will talk to the network) must not keep.
+//!
+//! The child runs as the agent user with no_new_privs, keeps only [`CHILD_KEEPS`], reads
+//! nothing but the kernel's rtnetlink link messages, opens no other socket or file, and
+//! dies with the main process (PR_SET_PDEATHSIG). Its links die with it.
+
+use std::os::fd::AsRawFd;
+
+use anyhow::{Result, ensure};
+use caps::{Capability, CapsHashSet};
+use log::{error, info};
+
+use crate::{
+    interfaces::LinkWatch,
+    privilege::{self, Account},
+    probes::{NewInterfaces, Probes},
+    signals,
+};
+
+/// What attaching a TC program needs from the link child: creating a TCX link or a netlink
+/// filter is a network-admin operation; the programs are already loaded.
+pub const CHILD_KEEPS: [Capability; 1] = [Capability::CAP_NET_ADMIN];
+
+pub enum Fork {
+    /// In the child: call [`serve`].
+    Child,
+    /// In the parent, with the child's pid.
+    Parent(libc::pid_t),
+}
+
+/// Forks. Must be called while the process has one thread, so the child is a full copy.
+pub fn fork() -> Result<Fork> {
+    // SAFETY: the process is single-threaded (the drop that follows checks it too), so the
+    // child can go on running ordinary Rust code.
+    let pid = unsafe { libc::fork() };
+    ensure!(
+        pid >= 0,
+        "starting the link child: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(if pid == 0 {
+        Fork::Child
+    } else {
+        Fork::Parent(pid)
+    })
+}
+
+/// The child's life: drop to `account` with [`CHILD_KEEPS`], then attach to every new
+/// interface `watch` announces. `parent` is the main process's pid.
+pub fn serve(mut probes: Probes, mut watch: LinkWatch, account: &Account, parent: u32) -> ! {
+    let mut keep = privilege::main_process_keeps();
+    keep.extend(CHILD_KEEPS);
+    if let Err(err) = privilege::drop_to(account, &keep) {
+        error!("link child: {err:#}; interfaces added from now on are not counted");
+        std::process::exit(1);
+    }
+    // After the drop: a credential change clears the parent-death signal.
+    // SAFETY: prctl with integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    // The parent may have died before the line above took effect.
+    if rc != 0 || std::os::unix::process::parent_id() != parent {
+        std::process::exit(1);
+    }
+    probes.set_new_interfaces(NewInterfaces::Attach);
+    info!("link child ready, holding {}", names(&keep));
+    loop {
+        let mut poll = libc::pollfd {
+            fd: watch.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut poll, 1, -1) };
+        if signals::stop_requested() {
+            std::process::exit(0);
+        }
+        match watch.changes() {
+            Ok(events) => events.into_iter().for_each(|e| probes.apply(e)),
+            Err(err) => error!("link child: reading link changes: {err:#}"),
+        }
+    }
+}
+
+fn names(set: &CapsHashSet) -> String {
+    let mut names: Vec<String> = set.iter().map(ToString::to_string).collect();
+    names.sort();
+    names.join(" ")
+}
+
+/// Whether the child `pid` is still running; reaps it when it is not.
+pub fn alive(pid: libc::pid_t) -> bool {
+    let mut status = 0;
+    // SAFETY: waitpid on our own child with a valid status pointer.
+    unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) == 0 }
+}
