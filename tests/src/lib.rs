@@ -6,6 +6,7 @@
 //! leaves no namespace, interface, TC filter or process behind.
 
 use std::{
+    collections::{HashMap, HashSet},
     fs::File,
     io::{BufRead, BufReader},
     os::fd::AsRawFd,
@@ -222,6 +223,13 @@ pub struct Tern {
 impl Tern {
     /// Starts `tern run --output stdout` with `args` in `ns`, and waits until it has attached.
     pub fn start(ns: &Netns, args: &[&str]) -> Self {
+        let tern = Self::spawn(ns, args);
+        tern.wait_log("attached", Duration::from_secs(20));
+        tern
+    }
+
+    /// Starts `tern run --output stdout` with `args` in `ns` without waiting for anything.
+    pub fn spawn(ns: &Netns, args: &[&str]) -> Self {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &ns.name])
             .arg(tern_bin())
@@ -255,13 +263,16 @@ impl Tern {
                 }
             }
         });
-        let tern = Self {
+        Self {
             child,
             reports,
             log,
-        };
-        tern.wait_log("attached", Duration::from_secs(20));
-        tern
+        }
+    }
+
+    /// The pid of the tern process (`ip netns exec` execs it in place).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits for a log line containing `needle`; panics after `timeout`.
@@ -288,17 +299,22 @@ impl Tern {
 
     /// Stops tern with SIGTERM; returns its exit code and what it printed that the test
     /// had not read yet.
-    pub fn stop(mut self) -> Stopped {
+    pub fn stop(self) -> Stopped {
         // SAFETY: kill on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.wait_exit(Duration::from_secs(10))
+    }
+
+    /// Waits for tern to exit on its own; panics after `timeout`.
+    pub fn wait_exit(mut self, timeout: Duration) -> Stopped {
+        let deadline = Instant::now() + timeout;
         let code = loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 break status.code();
             }
             assert!(
                 Instant::now() < deadline,
-                "tern did not stop within 10 s of SIGTERM"
+                "tern did not exit within {timeout:?}"
             );
             thread::sleep(Duration::from_millis(20));
         };
@@ -331,6 +347,87 @@ impl Drop for Tern {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The fields of /proc/<pid>/status, by name.
+pub fn proc_status(pid: u32) -> HashMap<String, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// Pids whose parent is `pid`, from /proc.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // The parent pid is the second field after the parenthesised command name.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            found.push(child);
+        }
+    }
+    found
+}
+
+/// The eBPF program and link ids `pid` holds fds of, read from /proc/<pid>/fdinfo.
+pub fn bpf_ids(pid: u32) -> (HashSet<u64>, HashSet<u64>) {
+    let (mut programs, mut links) = (HashSet::new(), HashSet::new());
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return (programs, links);
+    };
+    for entry in dir.flatten() {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        for line in info.lines() {
+            let mut parts = line.split_whitespace();
+            let (Some(key), Some(value)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Ok(value) = value.parse() else { continue };
+            match key {
+                "prog_id:" => programs.insert(value),
+                "link_id:" => links.insert(value),
+                _ => false,
+            };
+        }
+    }
+    (programs, links)
+}
+
+/// Every eBPF link in the kernel as (link id, program id), from `bpftool link show`.
+pub fn kernel_links() -> Vec<(u64, u64)> {
+    let out = sh("bpftool", &["-j", "link", "show"]);
+    let json: Value = serde_json::from_str(&out).expect("bpftool -j output");
+    json.as_array()
+        .map(|links| {
+            links
+                .iter()
+                .filter_map(|l| Some((l["id"].as_u64()?, l["prog_id"].as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Ids of every eBPF program loaded in the kernel, from `bpftool prog show`.
+pub fn kernel_programs() -> HashSet<u64> {
+    let out = sh("bpftool", &["-j", "prog", "show"]);
+    let json: Value = serde_json::from_str(&out).expect("bpftool -j output");
+    json.as_array()
+        .map(|progs| progs.iter().filter_map(|p| p["id"].as_u64()).collect())
+        .unwrap_or_default()
 }
 
 /// The kernel's `struct tcp_info` fields the tests compare against.

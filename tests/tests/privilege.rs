@@ -1,0 +1,287 @@
+//! Least privilege and attachment lifetime, checked from outside tern: /proc/<pid>/status for
+//! credentials and capabilities, `ss` for sockets, /proc/<pid>/fdinfo and bpftool for
+//! programs and links.
+
+use std::{
+    collections::HashSet,
+    net::UdpSocket,
+    thread,
+    time::{Duration, Instant},
+};
+
+use tern_tests::{
+    ADDR_A, ADDR_B, Pair, Tern, bpf_ids, children_of, kernel_links, kernel_programs, proc_status,
+    sh,
+};
+
+const INTERVAL: &[&str] = &["--interval", "1"];
+const CAP_NET_ADMIN: u64 = 1 << 12;
+
+fn id_of(flag: &str, user: &str) -> String {
+    sh("id", &[flag, user]).trim().to_owned()
+}
+
+/// Sends `count` datagrams of `size` bytes from namespace b to a, each received.
+fn udp_b_to_a(pair: &Pair, count: u64, size: usize) {
+    let rx = pair.a.enter(|| UdpSocket::bind((ADDR_A, 9400)).unwrap());
+    let tx = pair.b.enter(|| UdpSocket::bind((ADDR_B, 0)).unwrap());
+    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let payload = vec![7u8; size];
+    let mut buf = vec![0u8; size + 1];
+    for i in 0..count {
+        tx.send_to(&payload, (ADDR_A, 9400)).unwrap();
+        rx.recv(&mut buf)
+            .unwrap_or_else(|e| panic!("datagram {i} never arrived: {e}"));
+    }
+}
+
+fn packets_in(reports: &[serde_json::Value]) -> u64 {
+    reports
+        .iter()
+        .map(|r| {
+            r["metrics"]["network_stats"]["packets_in"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum()
+}
+
+/// The one link child of `tern`, waiting briefly for the fork.
+fn link_child(tern: &Tern) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let children = children_of(tern.pid());
+        if let [child] = children[..] {
+            return child;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tern has children {children:?}, expected exactly one link child"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn assert_credentials(pid: u32, caps: u64) {
+    let status = proc_status(pid);
+    let (uid, gid) = (id_of("-u", "nobody"), id_of("-g", "nobody"));
+    assert_eq!(status["Uid"], [uid.as_str(); 4].join("\t"), "{status:?}");
+    assert_eq!(status["Gid"], [gid.as_str(); 4].join("\t"), "{status:?}");
+    assert_eq!(status["Groups"], "", "{status:?}");
+    assert_eq!(status["NoNewPrivs"], "1", "{status:?}");
+    for set in ["CapInh", "CapAmb"] {
+        assert_eq!(status[set], format!("{:016x}", 0), "{set}: {status:?}");
+    }
+    for set in ["CapPrm", "CapEff", "CapBnd"] {
+        assert_eq!(status[set], format!("{caps:016x}"), "{set}: {status:?}");
+    }
+}
+
+#[test]
+fn after_the_drop_tern_holds_no_capability_and_still_counts_and_reports() {
+    let pair = Pair::new();
+    let tern = Tern::start(&pair.a, INTERVAL);
+    assert_credentials(tern.pid(), 0);
+    let first = tern.next_report(Duration::from_secs(5));
+    udp_b_to_a(&pair, 40, 200);
+    let stopped = tern.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+    let mut reports = vec![first];
+    reports.extend(stopped.reports);
+    assert_eq!(packets_in(&reports), 40, "{reports:?}");
+}
+
+#[test]
+fn the_link_child_holds_cap_net_admin_only() {
+    let pair = Pair::new();
+    let tern = Tern::start(&pair.a, INTERVAL);
+    let child = link_child(&tern);
+    tern.wait_log("link child ready", Duration::from_secs(5));
+    assert_credentials(child, CAP_NET_ADMIN);
+    assert!(
+        children_of(child).is_empty(),
+        "the link child started processes"
+    );
+}
+
+#[test]
+fn with_static_interfaces_no_process_keeps_a_capability() {
+    let pair = Pair::new();
+    let tern = Tern::start(&pair.a, &["--interval", "1", "--static-interfaces"]);
+    assert_credentials(tern.pid(), 0);
+    assert!(children_of(tern.pid()).is_empty(), "a child was started");
+    sh(
+        "ip",
+        &[
+            "-n",
+            &pair.a.name,
+            "link",
+            "add",
+            "ts",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "tu",
+        ],
+    );
+    tern.wait_log("ts is not counted", Duration::from_secs(5));
+    tern.next_report(Duration::from_secs(5));
+}
+
+#[test]
+fn an_unknown_user_stops_tern_before_it_reports() {
+    let pair = Pair::new();
+    let tern = Tern::spawn(&pair.a, &["--interval", "1", "--user", "tern-no-such-user"]);
+    let stopped = tern.wait_exit(Duration::from_secs(10));
+    assert_eq!(stopped.code, Some(1), "{:?}", stopped.log);
+    assert!(stopped.reports.is_empty(), "{:?}", stopped.reports);
+    assert!(
+        stopped
+            .log
+            .iter()
+            .any(|l| l.contains("\"tern-no-such-user\"") && l.contains("does not exist")),
+        "{:?}",
+        stopped.log
+    );
+}
+
+#[test]
+fn tern_listens_on_no_socket_of_any_kind() {
+    let pair = Pair::new();
+    let tern = Tern::start(&pair.a, INTERVAL);
+    let child = link_child(&tern);
+    tern.next_report(Duration::from_secs(5));
+    let pids = [tern.pid(), child];
+    // Every family ss knows, listening sockets only, with their processes.
+    let listening = pair.a.exec(&["ss", "-l", "-n", "-p", "-A", "all"]);
+    let root_listening = sh("ss", &["-l", "-n", "-p", "-A", "all"]);
+    for pid in pids {
+        let needle = format!("pid={pid},");
+        for (where_, out) in [
+            ("its namespace", &listening),
+            ("the root namespace", &root_listening),
+        ] {
+            assert!(
+                !out.contains(&needle),
+                "process {pid} listens in {where_}:\n{out}"
+            );
+        }
+        // Ground truth from /proc: every socket it holds is a netlink socket.
+        let netlink = std::fs::read_to_string(format!("/proc/{pid}/net/netlink")).unwrap();
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+        {
+            let target = std::fs::read_link(fd.path()).unwrap_or_default();
+            let target = target.to_string_lossy();
+            if let Some(inode) = target
+                .strip_prefix("socket:[")
+                .and_then(|s| s.strip_suffix(']'))
+            {
+                assert!(
+                    netlink
+                        .lines()
+                        .any(|l| l.split_whitespace().last() == Some(inode)),
+                    "process {pid} holds a socket that is not netlink: {target}"
+                );
+            }
+        }
+    }
+}
+
+/// Waits until none of `programs` is loaded and no link of theirs exists.
+fn assert_released(programs: &HashSet<u64>, links: &HashSet<u64>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let loaded: Vec<u64> = kernel_programs().intersection(programs).copied().collect();
+        let linked: Vec<(u64, u64)> = kernel_links()
+            .into_iter()
+            .filter(|(link, prog)| links.contains(link) || programs.contains(prog))
+            .collect();
+        if loaded.is_empty() && linked.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still loaded: programs {loaded:?}, links {linked:?}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Programs and links held by tern and its link child.
+fn held(tern: &Tern) -> (HashSet<u64>, HashSet<u64>) {
+    let child = link_child(tern);
+    tern.wait_log("link child ready", Duration::from_secs(5));
+    let (mut programs, mut links) = bpf_ids(tern.pid());
+    let (child_programs, child_links) = bpf_ids(child);
+    programs.extend(child_programs);
+    links.extend(child_links);
+    assert_eq!(programs.len(), 2, "expected tc_ingress and tc_egress");
+    assert_eq!(links.len(), 2, "expected ingress and egress links on ta");
+    (programs, links)
+}
+
+#[test]
+fn sigterm_leaves_none_of_terns_programs_attached() {
+    let pair = Pair::new();
+    let tern = Tern::start(&pair.a, INTERVAL);
+    let (programs, links) = held(&tern);
+    let attached: HashSet<u64> = kernel_links()
+        .into_iter()
+        .filter(|(_, prog)| programs.contains(prog))
+        .map(|(link, _)| link)
+        .collect();
+    assert_eq!(attached, links, "bpftool disagrees with tern's fds");
+    let stopped = tern.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+    assert_released(&programs, &links);
+}
+
+#[test]
+fn kill_9_then_restart_leaves_no_duplicate_attachment() {
+    let pair = Pair::new();
+    let tern = Tern::start(&pair.a, INTERVAL);
+    let (old_programs, old_links) = held(&tern);
+    let child = link_child(&tern);
+    // SAFETY: SIGKILL to the tern process this test started.
+    unsafe { libc::kill(tern.pid() as i32, libc::SIGKILL) };
+    let _ = tern.wait_exit(Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{child}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the link child outlived its parent"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_released(&old_programs, &old_links);
+
+    let tern = Tern::start(&pair.a, INTERVAL);
+    let (programs, links) = held(&tern);
+    let on_hooks: Vec<(u64, u64)> = kernel_links()
+        .into_iter()
+        .filter(|(_, prog)| programs.contains(prog) || old_programs.contains(prog))
+        .collect();
+    assert_eq!(on_hooks.len(), 2, "{on_hooks:?} (held: {links:?})");
+    udp_b_to_a(&pair, 25, 100);
+    let stopped = tern.stop();
+    assert_eq!(packets_in(&stopped.reports), 25, "{:?}", stopped.log);
+}
+
+#[test]
+fn an_interface_deleted_under_tern_is_let_go_and_tern_keeps_reporting() {
+    let pair = Pair::new();
+    let tern = Tern::start(&pair.a, INTERVAL);
+    sh(
+        "ip",
+        &["-n", &pair.a.name, "link", "del", tern_tests::DEV_A],
+    );
+    tern.wait_log("interface ta is gone", Duration::from_secs(5));
+    let before = tern.next_report(Duration::from_secs(5));
+    let after = tern.next_report(Duration::from_secs(5));
+    assert!(before["header"]["report_id"].as_u64() < after["header"]["report_id"].as_u64());
+    let stopped = tern.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+}
