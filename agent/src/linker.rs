@@ -1,8 +1,8 @@
 //! The link child: a process forked before the privilege drop whose only job is to attach
-//! tern's programs to interfaces that appear later. Attaching needs CAP_NET_ADMIN, which the
-//! main process (the one that will talk to the network) must not keep.
+//! tern's programs to interfaces that appear later. On kernels without TCX attaching needs
+//! CAP_NET_ADMIN, which the main process (the one that talks to the network) must not keep.
 //!
-//! The child runs as the agent user with no_new_privs, keeps only [`CHILD_KEEPS`], reads
+//! The child runs as the agent user with no_new_privs, keeps only what [`child_keeps`] names, reads
 //! nothing but the kernel's rtnetlink link messages, opens no other socket or file, and
 //! dies with the main process (PR_SET_PDEATHSIG). Its links die with it.
 
@@ -15,13 +15,20 @@ use log::{error, info};
 use crate::{
     interfaces::LinkWatch,
     privilege::{self, Account},
-    probes::{NewInterfaces, Probes},
+    probes::{self, NewInterfaces, Probes},
     signals,
 };
 
-/// What attaching a TC program needs from the link child: creating a TCX link or a netlink
-/// filter is a network-admin operation; the programs are already loaded.
-pub const CHILD_KEEPS: [Capability; 1] = [Capability::CAP_NET_ADMIN];
+/// What attaching needs once the programs are loaded: a TCX link (6.6+) needs no capability,
+/// the kernel checked when the program was loaded (measured on 6.18: a process with no
+/// capability attaches); a netlink TC filter is a network-admin operation.
+pub fn child_keeps() -> CapsHashSet {
+    let mut keep = privilege::main_process_keeps();
+    if !probes::tcx_available() {
+        keep.insert(Capability::CAP_NET_ADMIN);
+    }
+    keep
+}
 
 pub enum Fork {
     /// In the child: call [`serve`].
@@ -47,11 +54,10 @@ pub fn fork() -> Result<Fork> {
     })
 }
 
-/// The child's life: drop to `account` with [`CHILD_KEEPS`], then attach to every new
+/// The child's life: drop to `account` keeping [`child_keeps`], then attach to every new
 /// interface `watch` announces. `parent` is the main process's pid.
 pub fn serve(mut probes: Probes, mut watch: LinkWatch, account: &Account, parent: u32) -> ! {
-    let mut keep = privilege::main_process_keeps();
-    keep.extend(CHILD_KEEPS);
+    let keep = child_keeps();
     if let Err(err) = privilege::drop_to(account, &keep) {
         error!("link child: {err:#}; interfaces added from now on are not counted");
         std::process::exit(1);
@@ -64,7 +70,13 @@ pub fn serve(mut probes: Probes, mut watch: LinkWatch, account: &Account, parent
         std::process::exit(1);
     }
     probes.set_new_interfaces(NewInterfaces::Attach);
-    info!("link child ready, holding {}", names(&keep));
+    info!(
+        "link child ready, holding {}",
+        match keep.is_empty() {
+            true => "no capability".to_owned(),
+            false => names(&keep),
+        }
+    );
     loop {
         let mut poll = libc::pollfd {
             fd: watch.as_raw_fd(),

@@ -33,6 +33,11 @@ pub struct TrafficMaps {
     pub overflow: PerCpuArray<MapData, IfTraffic>,
 }
 
+/// TCX links (6.6+) die with their fds and need no capability once the program is loaded.
+pub fn tcx_available() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
 /// Who attaches to an interface that appears after start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NewInterfaces {
@@ -177,7 +182,7 @@ impl Probes {
     ) -> Result<(SchedClassifierLinkId, SchedClassifierLinkId)> {
         // TCX (6.6+) links die with tern's fds and run before legacy filters; either way tern
         // goes first and returns "unspecified", so every other program still sees the packet.
-        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        let tcx = tcx_available();
         if !tcx {
             match qdisc_add_clsact(&interface.name) {
                 Ok(()) => {}
