@@ -7,6 +7,7 @@
 mod collect;
 mod delta;
 mod interfaces;
+mod kernel;
 mod linker;
 mod privilege;
 mod probes;

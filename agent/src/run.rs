@@ -16,6 +16,7 @@ use crate::{
     RunArgs,
     collect::TrafficCollector,
     interfaces::LinkWatch,
+    kernel,
     linker::{self, Fork},
     privilege::{self, Account},
     probes::{NewInterfaces, Probes},
@@ -27,6 +28,7 @@ use crate::{
 pub fn run(args: &RunArgs) -> Result<()> {
     signals::install()?;
     let account = Account::resolve(args.user.as_deref())?;
+    kernel::check()?;
     let (mut probes, maps) = Probes::load(args.include_loopback)?;
     // Both sockets subscribe before the dump, so a link created meanwhile reaches the child.
     let mut links = LinkWatch::open()?;

@@ -305,3 +305,53 @@ fn an_interface_deleted_under_tern_is_let_go_and_tern_keeps_reporting() {
     let stopped = tern.stop();
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
 }
+
+/// Runs tern in `ns` under `setpriv` with the given bounding set, to its end.
+fn run_bounded(pair: &Pair, bounding: &str) -> std::process::Output {
+    let tern = tern_tests::tern_bin();
+    std::process::Command::new("timeout")
+        .args(["20", "ip", "netns", "exec", &pair.a.name, "setpriv"])
+        .args(["--bounding-set", bounding])
+        .arg(tern)
+        .args([
+            "run",
+            "--output",
+            "stdout",
+            "--interval",
+            "1",
+            "--count",
+            "1",
+        ])
+        .output()
+        .expect("running tern under setpriv")
+}
+
+#[test]
+fn tern_starts_with_only_the_capabilities_its_unit_grants() {
+    let pair = Pair::new();
+    let out = run_bounded(
+        &pair,
+        "-all,+bpf,+perfmon,+net_admin,+setuid,+setgid,+setpcap",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        1,
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_capability_is_named_before_anything_is_attached() {
+    let pair = Pair::new();
+    let out = run_bounded(&pair, "-net_admin");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("CAP_NET_ADMIN") && stderr.contains("nothing was attached"),
+        "{stderr}"
+    );
+}
