@@ -9,6 +9,7 @@ mod delta;
 mod interfaces;
 mod kernel;
 mod linker;
+mod notify;
 mod privilege;
 mod probes;
 mod report;

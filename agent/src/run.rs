@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use log::{error, info};
 
 use crate::{
@@ -18,6 +18,7 @@ use crate::{
     interfaces::LinkWatch,
     kernel,
     linker::{self, Fork},
+    notify::Notifier,
     privilege::{self, Account},
     probes::{NewInterfaces, Probes},
     report::{Report, ReportIds},
@@ -58,6 +59,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         Some(_) => NewInterfaces::LinkChild,
         None => NewInterfaces::Ignore,
     });
+    let notifier = Notifier::from_env()?;
     privilege::drop_to(&account, &privilege::main_process_keeps())?;
     info!(
         "attached; counting {} interfaces: {}; running as {}",
@@ -65,6 +67,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
         probes.counted_names().join(" "),
         account.name
     );
+    let notify = |state: &str| notifier.iter().for_each(|n| n.send(state));
+    notify("READY=1");
+    let ping_every = notifier.as_ref().and_then(Notifier::ping_every);
     let collector = TrafficCollector::new(maps);
     let interval = Duration::from_secs(args.interval);
     let mut next = Instant::now() + interval;
@@ -76,17 +81,23 @@ pub fn run(args: &RunArgs) -> Result<()> {
             probes.set_new_interfaces(NewInterfaces::Ignore);
             linker = None;
         }
+        let until_report = next.saturating_duration_since(Instant::now());
         wait_readable(
             links.as_raw_fd(),
-            next.saturating_duration_since(Instant::now()),
+            ping_every.map_or(until_report, |ping| ping.min(until_report)),
         );
+        // A loop that stops coming here (hung) stops the pings, and systemd restarts tern.
+        if ping_every.is_some() {
+            notify("WATCHDOG=1");
+        }
         match links.changes() {
             Ok(events) => events.into_iter().for_each(|e| probes.apply(e)),
             Err(err) => error!("reading link changes: {err:#}"),
         }
         if signals::stop_requested() {
+            notify("STOPPING=1");
             // What was counted since the last report is reported, not dropped.
-            out.report(&probes)?;
+            out.report(&probes);
             break;
         }
         if Instant::now() < next {
@@ -96,7 +107,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         while next <= Instant::now() {
             next += interval;
         }
-        out.report(&probes)?;
+        out.report(&probes);
         if args.count.is_some_and(|count| out.sent >= count) {
             break;
         }
@@ -122,23 +133,24 @@ impl Reporter {
         }
     }
 
-    fn report(&mut self, probes: &Probes) -> Result<()> {
+    /// A failure is logged and the agent goes on: a report lost to a broken output is
+    /// better than an agent that stops counting.
+    fn report(&mut self, probes: &Probes) {
         let counted: HashSet<u32> = probes.counted().collect();
         let stats = match self.collector.collect(&counted) {
             Ok(stats) => stats,
             Err(err) => {
                 // The kernel keeps counting: the next report carries this interval too.
                 error!("{err:#}; this interval's traffic goes into the next report");
-                return Ok(());
+                return;
             }
         };
         let line = Report::new(self.ids.next(), stats).to_json();
         let mut out = std::io::stdout().lock();
-        writeln!(out, "{line}")
-            .and_then(|()| out.flush())
-            .context("writing a report to stdout")?;
-        self.sent += 1;
-        Ok(())
+        match writeln!(out, "{line}").and_then(|()| out.flush()) {
+            Ok(()) => self.sent += 1,
+            Err(err) => error!("cannot write a report to stdout: {err}; it is lost"),
+        }
     }
 }
 

@@ -230,11 +230,17 @@ impl Tern {
 
     /// Starts `tern run --output stdout` with `args` in `ns` without waiting for anything.
     pub fn spawn(ns: &Netns, args: &[&str]) -> Self {
+        Self::spawn_env(ns, args, &[])
+    }
+
+    /// As [`Tern::spawn`], with extra environment variables.
+    pub fn spawn_env(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &ns.name])
             .arg(tern_bin())
             .args(["run", "--output", "stdout"])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -346,6 +352,31 @@ impl Drop for Tern {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A directory under the system's temporary directory, removed with its contents when dropped.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "tern-t{}-{}-{tag}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        Self { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 

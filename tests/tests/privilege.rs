@@ -10,8 +10,8 @@ use std::{
 };
 
 use tern_tests::{
-    ADDR_A, ADDR_B, Pair, Tern, bpf_ids, children_of, kernel_links, kernel_programs, proc_status,
-    sh,
+    ADDR_A, ADDR_B, Pair, TempDir, Tern, bpf_ids, children_of, kernel_links, kernel_programs,
+    proc_status, sh,
 };
 
 const INTERVAL: &[&str] = &["--interval", "1"];
@@ -353,5 +353,61 @@ fn a_missing_capability_is_named_before_anything_is_attached() {
     assert!(
         stderr.contains("CAP_NET_ADMIN") && stderr.contains("nothing was attached"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn systemd_hears_ready_then_watchdog_pings_between_reports_then_stopping() {
+    let dir = TempDir::new("notify");
+    let path = dir.path.join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    // As systemd's own socket: tern sends after dropping to an unprivileged user.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let pair = Pair::new();
+    // Reports every 5 minutes, a 1 s watchdog: pings must come from the wait, not reports.
+    let tern = Tern::spawn_env(
+        &pair.a,
+        &["--interval", "300"],
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
+    let mut buf = [0u8; 256];
+    let mut next = || {
+        let n = socket.recv(&mut buf).expect("a notification within 5 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(next(), "READY=1");
+    // Credentials are final before READY=1.
+    assert_credentials(tern.pid(), 0);
+    let start = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(next(), "WATCHDOG=1");
+    }
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed < Duration::from_millis(3500),
+        "5 pings took {elapsed:?}"
+    );
+    let stopped = tern.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+    let mut states = Vec::new();
+    for _ in 0..10 {
+        let state = next();
+        let done = state == "STOPPING=1";
+        states.push(state);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(
+        states.last().map(String::as_str),
+        Some("STOPPING=1"),
+        "{states:?}"
     );
 }
