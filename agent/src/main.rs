@@ -6,6 +6,7 @@
 
 mod collect;
 mod delta;
+mod install;
 mod interfaces;
 mod kernel;
 mod linker;
@@ -31,6 +32,10 @@ struct Cli {
 enum Command {
     /// Load the eBPF programs and report every interval.
     Run(RunArgs),
+    /// Install as a hardened systemd service, enable and start it.
+    Install(install::InstallArgs),
+    /// Stop and remove what install created.
+    Uninstall(install::UninstallArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -55,6 +60,10 @@ pub struct RunArgs {
     /// counted.
     #[arg(long)]
     pub static_interfaces: bool,
+    /// AWS IoT Device Client configuration; the private key it names must be closed to group
+    /// and others.
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -73,6 +82,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(&args),
+        Command::Install(args) => install::install(&args),
+        Command::Uninstall(args) => install::uninstall(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -225,6 +225,29 @@ fn verify(account: &Account, keep: &CapsHashSet) -> Result<()> {
     Ok(())
 }
 
+/// Checks the private key an AWS IoT Device Client configuration names in its "key" field.
+/// Paths in the file are the device's; `root` is where that file system is mounted (`/` on
+/// the device itself).
+pub fn check_config_key(config: &Path, root: &Path) -> Result<()> {
+    let text = fs::read_to_string(config)
+        .with_context(|| format!("reading the configuration {}", config.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "the configuration {} is not valid JSON: fix or regenerate it",
+            config.display()
+        )
+    })?;
+    ensure!(
+        json.is_object(),
+        "the configuration {} is not a JSON object",
+        config.display()
+    );
+    match json.get("key").and_then(serde_json::Value::as_str) {
+        Some(key) => check_private_key(&root.join(key.trim_start_matches('/'))),
+        None => Ok(()),
+    }
+}
+
 /// Refuses a private key that its group or others can read or write: it would let any local
 /// account impersonate the device.
 pub fn check_private_key(path: &Path) -> Result<()> {

@@ -29,6 +29,9 @@ use crate::{
 pub fn run(args: &RunArgs) -> Result<()> {
     signals::install()?;
     let account = Account::resolve(args.user.as_deref())?;
+    if let Some(config) = &args.config {
+        privilege::check_config_key(config, std::path::Path::new("/"))?;
+    }
     kernel::check()?;
     let (mut probes, maps) = Probes::load(args.include_loopback)?;
     // Both sockets subscribe before the dump, so a link created meanwhile reaches the child.
