@@ -224,3 +224,63 @@ fn run_refuses_a_private_key_others_can_read() {
     assert!(out.stdout.is_empty());
     assert!(stderr.contains("chmod 600"), "{stderr}");
 }
+
+/// Uninstalls the service named `0` from the real root when dropped, so a failing test leaves
+/// no account, file or unit behind.
+struct Installed(&'static str);
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let _ = tern(&["uninstall", "--name", self.0]);
+    }
+}
+
+#[test]
+fn install_on_a_system_without_systemd_writes_the_service_and_says_it_did_not_start_it() {
+    const THROWAWAY: &str = "edgeinstallreal";
+    assert!(
+        !Path::new("/run/systemd/system").exists(),
+        "systemd runs here: this test would start a real service"
+    );
+    let cfg_dir = TempDir::new("cfg");
+    let cfg = cfg_dir.path.join("device.json");
+    fs::write(&cfg, r#"{"endpoint":"example"}"#).unwrap();
+    let guard = Installed(THROWAWAY);
+    let out = tern(&[
+        "install",
+        "--name",
+        THROWAWAY,
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("did not start it")
+            && stderr.contains(&format!("systemctl enable --now {THROWAWAY}")),
+        "{stderr}"
+    );
+    let (uid, gid) = account(Path::new("/"), THROWAWAY).expect("the service's user");
+    assert_eq!(
+        owner_mode(Path::new(&format!("/var/lib/{THROWAWAY}"))),
+        (uid, gid, 0o700)
+    );
+    // uninstall as the installed binary runs it: the name comes from the binary's own name.
+    let installed = format!("/usr/local/lib/{THROWAWAY}/{THROWAWAY}");
+    let out = Command::new(&installed).arg("uninstall").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(account(Path::new("/"), THROWAWAY).is_none());
+    for path in [
+        installed.as_str(),
+        &format!("/etc/{THROWAWAY}"),
+        &format!("/var/lib/{THROWAWAY}"),
+        &format!("/etc/systemd/system/{THROWAWAY}.service"),
+    ] {
+        assert!(!Path::new(path).exists(), "{path} is still there");
+    }
+    drop(guard);
+}
