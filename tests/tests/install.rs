@@ -284,3 +284,18 @@ fn install_on_a_system_without_systemd_writes_the_service_and_says_it_did_not_st
     }
     drop(guard);
 }
+
+#[test]
+fn the_installed_binary_carries_no_symbols_or_debug_information() {
+    let sections = sh("readelf", &["-S", "-W", tern_bin().to_str().unwrap()]);
+    assert!(
+        sections.contains(".text"),
+        "not an ELF listing:\n{sections}"
+    );
+    for name in [".symtab", ".debug_", ".strtab"] {
+        assert!(
+            !sections.contains(name),
+            "section {name} is in the binary:\n{sections}"
+        );
+    }
+}

@@ -7,7 +7,7 @@ use std::{path::Path, process::Command};
 use anyhow::{Context, Result, bail};
 
 /// Debian packages: LLVM 22 for bpf-linker, and the tools the kernel, broker and install tests
-/// use (systemd-analyze, useradd, setpriv).
+/// use (systemd-analyze, useradd, setpriv, readelf).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
@@ -21,6 +21,7 @@ const PACKAGES: &[&str] = &[
     "systemd",
     "passwd",
     "util-linux",
+    "binutils",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
