@@ -4,7 +4,7 @@
 //!
 //! The child runs as the agent user with no_new_privs, keeps only what [`child_keeps`] names, reads
 //! nothing but the kernel's rtnetlink link messages, opens no other socket or file, and
-//! dies with the main process (PR_SET_PDEATHSIG). Its links die with it.
+//! dies with the main process (PR_SET_PDEATHSIG), detaching what it attached.
 
 use std::os::fd::AsRawFd;
 
@@ -62,9 +62,10 @@ pub fn serve(mut probes: Probes, mut watch: LinkWatch, account: &Account, parent
         error!("link child: {err:#}; interfaces added from now on are not counted");
         std::process::exit(1);
     }
-    // After the drop: a credential change clears the parent-death signal.
+    // After the drop: a credential change clears the parent-death signal. SIGTERM, so that
+    // the child removes its netlink filters (older kernels) before it goes.
     // SAFETY: prctl with integer arguments only.
-    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) };
     // The parent may have died before the line above took effect.
     if rc != 0 || std::os::unix::process::parent_id() != parent {
         std::process::exit(1);
@@ -86,6 +87,8 @@ pub fn serve(mut probes: Probes, mut watch: LinkWatch, account: &Account, parent
         // SAFETY: one valid pollfd for the duration of the call.
         unsafe { libc::poll(&mut poll, 1, -1) };
         if signals::stop_requested() {
+            // Dropping the programs detaches every link they hold; exit() would skip it.
+            drop(probes);
             std::process::exit(0);
         }
         match watch.changes() {

@@ -188,27 +188,62 @@ fn tern_listens_on_no_socket_of_any_kind() {
                 "process {pid} listens in {where_}:\n{out}"
             );
         }
-        // Ground truth from /proc: every socket it holds is a netlink socket.
-        let netlink = std::fs::read_to_string(format!("/proc/{pid}/net/netlink")).unwrap();
-        for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .flatten()
-        {
-            let target = std::fs::read_link(fd.path()).unwrap_or_default();
-            let target = target.to_string_lossy();
-            if let Some(inode) = target
-                .strip_prefix("socket:[")
-                .and_then(|s| s.strip_suffix(']'))
-            {
-                assert!(
-                    netlink
-                        .lines()
-                        .any(|l| l.split_whitespace().last() == Some(inode)),
-                    "process {pid} holds a socket that is not netlink: {target}"
-                );
-            }
+        // Ground truth from /proc: no socket it holds can accept or receive from others.
+        for socket in socket_inodes(pid) {
+            assert!(
+                unreachable_from_outside(pid, &socket),
+                "process {pid} holds socket {socket}, which listens or receives"
+            );
         }
     }
+}
+
+fn socket_inodes(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| {
+            let target = std::fs::read_link(fd.path()).ok()?;
+            let target = target.to_string_lossy();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// True for a netlink socket, a TCP socket not in LISTEN, or a unix socket without the
+/// accepting flag; false for anything else (listening, UDP, raw, packet).
+fn unreachable_from_outside(pid: u32, inode: &str) -> bool {
+    let table =
+        |name: &str| std::fs::read_to_string(format!("/proc/{pid}/net/{name}")).unwrap_or_default();
+    let row = |text: &str, inode_column: usize| -> Option<Vec<String>> {
+        text.lines().skip(1).find_map(|l| {
+            let cols: Vec<String> = l.split_whitespace().map(str::to_owned).collect();
+            (cols.get(inode_column).map(String::as_str) == Some(inode)).then_some(cols)
+        })
+    };
+    if table("netlink")
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some(inode))
+    {
+        return true;
+    }
+    for tcp in ["tcp", "tcp6"] {
+        if let Some(cols) = row(&table(tcp), 9) {
+            // State 0A is TCP_LISTEN.
+            return cols[3] != "0A";
+        }
+    }
+    if let Some(cols) = row(&table("unix"), 6) {
+        // Flag 00010000 is __SO_ACCEPTCON: a listening unix socket.
+        let flags = u32::from_str_radix(&cols[3], 16).unwrap_or(u32::MAX);
+        return flags & 0x10000 == 0;
+    }
+    false
 }
 
 /// Waits until none of `programs` is loaded and no link of theirs exists.
