@@ -119,6 +119,10 @@ fn the_link_child_holds_only_what_attaching_needs() {
     let tern = Tern::start(&pair.a, INTERVAL);
     let child = link_child(&tern);
     assert_credentials(child, link_child_caps());
+    let status = proc_status(child);
+    assert_eq!(status["Seccomp"], "2", "no seccomp filter: {status:?}");
+    assert_eq!(status["Seccomp_filters"], "1", "{status:?}");
+    assert_eq!(proc_status(tern.pid())["Seccomp"], "0");
     assert!(
         children_of(child).is_empty(),
         "the link child started processes"
