@@ -156,7 +156,11 @@ impl Probes {
             LinkEvent::Removed(index) => {
                 self.ignored.remove(&index);
                 if let Some(gone) = self.attached.remove(&index) {
-                    info!("interface {} is gone", gone.name);
+                    // The link child only follows; the main process says it.
+                    match self.new_interfaces {
+                        NewInterfaces::Attach => debug!("interface {} is gone", gone.name),
+                        _ => info!("interface {} is gone", gone.name),
+                    }
                     if let Some(links) = gone.links {
                         self.detach(links);
                     }
