@@ -9,7 +9,7 @@ use std::{
     process::{Command, Output},
 };
 
-use tern_tests::{TempDir, sh, tern_bin};
+use tern_tests::{Netns, TempDir, sh, tern_bin};
 
 /// A device root with the host's account files, systemd's units and the usual directories,
 /// as useradd and systemd-analyze need them.
@@ -265,8 +265,21 @@ fn install_on_a_system_without_systemd_writes_the_service_and_says_it_did_not_st
         owner_mode(Path::new(&format!("/var/lib/{THROWAWAY}"))),
         (uid, gid, 0o700)
     );
-    // uninstall as the installed binary runs it: the name comes from the binary's own name.
     let installed = format!("/usr/local/lib/{THROWAWAY}/{THROWAWAY}");
+    // Without --user, the installed binary runs as the account named like it.
+    let ns = Netns::new("inst");
+    let out = Command::new("timeout")
+        .args(["20", "ip", "netns", "exec", &ns.name, &installed])
+        .args(["run", "--interval", "1", "--count", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("running as {THROWAWAY}")),
+        "{stderr}"
+    );
+    // uninstall as the installed binary runs it: the name comes from the binary's own name.
     let out = Command::new(&installed).arg("uninstall").output().unwrap();
     assert!(
         out.status.success(),
