@@ -6,9 +6,14 @@
 
 mod collect;
 mod delta;
+mod install;
 mod interfaces;
+mod kernel;
 mod layout;
+mod linker;
 mod netlink;
+mod notify;
+mod privilege;
 mod probes;
 mod report;
 mod run;
@@ -34,6 +39,10 @@ struct Cli {
 enum Command {
     /// Load the eBPF programs and report every interval.
     Run(RunArgs),
+    /// Install as a hardened systemd service, enable and start it.
+    Install(install::InstallArgs),
+    /// Stop and remove what install created.
+    Uninstall(install::UninstallArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -74,9 +83,22 @@ pub struct RunArgs {
     /// number_list, string_list, ip_list. Repeat for more.
     #[arg(long = "metric", value_name = "NAME=TYPE:PATH")]
     pub metrics: Vec<collect::FileMetric>,
-    /// Where tern keeps its state (the last report id); created 0700 if missing.
-    #[arg(long, default_value = "/var/lib/tern")]
-    pub state_dir: PathBuf,
+    /// Where tern keeps its state (the last report id), owned by the agent's account, 0700
+    /// [default: /var/lib/NAME, NAME being this binary's name, as `install` creates it].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Unprivileged user to run as once the programs are attached (default: the user `install`
+    /// created, named like this binary, or nobody).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Attach at start only: no privileged helper stays, and interfaces added later are not
+    /// counted.
+    #[arg(long)]
+    pub static_interfaces: bool,
+    /// AWS IoT Device Client configuration; the private key it names must be closed to group
+    /// and others.
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -95,6 +117,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(&args),
+        Command::Install(args) => install::install(&args),
+        Command::Uninstall(args) => install::uninstall(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

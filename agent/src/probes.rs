@@ -3,7 +3,11 @@
 //! (following interfaces as they come and go), the TCP state tracepoint, and the UDP socket
 //! hooks on the cgroup-v2 root. Reads no map itself.
 
-use std::{collections::HashMap, fs, fs::File};
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    fs::File,
+};
 
 use anyhow::{Context, Result, bail};
 use aya::{
@@ -12,11 +16,14 @@ use aya::{
     programs::{
         CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
         TracePoint,
-        tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions, qdisc_add_clsact},
+        tc::{
+            NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError, qdisc_add_clsact,
+            qdisc_detach_program,
+        },
     },
     util::KernelVersion,
 };
-use log::{info, warn};
+use log::{debug, info, warn};
 use tern_common::{EXEC_PATH_LEN, IfTraffic, Seen, TcpSock, TcpState, UdpSock};
 
 use crate::interfaces::{Interface, LinkEvent};
@@ -69,16 +76,35 @@ pub struct LoadOptions {
     pub record_connections: bool,
 }
 
+/// TCX links (6.6+) die with their fds and need no capability once the program is loaded.
+pub fn tcx_available() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+/// Who attaches to an interface that appears after start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NewInterfaces {
+    /// This process (before the privilege drop, and in the link child).
+    Attach,
+    /// The link child does; this process only counts them.
+    LinkChild,
+    /// Nobody: started with --static-interfaces.
+    Ignore,
+}
+
 struct Attachment {
     name: String,
-    ingress: SchedClassifierLinkId,
-    egress: SchedClassifierLinkId,
+    /// None when the link child holds the links.
+    links: Option<(SchedClassifierLinkId, SchedClassifierLinkId)>,
 }
 
 pub struct Probes {
     ebpf: Ebpf,
     include_loopback: bool,
+    new_interfaces: NewInterfaces,
     attached: HashMap<u32, Attachment>,
+    /// Interfaces already said to be left out, so each is logged once.
+    ignored: HashSet<u32>,
 }
 
 impl Probes {
@@ -162,9 +188,16 @@ impl Probes {
         let probes = Self {
             ebpf,
             include_loopback: options.include_loopback,
+            new_interfaces: NewInterfaces::Attach,
             attached: HashMap::new(),
+            ignored: HashSet::new(),
         };
         Ok((probes, traffic, sockets))
+    }
+
+    /// Decides who attaches to interfaces seen from now on.
+    pub fn set_new_interfaces(&mut self, mode: NewInterfaces) {
+        self.new_interfaces = mode;
     }
 
     /// Follows one link change. A failure concerns that interface only: it is logged and
@@ -179,18 +212,53 @@ impl Probes {
                     known.name = interface.name;
                     return;
                 }
-                match self.attach(&interface) {
-                    Ok(attachment) => {
-                        info!("counting traffic on {}", interface.name);
-                        self.attached.insert(interface.index, attachment);
+                match self.new_interfaces {
+                    NewInterfaces::Attach => match self.attach(&interface) {
+                        Ok(links) => {
+                            info!("counting traffic on {}", interface.name);
+                            self.attached.insert(
+                                interface.index,
+                                Attachment {
+                                    name: interface.name,
+                                    links: Some(links),
+                                },
+                            );
+                        }
+                        Err(err) => warn!("cannot count traffic on {}: {err:#}", interface.name),
+                    },
+                    NewInterfaces::LinkChild => {
+                        // The child says "counting" once it has attached.
+                        debug!("{} appeared; the link child attaches it", interface.name);
+                        self.attached.insert(
+                            interface.index,
+                            Attachment {
+                                name: interface.name,
+                                links: None,
+                            },
+                        );
                     }
-                    Err(err) => warn!("cannot count traffic on {}: {err:#}", interface.name),
+                    NewInterfaces::Ignore => {
+                        if self.ignored.insert(interface.index) {
+                            info!(
+                                "new interface {} is not counted: started with \
+                                 --static-interfaces",
+                                interface.name
+                            );
+                        }
+                    }
                 }
             }
             LinkEvent::Removed(index) => {
+                self.ignored.remove(&index);
                 if let Some(gone) = self.attached.remove(&index) {
-                    info!("interface {} is gone", gone.name);
-                    self.detach(gone);
+                    // The link child only follows; the main process says it.
+                    match self.new_interfaces {
+                        NewInterfaces::Attach => debug!("interface {} is gone", gone.name),
+                        _ => info!("interface {} is gone", gone.name),
+                    }
+                    if let Some(links) = gone.links {
+                        self.detach(links);
+                    }
                 }
             }
         }
@@ -207,15 +275,29 @@ impl Probes {
         names
     }
 
-    fn attach(&mut self, interface: &Interface) -> Result<Attachment> {
+    fn attach(
+        &mut self,
+        interface: &Interface,
+    ) -> Result<(SchedClassifierLinkId, SchedClassifierLinkId)> {
         // TCX (6.6+) links die with tern's fds and run before legacy filters; either way tern
         // goes first and returns "unspecified", so every other program still sees the packet.
-        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        let tcx = tcx_available();
         if !tcx {
             match qdisc_add_clsact(&interface.name) {
                 Ok(()) => {}
                 Err(err) if err.to_string().contains("exists") => {}
                 Err(err) => return Err(err).context("adding the clsact qdisc"),
+            }
+            // Legacy filters outlive their process: remove those a previous tern left.
+            for (kind, name) in [
+                (TcAttachType::Ingress, INGRESS),
+                (TcAttachType::Egress, EGRESS),
+            ] {
+                match qdisc_detach_program(&interface.name, kind, name) {
+                    Ok(()) => info!("removed a stale {name} filter from {}", interface.name),
+                    Err(TcError::IoError(err)) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(err).context("removing a stale filter"),
+                }
             }
         }
         let options = || {
@@ -240,16 +322,12 @@ impl Probes {
                 return Err(err).context("attaching to TC egress");
             }
         };
-        Ok(Attachment {
-            name: interface.name.clone(),
-            ingress,
-            egress,
-        })
+        Ok((ingress, egress))
     }
 
-    fn detach(&mut self, gone: Attachment) {
+    fn detach(&mut self, (ingress, egress): (SchedClassifierLinkId, SchedClassifierLinkId)) {
         // The kernel already released the hooks of a deleted device; this frees tern's side.
-        for (name, link) in [(INGRESS, gone.ingress), (EGRESS, gone.egress)] {
+        for (name, link) in [(INGRESS, ingress), (EGRESS, egress)] {
             if let Ok(program) = self.program(name) {
                 let _ = program.detach(link);
             }
@@ -276,20 +354,24 @@ fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
         .with_context(|| format!("map {name} missing from the eBPF object"))
 }
 
+pub fn cgroup2_mounted() -> bool {
+    cgroup2_mount().is_some()
+}
+
+/// Where the root of the cgroup-v2 hierarchy is mounted, from /proc/self/mountinfo.
+fn cgroup2_mount() -> Option<String> {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // mountinfo: ID parent major:minor root mount-point options ... - fstype source options
+    mounts.lines().find_map(|line| {
+        let (mount, fs) = line.split_once(" - ")?;
+        (fs.split(' ').next()? == "cgroup2" && mount.split(' ').nth(3)? == "/")
+            .then(|| mount.split(' ').nth(4).map(str::to_owned))?
+    })
+}
+
 /// The root of the cgroup-v2 hierarchy, where the UDP hooks see every process's sockets.
 fn cgroup2_root() -> Result<File> {
-    let mounts =
-        fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    // mountinfo: ID parent major:minor root mount-point options ... - fstype source options
-    let root = mounts
-        .lines()
-        .filter_map(|line| {
-            let (mount, fs) = line.split_once(" - ")?;
-            (fs.split(' ').next()? == "cgroup2" && mount.split(' ').nth(3)? == "/")
-                .then(|| mount.split(' ').nth(4).map(str::to_owned))?
-        })
-        .next();
-    let Some(root) = root else {
+    let Some(root) = cgroup2_mount() else {
         bail!(
             "no cgroup v2 hierarchy is mounted; tern needs one for its UDP socket hooks: \
              mount -t cgroup2 none /sys/fs/cgroup (or boot with systemd.unified_cgroup_hierarchy=1)"

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use log::{debug, error, info};
 
 use crate::{
@@ -18,31 +18,47 @@ use crate::{
         DeviceCollector, SocketCollector, SocketOptions, TrafficCollector, check_user_metrics,
     },
     interfaces::LinkWatch,
-    probes::{LoadOptions, Probes},
+    kernel,
+    linker::{self, Fork},
+    notify::Notifier,
+    privilege::{self, Account},
+    probes::{LoadOptions, NewInterfaces, Probes},
     report::{Format, Metrics, Report, ReportIds, encode_within},
     signals, sockdiag, state,
 };
 
+/// Follows the ordering contract of [`crate::privilege`]: everything that needs privilege or
+/// opens a file happens first, then the link child is forked and the privileges dropped, and
+/// only then does the loop run.
 pub fn run(args: &RunArgs) -> Result<()> {
     signals::install()?;
     check_user_metrics(&args.metrics)?;
-    state::prepare(&args.state_dir)?;
-    let ids = ReportIds::open(&args.state_dir)?;
+    let account = Account::resolve(args.user.as_deref())?;
+    if let Some(config) = &args.config {
+        privilege::check_config_key(config, std::path::Path::new("/"))?;
+    }
+    kernel::check()?;
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| std::path::Path::new("/var/lib").join(privilege::program_name()));
+    state::prepare(&state_dir, &account)?;
     let own_netns = sockdiag::own_netns_cookie()?;
     let (mut probes, traffic, sockets) = Probes::load(&LoadOptions {
         include_loopback: args.include_loopback,
         netns_filter: if args.all_namespaces { 0 } else { own_netns },
         record_connections: args.interval_connections,
     })?;
+    // Both sockets subscribe before the dump, so a link created meanwhile reaches the child.
     let mut links = LinkWatch::open()?;
+    let child_links = match args.static_interfaces {
+        true => None,
+        false => Some(LinkWatch::open()?),
+    };
     for event in links.dump()? {
         probes.apply(event);
     }
-    info!(
-        "attached; counting {} interfaces: {}",
-        probes.counted_names().len(),
-        probes.counted_names().join(" ")
-    );
+    // Seeding enters other namespaces (--all-namespaces), which needs privilege.
     let sockets = SocketCollector::start(
         sockets,
         SocketOptions {
@@ -51,12 +67,43 @@ pub fn run(args: &RunArgs) -> Result<()> {
         },
         own_netns,
     )?;
-    let traffic = TrafficCollector::new(traffic);
+    let parent = std::process::id();
+    let mut linker = None;
+    if let Some(watch) = child_links {
+        match linker::fork()? {
+            Fork::Child => {
+                drop((traffic, sockets, links));
+                linker::serve(probes, watch, &account, parent)
+            }
+            Fork::Parent(pid) => {
+                drop(watch);
+                linker = Some(pid);
+            }
+        }
+    }
+    probes.set_new_interfaces(match linker {
+        Some(_) => NewInterfaces::LinkChild,
+        None => NewInterfaces::Ignore,
+    });
+    let notifier = Notifier::from_env()?;
+    privilege::drop_to(&account, &privilege::main_process_keeps())?;
+    // As the account: the state directory is its own, and closed to root without
+    // CAP_DAC_OVERRIDE, which tern's unit does not grant.
+    let ids = ReportIds::open(&state_dir)?;
+    info!(
+        "attached; counting {} interfaces: {}; running as {}",
+        probes.counted_names().len(),
+        probes.counted_names().join(" "),
+        account.name
+    );
+    let notify = |state: &str| notifier.iter().for_each(|n| n.send(state));
+    notify("READY=1");
+    let ping_every = notifier.as_ref().and_then(Notifier::ping_every);
     let interval = Duration::from_secs(args.interval);
     let mut next = Instant::now() + interval;
 
     let mut out = Reporter {
-        traffic,
+        traffic: TrafficCollector::new(traffic),
         sockets,
         device: DeviceCollector::start(),
         ids,
@@ -64,17 +111,28 @@ pub fn run(args: &RunArgs) -> Result<()> {
         sent: 0,
     };
     loop {
+        if linker.is_some_and(|pid| !linker::alive(pid)) {
+            error!("the link child exited; interfaces added from now on are not counted");
+            probes.set_new_interfaces(NewInterfaces::Ignore);
+            linker = None;
+        }
+        let until_report = next.saturating_duration_since(Instant::now());
         wait_readable(
             links.as_raw_fd(),
-            next.saturating_duration_since(Instant::now()),
+            ping_every.map_or(until_report, |ping| ping.min(until_report)),
         );
+        // A loop that stops coming here (hung) stops the pings, and systemd restarts tern.
+        if ping_every.is_some() {
+            notify("WATCHDOG=1");
+        }
         match links.changes() {
             Ok(events) => events.into_iter().for_each(|e| probes.apply(e)),
             Err(err) => error!("reading link changes: {err:#}"),
         }
         if signals::stop_requested() {
+            notify("STOPPING=1");
             // What was counted since the last report is reported, not dropped.
-            out.report(&probes)?;
+            out.report(&probes);
             break;
         }
         if Instant::now() < next {
@@ -84,7 +142,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         while next <= Instant::now() {
             next += interval;
         }
-        out.report(&probes)?;
+        out.report(&probes);
         if args.count.is_some_and(|count| out.sent >= count) {
             break;
         }
@@ -105,7 +163,9 @@ struct Reporter<'a> {
 }
 
 impl Reporter<'_> {
-    fn report(&mut self, probes: &Probes) -> Result<()> {
+    /// A failure is logged and the agent goes on: a report lost to a broken output is
+    /// better than an agent that stops counting.
+    fn report(&mut self, probes: &Probes) {
         let started = Instant::now();
         let counted: HashSet<u32> = probes.counted().collect();
         // The kernel keeps counting: on a read error, the next report carries this interval.
@@ -113,14 +173,14 @@ impl Reporter<'_> {
             Ok(stats) => stats,
             Err(err) => {
                 error!("{err:#}; this interval's traffic goes into the next report");
-                return Ok(());
+                return;
             }
         };
         let sockets = match self.sockets.collect() {
             Ok(sockets) => sockets,
             Err(err) => {
                 error!("{err:#}; this interval's sockets go into the next report");
-                return Ok(());
+                return;
             }
         };
         let (id, saved) = self.ids.next();
@@ -147,7 +207,13 @@ impl Reporter<'_> {
         }
         let collected = started.elapsed();
         let budget = usize::try_from(self.args.budget).unwrap_or(usize::MAX);
-        let (bytes, cut) = encode_within(&report, self.args.names, self.args.format, budget)?;
+        let (bytes, cut) = match encode_within(&report, self.args.names, self.args.format, budget) {
+            Ok(encoded) => encoded,
+            Err(err) => {
+                error!("report {id} cannot be encoded: {err:#}");
+                return;
+            }
+        };
         if cut {
             info!("report {id} was over {budget} bytes: its lists were cut to fit");
         }
@@ -165,17 +231,19 @@ impl Reporter<'_> {
         match self.args.output {
             Output::Stdout => {
                 let mut out = std::io::stdout().lock();
-                match self.args.format {
+                let written = match self.args.format {
                     Format::Json => out.write_all(&bytes),
                     Format::Cbor => out.write_all(hex(&bytes).as_bytes()),
                 }
                 .and_then(|()| out.write_all(b"\n"))
-                .and_then(|()| out.flush())
-                .context("writing a report to stdout")?;
+                .and_then(|()| out.flush());
+                if let Err(err) = written {
+                    error!("cannot write report {id} to stdout: {err}; it is lost");
+                    return;
+                }
             }
         }
         self.sent += 1;
-        Ok(())
     }
 }
 

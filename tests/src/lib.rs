@@ -6,6 +6,7 @@
 //! leaves no namespace, interface, TC filter or process behind.
 
 use std::{
+    collections::{HashMap, HashSet},
     fs::File,
     io::{BufRead, BufReader},
     os::fd::AsRawFd,
@@ -279,26 +280,53 @@ pub struct Tern {
 impl Tern {
     /// Starts `tern run --output stdout` with `args` in `ns`, and waits until it has attached.
     pub fn start(ns: &Netns, args: &[&str]) -> Self {
-        Self::start_with_env(ns, args, &[])
+        let tern = Self::spawn(ns, args);
+        tern.wait_log("attached", Duration::from_secs(20));
+        tern
     }
 
     /// As `start`, with more environment variables for tern (e.g. TERN_LOG).
     pub fn start_with_env(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let state_dir = std::env::temp_dir().join(format!(
-            "tern-test-state-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        let mut tern = Self::start_in(ns, &state_dir, args, env);
-        tern.owns_state = true;
+        let tern = Self::spawn_env(ns, args, env);
+        tern.wait_log("attached", Duration::from_secs(20));
         tern
     }
 
-    /// Starts tern with the state directory `state_dir`, which outlives it.
+    /// Starts tern with the state directory `state_dir`, which outlives it, and waits until
+    /// it has attached.
     pub fn start_in(ns: &Netns, state_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let state_dir = state_dir.to_path_buf();
-        // nsenter, not `ip netns exec`: the latter remounts /sys, which hides tracefs.
+        let tern = Self::spawn_in(ns, Some(state_dir), args, env);
+        tern.wait_log("attached", Duration::from_secs(20));
+        tern
+    }
+
+    /// Starts `tern run --output stdout` with `args` in `ns` without waiting for anything.
+    pub fn spawn(ns: &Netns, args: &[&str]) -> Self {
+        Self::spawn_env(ns, args, &[])
+    }
+
+    /// As [`Tern::spawn`], with extra environment variables.
+    pub fn spawn_env(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_in(ns, None, args, env)
+    }
+
+    /// Starts tern in `ns`, with `state_dir` or else a state directory of its own that goes
+    /// when it does.
+    fn spawn_in(ns: &Netns, state_dir: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let owns_state = state_dir.is_none();
+        let state_dir = state_dir.map_or_else(
+            || {
+                std::env::temp_dir().join(format!(
+                    "tern-test-state-{}-{}",
+                    std::process::id(),
+                    NEXT.fetch_add(1, Ordering::SeqCst)
+                ))
+            },
+            Path::to_path_buf,
+        );
+        // nsenter, not `ip netns exec`: the latter remounts /sys, which hides tracefs. Both
+        // exec tern in place, so the child's pid is tern's.
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", ns.name))
             .arg(tern_bin())
@@ -339,16 +367,19 @@ impl Tern {
                 }
             }
         });
-        let tern = Self {
+        Self {
             child,
             state_dir,
-            owns_state: false,
+            owns_state,
             reports,
             log,
             sizes,
-        };
-        tern.wait_log("attached", Duration::from_secs(20));
-        tern
+        }
+    }
+
+    /// The pid of the tern process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Encoded size in bytes of every report printed so far (hex CBOR counted as bytes).
@@ -381,17 +412,22 @@ impl Tern {
 
     /// Stops tern with SIGTERM; returns its exit code and what it printed that the test
     /// had not read yet.
-    pub fn stop(mut self) -> Stopped {
+    pub fn stop(self) -> Stopped {
         // SAFETY: kill on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.wait_exit(Duration::from_secs(10))
+    }
+
+    /// Waits for tern to exit on its own; panics after `timeout`.
+    pub fn wait_exit(mut self, timeout: Duration) -> Stopped {
+        let deadline = Instant::now() + timeout;
         let code = loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 break status.code();
             }
             assert!(
                 Instant::now() < deadline,
-                "tern did not stop within 10 s of SIGTERM"
+                "tern did not exit within {timeout:?}"
             );
             thread::sleep(Duration::from_millis(20));
         };
@@ -449,6 +485,112 @@ impl Drop for Tern {
             let _ = std::fs::remove_dir_all(&self.state_dir);
         }
     }
+}
+
+/// A directory under the system's temporary directory, removed with its contents when dropped.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "tern-t{}-{}-{tag}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        Self { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The fields of /proc/<pid>/status, by name.
+pub fn proc_status(pid: u32) -> HashMap<String, String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// Pids whose parent is `pid`, from /proc.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // The parent pid is the second field after the parenthesised command name.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            found.push(child);
+        }
+    }
+    found
+}
+
+/// The eBPF program and link ids `pid` holds fds of, read from /proc/<pid>/fdinfo.
+pub fn bpf_ids(pid: u32) -> (HashSet<u64>, HashSet<u64>) {
+    let (mut programs, mut links) = (HashSet::new(), HashSet::new());
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return (programs, links);
+    };
+    for entry in dir.flatten() {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        for line in info.lines() {
+            let mut parts = line.split_whitespace();
+            let (Some(key), Some(value)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Ok(value) = value.parse() else { continue };
+            match key {
+                "prog_id:" => programs.insert(value),
+                "link_id:" => links.insert(value),
+                _ => false,
+            };
+        }
+    }
+    (programs, links)
+}
+
+/// Every eBPF link in the kernel as (link id, program id), from `bpftool link show`.
+pub fn kernel_links() -> Vec<(u64, u64)> {
+    let out = sh("bpftool", &["-j", "link", "show"]);
+    let json: Value = serde_json::from_str(&out).expect("bpftool -j output");
+    json.as_array()
+        .map(|links| {
+            links
+                .iter()
+                .filter_map(|l| Some((l["id"].as_u64()?, l["prog_id"].as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Ids of every eBPF program loaded in the kernel, from `bpftool prog show`.
+pub fn kernel_programs() -> HashSet<u64> {
+    let out = sh("bpftool", &["-j", "prog", "show"]);
+    let json: Value = serde_json::from_str(&out).expect("bpftool -j output");
+    json.as_array()
+        .map(|progs| progs.iter().filter_map(|p| p["id"].as_u64()).collect())
+        .unwrap_or_default()
 }
 
 /// The kernel's `struct tcp_info` fields the tests compare against.

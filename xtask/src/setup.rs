@@ -6,7 +6,8 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context, Result, bail};
 
-/// Debian packages: LLVM 22 for bpf-linker, and the tools the kernel and broker tests use.
+/// Debian packages: LLVM 22 for bpf-linker, and the tools the kernel, broker and install tests
+/// use (systemd-analyze, useradd, setpriv, readelf).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
@@ -17,6 +18,10 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "mosquitto",
     "openssl",
+    "systemd",
+    "passwd",
+    "util-linux",
+    "binutils",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -1,0 +1,472 @@
+//! Least privilege and attachment lifetime, checked from outside tern: /proc/<pid>/status for
+//! credentials and capabilities, `ss` for sockets, /proc/<pid>/fdinfo and bpftool for
+//! programs and links.
+
+use std::{
+    collections::HashSet,
+    net::UdpSocket,
+    thread,
+    time::{Duration, Instant},
+};
+
+use tern_tests::{
+    ADDR_A, ADDR_B, Pair, TempDir, Tern, bpf_ids, children_of, kernel_links, kernel_programs,
+    proc_status, sh,
+};
+
+const INTERVAL: &[&str] = &["--interval", "1"];
+const CAP_NET_ADMIN: u64 = 1 << 12;
+const CAP_BPF: u64 = 1 << 39;
+
+fn id_of(flag: &str, user: &str) -> String {
+    sh("id", &[flag, user]).trim().to_owned()
+}
+
+/// Sends `count` datagrams of `size` bytes from namespace b to a, each received.
+fn udp_b_to_a(pair: &Pair, count: u64, size: usize) {
+    let rx = pair.a.enter(|| UdpSocket::bind((ADDR_A, 9400)).unwrap());
+    let tx = pair.b.enter(|| UdpSocket::bind((ADDR_B, 0)).unwrap());
+    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let payload = vec![7u8; size];
+    let mut buf = vec![0u8; size + 1];
+    for i in 0..count {
+        tx.send_to(&payload, (ADDR_A, 9400)).unwrap();
+        rx.recv(&mut buf)
+            .unwrap_or_else(|e| panic!("datagram {i} never arrived: {e}"));
+    }
+}
+
+fn packets_in(reports: &[serde_json::Value]) -> u64 {
+    reports
+        .iter()
+        .map(|r| {
+            r["metrics"]["network_stats"]["packets_in"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum()
+}
+
+/// The one link child of `tern` once it has dropped its privileges, waiting briefly for
+/// the fork and the drop.
+fn link_child(tern: &Tern) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let children = children_of(tern.pid());
+        if let [child] = children[..]
+            && proc_status(child)["NoNewPrivs"] == "1"
+        {
+            return child;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tern has children {children:?}, expected exactly one link child"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn assert_credentials(pid: u32, caps: u64) {
+    let status = proc_status(pid);
+    let (uid, gid) = (id_of("-u", "nobody"), id_of("-g", "nobody"));
+    assert_eq!(status["Uid"], [uid.as_str(); 4].join("\t"), "{status:?}");
+    assert_eq!(status["Gid"], [gid.as_str(); 4].join("\t"), "{status:?}");
+    assert_eq!(status["Groups"], "", "{status:?}");
+    assert_eq!(status["NoNewPrivs"], "1", "{status:?}");
+    for set in ["CapInh", "CapAmb"] {
+        assert_eq!(status[set], format!("{:016x}", 0), "{set}: {status:?}");
+    }
+    for set in ["CapPrm", "CapEff", "CapBnd"] {
+        assert_eq!(status[set], format!("{caps:016x}"), "{set}: {status:?}");
+    }
+}
+
+#[test]
+fn after_the_drop_tern_holds_no_capability_and_still_counts_and_reports() {
+    let pair = Pair::new();
+    let tern = Tern::start(&pair.a, INTERVAL);
+    assert_credentials(tern.pid(), 0);
+    let first = tern.next_report(Duration::from_secs(5));
+    udp_b_to_a(&pair, 40, 200);
+    let stopped = tern.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+    let mut reports = vec![first];
+    reports.extend(stopped.reports);
+    assert_eq!(packets_in(&reports), 40, "{reports:?}");
+}
+
+/// The link child's capabilities as the README documents them: none with TCX (6.6+), where
+/// attaching a loaded program needs none; CAP_NET_ADMIN for netlink filters before that.
+fn link_child_caps() -> u64 {
+    let release = sh("uname", &["-r"]);
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let version = (numbers.next().unwrap(), numbers.next().unwrap());
+    let mut caps = 0;
+    if version < (6, 6) {
+        caps |= CAP_NET_ADMIN;
+    }
+    if version < (5, 19) {
+        caps |= CAP_BPF;
+    }
+    caps
+}
+
+#[test]
+fn the_link_child_holds_only_what_attaching_needs() {
+    let pair = Pair::new();
+    let tern = Tern::start(&pair.a, INTERVAL);
+    let child = link_child(&tern);
+    assert_credentials(child, link_child_caps());
+    let status = proc_status(child);
+    assert_eq!(status["Seccomp"], "2", "no seccomp filter: {status:?}");
+    assert_eq!(status["Seccomp_filters"], "1", "{status:?}");
+    assert_eq!(proc_status(tern.pid())["Seccomp"], "0");
+    assert!(
+        children_of(child).is_empty(),
+        "the link child started processes"
+    );
+}
+
+#[test]
+fn with_static_interfaces_no_process_keeps_a_capability() {
+    let pair = Pair::new();
+    let tern = Tern::start(&pair.a, &["--interval", "1", "--static-interfaces"]);
+    assert_credentials(tern.pid(), 0);
+    assert!(children_of(tern.pid()).is_empty(), "a child was started");
+    sh(
+        "ip",
+        &[
+            "-n",
+            &pair.a.name,
+            "link",
+            "add",
+            "ts",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "tu",
+        ],
+    );
+    tern.wait_log("ts is not counted", Duration::from_secs(5));
+    tern.next_report(Duration::from_secs(5));
+}
+
+#[test]
+fn an_unknown_user_stops_tern_before_it_reports() {
+    let pair = Pair::new();
+    let tern = Tern::spawn(&pair.a, &["--interval", "1", "--user", "tern-no-such-user"]);
+    let stopped = tern.wait_exit(Duration::from_secs(10));
+    assert_eq!(stopped.code, Some(1), "{:?}", stopped.log);
+    assert!(stopped.reports.is_empty(), "{:?}", stopped.reports);
+    assert!(
+        stopped
+            .log
+            .iter()
+            .any(|l| l.contains("\"tern-no-such-user\"") && l.contains("does not exist")),
+        "{:?}",
+        stopped.log
+    );
+}
+
+#[test]
+fn tern_listens_on_no_socket_of_any_kind() {
+    let pair = Pair::new();
+    let tern = Tern::start(&pair.a, INTERVAL);
+    let child = link_child(&tern);
+    tern.next_report(Duration::from_secs(5));
+    let pids = [tern.pid(), child];
+    // Every family ss knows, listening sockets only, with their processes.
+    let listening = pair.a.exec(&["ss", "-l", "-n", "-p", "-A", "all"]);
+    let root_listening = sh("ss", &["-l", "-n", "-p", "-A", "all"]);
+    for pid in pids {
+        let needle = format!("pid={pid},");
+        for (where_, out) in [
+            ("its namespace", &listening),
+            ("the root namespace", &root_listening),
+        ] {
+            assert!(
+                !out.contains(&needle),
+                "process {pid} listens in {where_}:\n{out}"
+            );
+        }
+        // Ground truth from /proc: no socket it holds can accept or receive from others.
+        for socket in socket_inodes(pid) {
+            assert!(
+                unreachable_from_outside(pid, &socket),
+                "process {pid} holds socket {socket}, which listens or receives"
+            );
+        }
+    }
+}
+
+fn socket_inodes(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| {
+            let target = std::fs::read_link(fd.path()).ok()?;
+            let target = target.to_string_lossy();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// True for a netlink socket, a TCP socket not in LISTEN, or a unix socket without the
+/// accepting flag; false for anything else (listening, UDP, raw, packet).
+fn unreachable_from_outside(pid: u32, inode: &str) -> bool {
+    let table =
+        |name: &str| std::fs::read_to_string(format!("/proc/{pid}/net/{name}")).unwrap_or_default();
+    let row = |text: &str, inode_column: usize| -> Option<Vec<String>> {
+        text.lines().skip(1).find_map(|l| {
+            let cols: Vec<String> = l.split_whitespace().map(str::to_owned).collect();
+            (cols.get(inode_column).map(String::as_str) == Some(inode)).then_some(cols)
+        })
+    };
+    if table("netlink")
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some(inode))
+    {
+        return true;
+    }
+    for tcp in ["tcp", "tcp6"] {
+        if let Some(cols) = row(&table(tcp), 9) {
+            // State 0A is TCP_LISTEN.
+            return cols[3] != "0A";
+        }
+    }
+    if let Some(cols) = row(&table("unix"), 6) {
+        // Flag 00010000 is __SO_ACCEPTCON: a listening unix socket.
+        let flags = u32::from_str_radix(&cols[3], 16).unwrap_or(u32::MAX);
+        return flags & 0x10000 == 0;
+    }
+    false
+}
+
+/// Waits until none of `programs` is loaded and no link of theirs exists.
+fn assert_released(programs: &HashSet<u64>, links: &HashSet<u64>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let loaded: Vec<u64> = kernel_programs().intersection(programs).copied().collect();
+        let linked: Vec<(u64, u64)> = kernel_links()
+            .into_iter()
+            .filter(|(link, prog)| links.contains(link) || programs.contains(prog))
+            .collect();
+        if loaded.is_empty() && linked.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still loaded: programs {loaded:?}, links {linked:?}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Programs and links held by tern and its link child.
+fn held(tern: &Tern) -> (HashSet<u64>, HashSet<u64>) {
+    let child = link_child(tern);
+    let (mut programs, mut links) = bpf_ids(tern.pid());
+    let (child_programs, child_links) = bpf_ids(child);
+    programs.extend(child_programs);
+    links.extend(child_links);
+    // tc_ingress and tc_egress, the 5 tracepoint programs, the 7 cgroup hooks.
+    assert_eq!(programs.len(), 14, "{programs:?}");
+    // Each one linked once: TC ingress and egress on ta, every tracepoint, every hook.
+    assert_eq!(links.len(), 14, "{links:?}");
+    (programs, links)
+}
+
+#[test]
+fn sigterm_leaves_none_of_terns_programs_attached() {
+    let pair = Pair::new();
+    let tern = Tern::start(&pair.a, INTERVAL);
+    let (programs, links) = held(&tern);
+    let attached: HashSet<u64> = kernel_links()
+        .into_iter()
+        .filter(|(_, prog)| programs.contains(prog))
+        .map(|(link, _)| link)
+        .collect();
+    assert_eq!(attached, links, "bpftool disagrees with tern's fds");
+    let stopped = tern.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+    assert_released(&programs, &links);
+}
+
+#[test]
+fn kill_9_then_restart_leaves_no_duplicate_attachment() {
+    let pair = Pair::new();
+    let tern = Tern::start(&pair.a, INTERVAL);
+    let (old_programs, old_links) = held(&tern);
+    let child = link_child(&tern);
+    // SAFETY: SIGKILL to the tern process this test started.
+    unsafe { libc::kill(tern.pid() as i32, libc::SIGKILL) };
+    let _ = tern.wait_exit(Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{child}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the link child outlived its parent"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_released(&old_programs, &old_links);
+
+    let tern = Tern::start(&pair.a, INTERVAL);
+    let (programs, links) = held(&tern);
+    let on_hooks: Vec<(u64, u64)> = kernel_links()
+        .into_iter()
+        .filter(|(_, prog)| programs.contains(prog) || old_programs.contains(prog))
+        .collect();
+    // The new run's 14 links, none of the old run's.
+    assert_eq!(on_hooks.len(), 14, "{on_hooks:?} (held: {links:?})");
+    udp_b_to_a(&pair, 25, 100);
+    let stopped = tern.stop();
+    assert_eq!(packets_in(&stopped.reports), 25, "{:?}", stopped.log);
+}
+
+#[test]
+fn an_interface_deleted_under_tern_is_let_go_and_tern_keeps_reporting() {
+    let pair = Pair::new();
+    let tern = Tern::start(&pair.a, INTERVAL);
+    sh(
+        "ip",
+        &["-n", &pair.a.name, "link", "del", tern_tests::DEV_A],
+    );
+    tern.wait_log("interface ta is gone", Duration::from_secs(5));
+    let before = tern.next_report(Duration::from_secs(5));
+    let after = tern.next_report(Duration::from_secs(5));
+    assert!(before["header"]["report_id"].as_u64() < after["header"]["report_id"].as_u64());
+    let stopped = tern.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+}
+
+/// Runs tern in `ns` under `setpriv` with the given bounding set, to its end, with a state
+/// directory that already belongs to nobody, as `tern install` leaves it for its account.
+fn run_bounded(pair: &Pair, bounding: &str) -> std::process::Output {
+    let tern = tern_tests::tern_bin();
+    let state = TempDir::new("bounded-state");
+    std::fs::set_permissions(
+        &state.path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .expect("chmod");
+    std::os::unix::fs::chown(&state.path, Some(65534), Some(65534)).expect("chown");
+    std::process::Command::new("timeout")
+        .args([
+            "20",
+            "nsenter",
+            &format!("--net=/run/netns/{}", pair.a.name),
+            "setpriv",
+        ])
+        .args(["--bounding-set", bounding])
+        .arg(tern)
+        .args([
+            "run",
+            "--output",
+            "stdout",
+            "--interval",
+            "1",
+            "--count",
+            "1",
+            "--user",
+            "nobody",
+            "--state-dir",
+        ])
+        .arg(&state.path)
+        .output()
+        .expect("running tern under setpriv")
+}
+
+#[test]
+fn tern_starts_with_only_the_capabilities_its_unit_grants() {
+    let pair = Pair::new();
+    let out = run_bounded(
+        &pair,
+        "-all,+bpf,+perfmon,+net_admin,+setuid,+setgid,+setpcap",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        1,
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_capability_is_named_before_anything_is_attached() {
+    let pair = Pair::new();
+    let out = run_bounded(&pair, "-net_admin");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("CAP_NET_ADMIN") && stderr.contains("nothing was attached"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn systemd_hears_ready_then_watchdog_pings_between_reports_then_stopping() {
+    let dir = TempDir::new("notify");
+    let path = dir.path.join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    // As systemd's own socket: tern sends after dropping to an unprivileged user.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let pair = Pair::new();
+    // Reports every 5 minutes, a 1 s watchdog: pings must come from the wait, not reports.
+    let tern = Tern::spawn_env(
+        &pair.a,
+        &["--interval", "300"],
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
+    let mut buf = [0u8; 256];
+    let mut next = || {
+        let n = socket.recv(&mut buf).expect("a notification within 5 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(next(), "READY=1");
+    // Credentials are final before READY=1.
+    assert_credentials(tern.pid(), 0);
+    let start = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(next(), "WATCHDOG=1");
+    }
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed < Duration::from_millis(3500),
+        "5 pings took {elapsed:?}"
+    );
+    let stopped = tern.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+    let mut states = Vec::new();
+    for _ in 0..10 {
+        let state = next();
+        let done = state == "STOPPING=1";
+        states.push(state);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(
+        states.last().map(String::as_str),
+        Some("STOPPING=1"),
+        "{states:?}"
+    );
+}
