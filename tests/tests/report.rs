@@ -5,16 +5,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use tern_tests::{Netns, Tern};
-
-/// Removes the test's state directory, also when the test fails.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
+use tern_tests::{Netns, TempDir, Tern};
 
 fn ids(tern: Tern, at_least: usize) -> Vec<u64> {
     let mut ids: Vec<u64> = (0..at_least)
@@ -38,10 +29,10 @@ fn ids(tern: Tern, at_least: usize) -> Vec<u64> {
 #[test]
 fn report_ids_keep_increasing_across_restarts_and_a_clock_behind_them() {
     let ns = Netns::new("ids");
-    let dir = TempDir(std::env::temp_dir().join(format!("tern-ids-{}", std::process::id())));
+    let dir = TempDir::new("ids");
     let args = ["--interval", "1"];
 
-    let first = ids(Tern::start_in(&ns, &dir.0, &args, &[]), 2);
+    let first = ids(Tern::start_in(&ns, &dir.path, &args, &[]), 2);
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -52,7 +43,7 @@ fn report_ids_keep_increasing_across_restarts_and_a_clock_behind_them() {
         "epoch milliseconds: {first:?}"
     );
 
-    let second = ids(Tern::start_in(&ns, &dir.0, &args, &[]), 2);
+    let second = ids(Tern::start_in(&ns, &dir.path, &args, &[]), 2);
     assert!(
         second[0] > *first.last().unwrap(),
         "{first:?} then {second:?}"
@@ -60,8 +51,8 @@ fn report_ids_keep_increasing_across_restarts_and_a_clock_behind_them() {
 
     // As after a reboot with the clock a day behind the last report: ids go on from the last.
     let ahead = now_ms + 86_400_000;
-    fs::write(dir.0.join("last_report_id"), format!("{ahead}\n")).unwrap();
-    let third = ids(Tern::start_in(&ns, &dir.0, &args, &[]), 2);
+    fs::write(dir.path.join("last_report_id"), format!("{ahead}\n")).unwrap();
+    let third = ids(Tern::start_in(&ns, &dir.path, &args, &[]), 2);
     assert_eq!(third[0], ahead + 1, "{third:?}");
     assert!(third.windows(2).all(|w| w[0] < w[1]), "{third:?}");
 }
