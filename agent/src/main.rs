@@ -2,23 +2,25 @@
 //! Defender metrics.
 //!
 //! Data flows one way: kernel maps (probes) -> collection (collect) -> report model
-//! (report) -> output. `interfaces` tells which interfaces exist; `run` drives the loop.
+//! (report) -> output (stdout, or `spool` then `publish` to a broker). `interfaces` tells
+//! which interfaces exist; `config` reads and checks the settings; `run` drives the loop.
 
 mod collect;
+mod config;
 mod delta;
 mod interfaces;
 mod probes;
+mod publish;
 mod report;
 mod run;
 mod signals;
+mod spool;
 mod state;
 
 use std::process::ExitCode;
 
-use std::path::PathBuf;
-
 use clap::{Parser, Subcommand, ValueEnum};
-use report::{Format, Names};
+use config::ConfigArgs;
 
 #[derive(Parser)]
 #[command(version, about = "Device Defender metrics from eBPF counters")]
@@ -31,40 +33,31 @@ struct Cli {
 enum Command {
     /// Load the eBPF programs and report every interval.
     Run(RunArgs),
+    /// Check a configuration and report every problem at once; exit 0 only if it would run.
+    CheckConfig(ConfigArgs),
 }
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// Seconds between two reports.
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub interval: u64,
+    #[command(flatten)]
+    pub config: ConfigArgs,
     /// Exit after this many reports (default: run until stopped).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
-    /// Where reports go.
-    #[arg(long, value_enum, default_value_t = Output::Stdout)]
-    pub output: Output,
+    /// Where reports go (default: the broker when an endpoint is configured, else stdout).
+    #[arg(long, value_enum)]
+    pub output: Option<Output>,
     /// Count loopback traffic too (each loopback packet is then both in and out).
     #[arg(long)]
     pub include_loopback: bool,
-    /// Field names of the report: the document's long names or its short ones.
-    #[arg(long, value_enum, default_value_t = Names::Long)]
-    pub names: Names,
-    /// Encoding of the report (on stdout, CBOR is printed as one hex line per report).
-    #[arg(long, value_enum, default_value_t = Format::Json)]
-    pub format: Format,
-    /// Largest encoded report, in bytes; lists are cut to fit, totals stay exact.
-    #[arg(long, default_value_t = 128 * 1024, value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024))]
-    pub budget: u64,
-    /// Where tern keeps its state (the last report id); created 0700 if missing.
-    #[arg(long, default_value = "/var/lib/tern")]
-    pub state_dir: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Output {
     /// One JSON report per line on stdout; logs go to stderr.
     Stdout,
+    /// Published to the configured MQTT broker.
+    Mqtt,
 }
 
 fn main() -> ExitCode {
@@ -77,6 +70,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(&args),
+        Command::CheckConfig(args) => config::check(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

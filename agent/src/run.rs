@@ -1,6 +1,11 @@
-//! The agent's loop: attach, then at every interval collect, build one report and write it.
+//! The agent's loop: check the configuration, attach, start the publisher (when reports go
+//! to a broker), then at every interval collect, build one report and write it or spool it.
 //! Link changes are applied as they arrive, so a new interface is counted from its first
 //! packet.
+//!
+//! Order: everything privileged or file-opening (config and certificate checks, state
+//! directory, spool, eBPF) happens on the main thread before `start_publisher`, which starts
+//! the only other thread.
 
 use std::{
     collections::HashSet,
@@ -9,22 +14,43 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use log::{error, info};
 
 use crate::{
     Output, RunArgs,
     collect::TrafficCollector,
+    config::{self, Settings},
     interfaces::LinkWatch,
     probes::Probes,
+    publish::{Outbox, Publisher, start_publisher},
     report::{Format, Metrics, Report, ReportIds, encode_within},
     signals, state,
 };
 
+/// Where reports go.
+enum Sink {
+    Stdout,
+    Broker(Outbox, Publisher),
+}
+
 pub fn run(args: &RunArgs) -> Result<()> {
+    let settings = config::load(&args.config)?;
+    let output = match (args.output, &settings.broker) {
+        (Some(Output::Mqtt), None) => {
+            bail!("--output mqtt needs an endpoint: set endpoint in the config or --endpoint")
+        }
+        (Some(output), _) => output,
+        (None, Some(_)) => Output::Mqtt,
+        (None, None) => Output::Stdout,
+    };
     signals::install()?;
-    state::prepare(&args.state_dir)?;
-    let ids = ReportIds::open(&args.state_dir)?;
+    state::prepare(&settings.state_dir)?;
+    let ids = ReportIds::open(&settings.state_dir)?;
+    let outbox = match (output, &settings.broker) {
+        (Output::Mqtt, Some(broker)) => Some(Outbox::open(&settings, broker)?),
+        _ => None,
+    };
     let (mut probes, maps) = Probes::load(args.include_loopback)?;
     let mut links = LinkWatch::open()?;
     for event in links.dump()? {
@@ -36,13 +62,21 @@ pub fn run(args: &RunArgs) -> Result<()> {
         probes.counted_names().join(" ")
     );
     let collector = TrafficCollector::new(maps);
-    let interval = Duration::from_secs(args.interval);
+    let sink = match outbox {
+        Some(outbox) => {
+            let publisher = start_publisher(&outbox, &settings)?;
+            Sink::Broker(outbox, publisher)
+        }
+        None => Sink::Stdout,
+    };
+    let interval = Duration::from_secs(settings.interval);
     let mut next = Instant::now() + interval;
 
     let mut out = Reporter {
         collector,
         ids,
-        args,
+        settings: &settings,
+        sink,
         sent: 0,
     };
     loop {
@@ -73,14 +107,18 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     let sent = out.sent;
     info!("stopping after {sent} reports");
+    if let Sink::Broker(_, publisher) = out.sink {
+        publisher.stop();
+    }
     Ok(())
 }
 
-/// Builds reports from the collector and writes them, one per line.
+/// Builds reports from the collector and writes them, one per line, or spools them.
 struct Reporter<'a> {
     collector: TrafficCollector,
     ids: ReportIds,
-    args: &'a RunArgs,
+    settings: &'a Settings,
+    sink: Sink,
     sent: u64,
 }
 
@@ -106,26 +144,32 @@ impl Reporter<'_> {
                 ..Default::default()
             },
         );
-        let budget = usize::try_from(self.args.budget).unwrap_or(usize::MAX);
-        let (bytes, cut) = encode_within(&report, self.args.names, self.args.format, budget)?;
-        if cut {
-            info!("report {id} was over {budget} bytes: its lists were cut to fit");
-        }
-        match self.args.output {
-            Output::Stdout => {
-                let mut out = std::io::stdout().lock();
-                match self.args.format {
-                    Format::Json => out.write_all(&bytes),
-                    Format::Cbor => out.write_all(hex(&bytes).as_bytes()),
-                }
-                .and_then(|()| out.write_all(b"\n"))
-                .and_then(|()| out.flush())
-                .context("writing a report to stdout")?;
-            }
-        }
         self.sent += 1;
-        Ok(())
+        match &mut self.sink {
+            Sink::Broker(outbox, _) => {
+                outbox.push(report);
+                Ok(())
+            }
+            Sink::Stdout => print(&report, self.settings),
+        }
     }
+}
+
+fn print(report: &Report, settings: &Settings) -> Result<()> {
+    let id = report.header.report_id;
+    let budget = usize::try_from(settings.budget).unwrap_or(usize::MAX);
+    let (bytes, cut) = encode_within(report, settings.names, settings.format, budget)?;
+    if cut {
+        info!("report {id} was over {budget} bytes: its lists were cut to fit");
+    }
+    let mut out = std::io::stdout().lock();
+    match settings.format {
+        Format::Json => out.write_all(&bytes),
+        Format::Cbor => out.write_all(hex(&bytes).as_bytes()),
+    }
+    .and_then(|()| out.write_all(b"\n"))
+    .and_then(|()| out.flush())
+    .context("writing a report to stdout")
 }
 
 fn hex(bytes: &[u8]) -> String {
