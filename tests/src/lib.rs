@@ -3,11 +3,15 @@
 //! statistics, `tcp_info`) or from the traffic a test sent itself.
 //!
 //! Everything a test creates is owned by a guard whose Drop removes it, so a failing test
-//! leaves no namespace, interface, TC filter or process behind.
+//! leaves no namespace, interface, TC filter or process behind. `broker` holds the MQTT side:
+//! PKI, mosquitto, a responder playing the cloud, and a proxy.
+
+pub mod broker;
 
 use std::{
     fs::File,
     io::{BufRead, BufReader},
+    net::UdpSocket,
     os::fd::AsRawFd,
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -43,6 +47,30 @@ pub fn tern_bin() -> PathBuf {
     let path = PathBuf::from(path);
     assert!(path.is_file(), "TERN_BIN={} is not a file", path.display());
     path
+}
+
+/// Sends `count` datagrams of `size` bytes from `from` to `to`, in small batches each
+/// received before the next, so no socket buffer or backlog overflows and every datagram
+/// sent is a datagram on the wire and received.
+pub fn transfer(from: &UdpSocket, to: &UdpSocket, count: u64, size: usize) {
+    let dest = to.local_addr().expect("receiver address");
+    let payload = vec![0x5a; size];
+    let mut buf = vec![0u8; size + 1];
+    to.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut sent = 0;
+    while sent < count {
+        let batch = (count - sent).min(16);
+        for _ in 0..batch {
+            from.send_to(&payload, dest).expect("send_to");
+        }
+        for _ in 0..batch {
+            let n = to
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("datagram {sent} of {count} never arrived: {e}"));
+            assert_eq!(n, size);
+            sent += 1;
+        }
+    }
 }
 
 /// A network namespace that exists until dropped.
@@ -212,10 +240,12 @@ impl Default for Pair {
     }
 }
 
-/// A running tern with its own state directory; killed and removed when dropped.
+/// A running tern with its state directory; killed (and the directory removed, unless the
+/// test owns it) when dropped.
 pub struct Tern {
     child: Child,
     pub state_dir: PathBuf,
+    own_state: bool,
     reports: Receiver<Value>,
     log: Receiver<String>,
 }
@@ -229,11 +259,21 @@ impl Tern {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::SeqCst)
         ));
+        let mut all = vec!["--output", "stdout"];
+        all.extend_from_slice(args);
+        let mut tern = Self::launch(ns, &state_dir, &all);
+        tern.own_state = true;
+        tern
+    }
+
+    /// Starts `tern run --state-dir STATE_DIR` with `args` in `ns`, and waits until it has
+    /// attached. The state directory outlives this tern (a restart can reuse it).
+    pub fn launch(ns: &Netns, state_dir: &std::path::Path, args: &[&str]) -> Self {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &ns.name])
             .arg(tern_bin())
-            .args(["run", "--output", "stdout", "--state-dir"])
-            .arg(&state_dir)
+            .args(["run", "--state-dir"])
+            .arg(state_dir)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -265,7 +305,8 @@ impl Tern {
         });
         let tern = Self {
             child,
-            state_dir,
+            state_dir: state_dir.to_path_buf(),
+            own_state: false,
             reports,
             log,
         };
@@ -339,7 +380,9 @@ impl Drop for Tern {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.state_dir);
+        if self.own_state {
+            let _ = std::fs::remove_dir_all(&self.state_dir);
+        }
     }
 }
 
