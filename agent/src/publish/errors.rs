@@ -51,13 +51,22 @@ fn one(e: &(dyn Error + 'static), host: &str) -> Option<Failure> {
             _ => None,
         };
     }
-    if let Some(StateError::AwaitPingResp) = e.downcast_ref::<StateError>() {
-        return Some(failure(
-            "the broker stopped answering (no reply to the keep-alive ping); the link is down \
-             or half-open"
-                .into(),
-            false,
-        ));
+    match e.downcast_ref::<StateError>() {
+        Some(StateError::AwaitPingResp) => {
+            return Some(failure(
+                "the broker stopped answering (no reply to the keep-alive ping); the link is \
+                 down or half-open"
+                    .into(),
+                false,
+            ));
+        }
+        Some(StateError::ConnectionAborted) => {
+            return Some(failure(
+                "the broker or the network closed the connection".into(),
+                false,
+            ));
+        }
+        _ => {}
     }
     if let Some(e) = e.downcast_ref::<rustls::Error>() {
         return Some(tls(e, host));

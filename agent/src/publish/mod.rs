@@ -567,6 +567,59 @@ mod tests {
         assert!(!ec["connections"].as_array().unwrap().is_empty());
     }
 
+    #[test]
+    fn for_aws_everything_spooled_folds_into_the_newest_report() {
+        let dir = std::env::temp_dir().join(format!("tern-fold-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut spool = Spool::open(&dir, 1 << 20).unwrap();
+        for (id, bytes_in, accepted) in [(100, 10, 1), (200, 20, 0), (300, 30, 2)] {
+            let mut report = Report::new(
+                id,
+                Metrics {
+                    network_stats: Some(crate::report::NetworkStats {
+                        bytes_in,
+                        packets_in: 1,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            );
+            report.set_custom(custom::REPORTS_ACCEPTED, CustomMetric::Number(accepted));
+            spool.push(report).unwrap();
+        }
+        let shared = Shared {
+            spool: Mutex::new(spool),
+            wake: Notify::new(),
+            stop: AtomicBool::new(false),
+            counters: Counters::default(),
+        };
+        let mut target = Target {
+            topic: "$aws/things/gw/defender/metrics/json".into(),
+            names: Names::Long,
+            format: Format::Json,
+            budget: 100_000,
+            broker: test_broker(128 * 1024),
+        };
+        let (id, spooled, _) = next_report(&shared, &target).unwrap();
+        assert_eq!(
+            (id, spooled),
+            (100, vec![100]),
+            "a generic broker gets the oldest"
+        );
+
+        target.broker.aws = true;
+        let (id, spooled, bytes) = next_report(&shared, &target).unwrap();
+        assert_eq!((id, spooled), (300, vec![100, 200, 300]));
+        let value: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["metrics"]["network_stats"]["bytes_in"], 60);
+        assert_eq!(value["metrics"]["network_stats"]["packets_in"], 3);
+        assert_eq!(
+            value["custom_metrics"][custom::REPORTS_ACCEPTED][0]["number"],
+            3
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     fn test_broker(packet_limit: usize) -> Broker {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
