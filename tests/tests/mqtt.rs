@@ -386,3 +386,39 @@ fn a_rejected_report_is_logged_with_its_error_code_and_counted() {
     let stopped = tern.stop();
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
 }
+
+/// The broker's ACL lets each thing use only its own topics: with gw-2's certificate, tern
+/// (client id gw-1) cannot publish gw-1's reports nor read its replies, so nothing reaches
+/// the responder and tern counts its reports as unanswered.
+#[test]
+fn a_thing_cannot_use_another_things_topics_and_unanswered_reports_are_counted() {
+    let pair = Pair::new();
+    let pki = Pki::new("acl");
+    let broker = Mosquitto::start(&pair.a, &pki, BROKER);
+    let responder = Responder::start(&pair.a, &pki, BROKER, Verdicts::Judge);
+    let dir = TempDir::new("acl");
+    let config = write_config(
+        &dir,
+        &format!("localhost:{BROKER}"),
+        &pki.client("gw-2"),
+        &pki.ca,
+    );
+    let tern = Tern::launch(
+        &pair.a,
+        &dir.join("state"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let line = tern.wait_log("no reply to report", Duration::from_secs(15));
+    assert!(line.contains("unanswered 1"), "{line}");
+    let stopped = tern.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+    assert!(
+        responder.received().is_empty(),
+        "gw-2 published on gw-1's topic"
+    );
+    assert!(
+        broker.log().contains("Denied PUBLISH from gw-1"),
+        "{}",
+        broker.log()
+    );
+}

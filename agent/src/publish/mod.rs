@@ -253,13 +253,12 @@ async fn serve(shared: Arc<Shared>, target: Target) {
             delay.as_secs_f64()
         );
         debug!("broker {address}: {err:?}");
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = shared.wake.notified() => {
-                // A new report or a stop; only a stop cuts the wait short.
-                if !shared.stopping() {
-                    tokio::time::sleep_until(Instant::now() + delay).await;
-                }
+        let retry_at = Instant::now() + delay;
+        while Instant::now() < retry_at && !shared.stopping() {
+            // A new report does not cut the wait short; a stop does.
+            tokio::select! {
+                () = tokio::time::sleep_until(retry_at) => {}
+                () = shared.wake.notified() => {}
             }
         }
     }
@@ -309,6 +308,7 @@ async fn session(
     }
     let mut in_flight: Option<InFlight> = None;
     let mut stop_deadline: Option<Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         if shared.stopping() && stop_deadline.is_none() {
             stop_deadline = Some(Instant::now() + STOP_GRACE);
@@ -343,7 +343,7 @@ async fn session(
                 None => return Err(ConnectionError::RequestsDone),
             },
             () = shared.wake.notified() => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {
+            _ = tick.tick() => {
                 expire(shared, replies, Duration::from_secs(broker.reply_timeout));
             }
         }
