@@ -111,6 +111,7 @@ struct TernSection {
     reconnect_max: Option<u64>,
     reply_timeout: Option<u64>,
     packet_limit: Option<u64>,
+    system_roots: Option<bool>,
 }
 
 /// Everything a run needs, resolved and checked.
@@ -354,14 +355,20 @@ fn broker(inputs: BrokerInputs<'_>, problems: &mut Vec<Problem>) -> Option<Broke
     };
     let cert = require("cert", inputs.cert, "the device certificate (PEM)");
     let key = require("key", inputs.key, "the device private key (PEM)");
-    let root_ca = require(
-        "root-ca",
-        inputs.root_ca,
-        "the broker's CA certificate (PEM)",
-    );
+    let system_roots = tern.system_roots.unwrap_or(false);
+    let root_ca = match inputs.root_ca {
+        None if system_roots => None,
+        root_ca => require("root-ca", root_ca, "the broker's CA certificate (PEM)"),
+    };
     let chain = cert.as_deref().and_then(|p| load_cert(p, problems));
     let private = key.as_deref().and_then(|p| load_key(p, problems));
-    let roots = root_ca.as_deref().and_then(|p| load_roots(p, problems));
+    let mut roots = match &root_ca {
+        Some(path) => load_roots(path, problems),
+        None => Some(RootCertStore::empty()),
+    };
+    if system_roots && let Some(roots) = &mut roots {
+        add_system_roots(roots, source, problems);
+    }
     let spool_bytes = tern.spool_bytes.unwrap_or(DEFAULT_SPOOL_BYTES);
     let keep_alive = tern.keep_alive.unwrap_or(DEFAULT_KEEP_ALIVE);
     let reconnect_max = tern.reconnect_max.unwrap_or(DEFAULT_RECONNECT_MAX);
@@ -624,6 +631,25 @@ fn load_roots(path: &Path, problems: &mut Vec<Problem>) -> Option<RootCertStore>
         }
     }
     Some(roots)
+}
+
+/// The operating system's trusted CAs, only when `tern.system-roots` asks for them.
+fn add_system_roots(roots: &mut RootCertStore, source: &str, problems: &mut Vec<Problem>) {
+    let found = rustls_native_certs::load_native_certs();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found
+            .errors
+            .first()
+            .map_or_else(|| "none found".to_owned(), ToString::to_string);
+        problem(
+            problems,
+            format!(
+                "{source}: tern.system-roots is true but no system CA certificate loads ({why}); \
+                 install the system's CA bundle or set root-ca"
+            ),
+        );
+    }
 }
 
 /// The TLS client configuration with ring as the only crypto provider: the configured CA

@@ -273,3 +273,43 @@ fn every_problem_is_reported_at_once_and_run_refuses_to_start() {
     let run = tern(&["run", "--config", path.to_str().unwrap()]);
     assert_refused(&run, &expected);
 }
+
+/// `tern.system-roots` trusts the system's CA certificates (read here from SSL_CERT_FILE and
+/// SSL_CERT_DIR, as on any system that sets them), so `root-ca` may be left out; without it, `root-ca` is
+/// required and only that CA is trusted.
+#[test]
+fn system_roots_only_when_asked_for() {
+    let pki = Pki::new("system");
+    let dir = TempDir::new("config-system");
+    let mut config = device_client_config("broker.example", &pki.client("gw-1"), &pki.ca, "gw-1");
+    config.as_object_mut().unwrap().remove("root-ca");
+    let path = write(&dir, "no-ca.json", &config);
+    assert_refused(&check(&path), &["root-ca is missing"]);
+
+    config["tern"] = json!({"system-roots": true});
+    let path = write(&dir, "system.json", &config);
+    let no_dir = dir.join("no-certs");
+    fs::create_dir(&no_dir).unwrap();
+    let with_bundle = |bundle: &Path| {
+        let output = Command::new(tern_bin())
+            .args(["check-config", "--config", path.to_str().unwrap()])
+            .env("SSL_CERT_FILE", bundle)
+            .env("SSL_CERT_DIR", &no_dir)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = with_bundle(&pki.ca);
+    assert_eq!(code, Some(0), "{stderr}");
+    let empty = dir.join("empty-bundle.pem");
+    fs::write(&empty, "").unwrap();
+    let (code, stderr) = with_bundle(&empty);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("no system CA certificate loads"),
+        "{stderr}"
+    );
+}
