@@ -21,7 +21,7 @@ use serde::Deserialize;
 use crate::report::{Format, Names};
 
 /// Device Defender refuses reports more often than this from one thing.
-pub const AWS_MIN_INTERVAL: u64 = 300;
+const AWS_MIN_INTERVAL: u64 = 300;
 const DEFAULT_INTERVAL: u64 = 300;
 const DEFAULT_PORT: u16 = 8883;
 const DEFAULT_BUDGET: u64 = 128 * 1024;
@@ -33,7 +33,7 @@ const DEFAULT_REPLY_TIMEOUT: u64 = 60;
 /// AWS IoT Core's largest MQTT packet is 128 KB; the same limit serves other brokers.
 const DEFAULT_PACKET_LIMIT: u64 = 128 * 1024;
 /// ALPN protocol AWS IoT Core needs for MQTT with a client certificate on port 443.
-pub const AWS_ALPN: &str = "x-amzn-mqtt-ca";
+const AWS_ALPN: &str = "x-amzn-mqtt-ca";
 const MAX_THING_NAME: usize = 128;
 
 /// Settings that can come from the config file, each overridden by its flag.
@@ -398,12 +398,7 @@ fn broker(inputs: BrokerInputs<'_>, problems: &mut Vec<Problem>) -> Option<Broke
             format!("{source}: tern.keep-alive {keep_alive} s is outside AWS IoT Core's 30..1200"),
         );
     }
-    let alpn = match &tern.alpn {
-        Some(alpn) if alpn.is_empty() => None,
-        Some(alpn) => Some(alpn.clone()),
-        None if port == 443 => Some(AWS_ALPN.to_owned()),
-        None => None,
-    };
+    let alpn = alpn(tern.alpn.as_deref(), port);
     let (chain, private, roots) = (chain?, private?, roots?);
     let tls = client_config(chain, private, roots, alpn, cert.as_deref()?, problems)?;
     Some(Broker {
@@ -419,6 +414,17 @@ fn broker(inputs: BrokerInputs<'_>, problems: &mut Vec<Problem>) -> Option<Broke
         spool_bytes,
         tls: Arc::new(tls),
     })
+}
+
+/// The ALPN protocol to offer: the configured one (`""` for none), else on port 443 the one
+/// AWS IoT Core needs there for MQTT with a client certificate.
+fn alpn(configured: Option<&str>, port: u16) -> Option<String> {
+    match configured {
+        Some("") => None,
+        Some(alpn) => Some(alpn.to_owned()),
+        None if port == 443 => Some(AWS_ALPN.to_owned()),
+        None => None,
+    }
 }
 
 /// `host`, `host:port` or `[v6]:port`.
@@ -746,6 +752,14 @@ mod tests {
         assert!(split_endpoint("mqtts://example.com").is_err());
         assert!(split_endpoint("").is_err());
         assert!(split_endpoint(":8883").is_err());
+    }
+
+    #[test]
+    fn port_443_offers_the_aws_alpn_unless_configured_otherwise() {
+        assert_eq!(alpn(None, 443).as_deref(), Some(AWS_ALPN));
+        assert_eq!(alpn(None, 8883), None);
+        assert_eq!(alpn(Some(""), 443), None);
+        assert_eq!(alpn(Some("mqtt"), 8883).as_deref(), Some("mqtt"));
     }
 
     #[test]
