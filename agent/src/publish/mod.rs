@@ -183,7 +183,11 @@ pub fn start_publisher(outbox: &Outbox, settings: &Settings) -> Result<Publisher
         .context("starting the publisher's runtime")?;
     let thread = std::thread::Builder::new()
         .name("publisher".into())
-        .spawn(move || runtime.block_on(serve(shared, target)))
+        .spawn(move || {
+            runtime.block_on(serve(shared, target));
+            // A name lookup still running on the blocking pool must not hold up the exit.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        })
         .context("starting the publisher thread")?;
     Ok(Publisher {
         shared: Arc::clone(&outbox.shared),
@@ -290,11 +294,18 @@ async fn session(
         )));
     let (client, eventloop) = AsyncClient::new(options, 8);
     let mut events = forward(eventloop);
-    match events.recv().await {
-        Some(Ok(Event::Incoming(Packet::ConnAck(_)))) => {}
-        Some(Ok(other)) => debug!("before CONNACK: {other:?}"),
-        Some(Err(err)) => return Err(err),
-        None => return Err(ConnectionError::RequestsDone),
+    loop {
+        // A stop does not wait for a connection attempt that may hang until its timeout.
+        let event = tokio::select! {
+            event = events.recv() => event,
+            () = stopped(shared) => return Ok(()),
+        };
+        match event {
+            Some(Ok(Event::Incoming(Packet::ConnAck(_)))) => break,
+            Some(Ok(_)) => {}
+            Some(Err(err)) => return Err(err),
+            None => return Err(ConnectionError::RequestsDone),
+        }
     }
     info!(
         "connected to {}:{} as {:?}",
@@ -347,6 +358,13 @@ async fn session(
                 expire(shared, replies, Duration::from_secs(broker.reply_timeout));
             }
         }
+    }
+}
+
+/// Returns once tern is stopping.
+async fn stopped(shared: &Shared) {
+    while !shared.stopping() {
+        shared.wake.notified().await;
     }
 }
 
