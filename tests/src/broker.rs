@@ -398,7 +398,7 @@ pub struct Received {
     pub rejected: Option<String>,
 }
 
-/// Plays the Device Defender service: subscribes to every thing's JSON reports with a
+/// Plays the Device Defender service: subscribes to every thing's JSON and CBOR reports with a
 /// persistent session (so reports published while it reconnects are kept for it), checks
 /// each one and answers on the thing's accepted or rejected topic with the reportId.
 pub struct Responder {
@@ -498,6 +498,7 @@ fn serve(
         )));
     let (client, mut connection) = Client::new(options, 64);
     let mut last_id: HashMap<String, u64> = HashMap::new();
+    let mut subacks = 0;
     while !stop.load(Ordering::SeqCst) {
         let event = match connection.recv_timeout(Duration::from_millis(100)) {
             Ok(Ok(event)) => event,
@@ -510,23 +511,40 @@ fn serve(
         };
         match event {
             Event::Incoming(Packet::ConnAck(_)) => {
-                client
-                    .subscribe("$aws/things/+/defender/metrics/json", QoS::AtLeastOnce)
-                    .unwrap();
+                for format in ["json", "cbor"] {
+                    client
+                        .subscribe(
+                            format!("$aws/things/+/defender/metrics/{format}"),
+                            QoS::AtLeastOnce,
+                        )
+                        .unwrap();
+                }
             }
             Event::Incoming(Packet::SubAck(_)) => {
-                let _ = subscribed.send(());
+                // Ready once both first subscriptions (JSON and CBOR) are in place.
+                subacks += 1;
+                if subacks == 2 {
+                    let _ = subscribed.send(());
+                }
             }
             Event::Incoming(Packet::Publish(publish)) => {
                 let topic = publish.topic.clone();
-                let Some(thing) = topic
-                    .strip_prefix("$aws/things/")
-                    .and_then(|t| t.strip_suffix("/defender/metrics/json"))
-                else {
+                let Some((thing, cbor)) = topic.strip_prefix("$aws/things/").and_then(|t| {
+                    t.strip_suffix("/defender/metrics/json")
+                        .map(|thing| (thing, false))
+                        .or_else(|| {
+                            t.strip_suffix("/defender/metrics/cbor")
+                                .map(|thing| (thing, true))
+                        })
+                }) else {
                     continue;
                 };
-                let parsed: Result<Value, String> =
-                    serde_json::from_slice(&publish.payload).map_err(|e| format!("not JSON: {e}"));
+                let parsed: Result<Value, String> = if cbor {
+                    ciborium::from_reader(&publish.payload[..])
+                        .map_err(|e| format!("not CBOR: {e}"))
+                } else {
+                    serde_json::from_slice(&publish.payload).map_err(|e| format!("not JSON: {e}"))
+                };
                 let report = parsed.clone().unwrap_or(Value::Null);
                 let id = report["header"]["report_id"].as_u64();
                 let mut verdict = parsed.and_then(|r| check_report(&r));
@@ -559,12 +577,16 @@ fn serve(
                     report,
                     rejected: verdict.err(),
                 });
-                let _ = client.try_publish(
-                    format!("{topic}/{suffix}"),
-                    QoS::AtLeastOnce,
-                    false,
-                    body.to_string(),
-                );
+                // The service answers in the report's encoding.
+                let body = if cbor {
+                    let mut bytes = Vec::new();
+                    ciborium::into_writer(&body, &mut bytes).unwrap();
+                    bytes
+                } else {
+                    body.to_string().into_bytes()
+                };
+                let _ =
+                    client.try_publish(format!("{topic}/{suffix}"), QoS::AtLeastOnce, false, body);
             }
             _ => {}
         }

@@ -285,6 +285,38 @@ fn reports_spooled_while_the_broker_is_down_are_delivered_after_a_restart() {
     assert_eq!(spooled(&state), 0);
 }
 
+#[test]
+fn cbor_reports_and_replies_work_the_same() {
+    let pair = Pair::new();
+    let pki = Pki::new("cbor");
+    let _broker = Mosquitto::start(&pair.a, &pki, BROKER);
+    let responder = Responder::start(&pair.a, &pki, BROKER, Verdicts::Judge);
+    let dir = TempDir::new("cbor");
+    let config = write_config(
+        &dir,
+        &format!("localhost:{BROKER}"),
+        &pki.client(THING),
+        &pki.ca,
+    );
+    let mut file: Value = serde_json::from_slice(&fs::read(&config).unwrap()).unwrap();
+    file["tern"]["format"] = json!("cbor");
+    fs::write(&config, serde_json::to_vec(&file).unwrap()).unwrap();
+    let tern = Tern::launch(
+        &pair.a,
+        &dir.join("state"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let mut udp = Udp::new(&pair);
+    udp.send(120, 333, 12, 222);
+    tern.wait_log("accepted; reports accepted", Duration::from_secs(10));
+    let stopped = tern.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+    wait_for_totals(&responder, udp.sent);
+    for r in responder.received() {
+        assert_eq!(r.rejected, None, "rejected: {}", r.report);
+    }
+}
+
 /// Each misconfiguration: tern says what is wrong in plain words, sends nothing, and keeps
 /// retrying at least 1 s apart.
 #[test]
