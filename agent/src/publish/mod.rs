@@ -638,6 +638,47 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    #[test]
+    fn a_report_the_spool_cannot_take_folds_into_the_next() {
+        let dir = std::env::temp_dir().join(format!("tern-carry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let settings = Settings {
+            interval: 1,
+            names: Names::Long,
+            format: Format::Json,
+            budget: 128 * 1024,
+            state_dir: dir.clone(),
+            broker: None,
+        };
+        let mut outbox = Outbox::open(&settings, &test_broker(128 * 1024)).unwrap();
+        let traffic = |id, bytes_in| {
+            Report::new(
+                id,
+                Metrics {
+                    network_stats: Some(crate::report::NetworkStats {
+                        bytes_in,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+        };
+        // The spool's directory vanishes: the write fails and the report is kept.
+        std::fs::remove_dir_all(dir.join("spool")).unwrap();
+        outbox.push(traffic(1, 10));
+        assert!(outbox.carry.is_some());
+        std::fs::create_dir_all(dir.join("spool")).unwrap();
+        outbox.push(traffic(2, 5));
+        assert!(outbox.carry.is_none());
+        let spool = outbox.shared.spool();
+        let reports: Vec<&Report> = spool.reports().collect();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].header.report_id, 2);
+        assert_eq!(reports[0].metrics.network_stats.unwrap().bytes_in, 15);
+        drop(spool);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     fn test_broker(packet_limit: usize) -> Broker {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
