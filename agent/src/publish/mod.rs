@@ -41,6 +41,8 @@ use backoff::Backoff;
 
 /// How long a stopping tern keeps delivering what is spooled while connected.
 const STOP_GRACE: Duration = Duration::from_secs(3);
+/// A connection up this long has proved itself: the next failure backs off from the start.
+const STABLE: Duration = Duration::from_secs(60);
 /// Fixed header (1), remaining length (up to 4), topic length (2) and packet id (2).
 const PUBLISH_OVERHEAD: usize = 9;
 
@@ -311,7 +313,9 @@ async fn session(
         "connected to {}:{} as {:?}",
         broker.host, broker.port, broker.client_id
     );
-    backoff.reset();
+    // The backoff starts over only once this connection proves useful (a delivery, or a
+    // minute up): a broker that accepts and then drops tern must not be hammered.
+    let connected_at = Instant::now();
     let filters = ["accepted", "rejected"]
         .map(|reply| SubscribeFilter::new(format!("{}/{reply}", target.topic), QoS::AtLeastOnce));
     if client.try_subscribe_many(filters).is_err() {
@@ -349,13 +353,22 @@ async fn session(
         }
         tokio::select! {
             event = events.recv() => match event {
-                Some(Ok(event)) => on_event(event, shared, target, replies, &mut in_flight),
+                Some(Ok(event)) => {
+                    let waiting = in_flight.is_some();
+                    on_event(event, shared, target, replies, &mut in_flight);
+                    if waiting && in_flight.is_none() {
+                        backoff.reset();
+                    }
+                }
                 Some(Err(err)) => return Err(err),
                 None => return Err(ConnectionError::RequestsDone),
             },
             () = shared.wake.notified() => {}
             _ = tick.tick() => {
                 expire(shared, replies, Duration::from_secs(broker.reply_timeout));
+                if connected_at.elapsed() >= STABLE {
+                    backoff.reset();
+                }
             }
         }
     }
