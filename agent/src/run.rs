@@ -144,14 +144,12 @@ impl Reporter<'_> {
                 ..Default::default()
             },
         );
-        self.sent += 1;
         match &mut self.sink {
-            Sink::Broker(outbox, _) => {
-                outbox.push(report);
-                Ok(())
-            }
-            Sink::Stdout => print(&report, self.settings),
+            Sink::Broker(outbox, _) => outbox.push(report),
+            Sink::Stdout => print(&report, self.settings)?,
         }
+        self.sent += 1;
+        Ok(())
     }
 }
 
