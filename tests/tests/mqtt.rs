@@ -454,3 +454,49 @@ fn a_thing_cannot_use_another_things_topics_and_unanswered_reports_are_counted()
         broker.log()
     );
 }
+
+/// A full spool drops its oldest report, says so, and the count reaches the broker.
+#[test]
+fn a_full_spool_drops_the_oldest_report_and_counts_it() {
+    let pair = Pair::new();
+    let pki = Pki::new("full");
+    let mut broker = Mosquitto::start(&pair.a, &pki, BROKER);
+    let responder = Responder::start(&pair.a, &pki, BROKER, Verdicts::Judge);
+    broker.stop();
+    let dir = TempDir::new("full");
+    let config = write_config(
+        &dir,
+        &format!("localhost:{BROKER}"),
+        &pki.client(THING),
+        &pki.ca,
+    );
+    let mut file: Value = serde_json::from_slice(&fs::read(&config).unwrap()).unwrap();
+    file["tern"]["spool-bytes"] = json!(4096);
+    fs::write(&config, serde_json::to_vec(&file).unwrap()).unwrap();
+    let state = dir.join("state");
+    let tern = Tern::launch(&pair.a, &state, &["--config", config.to_str().unwrap()]);
+    let line = tern.wait_log("dropped undelivered report", Duration::from_secs(30));
+    assert!(line.contains("spool over 4096 bytes"), "{line}");
+    let kept = spooled(&state);
+    let bytes: u64 = fs::read_dir(state.join("spool"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(bytes <= 4096, "{kept} spooled reports take {bytes} bytes");
+
+    broker.restart();
+    let mut dropped = 0;
+    for _ in 0..100 {
+        dropped = distinct(&responder.received())
+            .values()
+            .map(|r| custom(r, "tern:reports-dropped"))
+            .sum();
+        if dropped >= 1 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(dropped >= 1, "no delivered report counts the dropped one");
+    let stopped = tern.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+}
