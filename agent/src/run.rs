@@ -1,6 +1,7 @@
-//! The agent's loop: attach, then at every interval collect, build one report and write it.
-//! Link changes are applied as they arrive, so a new interface is counted from its first
-//! packet.
+//! The agent's loop: check the configuration, attach, drop privileges, start the publisher
+//! (when reports go to a broker), then at every interval collect, build one report and write
+//! it or spool it. Link changes are applied as they arrive, so a new interface is counted
+//! from its first packet.
 
 use std::{
     collections::HashSet,
@@ -9,20 +10,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use log::{debug, error, info};
 
 use crate::{
     Output, RunArgs,
-    collect::{
-        DeviceCollector, SocketCollector, SocketOptions, TrafficCollector, check_user_metrics,
-    },
+    collect::{DeviceCollector, SocketCollector, SocketOptions, TrafficCollector},
+    config::{self, Settings},
     interfaces::LinkWatch,
     kernel,
     linker::{self, Fork},
     notify::Notifier,
     privilege::{self, Account},
     probes::{LoadOptions, NewInterfaces, Probes},
+    publish::{Outbox, Publisher, start_publisher},
     report::{Format, Metrics, Report, ReportIds, encode_within},
     signals, sockdiag, state,
 };
@@ -31,18 +32,20 @@ use crate::{
 /// opens a file happens first, then the link child is forked and the privileges dropped, and
 /// only then does the loop run.
 pub fn run(args: &RunArgs) -> Result<()> {
+    // Checks every setting and loads the TLS material into memory, before anything else.
+    let settings = config::load(&args.config)?;
+    let output = match (args.output, &settings.broker) {
+        (Some(Output::Mqtt), None) => {
+            bail!("--output mqtt needs an endpoint: set endpoint in the config or --endpoint")
+        }
+        (Some(output), _) => output,
+        (None, Some(_)) => Output::Mqtt,
+        (None, None) => Output::Stdout,
+    };
     signals::install()?;
-    check_user_metrics(&args.metrics)?;
-    let account = Account::resolve(args.user.as_deref())?;
-    if let Some(config) = &args.config {
-        privilege::check_config_key(config, std::path::Path::new("/"))?;
-    }
+    let account = Account::resolve(settings.user.as_deref())?;
     kernel::check()?;
-    let state_dir = args
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| std::path::Path::new("/var/lib").join(privilege::program_name()));
-    state::prepare(&state_dir, &account)?;
+    state::prepare(&settings.state_dir, &account)?;
     let own_netns = sockdiag::own_netns_cookie()?;
     let (mut probes, traffic, sockets) = Probes::load(&LoadOptions {
         include_loopback: args.include_loopback,
@@ -89,7 +92,19 @@ pub fn run(args: &RunArgs) -> Result<()> {
     privilege::drop_to(&account, &privilege::main_process_keeps())?;
     // As the account: the state directory is its own, and closed to root without
     // CAP_DAC_OVERRIDE, which tern's unit does not grant.
-    let ids = ReportIds::open(&state_dir)?;
+    let ids = ReportIds::open(&settings.state_dir)?;
+    let outbox = match (output, &settings.broker) {
+        (Output::Mqtt, Some(broker)) => Some(Outbox::open(&settings, broker)?),
+        _ => None,
+    };
+    // The only other thread starts here, after the drop.
+    let sink = match outbox {
+        Some(outbox) => {
+            let publisher = start_publisher(&outbox, &settings)?;
+            Sink::Broker(outbox, publisher)
+        }
+        None => Sink::Stdout,
+    };
     info!(
         "attached; counting {} interfaces: {}; running as {}",
         probes.counted_names().len(),
@@ -99,7 +114,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let notify = |state: &str| notifier.iter().for_each(|n| n.send(state));
     notify("READY=1");
     let ping_every = notifier.as_ref().and_then(Notifier::ping_every);
-    let interval = Duration::from_secs(args.interval);
+    let interval = Duration::from_secs(settings.interval);
     let mut next = Instant::now() + interval;
 
     let mut out = Reporter {
@@ -107,7 +122,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
         sockets,
         device: DeviceCollector::start(),
         ids,
-        args,
+        settings: &settings,
+        sink,
         sent: 0,
     };
     loop {
@@ -149,16 +165,26 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     let sent = out.sent;
     info!("stopping after {sent} reports");
+    if let Sink::Broker(_, publisher) = out.sink {
+        publisher.stop();
+    }
     Ok(())
 }
 
-/// Builds reports from the collector and writes them, one per line.
+/// Where reports go.
+enum Sink {
+    Stdout,
+    Broker(Outbox, Publisher),
+}
+
+/// Builds reports from the collectors and writes them, one per line, or spools them.
 struct Reporter<'a> {
     traffic: TrafficCollector,
     sockets: SocketCollector,
     device: DeviceCollector,
     ids: ReportIds,
-    args: &'a RunArgs,
+    settings: &'a Settings,
+    sink: Sink,
     sent: u64,
 }
 
@@ -197,54 +223,60 @@ impl Reporter<'_> {
             },
         );
         let own = sockets.custom.into_iter().chain(self.device.collect());
-        for (name, value) in own.filter(|(name, _)| self.args.custom_metrics.sends(name)) {
+        for (name, value) in own.filter(|(name, _)| self.settings.custom_metrics.sends(name)) {
             report.custom_metrics.insert(name.to_owned(), [value]);
         }
-        for metric in &self.args.metrics {
+        for metric in &self.settings.metrics {
             if let Some(value) = metric.read() {
                 report.custom_metrics.insert(metric.name.clone(), [value]);
             }
         }
+        let connections = report
+            .metrics
+            .tcp_connections
+            .as_ref()
+            .map_or(0, |t| t.established_connections.total);
         let collected = started.elapsed();
-        let budget = usize::try_from(self.args.budget).unwrap_or(usize::MAX);
-        let (bytes, cut) = match encode_within(&report, self.args.names, self.args.format, budget) {
-            Ok(encoded) => encoded,
-            Err(err) => {
-                error!("report {id} cannot be encoded: {err:#}");
-                return;
+        let bytes = match &mut self.sink {
+            Sink::Broker(outbox, _) => {
+                outbox.push(report);
+                None
             }
-        };
-        if cut {
-            info!("report {id} was over {budget} bytes: its lists were cut to fit");
-        }
-        debug!(
-            "report {id} built in {} us (collected in {} us): {} connections, {} bytes",
-            started.elapsed().as_micros(),
-            collected.as_micros(),
-            report
-                .metrics
-                .tcp_connections
-                .as_ref()
-                .map_or(0, |t| t.established_connections.total),
-            bytes.len()
-        );
-        match self.args.output {
-            Output::Stdout => {
-                let mut out = std::io::stdout().lock();
-                let written = match self.args.format {
-                    Format::Json => out.write_all(&bytes),
-                    Format::Cbor => out.write_all(hex(&bytes).as_bytes()),
-                }
-                .and_then(|()| out.write_all(b"\n"))
-                .and_then(|()| out.flush());
-                if let Err(err) = written {
-                    error!("cannot write report {id} to stdout: {err}; it is lost");
+            Sink::Stdout => match print(&report, self.settings) {
+                Ok(bytes) => Some(bytes),
+                Err(err) => {
+                    error!("{err:#}; report {id} is lost");
                     return;
                 }
-            }
-        }
+            },
+        };
+        debug!(
+            "report {id} built in {} us (collected in {} us): {connections} connections{}",
+            started.elapsed().as_micros(),
+            collected.as_micros(),
+            bytes.map_or_else(String::new, |b| format!(", {b} bytes"))
+        );
         self.sent += 1;
     }
+}
+
+/// Writes one report on stdout; returns its encoded size.
+fn print(report: &Report, settings: &Settings) -> Result<usize> {
+    let id = report.header.report_id;
+    let budget = usize::try_from(settings.budget).unwrap_or(usize::MAX);
+    let (bytes, cut) = encode_within(report, settings.names, settings.format, budget)?;
+    if cut {
+        info!("report {id} was over {budget} bytes: its lists were cut to fit");
+    }
+    let mut out = std::io::stdout().lock();
+    match settings.format {
+        Format::Json => out.write_all(&bytes),
+        Format::Cbor => out.write_all(hex(&bytes).as_bytes()),
+    }
+    .and_then(|()| out.write_all(b"\n"))
+    .and_then(|()| out.flush())
+    .with_context(|| format!("writing report {id} to stdout"))?;
+    Ok(bytes.len())
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -3,12 +3,16 @@
 //! statistics, `tcp_info`) or from the traffic a test sent itself.
 //!
 //! Everything a test creates is owned by a guard whose Drop removes it, so a failing test
-//! leaves no namespace, interface, TC filter or process behind.
+//! leaves no namespace, interface, TC filter or process behind. `broker` holds the MQTT side:
+//! PKI, mosquitto, a responder playing the cloud, and a proxy.
+
+pub mod broker;
 
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
     io::{BufRead, BufReader},
+    net::UdpSocket,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -46,6 +50,30 @@ pub fn tern_bin() -> PathBuf {
     let path = PathBuf::from(path);
     assert!(path.is_file(), "TERN_BIN={} is not a file", path.display());
     path
+}
+
+/// Sends `count` datagrams of `size` bytes from `from` to `to`, in small batches each
+/// received before the next, so no socket buffer or backlog overflows and every datagram
+/// sent is a datagram on the wire and received.
+pub fn transfer(from: &UdpSocket, to: &UdpSocket, count: u64, size: usize) {
+    let dest = to.local_addr().expect("receiver address");
+    let payload = vec![0x5a; size];
+    let mut buf = vec![0u8; size + 1];
+    to.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut sent = 0;
+    while sent < count {
+        let batch = (count - sent).min(16);
+        for _ in 0..batch {
+            from.send_to(&payload, dest).expect("send_to");
+        }
+        for _ in 0..batch {
+            let n = to
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("datagram {sent} of {count} never arrived: {e}"));
+            assert_eq!(n, size);
+            sent += 1;
+        }
+    }
 }
 
 /// A network namespace that exists until dropped.
@@ -267,7 +295,8 @@ impl Default for Pair {
     }
 }
 
-/// A running tern with its own state directory; killed and removed when dropped.
+/// A running tern with its state directory; killed (and the directory removed, unless the
+/// test owns it) when dropped.
 pub struct Tern {
     child: Child,
     pub state_dir: PathBuf,
@@ -292,14 +321,6 @@ impl Tern {
         tern
     }
 
-    /// Starts tern with the state directory `state_dir`, which outlives it, and waits until
-    /// it has attached.
-    pub fn start_in(ns: &Netns, state_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let tern = Self::spawn_in(ns, Some(state_dir), args, env);
-        tern.wait_log("attached", Duration::from_secs(20));
-        tern
-    }
-
     /// Starts `tern run --output stdout` with `args` in `ns` without waiting for anything.
     pub fn spawn(ns: &Netns, args: &[&str]) -> Self {
         Self::spawn_env(ns, args, &[])
@@ -307,7 +328,18 @@ impl Tern {
 
     /// As [`Tern::spawn`], with extra environment variables.
     pub fn spawn_env(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Self {
-        Self::spawn_in(ns, None, args, env)
+        let mut all = vec!["--output", "stdout"];
+        all.extend_from_slice(args);
+        Self::spawn_in(ns, None, &all, env)
+    }
+
+    /// Starts `tern run --state-dir STATE_DIR` with `args` (and no output of its own choosing)
+    /// in `ns`, and waits until it has attached. The state directory outlives this tern (a
+    /// restart can reuse it).
+    pub fn launch(ns: &Netns, state_dir: &Path, args: &[&str]) -> Self {
+        let tern = Self::spawn_in(ns, Some(state_dir), args, &[]);
+        tern.wait_log("attached", Duration::from_secs(20));
+        tern
     }
 
     /// Starts tern in `ns`, with `state_dir` or else a state directory of its own that goes
@@ -330,7 +362,7 @@ impl Tern {
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", ns.name))
             .arg(tern_bin())
-            .args(["run", "--output", "stdout", "--state-dir"])
+            .args(["run", "--state-dir"])
             .arg(&state_dir)
             .args(args)
             .envs(env.iter().copied())
@@ -502,7 +534,14 @@ impl TempDir {
         ));
         std::fs::create_dir_all(&path)
             .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        // Open to traverse (0755): tern reaches a state directory inside as its own account.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
         Self { path }
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
     }
 }
 

@@ -130,3 +130,47 @@ fn a_bad_metric_definition_stops_tern_before_it_loads_anything() {
         assert!(out.stdout.is_empty());
     }
 }
+
+#[test]
+fn the_config_file_chooses_custom_metrics_and_defines_file_metrics() {
+    let ns = Netns::new("cfgmetrics");
+    let files = Files::new();
+    let load = files.write("load", "7\n");
+    let config = files.write(
+        "config.json",
+        &json!({
+            "device-defender": {"enabled": true, "interval": 1},
+            "tern": {
+                "custom-metrics": ["memory_used"],
+                "metrics": [{"name": "queue_depth", "type": "number", "file": load}]
+            }
+        })
+        .to_string(),
+    );
+    let tern = Tern::start(&ns, &["--config", &config]);
+    let report = tern.next_report(REPORT_WAIT);
+    let names: Vec<&String> = report["custom_metrics"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(names, ["memory_used", "queue_depth"]);
+    assert_eq!(custom(&report, "queue_depth"), json!([{"number": 7}]));
+
+    // A metric of the file that breaks the rules is named by check-config, with the key.
+    let bad = files.write(
+        "bad.json",
+        &json!({"tern": {"metrics": [{"name": "aws:x", "type": "number", "file": load}]}})
+            .to_string(),
+    );
+    let out = std::process::Command::new(tern_tests::tern_bin())
+        .args(["check-config", "--config", &bad])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tern.metrics") && stderr.contains("aws:"),
+        "{stderr}"
+    );
+}

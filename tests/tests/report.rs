@@ -30,9 +30,9 @@ fn ids(tern: Tern, at_least: usize) -> Vec<u64> {
 fn report_ids_keep_increasing_across_restarts_and_a_clock_behind_them() {
     let ns = Netns::new("ids");
     let dir = TempDir::new("ids");
-    let args = ["--interval", "1"];
+    let args = ["--output", "stdout", "--interval", "1"];
 
-    let first = ids(Tern::start_in(&ns, &dir.path, &args, &[]), 2);
+    let first = ids(Tern::launch(&ns, &dir.path, &args), 2);
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -43,7 +43,7 @@ fn report_ids_keep_increasing_across_restarts_and_a_clock_behind_them() {
         "epoch milliseconds: {first:?}"
     );
 
-    let second = ids(Tern::start_in(&ns, &dir.path, &args, &[]), 2);
+    let second = ids(Tern::launch(&ns, &dir.path, &args), 2);
     assert!(
         second[0] > *first.last().unwrap(),
         "{first:?} then {second:?}"
@@ -52,7 +52,7 @@ fn report_ids_keep_increasing_across_restarts_and_a_clock_behind_them() {
     // As after a reboot with the clock a day behind the last report: ids go on from the last.
     let ahead = now_ms + 86_400_000;
     fs::write(dir.path.join("last_report_id"), format!("{ahead}\n")).unwrap();
-    let third = ids(Tern::start_in(&ns, &dir.path, &args, &[]), 2);
+    let third = ids(Tern::launch(&ns, &dir.path, &args), 2);
     assert_eq!(third[0], ahead + 1, "{third:?}");
     assert!(third.windows(2).all(|w| w[0] < w[1]), "{third:?}");
 }

@@ -11,7 +11,7 @@ use std::{
 };
 
 use serde_json::Value;
-use tern_tests::{ADDR_A, ADDR_B, DEV_A, LinkStats, Netns, Pair, Tern, sh, tcp_info};
+use tern_tests::{ADDR_A, ADDR_B, DEV_A, LinkStats, Netns, Pair, Tern, sh, tcp_info, transfer};
 
 /// Ethernet (14) + IPv4 (20) + UDP (8) bytes around each datagram's payload.
 const UDP_OVERHEAD: u64 = 42;
@@ -23,30 +23,6 @@ const TCP_OVERHEAD: u64 = 66;
 const SYN_OPTIONS: u64 = 8;
 
 const INTERVAL: &[&str] = &["--interval", "1"];
-
-/// Sends `count` datagrams of `size` bytes from `from` to `to`, in small batches each
-/// received before the next, so no socket buffer or backlog overflows and every datagram
-/// sent is a datagram on the wire and received.
-fn transfer(from: &UdpSocket, to: &UdpSocket, count: u64, size: usize) {
-    let dest = to.local_addr().expect("receiver address");
-    let payload = vec![0x5a; size];
-    let mut buf = vec![0u8; size + 1];
-    to.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut sent = 0;
-    while sent < count {
-        let batch = (count - sent).min(16);
-        for _ in 0..batch {
-            from.send_to(&payload, dest).expect("send_to");
-        }
-        for _ in 0..batch {
-            let n = to
-                .recv(&mut buf)
-                .unwrap_or_else(|e| panic!("datagram {sent} of {count} never arrived: {e}"));
-            assert_eq!(n, size);
-            sent += 1;
-        }
-    }
-}
 
 /// All traffic tern reported from start to stop: the reports' deltas add up.
 fn stop_and_sum(tern: Tern, reports: &mut Vec<Value>) -> LinkStats {

@@ -6,37 +6,45 @@ use std::{collections::BTreeSet, str::FromStr};
 
 use anyhow::{Result, bail};
 
+use crate::report::Merge;
+
 mod device;
 mod files;
 mod sockets;
 mod traffic;
 
 pub use device::DeviceCollector;
-pub use files::FileMetric;
+pub use files::{FileMetric, Kind};
 pub use sockets::{SocketCollector, SocketOptions};
 pub use traffic::TrafficCollector;
 
-/// Every custom metric tern computes itself; all are sent unless a selection says otherwise.
-pub const BUILTIN: &[&str] = &[
-    sockets::OPENED,
-    sockets::OPENED_INBOUND,
-    sockets::OPENED_OUTBOUND,
-    sockets::SHORT_LIVED,
-    sockets::TCP_PORTS,
-    sockets::UDP_PORTS,
-    sockets::REMOTES,
-    sockets::DROPPED,
-    sockets::RESETS,
-    sockets::CLOSED_PORTS,
-    sockets::FAILED,
-    sockets::RETRANSMITTED,
-    sockets::EXECUTIONS,
-    sockets::NEW_EXECUTABLES,
-    sockets::PORTS_CONTACTED,
-    sockets::ADDRESSES_CONTACTED,
-    device::CPU_USAGE,
-    device::MEMORY_USED,
+/// Every custom metric tern computes itself (all are sent unless a selection says
+/// otherwise), with how it merges when an undelivered report folds into the next: counts of
+/// the interval add up, sets of the interval unite, readings at report time are replaced.
+pub const BUILTIN: &[(&str, Merge)] = &[
+    (sockets::OPENED, Merge::Sum),
+    (sockets::OPENED_INBOUND, Merge::Sum),
+    (sockets::OPENED_OUTBOUND, Merge::Sum),
+    (sockets::SHORT_LIVED, Merge::Sum),
+    (sockets::TCP_PORTS, Merge::Union),
+    (sockets::UDP_PORTS, Merge::Union),
+    (sockets::REMOTES, Merge::Union),
+    (sockets::DROPPED, Merge::Sum),
+    (sockets::RESETS, Merge::Sum),
+    (sockets::CLOSED_PORTS, Merge::Sum),
+    (sockets::FAILED, Merge::Sum),
+    (sockets::RETRANSMITTED, Merge::Sum),
+    (sockets::EXECUTIONS, Merge::Sum),
+    (sockets::NEW_EXECUTABLES, Merge::Union),
+    (sockets::PORTS_CONTACTED, Merge::Union),
+    (sockets::ADDRESSES_CONTACTED, Merge::Union),
+    (device::CPU_USAGE, Merge::Latest),
+    (device::MEMORY_USED, Merge::Latest),
 ];
+
+fn is_builtin(name: &str) -> bool {
+    BUILTIN.iter().any(|(n, _)| *n == name)
+}
 
 /// Which of tern's own custom metrics a report carries.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,10 +73,11 @@ impl FromStr for Selection {
             _ => {}
         }
         let names: BTreeSet<String> = s.split(',').map(|n| n.trim().to_owned()).collect();
-        if let Some(unknown) = names.iter().find(|n| !BUILTIN.contains(&n.as_str())) {
+        if let Some(unknown) = names.iter().find(|n| !is_builtin(n)) {
+            let all: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
             bail!(
                 "{unknown:?} is not one of tern's custom metrics; choose among: {}",
-                BUILTIN.join(", ")
+                all.join(", ")
             );
         }
         Ok(Self::Only(names))
@@ -79,7 +88,7 @@ impl FromStr for Selection {
 pub fn check_user_metrics(metrics: &[FileMetric]) -> Result<()> {
     let mut seen = BTreeSet::new();
     for m in metrics {
-        if BUILTIN.contains(&m.name.as_str()) {
+        if is_builtin(&m.name) {
             bail!(
                 "custom metric {:?} is one of tern's own; give yours another name",
                 m.name

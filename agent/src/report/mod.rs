@@ -2,6 +2,7 @@
 //! Builds, merges and checks reports; `encode` turns one into bytes. Knows nothing of where
 //! the numbers come from or where the bytes go.
 
+pub mod custom;
 mod encode;
 mod ids;
 
@@ -98,6 +99,15 @@ impl NetworkStats {
         self.bytes_out = self.bytes_out.saturating_add(growth[2]);
         self.packets_out = self.packets_out.saturating_add(growth[3]);
     }
+
+    fn absorb(&mut self, older: &NetworkStats) {
+        self.add([
+            older.bytes_in,
+            older.packets_in,
+            older.bytes_out,
+            older.packets_out,
+        ]);
+    }
 }
 
 /// A custom metric value; in the document it is always wrapped in a one-element array.
@@ -118,10 +128,38 @@ pub enum Number {
     Reading(f64),
 }
 
+impl Number {
+    /// The sum of two values: a count while both are counts.
+    fn plus(self, other: Number) -> Number {
+        match (self, other) {
+            (Number::Count(a), Number::Count(b)) => Number::Count(a.saturating_add(b)),
+            (a, b) => Number::Reading(a.as_f64() + b.as_f64()),
+        }
+    }
+
+    fn as_f64(self) -> f64 {
+        match self {
+            Number::Count(n) => n as f64,
+            Number::Reading(r) => r,
+        }
+    }
+}
+
 impl From<u64> for CustomMetric {
     fn from(count: u64) -> Self {
         Self::Number(Number::Count(count))
     }
+}
+
+/// How a custom metric of an older, undelivered report folds into a newer one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merge {
+    /// A count over the interval: the merged report counts both intervals.
+    Sum,
+    /// A set seen over the interval: the merged report holds both sets.
+    Union,
+    /// A reading at report time: the newer one stands.
+    Latest,
 }
 
 impl Report {
@@ -135,6 +173,50 @@ impl Report {
             custom_metrics: BTreeMap::new(),
         }
     }
+
+    pub fn set_custom(&mut self, name: &str, value: CustomMetric) {
+        self.custom_metrics.insert(name.to_owned(), [value]);
+    }
+
+    /// Folds an older report that was never delivered into this one, so this report
+    /// accounts for both intervals: traffic adds up, interval counts add up, interval sets
+    /// unite, and snapshots (ports, connections, readings) are this report's.
+    pub fn absorb(&mut self, older: &Report, rule: impl Fn(&str) -> Merge) {
+        if let Some(old) = &older.metrics.network_stats {
+            self.metrics
+                .network_stats
+                .get_or_insert_with(NetworkStats::default)
+                .absorb(old);
+        }
+        for (name, [old]) in &older.custom_metrics {
+            let rule = rule(name);
+            match self.custom_metrics.get_mut(name) {
+                None if rule != Merge::Latest => {
+                    self.custom_metrics.insert(name.clone(), [old.clone()]);
+                }
+                None => {}
+                Some([new]) => merge_custom(new, old, rule),
+            }
+        }
+    }
+}
+
+fn merge_custom(new: &mut CustomMetric, old: &CustomMetric, rule: Merge) {
+    use CustomMetric::*;
+    match (rule, new, old) {
+        (Merge::Sum, Number(n), Number(o)) => *n = n.plus(*o),
+        (Merge::Union, NumberList(n), NumberList(o)) => union(n, o),
+        (Merge::Union, StringList(n), StringList(o)) | (Merge::Union, IpList(n), IpList(o)) => {
+            union(n, o)
+        }
+        _ => {}
+    }
+}
+
+fn union<T: Ord + Clone>(new: &mut Vec<T>, old: &[T]) {
+    new.extend(old.iter().cloned());
+    new.sort_unstable();
+    new.dedup();
 }
 
 #[cfg(test)]
@@ -191,16 +273,9 @@ mod tests {
                 ..Default::default()
             },
         );
-        report
-            .custom_metrics
-            .insert("opened".into(), [CustomMetric::from(7)]);
-        report
-            .custom_metrics
-            .insert("ports".into(), [CustomMetric::NumberList(vec![22, 80])]);
-        report.custom_metrics.insert(
-            "addrs".into(),
-            [CustomMetric::IpList(vec!["10.0.0.1".into()])],
-        );
+        report.set_custom("opened", CustomMetric::from(7));
+        report.set_custom("ports", CustomMetric::NumberList(vec![22, 80]));
+        report.set_custom("addrs", CustomMetric::IpList(vec!["10.0.0.1".into()]));
         let value: Value = serde_json::to_value(&report).unwrap();
         assert_eq!(
             value,
@@ -248,5 +323,32 @@ mod tests {
             (stats.packets_in, stats.bytes_out, stats.packets_out),
             (1, 2, 3)
         );
+    }
+
+    #[test]
+    fn absorbing_an_undelivered_report_accounts_for_both_intervals() {
+        let mut older = Report::new(1, stats(100, 2));
+        older.set_custom("count", CustomMetric::from(3));
+        older.set_custom("seen", CustomMetric::NumberList(vec![80, 443]));
+        older.set_custom("reading", CustomMetric::from(50));
+        older.set_custom("only_old", CustomMetric::from(4));
+        let mut newer = Report::new(2, stats(10, 1));
+        newer.set_custom("count", CustomMetric::from(5));
+        newer.set_custom("seen", CustomMetric::NumberList(vec![22, 80]));
+        newer.set_custom("reading", CustomMetric::from(60));
+        let rule = |name: &str| match name {
+            "count" | "only_old" => Merge::Sum,
+            "seen" => Merge::Union,
+            _ => Merge::Latest,
+        };
+        newer.absorb(&older, rule);
+        assert_eq!(newer.header.report_id, 2);
+        let ns = newer.metrics.network_stats.unwrap();
+        assert_eq!((ns.bytes_in, ns.packets_in), (110, 3));
+        let custom = |name: &str| newer.custom_metrics[name][0].clone();
+        assert_eq!(custom("count"), CustomMetric::from(8));
+        assert_eq!(custom("only_old"), CustomMetric::from(4));
+        assert_eq!(custom("seen"), CustomMetric::NumberList(vec![22, 80, 443]));
+        assert_eq!(custom("reading"), CustomMetric::from(60));
     }
 }

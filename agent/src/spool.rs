@@ -1,0 +1,237 @@
+//! The spool: reports waiting for the broker's acknowledgement, one file per report in
+//! `<state dir>/spool`, named by the zero-padded report id and holding the report's
+//! long-name JSON. A report is written (and synced) before it is published and removed
+//! only once acknowledged, so outages and restarts lose nothing. Bounded in bytes: the
+//! oldest reports go first. Never encodes or sends anything.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write,
+    os::unix::fs::DirBuilderExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use log::{error, warn};
+
+use crate::report::Report;
+
+const DIR: &str = "spool";
+const SUFFIX: &str = ".json";
+
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    /// Report id -> the report and its size on disk, oldest first.
+    entries: BTreeMap<u64, (Report, u64)>,
+    bytes: u64,
+}
+
+impl Spool {
+    /// Opens (creating it 0700 if needed) the spool in `state_dir` and loads what an earlier
+    /// run left there. Entries that do not parse are renamed `*.corrupt` and skipped.
+    pub fn open(state_dir: &Path, max_bytes: u64) -> Result<Self> {
+        let dir = state_dir.join(DIR);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating the spool directory {}", dir.display()))?;
+        let mut spool = Self {
+            dir,
+            max_bytes,
+            entries: BTreeMap::new(),
+            bytes: 0,
+        };
+        let listing = fs::read_dir(&spool.dir)
+            .with_context(|| format!("listing the spool {}", spool.dir.display()))?;
+        for entry in listing {
+            let path = entry
+                .with_context(|| format!("listing the spool {}", spool.dir.display()))?
+                .path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let Some(stem) = name.strip_suffix(SUFFIX) else {
+                if name.ends_with(".tmp") {
+                    // A write that a crash interrupted; its report was never acknowledged
+                    // as spooled, so it is not a report of the spool.
+                    let _ = fs::remove_file(&path);
+                }
+                continue;
+            };
+            match load(&path, stem) {
+                Ok((report, size)) => {
+                    spool.bytes += size;
+                    spool
+                        .entries
+                        .insert(report.header.report_id, (report, size));
+                }
+                Err(err) => set_aside(&path, &err),
+            }
+        }
+        Ok(spool)
+    }
+
+    /// Writes `report` durably, then drops the oldest reports while over the byte bound.
+    /// Returns how many reports were dropped.
+    pub fn push(&mut self, report: Report) -> Result<u64> {
+        let id = report.header.report_id;
+        let bytes = serde_json::to_vec(&report).context("serialising a report for the spool")?;
+        let path = self.path(id);
+        let tmp = path.with_extension("tmp");
+        let write = || -> std::io::Result<()> {
+            let mut file = fs::File::create(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            fs::File::open(&self.dir)?.sync_all()
+        };
+        write().with_context(|| format!("writing report {id} to {}", path.display()))?;
+        let size = bytes.len() as u64;
+        if let Some((_, old)) = self.entries.insert(id, (report, size)) {
+            self.bytes -= old;
+        }
+        self.bytes += size;
+        let mut dropped = 0;
+        while self.bytes > self.max_bytes && self.entries.len() > 1 {
+            let Some((&oldest, _)) = self.entries.first_key_value() else {
+                break;
+            };
+            self.remove(oldest);
+            dropped += 1;
+            warn!(
+                "spool over {} bytes: dropped undelivered report {oldest}, the oldest",
+                self.max_bytes
+            );
+        }
+        Ok(dropped)
+    }
+
+    /// The reports waiting, oldest first.
+    pub fn reports(&self) -> impl Iterator<Item = &Report> {
+        self.entries.values().map(|(report, _)| report)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Removes an acknowledged (or dropped) report; a report already gone is not an error.
+    pub fn remove(&mut self, id: u64) {
+        if let Some((_, size)) = self.entries.remove(&id) {
+            self.bytes -= size;
+        }
+        let path = self.path(id);
+        if let Err(e) = fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            error!(
+                "cannot remove delivered report {}: {e}; it may be sent again after a restart",
+                path.display()
+            );
+        }
+    }
+
+    fn path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("{id:020}{SUFFIX}"))
+    }
+}
+
+fn load(path: &Path, stem: &str) -> Result<(Report, u64)> {
+    let bytes = fs::read(path).context("reading it")?;
+    let report: Report = serde_json::from_slice(&bytes).context("it is not a report")?;
+    let named: u64 = stem.parse().context("its name is not a report id")?;
+    anyhow::ensure!(
+        named == report.header.report_id,
+        "its name says report {named} but it holds report {}",
+        report.header.report_id
+    );
+    Ok((report, bytes.len() as u64))
+}
+
+/// Moves a bad entry out of the way for a person to look at; the spool goes on.
+fn set_aside(path: &Path, err: &anyhow::Error) {
+    let aside = path.with_extension("corrupt");
+    warn!(
+        "spool entry {} is unusable ({err:#}); moved it to {}",
+        path.display(),
+        aside.display()
+    );
+    if let Err(e) = fs::rename(path, &aside) {
+        error!("cannot move {} aside: {e}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{Metrics, NetworkStats};
+
+    fn report(id: u64, bytes_in: u64) -> Report {
+        Report::new(
+            id,
+            Metrics {
+                network_stats: Some(NetworkStats {
+                    bytes_in,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn temp(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tern-spool-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn reports_survive_a_reopen_in_order_until_removed() {
+        let dir = temp("reopen");
+        let mut spool = Spool::open(&dir, 1 << 20).unwrap();
+        for id in [30, 10, 20] {
+            assert_eq!(spool.push(report(id, id * 100)).unwrap(), 0);
+        }
+        spool.remove(10);
+        let again = Spool::open(&dir, 1 << 20).unwrap();
+        let ids: Vec<u64> = again.reports().map(|r| r.header.report_id).collect();
+        assert_eq!(ids, [20, 30]);
+        assert_eq!(again.reports().next().unwrap(), &report(20, 2000));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn when_full_the_oldest_goes_first() {
+        let dir = temp("full");
+        let size = serde_json::to_vec(&report(1_000_000, 1)).unwrap().len() as u64;
+        let mut spool = Spool::open(&dir, size * 3).unwrap();
+        let mut dropped = 0;
+        for id in 1_000_000..1_000_005 {
+            dropped += spool.push(report(id, 1)).unwrap();
+        }
+        assert_eq!(dropped, 2);
+        let ids: Vec<u64> = spool.reports().map(|r| r.header.report_id).collect();
+        assert_eq!(ids, [1_000_002, 1_000_003, 1_000_004]);
+        assert_eq!(fs::read_dir(dir.join(DIR)).unwrap().count(), 3);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_entry_is_set_aside_and_the_rest_load() {
+        let dir = temp("corrupt");
+        let mut spool = Spool::open(&dir, 1 << 20).unwrap();
+        spool.push(report(5, 1)).unwrap();
+        fs::write(dir.join(DIR).join(format!("{:020}.json", 4)), b"{not json").unwrap();
+        fs::write(dir.join(DIR).join(format!("{:020}.json", 3)), b"{}").unwrap();
+        let again = Spool::open(&dir, 1 << 20).unwrap();
+        assert_eq!(again.len(), 1);
+        assert!(dir.join(DIR).join(format!("{:020}.corrupt", 4)).exists());
+        assert!(dir.join(DIR).join(format!("{:020}.corrupt", 3)).exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,502 @@
+//! Publishing to a real broker: mosquitto with mutual TLS and per-thing ACLs, certificates
+//! made by the test, a responder playing the Device Defender service, and the real tern
+//! counting in the real kernel.
+//!
+//! Ground truth is the UDP traffic each test sends across its veth pair; the broker, the
+//! responder and the proxy talk over loopback in tern's namespace, which tern does not
+//! count. A report published again after a lost acknowledgement keeps its report_id, so the
+//! delivered reports are summed once per report_id, and every copy must be identical.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::UdpSocket,
+    path::{Path, PathBuf},
+    thread,
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+use tern_tests::{
+    ADDR_A, ADDR_B, LinkStats, Pair, TempDir, Tern,
+    broker::{Identity, Mosquitto, Pki, Proxy, Received, Responder, Verdicts},
+    transfer,
+};
+
+const BROKER: u16 = 18883;
+const PROXY: u16 = 18884;
+const THING: &str = "gw-1";
+/// Ethernet (14) + IPv4 (20) + UDP (8) bytes around each datagram's payload.
+const UDP_OVERHEAD: u64 = 42;
+
+/// A Device Client config file as AWS ships it (with sections tern ignores), plus tern's
+/// section tuned for fast tests.
+fn write_config(dir: &TempDir, endpoint: &str, id: &Identity, ca: &Path) -> PathBuf {
+    let config = json!({
+        "endpoint": endpoint,
+        "cert": id.cert,
+        "key": id.key,
+        "root-ca": ca,
+        "thing-name": THING,
+        "logging": {"enable-sdk-logging": false, "level": "DEBUG", "type": "STDOUT"},
+        "jobs": {"enabled": false},
+        "tunneling": {"enabled": false},
+        "device-defender": {"enabled": true, "interval": 1},
+        "tern": {"keep-alive": 1, "reconnect-max": 2, "reply-timeout": 5}
+    });
+    let path = dir.join("config.json");
+    fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    path
+}
+
+struct Udp {
+    a: UdpSocket,
+    b: UdpSocket,
+    sent: LinkStats,
+}
+
+impl Udp {
+    fn new(pair: &Pair) -> Self {
+        let a = pair.a.enter(|| UdpSocket::bind((ADDR_A, 9000)).unwrap());
+        let b = pair.b.enter(|| UdpSocket::bind((ADDR_B, 9000)).unwrap());
+        Self {
+            a,
+            b,
+            sent: LinkStats::default(),
+        }
+    }
+
+    /// `count_in` datagrams of `size_in` bytes into tern's namespace and `count_out` of
+    /// `size_out` out of it.
+    fn send(&mut self, count_in: u64, size_in: usize, count_out: u64, size_out: usize) {
+        transfer(&self.b, &self.a, count_in, size_in);
+        transfer(&self.a, &self.b, count_out, size_out);
+        self.sent.packets_in += count_in;
+        self.sent.bytes_in += count_in * (size_in as u64 + UDP_OVERHEAD);
+        self.sent.packets_out += count_out;
+        self.sent.bytes_out += count_out * (size_out as u64 + UDP_OVERHEAD);
+    }
+}
+
+/// The distinct reports of THING by report_id, checking that copies are identical and that
+/// report_ids first arrived in increasing order.
+fn distinct(received: &[Received]) -> BTreeMap<u64, Value> {
+    let mut reports = BTreeMap::new();
+    let mut last = 0;
+    for r in received.iter().filter(|r| r.thing == THING) {
+        let id = r.report["header"]["report_id"].as_u64().expect("report_id");
+        match reports.get(&id) {
+            Some(copy) => assert_eq!(copy, &r.report, "two different reports share id {id}"),
+            None => {
+                assert!(id > last, "report {id} arrived after report {last}");
+                last = id;
+                reports.insert(id, r.report.clone());
+            }
+        }
+    }
+    reports
+}
+
+fn sum(reports: &BTreeMap<u64, Value>) -> LinkStats {
+    let mut total = LinkStats::default();
+    for report in reports.values() {
+        let ns = &report["metrics"]["network_stats"];
+        let n = |k: &str| ns[k].as_u64().unwrap_or_else(|| panic!("{k} in {report}"));
+        total.bytes_in += n("bytes_in");
+        total.packets_in += n("packets_in");
+        total.bytes_out += n("bytes_out");
+        total.packets_out += n("packets_out");
+    }
+    total
+}
+
+fn custom(report: &Value, name: &str) -> u64 {
+    report["custom_metrics"][name][0]["number"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("custom metric {name} in {report}"))
+}
+
+/// Waits until the delivered reports account for `expected`; panics with what they hold.
+fn wait_for_totals(responder: &Responder, expected: LinkStats) -> BTreeMap<u64, Value> {
+    let mut reports = BTreeMap::new();
+    for _ in 0..100 {
+        reports = distinct(&responder.received());
+        if sum(&reports) == expected {
+            return reports;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "delivered reports add up to {:?}, the test sent {expected:?}",
+        sum(&reports)
+    );
+}
+
+fn spooled(state: &Path) -> usize {
+    fs::read_dir(state.join("spool"))
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn reports_arrive_valid_accepted_and_in_order() {
+    let pair = Pair::new();
+    let pki = Pki::new("flow");
+    let _broker = Mosquitto::start(&pair.a, &pki, BROKER);
+    let responder = Responder::start(&pair.a, &pki, BROKER, Verdicts::Judge);
+    let dir = TempDir::new("flow");
+    let config = write_config(
+        &dir,
+        &format!("localhost:{BROKER}"),
+        &pki.client(THING),
+        &pki.ca,
+    );
+    let state = dir.join("state");
+    let tern = Tern::launch(&pair.a, &state, &["--config", config.to_str().unwrap()]);
+    tern.wait_log("connected to localhost", Duration::from_secs(10));
+    let mut udp = Udp::new(&pair);
+    udp.send(300, 700, 120, 300);
+    responder.wait_for(3, Duration::from_secs(10));
+    udp.send(50, 1200, 0, 0);
+    tern.wait_log("accepted; reports accepted", Duration::from_secs(10));
+    responder.wait_for(5, Duration::from_secs(10));
+    let stopped = tern.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+
+    let reports = wait_for_totals(&responder, udp.sent);
+    let received = responder.received();
+    assert_eq!(
+        received.len(),
+        reports.len(),
+        "a report was delivered twice"
+    );
+    for r in &received {
+        assert_eq!(r.rejected, None, "rejected: {}", r.report);
+    }
+    let accepted: u64 = reports
+        .values()
+        .map(|r| custom(r, "reports_accepted"))
+        .sum();
+    assert!(
+        accepted >= 1 && accepted <= reports.len() as u64,
+        "reports_accepted adds up to {accepted} over {} reports",
+        reports.len()
+    );
+    assert_eq!(spooled(&state), 0, "delivered reports left in the spool");
+}
+
+#[test]
+fn broker_down_at_start_restarted_and_a_half_open_link_lose_nothing() {
+    let pair = Pair::new();
+    let pki = Pki::new("outage");
+    let mut broker = Mosquitto::start(&pair.a, &pki, BROKER);
+    // The responder's persistent session outlives broker restarts, so reports published
+    // while it reconnects wait for it.
+    let responder = Responder::start(&pair.a, &pki, BROKER, Verdicts::Judge);
+    broker.stop();
+    let proxy = Proxy::start(&pair.a, PROXY, BROKER);
+    let dir = TempDir::new("outage");
+    let config = write_config(
+        &dir,
+        &format!("localhost:{PROXY}"),
+        &pki.client(THING),
+        &pki.ca,
+    );
+    let tern = Tern::launch(
+        &pair.a,
+        &dir.join("state"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let mut udp = Udp::new(&pair);
+
+    // Broker down when tern starts.
+    tern.wait_log("retrying in", Duration::from_secs(10));
+    udp.send(200, 500, 30, 100);
+    thread::sleep(Duration::from_millis(1500));
+    broker.restart();
+    tern.wait_log("connected to localhost", Duration::from_secs(15));
+    udp.send(100, 900, 10, 100);
+
+    // Broker restarted mid-run.
+    broker.stop();
+    udp.send(150, 300, 20, 200);
+    thread::sleep(Duration::from_millis(1500));
+    broker.restart();
+    tern.wait_log("connected to localhost", Duration::from_secs(15));
+    udp.send(80, 1000, 5, 50);
+
+    // Half-open link: nothing moves, nothing is closed.
+    proxy.freeze();
+    udp.send(60, 400, 60, 400);
+    tern.wait_log("stopped answering", Duration::from_secs(15));
+    proxy.thaw();
+    tern.wait_log("connected to localhost", Duration::from_secs(20));
+    udp.send(40, 600, 4, 60);
+    thread::sleep(Duration::from_millis(1500));
+
+    let stopped = tern.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+    let reports = wait_for_totals(&responder, udp.sent);
+    assert!(reports.len() >= 5, "only {} reports", reports.len());
+}
+
+#[test]
+fn reports_spooled_while_the_broker_is_down_are_delivered_after_a_restart() {
+    let pair = Pair::new();
+    let pki = Pki::new("restart");
+    let mut broker = Mosquitto::start(&pair.a, &pki, BROKER);
+    let responder = Responder::start(&pair.a, &pki, BROKER, Verdicts::Judge);
+    broker.stop();
+    let dir = TempDir::new("restart");
+    let config = write_config(
+        &dir,
+        &format!("localhost:{BROKER}"),
+        &pki.client(THING),
+        &pki.ca,
+    );
+    let state = dir.join("state");
+    let args = ["--config", config.to_str().unwrap()];
+    let mut udp = Udp::new(&pair);
+
+    let first = Tern::launch(&pair.a, &state, &args);
+    udp.send(250, 800, 40, 120);
+    thread::sleep(Duration::from_millis(2500));
+    let stopped = first.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+    let waiting = spooled(&state);
+    assert!(waiting >= 2, "{waiting} reports spooled");
+    assert!(responder.received().is_empty());
+
+    broker.restart();
+    let second = Tern::launch(&pair.a, &state, &args);
+    udp.send(30, 100, 3, 100);
+    let reports = responder.wait_for(waiting, Duration::from_secs(15));
+    assert!(reports.len() >= waiting);
+    thread::sleep(Duration::from_millis(1500));
+    let stopped = second.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+    wait_for_totals(&responder, udp.sent);
+    assert_eq!(spooled(&state), 0);
+}
+
+#[test]
+fn cbor_reports_and_replies_work_the_same() {
+    let pair = Pair::new();
+    let pki = Pki::new("cbor");
+    let _broker = Mosquitto::start(&pair.a, &pki, BROKER);
+    let responder = Responder::start(&pair.a, &pki, BROKER, Verdicts::Judge);
+    let dir = TempDir::new("cbor");
+    let config = write_config(
+        &dir,
+        &format!("localhost:{BROKER}"),
+        &pki.client(THING),
+        &pki.ca,
+    );
+    let mut file: Value = serde_json::from_slice(&fs::read(&config).unwrap()).unwrap();
+    file["tern"]["format"] = json!("cbor");
+    fs::write(&config, serde_json::to_vec(&file).unwrap()).unwrap();
+    let tern = Tern::launch(
+        &pair.a,
+        &dir.join("state"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let mut udp = Udp::new(&pair);
+    udp.send(120, 333, 12, 222);
+    tern.wait_log("accepted; reports accepted", Duration::from_secs(10));
+    let stopped = tern.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+    wait_for_totals(&responder, udp.sent);
+    for r in responder.received() {
+        assert_eq!(r.rejected, None, "rejected: {}", r.report);
+    }
+}
+
+/// Each misconfiguration: tern says what is wrong in plain words, sends nothing, and keeps
+/// retrying at least 1 s apart.
+#[test]
+fn wrong_ca_refused_certificate_and_name_mismatch_send_nothing_and_retry() {
+    let pair = Pair::new();
+    let pki = Pki::new("good");
+    let rogue = Pki::new("rogue");
+    let _broker = Mosquitto::start(&pair.a, &pki, BROKER);
+    let responder = Responder::start(&pair.a, &pki, BROKER, Verdicts::Judge);
+    let localhost = format!("localhost:{BROKER}");
+    // Loopback answers on all of 127/8, but the broker's certificate names 127.0.0.1 only.
+    let other_address = format!("127.0.0.2:{BROKER}");
+    let cases = [
+        (
+            "wrong-ca",
+            &localhost,
+            pki.client(THING),
+            &rogue.ca,
+            "unknown CA",
+        ),
+        (
+            "refused-cert",
+            &localhost,
+            rogue.client(THING),
+            &pki.ca,
+            "certificate refused",
+        ),
+        (
+            "name-mismatch",
+            &other_address,
+            pki.client(THING),
+            &pki.ca,
+            "name mismatch",
+        ),
+    ];
+    for (tag, endpoint, identity, ca, words) in cases {
+        let dir = TempDir::new(tag);
+        let config = write_config(&dir, endpoint, &identity, ca);
+        let tern = Tern::launch(
+            &pair.a,
+            &dir.join("state"),
+            &["--config", config.to_str().unwrap()],
+        );
+        let mut delays = Vec::new();
+        for _ in 0..3 {
+            let line = tern.wait_log("retrying in", Duration::from_secs(15));
+            assert!(line.contains(words), "{tag}: expected {words:?} in {line}");
+            let secs: f64 = line
+                .rsplit("retrying in ")
+                .next()
+                .and_then(|t| t.trim_end_matches(" s").parse().ok())
+                .unwrap_or_else(|| panic!("{tag}: no delay in {line}"));
+            delays.push(secs);
+        }
+        assert!(delays.iter().all(|d| *d >= 1.0), "{tag}: delays {delays:?}");
+        let stopped = tern.stop();
+        assert_eq!(stopped.code, Some(0), "{tag}: {:?}", stopped.log);
+        assert!(
+            responder.received().is_empty(),
+            "{tag}: the broker got a report"
+        );
+    }
+}
+
+#[test]
+fn a_rejected_report_is_logged_with_its_error_code_and_counted() {
+    let pair = Pair::new();
+    let pki = Pki::new("reject");
+    let _broker = Mosquitto::start(&pair.a, &pki, BROKER);
+    let responder = Responder::start(&pair.a, &pki, BROKER, Verdicts::RejectAll);
+    let dir = TempDir::new("reject");
+    let config = write_config(
+        &dir,
+        &format!("localhost:{BROKER}"),
+        &pki.client(THING),
+        &pki.ca,
+    );
+    let tern = Tern::launch(
+        &pair.a,
+        &dir.join("state"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let line = tern.wait_log("rejected: InvalidPayload", Duration::from_secs(10));
+    assert!(line.contains("rejected by the test"), "{line}");
+    assert!(line.contains("rejected 1"), "{line}");
+    // A later report carries the count.
+    let mut counted = 0;
+    for _ in 0..100 {
+        counted = distinct(&responder.received())
+            .values()
+            .map(|r| custom(r, "reports_rejected"))
+            .sum();
+        if counted >= 1 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(counted >= 1, "no report counted a rejection");
+    let stopped = tern.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+}
+
+/// The broker's ACL lets each thing use only its own topics: with gw-2's certificate, tern
+/// (client id gw-1) cannot publish gw-1's reports nor read its replies, so nothing reaches
+/// the responder and tern counts its reports as unanswered.
+#[test]
+fn a_thing_cannot_use_another_things_topics_and_unanswered_reports_are_counted() {
+    let pair = Pair::new();
+    let pki = Pki::new("acl");
+    let broker = Mosquitto::start(&pair.a, &pki, BROKER);
+    let responder = Responder::start(&pair.a, &pki, BROKER, Verdicts::Judge);
+    let dir = TempDir::new("acl");
+    let config = write_config(
+        &dir,
+        &format!("localhost:{BROKER}"),
+        &pki.client("gw-2"),
+        &pki.ca,
+    );
+    let tern = Tern::launch(
+        &pair.a,
+        &dir.join("state"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let line = tern.wait_log("no reply to report", Duration::from_secs(15));
+    assert!(line.contains("unanswered 1"), "{line}");
+    let stopped = tern.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+    assert!(
+        responder.received().is_empty(),
+        "gw-2 published on gw-1's topic"
+    );
+    assert!(
+        broker.log().contains("Denied PUBLISH from gw-1"),
+        "{}",
+        broker.log()
+    );
+}
+
+/// A full spool drops its oldest report, says so, and the count reaches the broker.
+#[test]
+fn a_full_spool_drops_the_oldest_report_and_counts_it() {
+    let pair = Pair::new();
+    let pki = Pki::new("full");
+    let mut broker = Mosquitto::start(&pair.a, &pki, BROKER);
+    let responder = Responder::start(&pair.a, &pki, BROKER, Verdicts::Judge);
+    broker.stop();
+    let dir = TempDir::new("full");
+    let config = write_config(
+        &dir,
+        &format!("localhost:{BROKER}"),
+        &pki.client(THING),
+        &pki.ca,
+    );
+    let mut file: Value = serde_json::from_slice(&fs::read(&config).unwrap()).unwrap();
+    file["tern"]["spool-bytes"] = json!(4096);
+    fs::write(&config, serde_json::to_vec(&file).unwrap()).unwrap();
+    let state = dir.join("state");
+    let tern = Tern::launch(&pair.a, &state, &["--config", config.to_str().unwrap()]);
+    let line = tern.wait_log("dropped undelivered report", Duration::from_secs(30));
+    assert!(line.contains("spool over 4096 bytes"), "{line}");
+    let kept = spooled(&state);
+    let bytes: u64 = fs::read_dir(state.join("spool"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(bytes <= 4096, "{kept} spooled reports take {bytes} bytes");
+
+    broker.restart();
+    let mut dropped = 0;
+    for _ in 0..100 {
+        dropped = distinct(&responder.received())
+            .values()
+            .map(|r| custom(r, "reports_dropped"))
+            .sum();
+        if dropped >= 1 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(dropped >= 1, "no delivered report counts the dropped one");
+    let stopped = tern.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+}
