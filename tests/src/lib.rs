@@ -21,6 +21,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod bench;
 pub mod schema;
 
 /// Runs a command and panics with its output if it fails.
@@ -349,6 +350,11 @@ impl Tern {
         };
         tern.wait_log("attached", Duration::from_secs(20));
         tern
+    }
+
+    /// The process id of tern (nsenter execs it, so it is the child's).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Encoded size in bytes of every report printed so far (hex CBOR counted as bytes).
