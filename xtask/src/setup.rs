@@ -6,7 +6,8 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context, Result, bail};
 
-/// Debian packages: LLVM 22 for bpf-linker, and the tools the kernel and broker tests use.
+/// Debian packages: LLVM 22 for bpf-linker, the tools the kernel and broker tests use, and
+/// the benchmarks' traffic generator and Python virtual environments.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
@@ -17,6 +18,8 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "mosquitto",
     "openssl",
+    "iperf3",
+    "python3-venv",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
