@@ -6,8 +6,10 @@ use std::{
     io::{BufRead, BufReader, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
-    process::{Child, ChildStdout, Command, Stdio},
-    time::Instant,
+    process::{Child, Command, Stdio},
+    sync::mpsc::{self, Receiver},
+    thread,
+    time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
@@ -152,7 +154,7 @@ pub fn python() -> Option<PathBuf> {
 /// apart, started by [`PythonCollector::go`]. Killed when dropped.
 pub struct PythonCollector {
     child: Child,
-    out: BufReader<ChildStdout>,
+    lines: Receiver<String>,
 }
 
 impl PythonCollector {
@@ -171,11 +173,29 @@ impl PythonCollector {
             .stdout(Stdio::piped())
             .spawn()
             .expect("starting the Python collector");
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        out.read_line(&mut line).expect("the Python collector");
-        assert_eq!(line.trim(), "ready", "the Python collector did not start");
-        Self { child, out }
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                if line.is_err() || tx.send(line.unwrap_or_default()).is_err() {
+                    break;
+                }
+            }
+        });
+        let collector = Self { child, lines };
+        assert_eq!(
+            collector.line(),
+            "ready",
+            "the Python collector did not start"
+        );
+        collector
+    }
+
+    /// The next line the collector prints; panics if it ends or stays silent for two minutes.
+    fn line(&self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the Python collector ended or hung")
     }
 
     pub fn go(&mut self) {
@@ -188,8 +208,7 @@ impl PythonCollector {
 
     /// The next collection; panics if the collector ended.
     pub fn sample(&mut self) -> Sample {
-        let mut line = String::new();
-        self.out.read_line(&mut line).expect("the Python collector");
+        let line = self.line();
         let doc: Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("the Python collector printed {line:?}: {e}"));
         Sample {
