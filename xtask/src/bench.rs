@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use crate::{cmd, root_dir, status};
 
 const SDK: &str = "AWSIoTDeviceDefenderAgentSDK==2.0.0";
+const PSUTIL: &str = "psutil==7.2.2";
 const README_START: &str = "<!-- bench:start -->";
 const README_END: &str = "<!-- bench:end -->";
 
@@ -53,7 +54,10 @@ pub fn python() -> Option<PathBuf> {
     if ready(&python) {
         return Some(python);
     }
-    eprintln!("bench: installing {SDK} and psutil into {}", venv.display());
+    eprintln!(
+        "bench: installing {SDK} and {PSUTIL} into {}",
+        venv.display()
+    );
     // Debian's python3-venv serves the system interpreter, whatever else is on PATH.
     let made = Command::new("/usr/bin/python3")
         .arg("-m")
@@ -62,13 +66,7 @@ pub fn python() -> Option<PathBuf> {
         .status()
         .is_ok_and(|s| s.success())
         && Command::new(venv.join("bin/pip"))
-            .args([
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                SDK,
-                "psutil",
-            ])
+            .args(["install", "-q", "--disable-pip-version-check", SDK, PSUTIL])
             .status()
             .is_ok_and(|s| s.success());
     if made && ready(&python) {
