@@ -241,3 +241,32 @@ impl Drop for PythonCollector {
         let _ = self.child.wait();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint;
+
+    #[test]
+    fn reads_proc_net_addresses() {
+        assert_eq!(
+            endpoint("0100007F:1F90", false).to_string(),
+            "127.0.0.1:8080"
+        );
+        let loopback6 = format!(
+            "{:08X}{:08X}{:08X}{:08X}:0050",
+            0,
+            0,
+            0,
+            u32::from_ne_bytes([0, 0, 0, 1])
+        );
+        assert_eq!(endpoint(&loopback6, true).to_string(), "[::1]:80");
+        let mapped = format!(
+            "{:08X}{:08X}{:08X}{:08X}:0016",
+            0,
+            0,
+            u32::from_ne_bytes([0, 0, 0xff, 0xff]),
+            u32::from_ne_bytes([192, 0, 2, 7])
+        );
+        assert_eq!(endpoint(&mapped, true).to_string(), "192.0.2.7:22");
+    }
+}
