@@ -105,6 +105,7 @@ fn fig1a_throughput() {
     let size = Size::from_env();
     let (reps, secs) = (size.pick(1, 3, 5), size.pick(1, 2, 3));
     let pair = Pair::new();
+    let _stats_off = BpfStats::set(false);
     let mut runs: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
     for rep in 0..reps {
         // Alternating the order keeps a drift in the machine's load out of the ratio.
@@ -162,7 +163,7 @@ fn fig1b_program_cost() {
     let secs = size.pick(1, 1, 3);
     let pair = Pair::dual_stack();
     let tern = Tern::start(&pair.a, &["--interval", "300"]);
-    let stats = BpfStats::enable();
+    let stats = BpfStats::set(true);
     let before = prog_stats(tern.pid());
     iperf(&pair, false, secs);
     iperf(&pair, true, secs);
@@ -588,7 +589,7 @@ fn fig5_churn_cost() {
     let port = 7905;
     let server = churn::Server::start(&pair.a, addr(ADDR_A, port));
     let tern = Tern::start(&pair.a, &["--interval", "300"]);
-    let stats = BpfStats::enable();
+    let stats = BpfStats::set(true);
     let mut rows = Vec::new();
     let mut raw = Vec::new();
     for &rate in rates {

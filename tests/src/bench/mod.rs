@@ -88,18 +88,22 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// Kernel statistics of BPF programs (`kernel.bpf_stats_enabled`) while alive; the previous
-/// setting is restored when dropped, since it is global and costs every program some time.
+/// Kernel statistics of BPF programs (`kernel.bpf_stats_enabled`) on or off while alive; the
+/// previous setting is restored when dropped, since it is global and costs every program
+/// some time.
 pub struct BpfStats {
     previous: String,
 }
 
 impl BpfStats {
-    pub fn enable() -> Self {
+    pub fn set(on: bool) -> Self {
         let previous = sh("sysctl", &["-n", "kernel.bpf_stats_enabled"])
             .trim()
             .to_owned();
-        sh("sysctl", &["-qw", "kernel.bpf_stats_enabled=1"]);
+        sh(
+            "sysctl",
+            &["-qw", &format!("kernel.bpf_stats_enabled={}", u8::from(on))],
+        );
         Self { previous }
     }
 }
