@@ -26,6 +26,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod bench;
 pub mod schema;
 
 /// Runs a command and panics with its output if it fails.

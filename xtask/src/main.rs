@@ -1,6 +1,7 @@
 //! tern's developer commands. `cargo xtask run` and `cargo xtask test` are the two a
 //! newcomer needs; both set up the machine first.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -34,10 +35,16 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every test: format, lints, unit tests and the kernel tests (root).
+    /// Set up, then run every test: format, lints, unit tests, the kernel tests (root) and
+    /// the smallest case of every benchmark once.
     Test,
-    /// Set up, then run the benchmarks (root) and print their figures.
-    Bench,
+    /// Set up, then run the benchmarks (root): bench/results.json, bench/results.md and the
+    /// README's table.
+    Bench {
+        /// Fewer repetitions and smaller sizes (under 2 minutes).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -46,7 +53,7 @@ fn main() -> Result<()> {
         Task::BuildEbpf => build_ebpf(),
         Task::Run { interval, args } => run(interval, &args),
         Task::Test => test(),
-        Task::Bench => bench(),
+        Task::Bench { quick } => bench_run(quick),
     }
 }
 
@@ -178,29 +185,31 @@ fn test() -> Result<()> {
             "--test-threads=1",
         ],
     );
-    kernel.env("TERN_BIN", tern);
-    status(kernel)
+    kernel.env("TERN_BIN", &tern);
+    status(kernel)?;
+    // The smallest case of every benchmark once, so the bench cannot rot unnoticed.
+    let out = root_dir().join("target/bench-smoke");
+    bench::run_tests(&tern, bench::Size::Smoke, &out)?;
+    let figures = bench::figures(&out)?;
+    println!("bench smoke run: {} figures", figures.len());
+    Ok(())
 }
 
-fn bench() -> Result<()> {
+fn bench_run(quick: bool) -> Result<()> {
     setup::run()?;
     let tern = build_agent()?;
     require_root("the benchmarks")?;
-    let mut run = cmd(
-        "cargo",
-        &[
-            "test",
-            "--release",
-            "--package",
-            "tern-tests",
-            "--test",
-            "bench",
-            "--",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ],
-    );
-    run.env("TERN_BIN", tern);
-    status(run)
+    let out = root_dir().join("bench/.work/figures");
+    let size = if quick {
+        bench::Size::Quick
+    } else {
+        bench::Size::Full
+    };
+    bench::run_tests(&tern, size, &out)?;
+    let command = if quick {
+        "cargo xtask bench --quick"
+    } else {
+        "cargo xtask bench"
+    };
+    bench::publish(bench::figures(&out)?, command)
 }

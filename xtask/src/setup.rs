@@ -6,8 +6,9 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context, Result, bail};
 
-/// Debian packages: LLVM 22 for bpf-linker, and the tools the kernel, broker and install tests
-/// use (systemd-analyze, useradd, setpriv, readelf).
+/// Debian packages: LLVM 22 for bpf-linker, the tools the kernel, broker and install tests
+/// use (systemd-analyze, useradd, setpriv, readelf), and the benchmarks' traffic generator
+/// and Python virtual environments.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
@@ -22,6 +23,8 @@ const PACKAGES: &[&str] = &[
     "passwd",
     "util-linux",
     "binutils",
+    "iperf3",
+    "python3-venv",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
