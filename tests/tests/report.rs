@@ -56,3 +56,29 @@ fn report_ids_keep_increasing_across_restarts_and_a_clock_behind_them() {
     assert_eq!(third[0], ahead + 1, "{third:?}");
     assert!(third.windows(2).all(|w| w[0] < w[1]), "{third:?}");
 }
+
+#[test]
+fn a_state_directory_made_read_only_is_named_and_reports_go_on() {
+    let ns = Netns::new("rostate");
+    let dir = TempDir::new("rostate");
+    let tern = Tern::launch(&ns, &dir.path, &["--output", "stdout", "--interval", "1"]);
+    tern.next_report(Duration::from_secs(10));
+    // Read-only for its owner (the agent's account) too.
+    fs::set_permissions(
+        &dir.path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o500),
+    )
+    .unwrap();
+    let line = tern.wait_log("report ids may not continue", Duration::from_secs(10));
+    assert!(line.contains(dir.path.to_str().unwrap()), "{line}");
+    let ids: Vec<u64> = (0..3)
+        .map(|_| {
+            tern.next_report(Duration::from_secs(10))["header"]["report_id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let stopped = tern.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+}
