@@ -70,6 +70,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
         },
         own_netns,
     )?;
+    // Loading read the kernel's BTF (megabytes) and the eBPF object; give the freed heap back
+    // to the system before the fork, so neither process keeps it resident for life.
+    // SAFETY: malloc_trim only releases memory the allocator holds free.
+    unsafe { libc::malloc_trim(0) };
     let parent = std::process::id();
     let mut linker = None;
     if let Some(watch) = child_links {
