@@ -56,11 +56,14 @@ fn wire_size(skb: *mut __sk_buff) -> (u32, u64, u64) {
     if segs <= 1 {
         return (ifindex, len as u64, 1);
     }
+    // On egress the kernel has already counted every segment's headers (qdisc_pkt_len_init);
+    // on ingress (GRO) tern parses them.
+    if wire_len > len {
+        return (ifindex, wire_len as u64, segs as u64);
+    }
     let bytes = match segment_header_len(skb, len) {
         Some(header) => len as u64 + (segs as u64 - 1) * header as u64,
-        // Headers not parsed (IPv6 extension headers, BIG TCP): the kernel's own figure,
-        // which egress has, else the skb length.
-        None if wire_len > len => wire_len as u64,
+        // Headers not parsed (IPv6 extension headers, BIG TCP): the skb length.
         None => len as u64,
     };
     (ifindex, bytes, segs as u64)
