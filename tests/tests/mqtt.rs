@@ -13,7 +13,7 @@ use std::{
     net::UdpSocket,
     path::{Path, PathBuf},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
@@ -108,6 +108,22 @@ fn sum(reports: &BTreeMap<u64, Value>) -> LinkStats {
         total.packets_out += n("packets_out");
     }
     total
+}
+
+/// The sum of custom metric `name` over the distinct reports received, once it is at least
+/// 1 or `timeout` has passed.
+fn counted_within(responder: &Responder, name: &str, timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let sum = distinct(&responder.received())
+            .values()
+            .map(|r| custom(r, name))
+            .sum();
+        if sum >= 1 || Instant::now() >= deadline {
+            return sum;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn custom(report: &Value, name: &str) -> u64 {
@@ -403,17 +419,7 @@ fn a_rejected_report_is_logged_with_its_error_code_and_counted() {
     assert!(line.contains("rejected by the test"), "{line}");
     assert!(line.contains("rejected 1"), "{line}");
     // A later report carries the count.
-    let mut counted = 0;
-    for _ in 0..100 {
-        counted = distinct(&responder.received())
-            .values()
-            .map(|r| custom(r, "reports_rejected"))
-            .sum();
-        if counted >= 1 {
-            break;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+    let counted = counted_within(&responder, "reports_rejected", Duration::from_secs(10));
     assert!(counted >= 1, "no report counted a rejection");
     let stopped = tern.stop();
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
@@ -485,17 +491,7 @@ fn a_full_spool_drops_the_oldest_report_and_counts_it() {
     assert!(bytes <= 4096, "{kept} spooled reports take {bytes} bytes");
 
     broker.restart();
-    let mut dropped = 0;
-    for _ in 0..100 {
-        dropped = distinct(&responder.received())
-            .values()
-            .map(|r| custom(r, "reports_dropped"))
-            .sum();
-        if dropped >= 1 {
-            break;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+    let dropped = counted_within(&responder, "reports_dropped", Duration::from_secs(10));
     assert!(dropped >= 1, "no delivered report counts the dropped one");
     let stopped = tern.stop();
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
