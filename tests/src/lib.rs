@@ -302,7 +302,8 @@ pub struct Tern {
     child: Child,
     pub state_dir: PathBuf,
     owns_state: bool,
-    reports: Receiver<Result<Value, String>>,
+    /// Each report with the moment it was read from tern's stdout.
+    reports: Receiver<(Instant, Result<Value, String>)>,
     log: Receiver<String>,
     sizes: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
 }
@@ -384,7 +385,7 @@ impl Tern {
                     line.len() / 2
                 };
                 sizes_seen.lock().expect("sizes").push(bytes);
-                if report_tx.send(decode(&line)).is_err() {
+                if report_tx.send((Instant::now(), decode(&line))).is_err() {
                     break;
                 }
             }
@@ -436,11 +437,34 @@ impl Tern {
     /// The next report, checked against the document rules and with long names whatever
     /// its encoding; panics after `timeout`.
     pub fn next_report(&self, timeout: Duration) -> Value {
+        self.next_timed(timeout).1
+    }
+
+    fn next_timed(&self, timeout: Duration) -> (Instant, Value) {
         match self.reports.recv_timeout(timeout) {
-            Ok(report) => report.unwrap_or_else(|e| panic!("{e}")),
+            Ok((at, report)) => (at, report.unwrap_or_else(|e| panic!("{e}"))),
             Err(RecvTimeoutError::Timeout) => panic!("no report within {timeout:?}"),
             Err(RecvTimeoutError::Disconnected) => panic!("tern exited before reporting"),
         }
+    }
+
+    /// Every report not read yet, up to and including the first one collected after
+    /// `since`: whatever happened before `since` is counted in these reports, however slow the
+    /// machine. tern collects a report every interval and prints it as soon as it is built,
+    /// so the report after the first one printed after `since` was collected after `since`. Panics when a
+    /// report takes longer than `timeout` or 100 reports go by.
+    pub fn reports_through(&self, since: Instant, timeout: Duration) -> Vec<Value> {
+        let mut reports = Vec::new();
+        let mut printed_after = false;
+        for _ in 0..100 {
+            let (at, report) = self.next_timed(timeout);
+            reports.push(report);
+            if printed_after {
+                return reports;
+            }
+            printed_after = at > since;
+        }
+        panic!("100 reports went by without one collected after the moment asked for");
     }
 
     /// Stops tern with SIGTERM; returns its exit code and what it printed that the test
@@ -469,7 +493,7 @@ impl Tern {
             code,
             reports: drain(&self.reports, deadline)
                 .into_iter()
-                .map(|r| r.unwrap_or_else(|e| panic!("{e}")))
+                .map(|(_, r)| r.unwrap_or_else(|e| panic!("{e}")))
                 .collect(),
             log: drain(&self.log, deadline),
         }

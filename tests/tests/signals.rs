@@ -30,19 +30,15 @@ fn strings(report: &Value, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// Sums `name` over reports until one after `done` reports none of it: every event the test
-/// caused is then counted.
-fn total_until_quiet(tern: &Tern, name: &str, done: Instant) -> (u64, Value) {
-    let mut total = 0;
-    for _ in 0..10 {
-        let report = tern.next_report(REPORT_WAIT);
-        let n = number(&report, name);
-        total += n;
-        if n == 0 && done.elapsed() > Duration::from_millis(2100) {
-            return (total, report);
-        }
-    }
-    panic!("{name} never went quiet");
+/// Sums `name` over the reports that count everything done before `done`, and returns the
+/// report after them, an interval in which the test did nothing.
+fn total_through(tern: &Tern, name: &str, done: Instant) -> (u64, Value) {
+    let total = tern
+        .reports_through(done, REPORT_WAIT)
+        .iter()
+        .map(|r| number(r, name))
+        .sum();
+    (total, tern.next_report(REPORT_WAIT))
 }
 
 #[test]
@@ -57,10 +53,10 @@ fn a_scan_of_closed_ports_shows_as_resets_sent_and_closed_port_attempts() {
             assert!(refused.is_err(), "port {port} is open");
         }
     });
-    let (resets, last) = total_until_quiet(&tern, "interval_tcp_resets_sent", Instant::now());
+    let (resets, quiet_after) = total_through(&tern, "interval_tcp_resets_sent", Instant::now());
     // One reset per SYN to a closed port, and nothing else resets in this namespace.
     assert_eq!(resets, 200);
-    assert_eq!(number(&last, "interval_tcp_resets_sent"), 0);
+    assert_eq!(number(&quiet_after, "interval_tcp_resets_sent"), 0);
     assert_eq!(number(&quiet, "interval_tcp_resets_sent"), 0);
     assert_eq!(number(&quiet, "interval_closed_port_attempts"), 0);
 }
@@ -76,7 +72,7 @@ fn datagrams_to_closed_udp_ports_are_closed_port_attempts() {
         // Spaced out: the kernel rate-limits ICMP errors per peer.
         thread::sleep(Duration::from_millis(150));
     }
-    let (attempts, _) = total_until_quiet(&tern, "interval_closed_port_attempts", Instant::now());
+    let (attempts, _) = total_through(&tern, "interval_closed_port_attempts", Instant::now());
     assert!((1..=10).contains(&attempts), "{attempts}");
 }
 
@@ -114,8 +110,7 @@ fn connection_attempts_that_never_establish_are_failed_connects() {
     let mut failed = 0;
     let mut ports = std::collections::BTreeSet::new();
     let mut addresses = std::collections::BTreeSet::new();
-    loop {
-        let report = tern.next_report(REPORT_WAIT);
+    for report in tern.reports_through(done, REPORT_WAIT) {
         failed += number(&report, "interval_tcp_failed_connects");
         for p in report["custom_metrics"]["interval_remote_ports_contacted"][0]["number_list"]
             .as_array()
@@ -128,9 +123,6 @@ fn connection_attempts_that_never_establish_are_failed_connects() {
             .unwrap()
         {
             addresses.insert(a.as_str().unwrap().to_owned());
-        }
-        if done.elapsed() > Duration::from_millis(2100) {
-            break;
         }
     }
     assert_eq!(failed, 50);
@@ -187,15 +179,26 @@ fn executions_are_counted_and_a_new_executable_is_named_once() {
     }
     fresh.run();
     let name = fresh.0.to_str().unwrap().to_owned();
+    let reports = tern.reports_through(Instant::now(), REPORT_WAIT);
     // Executions are counted host-wide: other processes may add to them.
-    let first = tern.next_report(REPORT_WAIT);
-    assert!(number(&first, "interval_execs") >= 31);
-    assert!(strings(&first, "interval_new_executables").contains(&name));
+    let execs: u64 = reports.iter().map(|r| number(r, "interval_execs")).sum();
+    assert!(execs >= 31, "{execs}");
+    let named = reports
+        .iter()
+        .filter(|r| strings(r, "interval_new_executables").contains(&name))
+        .count();
+    assert_eq!(named, 1, "{name} in {reports:?}");
 
     fresh.run();
-    let second = tern.next_report(REPORT_WAIT);
-    assert!(number(&second, "interval_execs") >= 1);
-    assert!(!strings(&second, "interval_new_executables").contains(&name));
+    let reports = tern.reports_through(Instant::now(), REPORT_WAIT);
+    let execs: u64 = reports.iter().map(|r| number(r, "interval_execs")).sum();
+    assert!(execs >= 1, "{execs}");
+    assert!(
+        !reports
+            .iter()
+            .any(|r| strings(r, "interval_new_executables").contains(&name)),
+        "{name} named again"
+    );
 }
 
 #[test]
