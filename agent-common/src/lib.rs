@@ -4,8 +4,9 @@
 //! with explicit integer fields only: no bool, enum or implicit padding.
 #![no_std]
 
-/// Per-interface traffic, one value per CPU in the `IF_TRAFFIC` per-CPU hash map, keyed by
-/// ifindex. Packets are wire segments (max(1, gso_segs)) and bytes are the frame bytes those
+/// Per-interface traffic, one value per CPU: in the `IF_TRAFFIC_BY_INDEX` per-CPU array at
+/// the interface's index when it is under `IF_TRAFFIC_SLOTS`, else in the `IF_TRAFFIC`
+/// per-CPU hash map keyed by ifindex. Packets are wire segments (max(1, gso_segs)) and bytes are the frame bytes those
 /// segments carry on the wire, link-layer header included.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -19,6 +20,10 @@ pub struct IfTraffic {
 /// Capacity of `IF_TRAFFIC`. Entries of deleted interfaces are removed by user space once
 /// their last counts are read.
 pub const IF_TRAFFIC_MAX_ENTRIES: u32 = 4096;
+
+/// Slots of `IF_TRAFFIC_BY_INDEX`: interfaces 1 to 1023 by index, and slot 0 for traffic of
+/// interfaces that found `IF_TRAFFIC` full. 32 KiB per CPU.
+pub const IF_TRAFFIC_SLOTS: u32 = 1024;
 
 #[cfg(feature = "user")]
 mod user {

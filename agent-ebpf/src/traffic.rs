@@ -11,15 +11,20 @@ use aya_ebpf::{
     maps::{PerCpuArray, PerCpuHashMap},
     programs::TcContext,
 };
-use tern_common::{IF_TRAFFIC_MAX_ENTRIES, IfTraffic};
+use tern_common::{IF_TRAFFIC_MAX_ENTRIES, IF_TRAFFIC_SLOTS, IfTraffic};
 
+/// Interfaces with an index under `IF_TRAFFIC_SLOTS`, the common case, by index: an array
+/// lookup, which the verifier inlines, instead of hashing on every packet. Slot 0, which no
+/// interface has, takes the traffic of interfaces that found `IF_TRAFFIC` full, so totals
+/// stay exact.
+#[map]
+static IF_TRAFFIC_BY_INDEX: PerCpuArray<IfTraffic> =
+    PerCpuArray::with_max_entries(IF_TRAFFIC_SLOTS, 0);
+
+/// Interfaces with larger indexes (hosts that have created many interfaces).
 #[map]
 static IF_TRAFFIC: PerCpuHashMap<u32, IfTraffic> =
     PerCpuHashMap::with_max_entries(IF_TRAFFIC_MAX_ENTRIES, 0);
-
-/// Traffic of interfaces that found `IF_TRAFFIC` full: it still counts in the totals.
-#[map]
-static IF_TRAFFIC_OVERFLOW: PerCpuArray<IfTraffic> = PerCpuArray::with_max_entries(1, 0);
 
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
@@ -124,6 +129,9 @@ fn load_net(skb: *mut __sk_buff, offset: u32, to: &mut [u8]) -> Option<()> {
 
 #[inline(always)]
 fn entry(ifindex: u32) -> Option<*mut IfTraffic> {
+    if ifindex < IF_TRAFFIC_SLOTS {
+        return IF_TRAFFIC_BY_INDEX.get_ptr_mut(ifindex);
+    }
     if let Some(entry) = IF_TRAFFIC.get_ptr_mut(ifindex) {
         return Some(entry);
     }
@@ -131,5 +139,5 @@ fn entry(ifindex: u32) -> Option<*mut IfTraffic> {
     let _ = IF_TRAFFIC.insert(ifindex, IfTraffic::default(), 1);
     IF_TRAFFIC
         .get_ptr_mut(ifindex)
-        .or_else(|| IF_TRAFFIC_OVERFLOW.get_ptr_mut(0))
+        .or_else(|| IF_TRAFFIC_BY_INDEX.get_ptr_mut(0))
 }

@@ -51,8 +51,8 @@ const CGROUP_SOCK_ADDR: &[&str] = &[
 
 /// The maps the collectors read; their fds stay valid for the life of the process.
 pub struct TrafficMaps {
+    pub by_index: PerCpuArray<MapData, IfTraffic>,
     pub per_interface: PerCpuHashMap<MapData, u32, IfTraffic>,
-    pub overflow: PerCpuArray<MapData, IfTraffic>,
 }
 
 pub struct SocketMaps {
@@ -105,6 +105,9 @@ pub struct Probes {
     attached: HashMap<u32, Attachment>,
     /// Interfaces already said to be left out, so each is logged once.
     ignored: HashSet<u32>,
+    /// Interfaces counted since the last report that are gone: their last packets are still
+    /// to be read.
+    gone: HashSet<u32>,
 }
 
 impl Probes {
@@ -170,8 +173,8 @@ impl Probes {
         }
 
         let traffic = TrafficMaps {
+            by_index: PerCpuArray::try_from(take(&mut ebpf, "IF_TRAFFIC_BY_INDEX")?)?,
             per_interface: PerCpuHashMap::try_from(take(&mut ebpf, "IF_TRAFFIC")?)?,
-            overflow: PerCpuArray::try_from(take(&mut ebpf, "IF_TRAFFIC_OVERFLOW")?)?,
         };
         let sockets = SocketMaps {
             tcp_socks: BpfHashMap::try_from(take(&mut ebpf, "TCP_SOCKS")?)?,
@@ -191,6 +194,7 @@ impl Probes {
             new_interfaces: NewInterfaces::Attach,
             attached: HashMap::new(),
             ignored: HashSet::new(),
+            gone: HashSet::new(),
         };
         Ok((probes, traffic, sockets))
     }
@@ -251,6 +255,7 @@ impl Probes {
             LinkEvent::Removed(index) => {
                 self.ignored.remove(&index);
                 if let Some(gone) = self.attached.remove(&index) {
+                    self.gone.insert(index);
                     // The link child only follows; the main process says it.
                     match self.new_interfaces {
                         NewInterfaces::Attach => debug!("interface {} is gone", gone.name),
@@ -267,6 +272,16 @@ impl Probes {
     /// Indexes of the interfaces being counted.
     pub fn counted(&self) -> impl Iterator<Item = u32> + '_ {
         self.attached.keys().copied()
+    }
+
+    /// Indexes of the interfaces counted since the last report that are gone.
+    pub fn gone(&self) -> &HashSet<u32> {
+        &self.gone
+    }
+
+    /// Their last packets are read: from now on, gone means gone since this report.
+    pub fn clear_gone(&mut self) {
+        self.gone.clear();
     }
 
     pub fn counted_names(&self) -> Vec<&str> {

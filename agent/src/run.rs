@@ -152,7 +152,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         if signals::stop_requested() {
             notify("STOPPING=1");
             // What was counted since the last report is reported, not dropped.
-            out.report(&probes);
+            out.report(&mut probes);
             break;
         }
         if Instant::now() < next {
@@ -162,7 +162,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         while next <= Instant::now() {
             next += interval;
         }
-        out.report(&probes);
+        out.report(&mut probes);
         if args.count.is_some_and(|count| out.sent >= count) {
             break;
         }
@@ -195,12 +195,15 @@ struct Reporter<'a> {
 impl Reporter<'_> {
     /// A failure is logged and the agent goes on: a report lost to a broken output is
     /// better than an agent that stops counting.
-    fn report(&mut self, probes: &Probes) {
+    fn report(&mut self, probes: &mut Probes) {
         let started = Instant::now();
         let counted: HashSet<u32> = probes.counted().collect();
         // The kernel keeps counting: on a read error, the next report carries this interval.
-        let stats = match self.traffic.collect(&counted) {
-            Ok(stats) => stats,
+        let stats = match self.traffic.collect(&counted, probes.gone()) {
+            Ok(stats) => {
+                probes.clear_gone();
+                stats
+            }
             Err(err) => {
                 error!("{err:#}; this interval's traffic goes into the next report");
                 return;

@@ -120,6 +120,23 @@ impl Netns {
         json[0]["address"].as_str().expect("a MAC").to_owned()
     }
 
+    /// A permanent neighbour entry: `addr` is at `mac` on `dev`, so no ARP or ND packet
+    /// crosses the link.
+    pub fn neighbour(&self, addr: &str, mac: &str, dev: &str) {
+        self.exec(&[
+            "ip",
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
+    }
+
     pub fn exec(&self, args: &[&str]) -> String {
         let mut full = vec!["netns", "exec", &self.name];
         full.extend_from_slice(args);
@@ -233,18 +250,7 @@ impl Pair {
                 dev,
                 "nodad",
             ]);
-            ns.exec(&[
-                "ip",
-                "neigh",
-                "replace",
-                peer,
-                "lladdr",
-                mac,
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ]);
+            ns.neighbour(peer, mac, dev);
         }
         pair
     }
@@ -262,30 +268,8 @@ impl Pair {
             ns.exec(&["ip", "link", "set", dev, "up"]);
         }
         let (mac_a, mac_b) = (a.mac(DEV_A), b.mac(DEV_B));
-        a.exec(&[
-            "ip",
-            "neigh",
-            "replace",
-            ADDR_B,
-            "lladdr",
-            &mac_b,
-            "dev",
-            DEV_A,
-            "nud",
-            "permanent",
-        ]);
-        b.exec(&[
-            "ip",
-            "neigh",
-            "replace",
-            ADDR_A,
-            "lladdr",
-            &mac_a,
-            "dev",
-            DEV_B,
-            "nud",
-            "permanent",
-        ]);
+        a.neighbour(ADDR_B, &mac_b, DEV_A);
+        b.neighbour(ADDR_A, &mac_a, DEV_B);
         Self { a, b }
     }
 }

@@ -81,18 +81,7 @@ fn connection_attempts_that_never_establish_are_failed_connects() {
     let pair = Pair::new();
     // An address on the link that nobody holds: b's namespace receives and drops the SYNs.
     let mac_b = pair.b.mac("tb");
-    pair.a.exec(&[
-        "ip",
-        "neigh",
-        "replace",
-        "10.77.0.99",
-        "lladdr",
-        &mac_b,
-        "dev",
-        DEV_A,
-        "nud",
-        "permanent",
-    ]);
+    pair.a.neighbour("10.77.0.99", &mac_b, DEV_A);
     let tern = Tern::start(&pair.a, &["--interval", "2"]);
     tern.next_report(REPORT_WAIT);
     pair.a.enter(|| {

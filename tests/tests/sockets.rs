@@ -207,18 +207,7 @@ fn churn(pair: &Pair, port: u16) {
         .b
         .enter(|| TcpListener::bind(("10.77.0.3", 7400)).unwrap());
     let mac = pair.b.mac("tb");
-    pair.a.exec(&[
-        "ip",
-        "neigh",
-        "replace",
-        "10.77.0.3",
-        "lladdr",
-        &mac,
-        "dev",
-        DEV_A,
-        "nud",
-        "permanent",
-    ]);
+    pair.a.neighbour("10.77.0.3", &mac, DEV_A);
     pair.a.enter(|| {
         let tcp = TcpListener::bind(("0.0.0.0", 7301)).unwrap();
         let udp = UdpSocket::bind(("0.0.0.0", 7302)).unwrap();

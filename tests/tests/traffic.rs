@@ -260,67 +260,57 @@ fn coexists_with_other_tc_programs_on_the_same_interface() {
     }
 }
 
+/// Creates a veth link `a_dev` (in `a`, with `index` if given) to `b_dev` (in `b`) on
+/// 10.`subnet`.0.0/24 while tern runs, waits until tern counts it, and returns a receiver
+/// in `a` and a sender in `b` on it.
+fn extra_link(
+    pair: &Pair,
+    tern: &Tern,
+    (a_dev, b_dev): (&str, &str),
+    subnet: u8,
+    index: Option<u32>,
+) -> (UdpSocket, UdpSocket) {
+    let index = index.map(|i| i.to_string());
+    let mut add = vec!["-n", &pair.a.name, "link", "add", a_dev];
+    if let Some(index) = &index {
+        add.extend(["index", index]);
+    }
+    add.extend(["type", "veth", "peer", "name", b_dev, "netns", &pair.b.name]);
+    sh("ip", &add);
+    tern.wait_log(
+        &format!("counting traffic on {a_dev}"),
+        Duration::from_secs(5),
+    );
+    let (addr_a, addr_b) = (format!("10.{subnet}.0.1"), format!("10.{subnet}.0.2"));
+    pair.a
+        .exec(&["ip", "addr", "add", &format!("{addr_a}/24"), "dev", a_dev]);
+    pair.b
+        .exec(&["ip", "addr", "add", &format!("{addr_b}/24"), "dev", b_dev]);
+    pair.a.exec(&["ip", "link", "set", a_dev, "up"]);
+    pair.b.exec(&["ip", "link", "set", b_dev, "up"]);
+    let (mac_a, mac_b) = (pair.a.mac(a_dev), pair.b.mac(b_dev));
+    for (ns, addr, mac, dev) in [
+        (&pair.a, &addr_b, &mac_b, a_dev),
+        (&pair.b, &addr_a, &mac_a, b_dev),
+    ] {
+        ns.neighbour(addr, mac, dev);
+    }
+    let rx = pair
+        .a
+        .enter(move || UdpSocket::bind((addr_a.as_str(), 9300)).unwrap());
+    let tx = pair
+        .b
+        .enter(move || UdpSocket::bind((addr_b.as_str(), 0)).unwrap());
+    (rx, tx)
+}
+
 /// An interface created while tern runs is counted from its first packet; one deleted
 /// while tern runs keeps what it counted, and tern goes on.
 #[test]
 fn interfaces_that_come_and_go_are_followed() {
     let pair = Pair::new();
     let tern = Tern::start(&pair.a, INTERVAL);
-    sh(
-        "ip",
-        &[
-            "-n",
-            &pair.a.name,
-            "link",
-            "add",
-            "tj",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "tk",
-            "netns",
-            &pair.b.name,
-        ],
-    );
-    tern.wait_log("counting traffic on tj", Duration::from_secs(5));
-    pair.a
-        .exec(&["ip", "addr", "add", "10.78.0.1/24", "dev", "tj"]);
-    pair.b
-        .exec(&["ip", "addr", "add", "10.78.0.2/24", "dev", "tk"]);
-    pair.a.exec(&["ip", "link", "set", "tj", "up"]);
-    pair.b.exec(&["ip", "link", "set", "tk", "up"]);
-    let mac_a = pair.a.mac("tj");
-    let mac_b = pair.b.mac("tk");
-    pair.a.exec(&[
-        "ip",
-        "neigh",
-        "replace",
-        "10.78.0.2",
-        "lladdr",
-        &mac_b,
-        "dev",
-        "tj",
-        "nud",
-        "permanent",
-    ]);
-    pair.b.exec(&[
-        "ip",
-        "neigh",
-        "replace",
-        "10.78.0.1",
-        "lladdr",
-        &mac_a,
-        "dev",
-        "tk",
-        "nud",
-        "permanent",
-    ]);
-
-    let rx = pair
-        .a
-        .enter(|| UdpSocket::bind(("10.78.0.1", 9300)).unwrap());
-    let tx = pair.b.enter(|| UdpSocket::bind(("10.78.0.2", 0)).unwrap());
+    let (rx, tx) = extra_link(&pair, &tern, ("tj", "tk"), 78, None);
     transfer(&tx, &rx, 150, 700);
     thread::sleep(Duration::from_millis(1500));
     pair.a.exec(&["ip", "link", "del", "tj"]);
@@ -335,6 +325,33 @@ fn interfaces_that_come_and_go_are_followed() {
     assert_eq!(
         counted.bytes_in,
         150 * (700 + UDP_OVERHEAD) + 50 * (100 + UDP_OVERHEAD)
+    );
+    assert_eq!(counted.packets_out, 0);
+}
+
+/// Interfaces that appear, carry traffic and go, all between two reports, are in the next
+/// report: one with a small index and one with an index past the kernel array's slots.
+#[test]
+fn interfaces_that_live_between_two_reports_are_counted() {
+    let pair = Pair::new();
+    // The only report is the final one.
+    let tern = Tern::start(&pair.a, &["--interval", "3600"]);
+    let (rx_small, tx_small) = extra_link(&pair, &tern, ("tj", "tk"), 78, None);
+    let (rx_large, tx_large) = extra_link(&pair, &tern, ("tm", "tn"), 79, Some(5000));
+    transfer(&tx_small, &rx_small, 120, 500);
+    transfer(&tx_large, &rx_large, 80, 900);
+    for dev in ["tj", "tm"] {
+        pair.a.exec(&["ip", "link", "del", dev]);
+        tern.wait_log(&format!("interface {dev} is gone"), Duration::from_secs(5));
+    }
+    let (a, b) = udp_pair(&pair);
+    transfer(&b, &a, 30, 100);
+
+    let counted = stop_and_sum(tern, &mut Vec::new());
+    assert_eq!(counted.packets_in, 120 + 80 + 30);
+    assert_eq!(
+        counted.bytes_in,
+        120 * (500 + UDP_OVERHEAD) + 80 * (900 + UDP_OVERHEAD) + 30 * (100 + UDP_OVERHEAD)
     );
     assert_eq!(counted.packets_out, 0);
 }

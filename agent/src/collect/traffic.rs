@@ -6,11 +6,12 @@ use std::collections::HashSet;
 
 use anyhow::{Context, Result};
 use log::warn;
-use tern_common::IfTraffic;
+use tern_common::{IF_TRAFFIC_SLOTS, IfTraffic};
 
 use crate::{delta::Readings, probes::TrafficMaps, report::NetworkStats};
 
-/// Key of the overflow slot in the readings; no interface has index 0.
+/// The slot of `IF_TRAFFIC_BY_INDEX` that holds the traffic of interfaces that found the
+/// hash map full; no interface has index 0.
 const OVERFLOW: u32 = 0;
 
 pub struct TrafficCollector {
@@ -26,24 +27,43 @@ impl TrafficCollector {
         }
     }
 
-    /// Traffic since the previous call on the interfaces in `counted`. Entries of interfaces
-    /// no longer counted are read one last time, then removed from the kernel map.
-    pub fn collect(&mut self, counted: &HashSet<u32>) -> Result<NetworkStats> {
-        let mut stats = NetworkStats::default();
-        let mut seen = Vec::new();
+    /// Traffic since the previous call on the interfaces `counted` now and those `gone`
+    /// since (their last packets). Array slots are read for those interfaces only; their
+    /// readings are kept for good, so an index used again later continues from where its
+    /// slot stands. Hash entries of interfaces no longer counted are removed from the kernel
+    /// map once read. Nothing is recorded unless every read succeeds, so after an error the
+    /// next call still counts this interval.
+    pub fn collect(&mut self, counted: &HashSet<u32>, gone: &HashSet<u32>) -> Result<NetworkStats> {
+        let mut slots: Vec<u32> = counted
+            .union(gone)
+            .copied()
+            .filter(|&i| i < IF_TRAFFIC_SLOTS)
+            .chain([OVERFLOW])
+            .collect();
+        slots.sort_unstable();
+        slots.dedup();
+        let mut read = Vec::with_capacity(slots.len());
+        for slot in slots {
+            let per_cpu = self
+                .maps
+                .by_index
+                .get(&slot, 0)
+                .context("reading the IF_TRAFFIC_BY_INDEX map")?;
+            read.push((slot, fields(per_cpu.iter())));
+        }
         for entry in self.maps.per_interface.iter() {
             let (ifindex, per_cpu) = entry.context("reading the IF_TRAFFIC map")?;
-            stats.add(self.readings.advance(ifindex, fields(per_cpu.iter())));
-            seen.push(ifindex);
+            read.push((ifindex, fields(per_cpu.iter())));
         }
-        let overflow = self
-            .maps
-            .overflow
-            .get(&0, 0)
-            .context("reading the IF_TRAFFIC_OVERFLOW map")?;
-        stats.add(self.readings.advance(OVERFLOW, fields(overflow.iter())));
-
-        for ifindex in seen.into_iter().filter(|i| !counted.contains(i)) {
+        let mut stats = NetworkStats::default();
+        for &(key, fields) in &read {
+            stats.add(self.readings.advance(key, fields));
+        }
+        let removed = read
+            .iter()
+            .map(|&(key, _)| key)
+            .filter(|&key| key >= IF_TRAFFIC_SLOTS && !counted.contains(&key));
+        for ifindex in removed {
             if let Err(err) = self.maps.per_interface.remove(&ifindex) {
                 warn!("cannot drop the counters of removed interface {ifindex}: {err}");
                 continue;

@@ -3,6 +3,7 @@
 //! `bench/results.json` and `bench/results.md`.
 
 pub mod churn;
+pub mod floor;
 pub mod peers;
 
 use std::{
