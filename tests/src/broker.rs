@@ -367,6 +367,9 @@ pub struct Received {
     pub report: Value,
     /// None when accepted, else the reason for rejecting it.
     pub rejected: Option<String>,
+    /// The broker marked it a redelivery: it handed the responder this message before
+    /// without seeing the responder's acknowledgement (around a broker restart).
+    pub redelivered: bool,
 }
 
 /// Plays the Device Defender service: subscribes to every thing's JSON and CBOR reports with a
@@ -547,6 +550,7 @@ fn serve(
                     thing: thing.to_owned(),
                     report,
                     rejected: verdict.err(),
+                    redelivered: publish.dup,
                 });
                 // The service answers in the report's encoding.
                 let body = if cbor {

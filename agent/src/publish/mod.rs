@@ -43,6 +43,9 @@ use backoff::Backoff;
 const STOP_GRACE: Duration = Duration::from_secs(3);
 /// A connection up this long has proved itself: the next failure backs off from the start.
 const STABLE: Duration = Duration::from_secs(60);
+/// Longest wait for the cloud's reply to a report published on a connection that broke
+/// before its PUBACK, before it is published again.
+const IN_DOUBT_WAIT: Duration = Duration::from_secs(10);
 /// Fixed header (1), remaining length (up to 4), topic length (2) and packet id (2).
 const PUBLISH_OVERHEAD: usize = 9;
 
@@ -225,9 +228,18 @@ struct Replies {
     accepted: u64,
     rejected: u64,
     unanswered: u64,
+    /// The broker refused the subscription to the replies.
+    refused: bool,
 }
 
 impl Replies {
+    /// Whether a reply can be expected: not when the broker refused the subscription, nor
+    /// when reports went unanswered and none was ever answered (a broker with no Device
+    /// Defender or responder behind it).
+    fn expected(&self) -> bool {
+        !self.refused && (self.accepted + self.rejected > 0 || self.unanswered == 0)
+    }
+
     fn totals(&self) -> String {
         format!(
             "reports accepted {}, rejected {}, unanswered {}",
@@ -239,12 +251,15 @@ impl Replies {
 async fn serve(shared: Arc<Shared>, target: Target) {
     let mut backoff = Backoff::new(Duration::from_secs(target.broker.reconnect_max));
     let mut replies = Replies::default();
+    // Outlives a connection: a report still in flight when one breaks is in doubt.
+    let mut in_flight: Option<InFlight> = None;
     let address = format!("{}:{}", target.broker.host, target.broker.port);
     loop {
         if shared.stopping() {
             return;
         }
-        let err = match session(&shared, &target, &mut replies, &mut backoff).await {
+        let err = match session(&shared, &target, &mut replies, &mut backoff, &mut in_flight).await
+        {
             Ok(()) => return,
             Err(err) => err,
         };
@@ -271,7 +286,12 @@ async fn serve(shared: Arc<Shared>, target: Target) {
 struct InFlight {
     report_id: u64,
     spooled: Vec<u64>,
+    /// Its packet id on the current connection, once rumqttc has sent it.
     pkid: Option<u16>,
+    /// For a report published on a connection that broke before its PUBACK: it may have
+    /// reached the broker, so the cloud's reply is awaited until then before it is sent
+    /// again, and a report is not delivered twice.
+    in_doubt_until: Option<Instant>,
 }
 
 /// One connection, from CONNECT to its end. Ok(()) when tern is stopping; Err when the
@@ -281,12 +301,15 @@ async fn session(
     target: &Target,
     replies: &mut Replies,
     backoff: &mut Backoff,
+    in_flight: &mut Option<InFlight>,
 ) -> std::result::Result<(), ConnectionError> {
     let broker = &target.broker;
     let mut options = MqttOptions::new(&broker.client_id, &broker.host, broker.port);
     options
         .set_keep_alive(Duration::from_secs(broker.keep_alive))
-        .set_clean_session(true)
+        // A persistent session: a reply the broker could not hand over while tern was
+        // reconnecting is handed over on the next connection.
+        .set_clean_session(false)
         .set_max_packet_size(broker.packet_limit, broker.packet_limit)
         .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
             Arc::clone(&broker.tls),
@@ -318,12 +341,32 @@ async fn session(
     if client.try_subscribe_many(filters).is_err() {
         return Err(ConnectionError::RequestsDone);
     }
-    let mut in_flight: Option<InFlight> = None;
+    if let Some(f) = in_flight.as_mut() {
+        f.pkid = None;
+        if replies.expected() {
+            let wait = IN_DOUBT_WAIT.min(Duration::from_secs(broker.reply_timeout));
+            info!(
+                "report {} was in flight when the connection broke; waiting up to {} s for \
+                 its reply before sending it again",
+                f.report_id,
+                wait.as_secs()
+            );
+            f.in_doubt_until = Some(Instant::now() + wait);
+        } else {
+            // No reply will ever tell: send it again (at least once).
+            *in_flight = None;
+        }
+    }
     let mut stop_deadline: Option<Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         if shared.stopping() && stop_deadline.is_none() {
             stop_deadline = Some(Instant::now() + STOP_GRACE);
+        }
+        if let Some(f) =
+            in_flight.take_if(|f| f.in_doubt_until.is_some_and(|t| Instant::now() >= t))
+        {
+            info!("no reply to report {}: sending it again", f.report_id);
         }
         if in_flight.is_none() {
             match next_report(shared, target) {
@@ -335,10 +378,11 @@ async fn session(
                         return Err(ConnectionError::RequestsDone);
                     }
                     replies.awaiting.insert(report_id, Instant::now());
-                    in_flight = Some(InFlight {
+                    *in_flight = Some(InFlight {
                         report_id,
                         spooled,
                         pkid: None,
+                        in_doubt_until: None,
                     });
                 }
                 None if shared.stopping() => return Ok(()),
@@ -352,7 +396,7 @@ async fn session(
             event = events.recv() => match event {
                 Some(Ok(event)) => {
                     let waiting = in_flight.is_some();
-                    on_event(event, shared, target, replies, &mut in_flight);
+                    on_event(event, shared, target, replies, in_flight);
                     if waiting && in_flight.is_none() {
                         backoff.reset();
                     }
@@ -408,33 +452,30 @@ fn on_event(
 ) {
     match event {
         Event::Outgoing(Outgoing::Publish(pkid)) => {
-            if let Some(f) = in_flight.as_mut().filter(|f| f.pkid.is_none()) {
+            if let Some(f) = in_flight
+                .as_mut()
+                .filter(|f| f.pkid.is_none() && f.in_doubt_until.is_none())
+            {
                 f.pkid = Some(pkid);
             }
         }
         Event::Incoming(Packet::PubAck(ack)) => {
             if let Some(f) = in_flight.take_if(|f| f.pkid == Some(ack.pkid)) {
-                let mut spool = shared.spool();
-                for id in &f.spooled {
-                    spool.remove(*id);
-                }
-                let merged = match f.spooled.len() {
-                    1 => String::new(),
-                    n => format!(", accounting for {n} intervals"),
-                };
-                info!(
-                    "report {} delivered{merged}; {} waiting in the spool",
-                    f.report_id,
-                    spool.len()
-                );
+                delivered(shared, &f, "delivered");
             }
         }
         Event::Incoming(Packet::Publish(publish)) => {
-            on_reply(&publish.topic, &publish.payload, shared, target, replies);
+            let answered = on_reply(&publish.topic, &publish.payload, shared, target, replies);
+            let settled =
+                |f: &mut InFlight| f.in_doubt_until.is_some() && answered == Some(f.report_id);
+            if let Some(f) = in_flight.take_if(settled) {
+                delivered(shared, &f, "reached the broker before the connection broke");
+            }
         }
         Event::Incoming(Packet::SubAck(ack))
             if ack.return_codes.contains(&SubscribeReasonCode::Failure) =>
         {
+            replies.refused = true;
             warn!(
                 "the broker refused the subscription to {}/accepted and /rejected: replies \
                  cannot be followed; allow the thing to read them",
@@ -445,7 +486,31 @@ fn on_event(
     }
 }
 
-fn on_reply(topic: &str, payload: &[u8], shared: &Shared, target: &Target, replies: &mut Replies) {
+/// Removes what a delivered report accounts for from the spool.
+fn delivered(shared: &Shared, f: &InFlight, how: &str) {
+    let mut spool = shared.spool();
+    for id in &f.spooled {
+        spool.remove(*id);
+    }
+    let merged = match f.spooled.len() {
+        1 => String::new(),
+        n => format!(", accounting for {n} intervals"),
+    };
+    info!(
+        "report {} {how}{merged}; {} waiting in the spool",
+        f.report_id,
+        spool.len()
+    );
+}
+
+/// Follows a reply; returns the id of the report it answers, if it names one.
+fn on_reply(
+    topic: &str,
+    payload: &[u8],
+    shared: &Shared,
+    target: &Target,
+    replies: &mut Replies,
+) -> Option<u64> {
     let accepted = topic.ends_with("/accepted");
     let value: Option<Value> = match target.format {
         Format::Json => serde_json::from_slice(payload).ok(),
@@ -453,15 +518,15 @@ fn on_reply(topic: &str, payload: &[u8], shared: &Shared, target: &Target, repli
     };
     let Some(value) = value else {
         warn!("a reply on {topic} does not parse; ignored");
-        return;
+        return None;
     };
     let Some(id) = value.get("reportId").and_then(Value::as_u64) else {
         warn!("a reply on {topic} has no reportId; ignored: {value}");
-        return;
+        return None;
     };
     if replies.awaiting.remove(&id).is_none() {
         debug!("reply on {topic} for report {id}, which is not awaiting one");
-        return;
+        return Some(id);
     }
     let counters = &shared.counters;
     if accepted {
@@ -479,6 +544,7 @@ fn on_reply(topic: &str, payload: &[u8], shared: &Shared, target: &Target, repli
             replies.totals()
         );
     }
+    Some(id)
 }
 
 /// Counts reports that had no reply within `timeout` of being published.
