@@ -342,7 +342,7 @@ fn cbor_reports_and_replies_work_the_same() {
 /// Each misconfiguration: tern says what is wrong in plain words, sends nothing, and keeps
 /// retrying at least 1 s apart.
 #[test]
-fn wrong_ca_refused_certificate_and_name_mismatch_send_nothing_and_retry() {
+fn wrong_ca_refused_certificate_name_mismatch_and_no_dns_send_nothing_and_retry() {
     let pair = Pair::new();
     let pki = Pki::new("good");
     let rogue = Pki::new("rogue");
@@ -351,6 +351,7 @@ fn wrong_ca_refused_certificate_and_name_mismatch_send_nothing_and_retry() {
     let localhost = format!("localhost:{BROKER}");
     // Loopback answers on all of 127/8, but the broker's certificate names 127.0.0.1 only.
     let other_address = format!("127.0.0.2:{BROKER}");
+    let unresolvable = format!("broker.tern-test.invalid:{BROKER}");
     let cases = [
         (
             "wrong-ca",
@@ -372,6 +373,14 @@ fn wrong_ca_refused_certificate_and_name_mismatch_send_nothing_and_retry() {
             pki.client(THING),
             &pki.ca,
             "name mismatch",
+        ),
+        // The .invalid domain never resolves (RFC 6761).
+        (
+            "no-dns",
+            &unresolvable,
+            pki.client(THING),
+            &pki.ca,
+            "DNS failure",
         ),
     ];
     for (tag, endpoint, identity, ca, words) in cases {
