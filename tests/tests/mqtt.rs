@@ -4,8 +4,7 @@
 //!
 //! Ground truth is the UDP traffic each test sends across its veth pair; the broker, the
 //! responder and the proxy talk over loopback in tern's namespace, which tern does not
-//! count. A report published again after a lost acknowledgement keeps its report_id, so the
-//! delivered reports are summed once per report_id, and every copy must be identical.
+//! count. tern must publish each report once, even around a broken connection.
 
 use std::{
     collections::BTreeMap,
@@ -47,6 +46,67 @@ fn write_config(dir: &TempDir, endpoint: &str, id: &Identity, ca: &Path) -> Path
     let path = dir.join("config.json");
     fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
     path
+}
+
+/// One test's world: a veth pair, certificates made for the test, and mosquitto (mutual TLS,
+/// per-thing ACLs) with the responder in namespace `a`; a directory for tern's config and
+/// state. Fields drop in order: the responder before the broker, the namespaces last.
+struct Cloud {
+    responder: Responder,
+    broker: Mosquitto,
+    dir: TempDir,
+    pki: Pki,
+    pair: Pair,
+}
+
+impl Cloud {
+    fn start(tag: &str, verdicts: Verdicts) -> Self {
+        let pair = Pair::new();
+        let pki = Pki::new(tag);
+        let broker = Mosquitto::start(&pair.a, &pki, BROKER);
+        let responder = Responder::start(&pair.a, &pki, BROKER, verdicts);
+        Self {
+            responder,
+            broker,
+            dir: TempDir::new(tag),
+            pki,
+            pair,
+        }
+    }
+
+    /// THING's config for `endpoint` with `identity`, the `tern` keys of `tern` set over
+    /// the test defaults.
+    fn config(&self, endpoint: &str, identity: &Identity, tern: Value) -> PathBuf {
+        let path = write_config(&self.dir, endpoint, identity, &self.pki.ca);
+        let mut file: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        for (key, value) in tern.as_object().expect("tern keys") {
+            file["tern"][key] = value.clone();
+        }
+        fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
+        path
+    }
+
+    /// THING's config straight to the broker.
+    fn direct_config(&self, tern: Value) -> PathBuf {
+        self.config(
+            &format!("localhost:{BROKER}"),
+            &self.pki.client(THING),
+            tern,
+        )
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// tern with `config` and this world's state directory, once attached.
+    fn launch(&self, config: &Path) -> Tern {
+        Tern::launch(
+            &self.pair.a,
+            &self.state(),
+            &["--config", config.to_str().unwrap()],
+        )
+    }
 }
 
 struct Udp {
@@ -167,21 +227,11 @@ fn spooled(state: &Path) -> usize {
 
 #[test]
 fn reports_arrive_valid_accepted_and_in_order() {
-    let pair = Pair::new();
-    let pki = Pki::new("flow");
-    let _broker = Mosquitto::start(&pair.a, &pki, BROKER);
-    let responder = Responder::start(&pair.a, &pki, BROKER, Verdicts::Judge);
-    let dir = TempDir::new("flow");
-    let config = write_config(
-        &dir,
-        &format!("localhost:{BROKER}"),
-        &pki.client(THING),
-        &pki.ca,
-    );
-    let state = dir.join("state");
-    let tern = Tern::launch(&pair.a, &state, &["--config", config.to_str().unwrap()]);
+    let cloud = Cloud::start("flow", Verdicts::Judge);
+    let responder = &cloud.responder;
+    let tern = cloud.launch(&cloud.direct_config(json!({})));
     tern.wait_log("connected to localhost", Duration::from_secs(10));
-    let mut udp = Udp::new(&pair);
+    let mut udp = Udp::new(&cloud.pair);
     udp.send(300, 700, 120, 300);
     responder.wait_for(3, Duration::from_secs(10));
     udp.send(50, 1200, 0, 0);
@@ -190,7 +240,7 @@ fn reports_arrive_valid_accepted_and_in_order() {
     let stopped = tern.stop();
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
 
-    let reports = wait_for_totals(&responder, udp.sent);
+    let reports = wait_for_totals(responder, udp.sent);
     let received = responder.received();
     assert_eq!(
         received.len(),
@@ -209,46 +259,41 @@ fn reports_arrive_valid_accepted_and_in_order() {
         "reports_accepted adds up to {accepted} over {} reports",
         reports.len()
     );
-    assert_eq!(spooled(&state), 0, "delivered reports left in the spool");
+    assert_eq!(
+        spooled(&cloud.state()),
+        0,
+        "delivered reports left in the spool"
+    );
 }
 
 #[test]
 fn broker_down_at_start_restarted_and_a_half_open_link_lose_nothing() {
-    let pair = Pair::new();
-    let pki = Pki::new("outage");
-    let mut broker = Mosquitto::start(&pair.a, &pki, BROKER);
     // The responder's persistent session outlives broker restarts, so reports published
     // while it reconnects wait for it.
-    let responder = Responder::start(&pair.a, &pki, BROKER, Verdicts::Judge);
-    broker.stop();
-    let proxy = Proxy::start(&pair.a, PROXY, BROKER);
-    let dir = TempDir::new("outage");
-    let config = write_config(
-        &dir,
+    let mut cloud = Cloud::start("outage", Verdicts::Judge);
+    cloud.broker.stop();
+    let proxy = Proxy::start(&cloud.pair.a, PROXY, BROKER);
+    let config = cloud.config(
         &format!("localhost:{PROXY}"),
-        &pki.client(THING),
-        &pki.ca,
+        &cloud.pki.client(THING),
+        json!({}),
     );
-    let tern = Tern::launch(
-        &pair.a,
-        &dir.join("state"),
-        &["--config", config.to_str().unwrap()],
-    );
-    let mut udp = Udp::new(&pair);
+    let tern = cloud.launch(&config);
+    let mut udp = Udp::new(&cloud.pair);
 
     // Broker down when tern starts.
     tern.wait_log("retrying in", Duration::from_secs(10));
     udp.send(200, 500, 30, 100);
     thread::sleep(Duration::from_millis(1500));
-    broker.restart();
+    cloud.broker.restart();
     tern.wait_log("connected to localhost", Duration::from_secs(15));
     udp.send(100, 900, 10, 100);
 
     // Broker restarted mid-run.
-    broker.stop();
+    cloud.broker.stop();
     udp.send(150, 300, 20, 200);
     thread::sleep(Duration::from_millis(1500));
-    broker.restart();
+    cloud.broker.restart();
     tern.wait_log("connected to localhost", Duration::from_secs(15));
     udp.send(80, 1000, 5, 50);
 
@@ -262,7 +307,7 @@ fn broker_down_at_start_restarted_and_a_half_open_link_lose_nothing() {
 
     // A report in flight when a connection broke waits for its reply before it is sent
     // again, so delivery may take a few seconds more.
-    let reports = wait_for_totals(&responder, udp.sent);
+    let reports = wait_for_totals(&cloud.responder, udp.sent);
     assert!(reports.len() >= 5, "only {} reports", reports.len());
     let stopped = tern.stop();
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
@@ -270,71 +315,44 @@ fn broker_down_at_start_restarted_and_a_half_open_link_lose_nothing() {
 
 #[test]
 fn reports_spooled_while_the_broker_is_down_are_delivered_after_a_restart() {
-    let pair = Pair::new();
-    let pki = Pki::new("restart");
-    let mut broker = Mosquitto::start(&pair.a, &pki, BROKER);
-    let responder = Responder::start(&pair.a, &pki, BROKER, Verdicts::Judge);
-    broker.stop();
-    let dir = TempDir::new("restart");
-    let config = write_config(
-        &dir,
-        &format!("localhost:{BROKER}"),
-        &pki.client(THING),
-        &pki.ca,
-    );
-    let state = dir.join("state");
-    let args = ["--config", config.to_str().unwrap()];
-    let mut udp = Udp::new(&pair);
+    let mut cloud = Cloud::start("restart", Verdicts::Judge);
+    cloud.broker.stop();
+    let config = cloud.direct_config(json!({}));
+    let state = cloud.state();
+    let mut udp = Udp::new(&cloud.pair);
 
-    let first = Tern::launch(&pair.a, &state, &args);
+    let first = cloud.launch(&config);
     udp.send(250, 800, 40, 120);
     thread::sleep(Duration::from_millis(2500));
     let stopped = first.stop();
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
     let waiting = spooled(&state);
     assert!(waiting >= 2, "{waiting} reports spooled");
-    assert!(responder.received().is_empty());
+    assert!(cloud.responder.received().is_empty());
 
-    broker.restart();
-    let second = Tern::launch(&pair.a, &state, &args);
+    cloud.broker.restart();
+    let second = cloud.launch(&config);
     udp.send(30, 100, 3, 100);
-    let reports = responder.wait_for(waiting, Duration::from_secs(15));
+    let reports = cloud.responder.wait_for(waiting, Duration::from_secs(15));
     assert!(reports.len() >= waiting);
     thread::sleep(Duration::from_millis(1500));
     let stopped = second.stop();
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
-    wait_for_totals(&responder, udp.sent);
+    wait_for_totals(&cloud.responder, udp.sent);
     assert_eq!(spooled(&state), 0);
 }
 
 #[test]
 fn cbor_reports_and_replies_work_the_same() {
-    let pair = Pair::new();
-    let pki = Pki::new("cbor");
-    let _broker = Mosquitto::start(&pair.a, &pki, BROKER);
-    let responder = Responder::start(&pair.a, &pki, BROKER, Verdicts::Judge);
-    let dir = TempDir::new("cbor");
-    let config = write_config(
-        &dir,
-        &format!("localhost:{BROKER}"),
-        &pki.client(THING),
-        &pki.ca,
-    );
-    let mut file: Value = serde_json::from_slice(&fs::read(&config).unwrap()).unwrap();
-    file["tern"]["format"] = json!("cbor");
-    fs::write(&config, serde_json::to_vec(&file).unwrap()).unwrap();
-    let tern = Tern::launch(
-        &pair.a,
-        &dir.join("state"),
-        &["--config", config.to_str().unwrap()],
-    );
-    let mut udp = Udp::new(&pair);
+    let cloud = Cloud::start("cbor", Verdicts::Judge);
+    let tern = cloud.launch(&cloud.direct_config(json!({"format": "cbor"})));
+    let mut udp = Udp::new(&cloud.pair);
     udp.send(120, 333, 12, 222);
     tern.wait_log("accepted; reports accepted", Duration::from_secs(10));
     let stopped = tern.stop();
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
-    wait_for_totals(&responder, udp.sent);
-    for r in responder.received() {
+    wait_for_totals(&cloud.responder, udp.sent);
+    for r in cloud.responder.received() {
         assert_eq!(r.rejected, None, "rejected: {}", r.report);
     }
 }
@@ -343,11 +361,9 @@ fn cbor_reports_and_replies_work_the_same() {
 /// retrying at least 1 s apart.
 #[test]
 fn wrong_ca_refused_certificate_name_mismatch_and_no_dns_send_nothing_and_retry() {
-    let pair = Pair::new();
-    let pki = Pki::new("good");
+    let cloud = Cloud::start("good", Verdicts::Judge);
+    let (pair, pki, responder) = (&cloud.pair, &cloud.pki, &cloud.responder);
     let rogue = Pki::new("rogue");
-    let _broker = Mosquitto::start(&pair.a, &pki, BROKER);
-    let responder = Responder::start(&pair.a, &pki, BROKER, Verdicts::Judge);
     let localhost = format!("localhost:{BROKER}");
     // Loopback answers on all of 127/8, but the broker's certificate names 127.0.0.1 only.
     let other_address = format!("127.0.0.2:{BROKER}");
@@ -414,27 +430,17 @@ fn wrong_ca_refused_certificate_name_mismatch_and_no_dns_send_nothing_and_retry(
 
 #[test]
 fn a_rejected_report_is_logged_with_its_error_code_and_counted() {
-    let pair = Pair::new();
-    let pki = Pki::new("reject");
-    let _broker = Mosquitto::start(&pair.a, &pki, BROKER);
-    let responder = Responder::start(&pair.a, &pki, BROKER, Verdicts::RejectAll);
-    let dir = TempDir::new("reject");
-    let config = write_config(
-        &dir,
-        &format!("localhost:{BROKER}"),
-        &pki.client(THING),
-        &pki.ca,
-    );
-    let tern = Tern::launch(
-        &pair.a,
-        &dir.join("state"),
-        &["--config", config.to_str().unwrap()],
-    );
+    let cloud = Cloud::start("reject", Verdicts::RejectAll);
+    let tern = cloud.launch(&cloud.direct_config(json!({})));
     let line = tern.wait_log("rejected: InvalidPayload", Duration::from_secs(10));
     assert!(line.contains("rejected by the test"), "{line}");
     assert!(line.contains("rejected 1"), "{line}");
     // A later report carries the count.
-    let counted = counted_within(&responder, "reports_rejected", Duration::from_secs(10));
+    let counted = counted_within(
+        &cloud.responder,
+        "reports_rejected",
+        Duration::from_secs(10),
+    );
     assert!(counted >= 1, "no report counted a rejection");
     let stopped = tern.stop();
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
@@ -445,22 +451,14 @@ fn a_rejected_report_is_logged_with_its_error_code_and_counted() {
 /// the responder and tern counts its reports as unanswered.
 #[test]
 fn a_thing_cannot_use_another_things_topics_and_unanswered_reports_are_counted() {
-    let pair = Pair::new();
-    let pki = Pki::new("acl");
-    let broker = Mosquitto::start(&pair.a, &pki, BROKER);
-    let responder = Responder::start(&pair.a, &pki, BROKER, Verdicts::Judge);
-    let dir = TempDir::new("acl");
-    let config = write_config(
-        &dir,
+    let cloud = Cloud::start("acl", Verdicts::Judge);
+    let (broker, responder) = (&cloud.broker, &cloud.responder);
+    let config = cloud.config(
         &format!("localhost:{BROKER}"),
-        &pki.client("gw-2"),
-        &pki.ca,
+        &cloud.pki.client("gw-2"),
+        json!({}),
     );
-    let tern = Tern::launch(
-        &pair.a,
-        &dir.join("state"),
-        &["--config", config.to_str().unwrap()],
-    );
+    let tern = cloud.launch(&config);
     let line = tern.wait_log("no reply to report", Duration::from_secs(15));
     assert!(line.contains("unanswered 1"), "{line}");
     let stopped = tern.stop();
@@ -479,23 +477,10 @@ fn a_thing_cannot_use_another_things_topics_and_unanswered_reports_are_counted()
 /// A full spool drops its oldest report, says so, and the count reaches the broker.
 #[test]
 fn a_full_spool_drops_the_oldest_report_and_counts_it() {
-    let pair = Pair::new();
-    let pki = Pki::new("full");
-    let mut broker = Mosquitto::start(&pair.a, &pki, BROKER);
-    let responder = Responder::start(&pair.a, &pki, BROKER, Verdicts::Judge);
-    broker.stop();
-    let dir = TempDir::new("full");
-    let config = write_config(
-        &dir,
-        &format!("localhost:{BROKER}"),
-        &pki.client(THING),
-        &pki.ca,
-    );
-    let mut file: Value = serde_json::from_slice(&fs::read(&config).unwrap()).unwrap();
-    file["tern"]["spool-bytes"] = json!(4096);
-    fs::write(&config, serde_json::to_vec(&file).unwrap()).unwrap();
-    let state = dir.join("state");
-    let tern = Tern::launch(&pair.a, &state, &["--config", config.to_str().unwrap()]);
+    let mut cloud = Cloud::start("full", Verdicts::Judge);
+    cloud.broker.stop();
+    let tern = cloud.launch(&cloud.direct_config(json!({"spool-bytes": 4096})));
+    let state = cloud.state();
     let line = tern.wait_log("dropped undelivered report", Duration::from_secs(30));
     assert!(line.contains("spool over 4096 bytes"), "{line}");
     let kept = spooled(&state);
@@ -505,8 +490,8 @@ fn a_full_spool_drops_the_oldest_report_and_counts_it() {
         .sum();
     assert!(bytes <= 4096, "{kept} spooled reports take {bytes} bytes");
 
-    broker.restart();
-    let dropped = counted_within(&responder, "reports_dropped", Duration::from_secs(10));
+    cloud.broker.restart();
+    let dropped = counted_within(&cloud.responder, "reports_dropped", Duration::from_secs(10));
     assert!(dropped >= 1, "no delivered report counts the dropped one");
     let stopped = tern.stop();
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
