@@ -100,20 +100,7 @@ impl Pki {
     /// A client certificate valid only from `start` to `end` (`YYYYMMDDHHMMSSZ`).
     pub fn dated_client(&self, thing: &str, start: &str, end: &str) -> Identity {
         let name = format!("dated-{thing}-{start}");
-        let key = new_key(&self.dir.join(&format!("{name}.key")));
-        let csr = self.dir.join(&format!("{name}.csr"));
-        openssl(&[
-            "req",
-            "-new",
-            "-config",
-            path(&self.dir.join("req.cnf")),
-            "-key",
-            path(&key),
-            "-subj",
-            &format!("/CN={thing}"),
-            "-out",
-            path(&csr),
-        ]);
+        let (key, csr) = self.request(&name, thing);
         let db = self.dir.join("ca-db");
         fs::create_dir_all(&db).unwrap();
         if !db.join("index.txt").exists() {
@@ -154,7 +141,8 @@ impl Pki {
         Identity { cert, key }
     }
 
-    fn issue(&self, name: &str, cn: &str, extensions: &str) -> Identity {
+    /// A new key `name.key` and a request `name.csr` for common name `cn`.
+    fn request(&self, name: &str, cn: &str) -> (PathBuf, PathBuf) {
         let key = new_key(&self.dir.join(&format!("{name}.key")));
         let csr = self.dir.join(&format!("{name}.csr"));
         openssl(&[
@@ -169,6 +157,11 @@ impl Pki {
             "-out",
             path(&csr),
         ]);
+        (key, csr)
+    }
+
+    fn issue(&self, name: &str, cn: &str, extensions: &str) -> Identity {
+        let (key, csr) = self.request(name, cn);
         let ext = self.dir.join(&format!("{name}.ext"));
         fs::write(
             &ext,

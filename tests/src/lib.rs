@@ -202,6 +202,20 @@ pub struct LinkStats {
 }
 
 impl LinkStats {
+    /// The sum of the `network_stats` of `reports` (their deltas add up).
+    pub fn reported<'a>(reports: impl IntoIterator<Item = &'a Value>) -> LinkStats {
+        let mut total = LinkStats::default();
+        for report in reports {
+            let ns = &report["metrics"]["network_stats"];
+            let n = |k: &str| ns[k].as_u64().unwrap_or_else(|| panic!("{k} in {report}"));
+            total.bytes_in += n("bytes_in");
+            total.packets_in += n("packets_in");
+            total.bytes_out += n("bytes_out");
+            total.packets_out += n("packets_out");
+        }
+        total
+    }
+
     pub fn since(self, before: LinkStats) -> LinkStats {
         LinkStats {
             bytes_in: self.bytes_in - before.bytes_in,

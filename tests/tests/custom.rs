@@ -41,6 +41,16 @@ fn custom(report: &Value, name: &str) -> Value {
     report["custom_metrics"][name].clone()
 }
 
+/// The names of the custom metrics a report carries, in order.
+fn custom_names(report: &Value) -> Vec<&str> {
+    report["custom_metrics"]
+        .as_object()
+        .expect("custom metrics")
+        .keys()
+        .map(String::as_str)
+        .collect()
+}
+
 #[test]
 fn a_file_metric_follows_the_file_and_a_bad_value_is_dropped_with_a_log_line() {
     let ns = Netns::new("files");
@@ -105,12 +115,7 @@ fn only_the_chosen_custom_metrics_are_sent() {
         ],
     );
     let report = tern.next_report(REPORT_WAIT);
-    let names: Vec<&String> = report["custom_metrics"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .collect();
-    assert_eq!(names, ["cpu_usage", "interval_execs"]);
+    assert_eq!(custom_names(&report), ["cpu_usage", "interval_execs"]);
 
     let tern = Tern::start(&ns, &["--interval", "1", "--custom-metrics", "none"]);
     let report = tern.next_report(REPORT_WAIT);
@@ -153,12 +158,7 @@ fn the_config_file_chooses_custom_metrics_and_defines_file_metrics() {
     );
     let tern = Tern::start(&ns, &["--config", &config]);
     let report = tern.next_report(REPORT_WAIT);
-    let names: Vec<&String> = report["custom_metrics"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .collect();
-    assert_eq!(names, ["memory_used", "queue_depth"]);
+    assert_eq!(custom_names(&report), ["memory_used", "queue_depth"]);
     assert_eq!(custom(&report, "queue_depth"), json!([{"number": 7}]));
 
     // A metric of the file that breaks the rules is named by check-config, with the key.

@@ -161,19 +161,6 @@ fn distinct(received: &[Received]) -> BTreeMap<u64, Value> {
     reports
 }
 
-fn sum(reports: &BTreeMap<u64, Value>) -> LinkStats {
-    let mut total = LinkStats::default();
-    for report in reports.values() {
-        let ns = &report["metrics"]["network_stats"];
-        let n = |k: &str| ns[k].as_u64().unwrap_or_else(|| panic!("{k} in {report}"));
-        total.bytes_in += n("bytes_in");
-        total.packets_in += n("packets_in");
-        total.bytes_out += n("bytes_out");
-        total.packets_out += n("packets_out");
-    }
-    total
-}
-
 /// The sum of custom metric `name` over the distinct reports received, once it is at least
 /// 1 or `timeout` has passed.
 fn counted_within(responder: &Responder, name: &str, timeout: Duration) -> u64 {
@@ -202,14 +189,14 @@ fn wait_for_totals(responder: &Responder, expected: LinkStats) -> BTreeMap<u64, 
     let mut reports = BTreeMap::new();
     for _ in 0..300 {
         reports = distinct(&responder.received());
-        if sum(&reports) == expected {
+        if LinkStats::reported(reports.values()) == expected {
             return reports;
         }
         thread::sleep(Duration::from_millis(100));
     }
     panic!(
         "delivered reports add up to {:?}, the test sent {expected:?}",
-        sum(&reports)
+        LinkStats::reported(reports.values())
     );
 }
 

@@ -39,16 +39,7 @@ fn stop_and_sum(tern: Tern, reports: &mut Vec<Value>) -> LinkStats {
         stopped.log
     );
     reports.extend(stopped.reports);
-    let mut sum = LinkStats::default();
-    for report in reports.iter() {
-        let ns = &report["metrics"]["network_stats"];
-        let n = |k: &str| ns[k].as_u64().unwrap_or_else(|| panic!("{k} in {report}"));
-        sum.bytes_in += n("bytes_in");
-        sum.packets_in += n("packets_in");
-        sum.bytes_out += n("bytes_out");
-        sum.packets_out += n("packets_out");
-    }
-    sum
+    LinkStats::reported(reports.iter())
 }
 
 fn udp_pair(pair: &Pair) -> (UdpSocket, UdpSocket) {
