@@ -270,7 +270,7 @@ fn extra_link(
     sh("ip", &add);
     tern.wait_log(
         &format!("counting traffic on {a_dev}"),
-        Duration::from_secs(5),
+        Duration::from_secs(15),
     );
     let (addr_a, addr_b) = (format!("10.{subnet}.0.1"), format!("10.{subnet}.0.2"));
     pair.a
@@ -305,7 +305,7 @@ fn interfaces_that_come_and_go_are_followed() {
     transfer(&tx, &rx, 150, 700);
     thread::sleep(Duration::from_millis(1500));
     pair.a.exec(&["ip", "link", "del", "tj"]);
-    tern.wait_log("interface tj is gone", Duration::from_secs(5));
+    tern.wait_log("interface tj is gone", Duration::from_secs(15));
 
     // Still counting on the interfaces that remain.
     let (a, b) = udp_pair(&pair);
@@ -333,7 +333,7 @@ fn interfaces_that_live_between_two_reports_are_counted() {
     transfer(&tx_large, &rx_large, 80, 900);
     for dev in ["tj", "tm"] {
         pair.a.exec(&["ip", "link", "del", dev]);
-        tern.wait_log(&format!("interface {dev} is gone"), Duration::from_secs(5));
+        tern.wait_log(&format!("interface {dev} is gone"), Duration::from_secs(15));
     }
     let (a, b) = udp_pair(&pair);
     transfer(&b, &a, 30, 100);
