@@ -28,26 +28,30 @@ static IF_TRAFFIC: PerCpuHashMap<u32, IfTraffic> =
 
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
+    add::<false>(&ctx)
+}
+
+#[classifier]
+pub fn tc_egress(ctx: TcContext) -> i32 {
+    add::<true>(&ctx)
+}
+
+/// Adds the packet to its interface's entry, in the direction `EGRESS` says; never ends the
+/// TC chain.
+#[inline(always)]
+fn add<const EGRESS: bool>(ctx: &TcContext) -> i32 {
     let (ifindex, bytes, packets) = wire_size(ctx.skb.skb);
     if let Some(entry) = entry(ifindex) {
         // SAFETY: a per-CPU map value is only touched by this CPU, and TC programs on one
         // CPU do not interleave (they run with bottom halves disabled).
         unsafe {
-            (*entry).bytes_in += bytes;
-            (*entry).packets_in += packets;
-        }
-    }
-    TC_ACT_UNSPEC
-}
-
-#[classifier]
-pub fn tc_egress(ctx: TcContext) -> i32 {
-    let (ifindex, bytes, packets) = wire_size(ctx.skb.skb);
-    if let Some(entry) = entry(ifindex) {
-        // SAFETY: as in tc_ingress.
-        unsafe {
-            (*entry).bytes_out += bytes;
-            (*entry).packets_out += packets;
+            if EGRESS {
+                (*entry).bytes_out += bytes;
+                (*entry).packets_out += packets;
+            } else {
+                (*entry).bytes_in += bytes;
+                (*entry).packets_in += packets;
+            }
         }
     }
     TC_ACT_UNSPEC

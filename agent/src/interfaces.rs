@@ -70,8 +70,14 @@ impl LinkWatch {
     pub fn changes(&mut self) -> Result<Vec<LinkEvent>> {
         let mut events = Vec::new();
         loop {
-            match self.receive(libc::MSG_DONTWAIT, &mut events) {
-                Ok(_) => {}
+            let mut messages = Vec::new();
+            match receive(
+                &self.socket,
+                &mut self.buf,
+                libc::MSG_DONTWAIT,
+                &mut messages,
+            ) {
+                Ok(_) => events.extend(messages.into_iter().filter_map(link_event)),
                 Err(err) => {
                     let io = err.downcast_ref::<std::io::Error>();
                     if io.is_some_and(|e| e.kind() == std::io::ErrorKind::WouldBlock) {
@@ -88,13 +94,6 @@ impl LinkWatch {
                 }
             }
         }
-    }
-
-    fn receive(&mut self, flags: libc::c_int, events: &mut Vec<LinkEvent>) -> Result<bool> {
-        let mut messages = Vec::new();
-        let done = receive(&self.socket, &mut self.buf, flags, &mut messages)?;
-        events.extend(messages.into_iter().filter_map(link_event));
-        Ok(done)
     }
 }
 

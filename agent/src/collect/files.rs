@@ -3,7 +3,7 @@
 //! Defender would silently drop are refused here, with a log line, and never sent. Reads
 //! files only; never runs a command.
 
-use std::{fmt, fs, net::IpAddr, path::PathBuf, str::FromStr};
+use std::{fs, net::IpAddr, path::PathBuf, str::FromStr};
 
 use anyhow::{Result, bail};
 use log::warn;
@@ -38,17 +38,6 @@ impl FromStr for Kind {
             other => bail!(
                 "unknown metric type {other:?}: use number, number_list, string_list or ip_list"
             ),
-        })
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Number => "number",
-            Self::NumberList => "number_list",
-            Self::StringList => "string_list",
-            Self::IpList => "ip_list",
         })
     }
 }
@@ -114,7 +103,7 @@ impl FileMetric {
 }
 
 /// Device Defender's rule for names: 1 to 128 of `[a-zA-Z0-9:_-]`, not starting `aws:`.
-pub fn valid_name(name: &str) -> Result<(), &'static str> {
+pub(crate) fn valid_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() || name.len() > 128 {
         return Err("must be 1 to 128 characters long");
     }

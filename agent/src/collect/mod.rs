@@ -14,6 +14,8 @@ mod sockets;
 mod traffic;
 
 pub use device::DeviceCollector;
+#[cfg(test)]
+pub(crate) use files::valid_name;
 pub use files::{FileMetric, Kind};
 pub use sockets::{SocketCollector, SocketOptions};
 pub use traffic::TrafficCollector;

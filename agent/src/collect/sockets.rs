@@ -263,7 +263,7 @@ impl SocketCollector {
         // Keys only: one syscall per socket instead of two.
         for sock in self.maps.tcp_socks.keys() {
             let sock = sock.context("reading the TCP_SOCKS map")?;
-            if !self.reported(sock.netns) {
+            if !reported(self.options.netns, sock.netns) {
                 continue;
             }
             let local = ip(sock.family, &sock.local_addr);
@@ -280,7 +280,7 @@ impl SocketCollector {
         }
         for entry in self.maps.udp_socks.iter() {
             let (_, sock) = entry.context("reading the UDP_SOCKS map")?;
-            if !self.reported(sock.netns) {
+            if !reported(self.options.netns, sock.netns) {
                 continue;
             }
             snapshot.udp_ports.insert(sock.local_port);
@@ -291,12 +291,6 @@ impl SocketCollector {
         }
         current.connections.sort_unstable();
         Ok((snapshot, current))
-    }
-
-    fn reported(&self, netns: u64) -> bool {
-        self.options
-            .netns
-            .is_none_or(|own| netns == own || netns == 0)
     }
 }
 
@@ -352,60 +346,80 @@ fn ip(family: u16, bytes: &[u8; 16]) -> IpAddr {
     }
 }
 
-/// Takes and deletes the entries of past intervals from an interval set: those whose epoch
-/// (`epoch_of`) is not the current one. Entries of namespaces not reported are dropped too.
-fn drain<K: Pod, V: Pod>(
-    set: &mut BpfHashMap<MapData, K, V>,
-    epoch: u32,
-    netns: Option<u64>,
-    epoch_of: impl Fn(&K, &V) -> u32,
-    netns_of: impl Fn(&K) -> u64,
-) -> Result<Vec<K>> {
-    let mut past = Vec::new();
-    for entry in set.iter() {
-        let (key, value) = entry.context("reading an interval set")?;
-        if epoch_of(&key, &value) != epoch {
-            past.push(key);
-        }
-    }
-    for key in &past {
-        // Already gone is fine: nothing else deletes, so it is not lost either.
-        let _ = set.remove(key);
-    }
-    past.retain(|k| netns.is_none_or(|own| netns_of(k) == own || netns_of(k) == 0));
-    Ok(past)
-}
-
+/// Takes and deletes the entries of past intervals from an interval set of `Seen` keys,
+/// whose epoch is in the key: only the keys are read. Entries of namespaces not reported
+/// are dropped too.
 fn drain_seen(
     set: &mut BpfHashMap<MapData, Seen, u32>,
     epoch: u32,
     netns: Option<u64>,
 ) -> Result<Vec<Seen>> {
-    drain(set, epoch, netns, |s, _| s.epoch, |s| s.netns)
+    let mut past = Vec::new();
+    for key in set.keys() {
+        let key = key.context("reading an interval set")?;
+        if key.epoch != epoch {
+            past.push(key);
+        }
+    }
+    Ok(take(set, past, netns, |s| s.netns))
 }
 
+/// As `drain_seen` for the connections of an interval, whose epoch is the value.
 fn drain_connections(
     set: &mut BpfHashMap<MapData, TcpSock, u32>,
     epoch: u32,
     netns: Option<u64>,
 ) -> Result<Vec<TcpSock>> {
-    drain(set, epoch, netns, |_, seen_in| *seen_in, |s| s.netns)
+    let mut past = Vec::new();
+    for entry in set.iter() {
+        let (key, seen_in) = entry.context("reading an interval set")?;
+        if seen_in != epoch {
+            past.push(key);
+        }
+    }
+    Ok(take(set, past, netns, |s| s.netns))
+}
+
+/// Deletes `past` from `set` and keeps the entries of the namespaces reported.
+fn take<K: Pod, V: Pod>(
+    set: &mut BpfHashMap<MapData, K, V>,
+    mut past: Vec<K>,
+    netns: Option<u64>,
+    netns_of: impl Fn(&K) -> u64,
+) -> Vec<K> {
+    for key in &past {
+        // Already gone is fine: nothing else deletes, so it is not lost either.
+        let _ = set.remove(key);
+    }
+    past.retain(|k| reported(netns, netns_of(k)));
+    past
+}
+
+/// Whether a socket of namespace `netns` is reported when following `own` (None: every
+/// namespace); 0 is a namespace the kernel program could not read.
+fn reported(own: Option<u64>, netns: u64) -> bool {
+    own.is_none_or(|own| netns == own || netns == 0)
 }
 
 /// Puts the sockets that existed before the programs were attached into the kernel maps.
 /// A socket that closes between the snapshot and its insertion would stay forever, so a
 /// second snapshot afterwards removes seeded sockets it no longer lists.
 fn seed(maps: &mut SocketMaps, netns: u64) -> Result<(usize, usize, usize)> {
-    let tcp_states = [sockdiag::TCP_LISTEN, sockdiag::TCP_ESTABLISHED];
-    let udp_states = [sockdiag::TCP_CLOSE];
-    let tcp = tcp_seeds(
-        &sockdiag::dump(sockdiag::IPPROTO_TCP, sockdiag::states(&tcp_states))?,
-        netns,
-    );
-    let udp = udp_seeds(
-        &sockdiag::dump(sockdiag::IPPROTO_UDP, sockdiag::states(&udp_states))?,
-        netns,
-    );
+    let snapshot = || -> Result<_> {
+        let tcp_states = [sockdiag::TCP_LISTEN, sockdiag::TCP_ESTABLISHED];
+        let udp_states = [sockdiag::TCP_CLOSE];
+        Ok((
+            tcp_seeds(
+                &sockdiag::dump(sockdiag::IPPROTO_TCP, sockdiag::states(&tcp_states))?,
+                netns,
+            ),
+            udp_seeds(
+                &sockdiag::dump(sockdiag::IPPROTO_UDP, sockdiag::states(&udp_states))?,
+                netns,
+            ),
+        ))
+    };
+    let (tcp, udp) = snapshot()?;
     for (key, state) in &tcp {
         let _ = maps.tcp_socks.insert(key, state, BPF_NOEXIST);
     }
@@ -413,14 +427,7 @@ fn seed(maps: &mut SocketMaps, netns: u64) -> Result<(usize, usize, usize)> {
         let _ = maps.udp_socks.insert(cookie, sock, BPF_NOEXIST);
     }
 
-    let tcp_again = tcp_seeds(
-        &sockdiag::dump(sockdiag::IPPROTO_TCP, sockdiag::states(&tcp_states))?,
-        netns,
-    );
-    let udp_again = udp_seeds(
-        &sockdiag::dump(sockdiag::IPPROTO_UDP, sockdiag::states(&udp_states))?,
-        netns,
-    );
+    let (tcp_again, udp_again) = snapshot()?;
     for key in tcp.keys().filter(|k| !tcp_again.contains_key(k)) {
         if maps
             .tcp_socks

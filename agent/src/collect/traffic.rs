@@ -34,15 +34,13 @@ impl TrafficCollector {
     /// map once read. Nothing is recorded unless every read succeeds, so after an error the
     /// next call still counts this interval.
     pub fn collect(&mut self, counted: &HashSet<u32>, gone: &HashSet<u32>) -> Result<NetworkStats> {
-        let mut slots: Vec<u32> = counted
+        // A union has no repeats, and no interface has the overflow's index 0.
+        let slots = counted
             .union(gone)
             .copied()
             .filter(|&i| i < IF_TRAFFIC_SLOTS)
-            .chain([OVERFLOW])
-            .collect();
-        slots.sort_unstable();
-        slots.dedup();
-        let mut read = Vec::with_capacity(slots.len());
+            .chain([OVERFLOW]);
+        let mut read = Vec::new();
         for slot in slots {
             let per_cpu = self
                 .maps

@@ -61,7 +61,7 @@ pub fn encode_within(
     budget: usize,
 ) -> Result<(Vec<u8>, bool)> {
     let mut sorted = report.clone();
-    sort_lists(&mut sorted);
+    each_list(&mut sorted, ListOp::Sort);
     let whole = encode(&sorted, names, format)?;
     if whole.len() <= budget {
         return Ok((whole, false));
@@ -155,21 +155,35 @@ fn shorten(value: &mut Value) {
     *map = new;
 }
 
-fn sort_lists(report: &mut Report) {
+/// What `each_list` does to every list of a report.
+#[derive(Clone, Copy)]
+enum ListOp {
+    Sort,
+    Truncate(usize),
+}
+
+/// Applies `op` to every list of `report`: its ports, connections and custom-metric lists.
+fn each_list(report: &mut Report, op: ListOp) {
+    fn apply<T: Ord>(list: &mut Vec<T>, op: ListOp) {
+        match op {
+            ListOp::Sort => list.sort_unstable(),
+            ListOp::Truncate(cap) => list.truncate(cap),
+        }
+    }
     let m = &mut report.metrics;
     for ports in [&mut m.listening_tcp_ports, &mut m.listening_udp_ports]
         .into_iter()
         .flatten()
     {
-        ports.ports.sort_unstable();
+        apply(&mut ports.ports, op);
     }
     if let Some(tcp) = &mut m.tcp_connections {
-        tcp.established_connections.connections.sort_unstable();
+        apply(&mut tcp.established_connections.connections, op);
     }
     for [metric] in report.custom_metrics.values_mut() {
         match metric {
-            CustomMetric::NumberList(list) => list.sort_unstable(),
-            CustomMetric::StringList(list) | CustomMetric::IpList(list) => list.sort_unstable(),
+            CustomMetric::NumberList(list) => apply(list, op),
+            CustomMetric::StringList(list) | CustomMetric::IpList(list) => apply(list, op),
             CustomMetric::Number(_) => {}
         }
     }
@@ -199,23 +213,7 @@ fn longest_list(report: &Report) -> usize {
 
 fn capped(report: &Report, cap: usize) -> Report {
     let mut out = report.clone();
-    let m = &mut out.metrics;
-    for ports in [&mut m.listening_tcp_ports, &mut m.listening_udp_ports]
-        .into_iter()
-        .flatten()
-    {
-        ports.ports.truncate(cap);
-    }
-    if let Some(tcp) = &mut m.tcp_connections {
-        tcp.established_connections.connections.truncate(cap);
-    }
-    for [metric] in out.custom_metrics.values_mut() {
-        match metric {
-            CustomMetric::NumberList(list) => list.truncate(cap),
-            CustomMetric::StringList(list) | CustomMetric::IpList(list) => list.truncate(cap),
-            CustomMetric::Number(_) => {}
-        }
-    }
+    each_list(&mut out, ListOp::Truncate(cap));
     out
 }
 
@@ -348,7 +346,7 @@ mod tests {
 
     fn sorted(report: &Report) -> Report {
         let mut report = report.clone();
-        sort_lists(&mut report);
+        each_list(&mut report, ListOp::Sort);
         report
     }
 }

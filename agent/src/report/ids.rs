@@ -17,7 +17,7 @@ const FILE: &str = "last_report_id";
 #[derive(Debug)]
 pub struct ReportIds {
     last: u64,
-    path: Option<PathBuf>,
+    path: PathBuf,
 }
 
 impl ReportIds {
@@ -44,21 +44,14 @@ impl ReportIds {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        Ok(Self {
-            last,
-            path: Some(path),
-        })
+        Ok(Self { last, path })
     }
 
     /// The next id, recorded before it is returned. If it cannot be recorded the id is still
     /// good for this run; the error says why a restart might not continue from it.
     pub fn next(&mut self) -> (u64, Result<()>) {
         let id = self.next_at(SystemTime::now());
-        let saved = match &self.path {
-            Some(path) => save(path, id),
-            None => Ok(()),
-        };
-        (id, saved)
+        (id, save(&self.path, id))
     }
 
     fn next_at(&mut self, now: SystemTime) -> u64 {
@@ -90,7 +83,7 @@ mod tests {
     fn in_memory() -> ReportIds {
         ReportIds {
             last: 0,
-            path: None,
+            path: PathBuf::new(),
         }
     }
 
