@@ -31,7 +31,6 @@ use serde_json::{Value, json};
 
 use crate::{Netns, TempDir, sh};
 
-/// A directory removed when dropped.
 /// A certificate and its private key, as PEM files.
 #[derive(Clone, Debug)]
 pub struct Identity {

@@ -239,6 +239,9 @@ pub const ADDR_B: &str = "10.77.0.2";
 pub const DEV_A: &str = "ta";
 pub const DEV_B: &str = "tb";
 
+/// Ethernet (14) + IPv4 (20) + UDP (8) bytes around each datagram's payload.
+pub const UDP_OVERHEAD: u64 = 42;
+
 pub const ADDR6_A: &str = "fd00:77::1";
 pub const ADDR6_B: &str = "fd00:77::2";
 
@@ -267,6 +270,17 @@ impl Pair {
             ns.neighbour(peer, mac, dev);
         }
         pair
+    }
+
+    /// A UDP socket on port 9000 at each end: a's first.
+    pub fn udp(&self) -> (UdpSocket, UdpSocket) {
+        let a = self
+            .a
+            .enter(|| UdpSocket::bind((ADDR_A, 9000)).expect("bind in a"));
+        let b = self
+            .b
+            .enter(|| UdpSocket::bind((ADDR_B, 9000)).expect("bind in b"));
+        (a, b)
     }
 
     fn join(a: Netns, b: Netns) -> Self {
@@ -309,9 +323,7 @@ pub struct Tern {
 impl Tern {
     /// Starts `tern run --output stdout` with `args` in `ns`, and waits until it has attached.
     pub fn start(ns: &Netns, args: &[&str]) -> Self {
-        let tern = Self::spawn(ns, args);
-        tern.wait_log("attached", Duration::from_secs(20));
-        tern
+        Self::start_with_env(ns, args, &[])
     }
 
     /// As `start`, with more environment variables for tern (e.g. TERN_LOG).

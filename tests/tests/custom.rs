@@ -2,38 +2,29 @@
 
 use std::{
     fs,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
-use tern_tests::{Netns, Tern};
+use tern_tests::{Netns, TempDir, Tern};
 
 const REPORT_WAIT: Duration = Duration::from_secs(15);
 
-/// A directory of metric files, removed when dropped.
-struct Files(PathBuf);
+/// A directory of metric files of one test, removed when dropped.
+struct Files(TempDir);
 
 impl Files {
     fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("tern-metric-files-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        Self(dir)
+        Self(TempDir::new("metric-files"))
     }
 
     fn write(&self, name: &str, content: &str) -> String {
         let path = self.0.join(name);
         // Replaced whole, as a well-behaved exporter does.
-        let tmp = self.0.join(format!("{name}.tmp"));
+        let tmp = self.0.join(&format!("{name}.tmp"));
         fs::write(&tmp, content).unwrap();
         fs::rename(&tmp, &path).unwrap();
         path.to_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for Files {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 

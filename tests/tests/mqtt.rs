@@ -17,7 +17,7 @@ use std::{
 
 use serde_json::{Value, json};
 use tern_tests::{
-    ADDR_A, ADDR_B, LinkStats, Pair, TempDir, Tern,
+    LinkStats, Pair, TempDir, Tern, UDP_OVERHEAD,
     broker::{Identity, Mosquitto, Pki, Proxy, Received, Responder, Verdicts},
     transfer,
 };
@@ -25,13 +25,11 @@ use tern_tests::{
 const BROKER: u16 = 18883;
 const PROXY: u16 = 18884;
 const THING: &str = "gw-1";
-/// Ethernet (14) + IPv4 (20) + UDP (8) bytes around each datagram's payload.
-const UDP_OVERHEAD: u64 = 42;
 
 /// A Device Client config file as AWS ships it (with sections tern ignores), plus tern's
-/// section tuned for fast tests.
-fn write_config(dir: &TempDir, endpoint: &str, id: &Identity, ca: &Path) -> PathBuf {
-    let config = json!({
+/// section tuned for fast tests, with the keys of `tern` set over it.
+fn write_config(dir: &TempDir, endpoint: &str, id: &Identity, ca: &Path, tern: Value) -> PathBuf {
+    let mut config = json!({
         "endpoint": endpoint,
         "cert": id.cert,
         "key": id.key,
@@ -43,6 +41,9 @@ fn write_config(dir: &TempDir, endpoint: &str, id: &Identity, ca: &Path) -> Path
         "device-defender": {"enabled": true, "interval": 1},
         "tern": {"keep-alive": 1, "reconnect-max": 2, "reply-timeout": 5}
     });
+    for (key, value) in tern.as_object().expect("tern keys") {
+        config["tern"][key] = value.clone();
+    }
     let path = dir.join("config.json");
     fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
     path
@@ -77,13 +78,7 @@ impl Cloud {
     /// THING's config for `endpoint` with `identity`, the `tern` keys of `tern` set over
     /// the test defaults.
     fn config(&self, endpoint: &str, identity: &Identity, tern: Value) -> PathBuf {
-        let path = write_config(&self.dir, endpoint, identity, &self.pki.ca);
-        let mut file: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-        for (key, value) in tern.as_object().expect("tern keys") {
-            file["tern"][key] = value.clone();
-        }
-        fs::write(&path, serde_json::to_vec(&file).unwrap()).unwrap();
-        path
+        write_config(&self.dir, endpoint, identity, &self.pki.ca, tern)
     }
 
     /// THING's config straight to the broker.
@@ -117,8 +112,7 @@ struct Udp {
 
 impl Udp {
     fn new(pair: &Pair) -> Self {
-        let a = pair.a.enter(|| UdpSocket::bind((ADDR_A, 9000)).unwrap());
-        let b = pair.b.enter(|| UdpSocket::bind((ADDR_B, 9000)).unwrap());
+        let (a, b) = pair.udp();
         Self {
             a,
             b,
@@ -388,7 +382,7 @@ fn wrong_ca_refused_certificate_name_mismatch_and_no_dns_send_nothing_and_retry(
     ];
     for (tag, endpoint, identity, ca, words) in cases {
         let dir = TempDir::new(tag);
-        let config = write_config(&dir, endpoint, &identity, ca);
+        let config = write_config(&dir, endpoint, &identity, ca, json!({}));
         let tern = Tern::launch(
             &pair.a,
             &dir.join("state"),

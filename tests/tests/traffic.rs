@@ -11,10 +11,10 @@ use std::{
 };
 
 use serde_json::Value;
-use tern_tests::{ADDR_A, ADDR_B, DEV_A, LinkStats, Netns, Pair, Tern, sh, tcp_info, transfer};
+use tern_tests::{
+    ADDR_A, DEV_A, LinkStats, Netns, Pair, Tern, UDP_OVERHEAD, sh, tcp_info, transfer,
+};
 
-/// Ethernet (14) + IPv4 (20) + UDP (8) bytes around each datagram's payload.
-const UDP_OVERHEAD: u64 = 42;
 /// Ethernet (14) + IPv4 (20) + TCP with the timestamp option (32) around each segment's
 /// payload, when SACK is off (no SACK blocks in ACKs).
 const TCP_OVERHEAD: u64 = 66;
@@ -42,22 +42,12 @@ fn stop_and_sum(tern: Tern, reports: &mut Vec<Value>) -> LinkStats {
     LinkStats::reported(reports.iter())
 }
 
-fn udp_pair(pair: &Pair) -> (UdpSocket, UdpSocket) {
-    let a = pair
-        .a
-        .enter(|| UdpSocket::bind((ADDR_A, 9000)).expect("bind in a"));
-    let b = pair
-        .b
-        .enter(|| UdpSocket::bind((ADDR_B, 9000)).expect("bind in b"));
-    (a, b)
-}
-
 #[test]
 fn udp_datagrams_are_counted_exactly_and_match_interface_statistics() {
     let pair = Pair::new();
     let before = pair.a.link_stats(DEV_A);
     let tern = Tern::start(&pair.a, INTERVAL);
-    let (a, b) = udp_pair(&pair);
+    let (a, b) = pair.udp();
 
     transfer(&b, &a, 400, 1000);
     transfer(&a, &b, 250, 200);
@@ -214,7 +204,7 @@ fn coexists_with_other_tc_programs_on_the_same_interface() {
     }
     let first = Tern::start(&pair.a, INTERVAL);
     let second = Tern::start(&pair.a, INTERVAL);
-    let (a, b) = udp_pair(&pair);
+    let (a, b) = pair.udp();
     transfer(&b, &a, 300, 500);
     transfer(&a, &b, 200, 100);
 
@@ -308,7 +298,7 @@ fn interfaces_that_come_and_go_are_followed() {
     tern.wait_log("interface tj is gone", Duration::from_secs(15));
 
     // Still counting on the interfaces that remain.
-    let (a, b) = udp_pair(&pair);
+    let (a, b) = pair.udp();
     transfer(&b, &a, 50, 100);
 
     let counted = stop_and_sum(tern, &mut Vec::new());
@@ -335,7 +325,7 @@ fn interfaces_that_live_between_two_reports_are_counted() {
         pair.a.exec(&["ip", "link", "del", dev]);
         tern.wait_log(&format!("interface {dev} is gone"), Duration::from_secs(15));
     }
-    let (a, b) = udp_pair(&pair);
+    let (a, b) = pair.udp();
     transfer(&b, &a, 30, 100);
 
     let counted = stop_and_sum(tern, &mut Vec::new());
@@ -350,7 +340,7 @@ fn interfaces_that_live_between_two_reports_are_counted() {
 #[test]
 fn the_first_report_has_no_spike_from_traffic_before_start() {
     let pair = Pair::new();
-    let (a, b) = udp_pair(&pair);
+    let (a, b) = pair.udp();
     transfer(&b, &a, 200, 1200);
     let tern = Tern::start(&pair.a, INTERVAL);
     let first = tern.next_report(Duration::from_secs(10));

@@ -64,13 +64,14 @@ fn root_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Runs a command from the workspace root, failing with the command line if it fails.
+/// A command that runs from the workspace root.
 fn cmd(program: &str, args: &[&str]) -> Command {
     let mut command = Command::new(program);
     command.args(args).current_dir(root_dir());
     command
 }
 
+/// Runs `command`, failing with its command line if it fails.
 fn status(mut command: Command) -> Result<()> {
     let shown = format!("{command:?}");
     let status = command

@@ -6,11 +6,7 @@ pub mod churn;
 pub mod floor;
 pub mod peers;
 
-use std::{
-    collections::BTreeMap,
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, path::PathBuf};
 
 use serde_json::{Value, json};
 
@@ -170,18 +166,6 @@ pub fn prog_delta(
             (name.clone(), delta)
         })
         .collect()
-}
-
-/// Waits until `f` returns Some, polling every 20 ms; panics after `timeout`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = f() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what} within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// One figure: a table for the reader and the raw numbers behind it. Written to
