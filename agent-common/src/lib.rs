@@ -42,7 +42,37 @@ mod user {
     unsafe impl aya::Pod for super::Layout {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SignalLayout {}
+
+    use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use super::{AF_INET, AF_INET6};
+
+    /// An address as the kernel programs store it, as reported: an IPv4-mapped IPv6
+    /// address is shown as the IPv4 address.
+    pub fn ip(family: u16, bytes: &[u8; 16]) -> IpAddr {
+        if family == AF_INET {
+            IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(*bytes)).to_canonical()
+        }
+    }
+
+    /// An address as the kernel programs store it: its family, and IPv4 in the first four
+    /// bytes.
+    pub fn raw(addr: IpAddr) -> (u16, [u8; 16]) {
+        let mut bytes = [0; 16];
+        match addr {
+            IpAddr::V4(v4) => {
+                bytes[..4].copy_from_slice(&v4.octets());
+                (AF_INET, bytes)
+            }
+            IpAddr::V6(v6) => (AF_INET6, v6.octets()),
+        }
+    }
 }
+
+#[cfg(feature = "user")]
+pub use user::{ip, raw};
 
 /// Address families as the kernel numbers them.
 pub const AF_INET: u16 = 2;
@@ -114,23 +144,47 @@ pub const SOCKS_MAX_ENTRIES: u32 = 65_536;
 /// Capacity of each interval set; what does not fit is counted in `DETAILS_DROPPED`.
 pub const SEEN_MAX_ENTRIES: u32 = 16_384;
 
-/// Indexes of the cumulative per-CPU event counters in `SOCK_COUNTERS`.
-pub const OPENED_INBOUND_COUNT: u32 = 0;
-pub const OPENED_OUTBOUND_COUNT: u32 = 1;
-/// Connections that opened and closed within one interval.
-pub const SHORT_LIVED_COUNT: u32 = 2;
-/// Entries an interval set or a socket set could not take.
-pub const DETAILS_DROPPED: u32 = 3;
-/// TCP resets this host sent.
-pub const RESETS_SENT: u32 = 4;
-/// Segments and datagrams that reached no socket: a reset without a socket (TCP) or an
-/// ICMP port unreachable (UDP). Mostly connection attempts to closed ports.
-pub const CLOSED_PORT_ATTEMPTS: u32 = 5;
-/// Outbound connections that went from SYN_SENT to CLOSE without being established.
-pub const FAILED_CONNECTS: u32 = 6;
-pub const RETRANSMITS: u32 = 7;
-pub const EXECS: u32 = 8;
-pub const SOCK_COUNTERS_LEN: u32 = 9;
+/// The cumulative per-CPU event counters, each at its own index of `SOCK_COUNTERS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Counter {
+    OpenedInbound,
+    OpenedOutbound,
+    /// Connections that opened and closed within one interval.
+    ShortLived,
+    /// Entries an interval set or a socket set could not take.
+    DetailsDropped,
+    /// TCP resets this host sent.
+    ResetsSent,
+    /// Segments and datagrams that reached no socket: a reset without a socket (TCP) or an
+    /// ICMP port unreachable (UDP). Mostly connection attempts to closed ports.
+    ClosedPortAttempts,
+    /// Outbound connections that went from SYN_SENT to CLOSE without being established.
+    FailedConnects,
+    Retransmits,
+    Execs,
+}
+
+impl Counter {
+    /// Every counter, in index order.
+    pub const ALL: [Counter; 9] = [
+        Counter::OpenedInbound,
+        Counter::OpenedOutbound,
+        Counter::ShortLived,
+        Counter::DetailsDropped,
+        Counter::ResetsSent,
+        Counter::ClosedPortAttempts,
+        Counter::FailedConnects,
+        Counter::Retransmits,
+        Counter::Execs,
+    ];
+    /// The map's length.
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    pub const fn index(self) -> u32 {
+        self as u32
+    }
+}
 
 /// Longest executable path recorded; longer ones are cut.
 pub const EXEC_PATH_LEN: usize = 128;

@@ -12,10 +12,7 @@ use aya_ebpf::{
     maps::HashMap,
     programs::TracePointContext,
 };
-use tern_common::{
-    CLOSED_PORT_ATTEMPTS, EXEC_PATH_LEN, EXECS, RESETS_SENT, RETRANSMITS, SEEN_MAX_ENTRIES,
-    SignalLayout,
-};
+use tern_common::{Counter, EXEC_PATH_LEN, SEEN_MAX_ENTRIES, SignalLayout};
 
 use crate::sockets::{LAYOUT, count, followed, read, sock_netns_of};
 
@@ -51,9 +48,9 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
         skb_netns(read(&ctx, layout.reset_skb).unwrap_or(0), &layout)
     };
     if followed(netns) {
-        count(RESETS_SENT);
+        count(Counter::ResetsSent);
         if sk == 0 {
-            count(CLOSED_PORT_ATTEMPTS);
+            count(Counter::ClosedPortAttempts);
         }
     }
     0
@@ -67,7 +64,7 @@ pub fn icmp_send(ctx: TracePointContext) -> u32 {
     if kind == ICMP_DEST_UNREACH && code == ICMP_PORT_UNREACH {
         let netns = skb_netns(read(&ctx, layout.icmp_skb).unwrap_or(0), &layout);
         if followed(netns) {
-            count(CLOSED_PORT_ATTEMPTS);
+            count(Counter::ClosedPortAttempts);
         }
     }
     0
@@ -78,7 +75,7 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     let layout = signal_layout();
     let sk: u64 = read(&ctx, layout.retransmit_sk).unwrap_or(0);
     if followed(sock_netns_of(sk)) {
-        count(RETRANSMITS);
+        count(Counter::Retransmits);
     }
     0
 }
@@ -87,7 +84,7 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 /// business alone.
 #[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
-    count(EXECS);
+    count(Counter::Execs);
     let layout = signal_layout();
     // A __data_loc field: the data's offset in the record in the low 16 bits.
     let Some(loc) = read::<u32>(&ctx, layout.exec_filename) else {

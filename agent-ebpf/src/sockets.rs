@@ -21,10 +21,8 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext, TracePointContext},
 };
 use tern_common::{
-    AF_INET, AF_INET6, DETAILS_DROPPED, FAILED_CONNECTS, Layout, OPENED_INBOUND,
-    OPENED_INBOUND_COUNT, OPENED_OUTBOUND, OPENED_OUTBOUND_COUNT, SEEN_MAX_ENTRIES,
-    SHORT_LIVED_COUNT, SOCK_COUNTERS_LEN, SOCKS_MAX_ENTRIES, Seen, TCP_CONNECTION, TCP_LISTENER,
-    TcpSock, TcpState, UdpSock,
+    AF_INET, AF_INET6, Counter, Layout, OPENED_INBOUND, OPENED_OUTBOUND, SEEN_MAX_ENTRIES,
+    SOCKS_MAX_ENTRIES, Seen, TCP_CONNECTION, TCP_LISTENER, TcpSock, TcpState, UdpSock,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -97,7 +95,7 @@ static CONNECTIONS_SEEN: HashMap<TcpSock, u32> =
     HashMap::with_max_entries(SEEN_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]
-static SOCK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SOCK_COUNTERS_LEN, 0);
+static SOCK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
 #[map]
 static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
@@ -168,7 +166,7 @@ fn on_state_change(ctx: &TracePointContext) -> Option<()> {
             };
             remember(&CONTACTED, &contacted);
         } else {
-            count(FAILED_CONNECTS);
+            count(Counter::FailedConnects);
         }
     } else if kind == TCP_LISTENER {
         sock.remote_addr = [0; 16];
@@ -205,7 +203,7 @@ fn listener_opened(sock: &TcpSock, epoch: u32) {
             // atomics in core): two sockets of one reuse group changing state on two CPUs
             // in the same instant could miss one count.
             Some(existing) => unsafe { (*existing).count += 1 },
-            None => count(DETAILS_DROPPED),
+            None => count(Counter::DetailsDropped),
         }
     }
     let seen = Seen {
@@ -235,9 +233,9 @@ fn listener_closed(sock: &TcpSock) {
 #[inline(always)]
 fn connection_opened(sock: &TcpSock, flags: u32, epoch: u32) {
     count(if flags == OPENED_OUTBOUND {
-        OPENED_OUTBOUND_COUNT
+        Counter::OpenedOutbound
     } else {
-        OPENED_INBOUND_COUNT
+        Counter::OpenedInbound
     });
     let state = TcpState {
         opened_epoch: epoch,
@@ -245,7 +243,7 @@ fn connection_opened(sock: &TcpSock, flags: u32, epoch: u32) {
         count: 1,
     };
     if TCP_SOCKS.insert(sock, &state, BPF_ANY).is_err() {
-        count(DETAILS_DROPPED);
+        count(Counter::DetailsDropped);
     }
     let remote = Seen {
         netns: sock.netns,
@@ -259,7 +257,7 @@ fn connection_opened(sock: &TcpSock, flags: u32, epoch: u32) {
     if unsafe { read_volatile(&RECORD_CONNECTIONS) } != 0
         && CONNECTIONS_SEEN.insert(sock, &epoch, BPF_ANY).is_err()
     {
-        count(DETAILS_DROPPED);
+        count(Counter::DetailsDropped);
     }
 }
 
@@ -268,7 +266,7 @@ fn connection_closed(sock: &TcpSock, epoch: u32) {
     // SAFETY: a valid map value, read once.
     if let Some(state) = unsafe { TCP_SOCKS.get(sock) } {
         if state.opened_epoch == epoch {
-            count(SHORT_LIVED_COUNT);
+            count(Counter::ShortLived);
         }
         let _ = TCP_SOCKS.remove(sock);
     }
@@ -368,7 +366,7 @@ fn udp_listening<const V6: bool>(cookie: u64, netns: u64, sk: *const bpf_sock) {
         sock.local_addr[..4].copy_from_slice(&ip4.to_ne_bytes());
     }
     if UDP_SOCKS.insert(&cookie, &sock, BPF_ANY).is_err() {
-        count(DETAILS_DROPPED);
+        count(Counter::DetailsDropped);
     }
     let seen = Seen {
         netns,
@@ -456,13 +454,13 @@ pub(crate) fn epoch() -> u32 {
 #[inline(always)]
 pub(crate) fn remember(set: &HashMap<Seen, u32>, seen: &Seen) {
     if set.insert(seen, &0, BPF_ANY).is_err() {
-        count(DETAILS_DROPPED);
+        count(Counter::DetailsDropped);
     }
 }
 
 #[inline(always)]
-pub(crate) fn count(index: u32) {
-    if let Some(counter) = SOCK_COUNTERS.get_ptr_mut(index) {
+pub(crate) fn count(counter: Counter) {
+    if let Some(counter) = SOCK_COUNTERS.get_ptr_mut(counter.index()) {
         // SAFETY: a per-CPU slot, touched by this CPU only.
         unsafe { *counter += 1 };
     }

@@ -5,11 +5,10 @@ use std::fs;
 
 use log::warn;
 
-use crate::report::{CustomMetric, Number};
-
-/// The name AWS's own agents use.
-pub const CPU_USAGE: &str = "cpu_usage";
-pub const MEMORY_USED: &str = "memory_used";
+use crate::report::{
+    CustomMetric, Number,
+    catalog::{CPU_USAGE, MEMORY_USED, Metric},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct CpuTimes {
@@ -27,7 +26,7 @@ impl DeviceCollector {
         Self { last: read_cpu() }
     }
 
-    pub fn collect(&mut self) -> Vec<(&'static str, CustomMetric)> {
+    pub fn collect(&mut self) -> Vec<(Metric, CustomMetric)> {
         let mut out = Vec::new();
         let now = read_cpu();
         if let (Some(before), Some(now)) = (self.last, now)

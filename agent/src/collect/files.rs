@@ -8,15 +8,7 @@ use std::{fs, net::IpAddr, path::PathBuf, str::FromStr};
 use anyhow::{Result, bail};
 use log::warn;
 
-use crate::report::{CustomMetric, Number};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Number,
-    NumberList,
-    StringList,
-    IpList,
-}
+use crate::report::{CustomMetric, Kind, Number, catalog::valid_name};
 
 /// A metric the operator defined: its name, its type, and the file it comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,22 +16,6 @@ pub struct FileMetric {
     pub name: String,
     pub kind: Kind,
     pub path: PathBuf,
-}
-
-impl FromStr for Kind {
-    type Err = anyhow::Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "number" => Self::Number,
-            "number_list" | "number-list" => Self::NumberList,
-            "string_list" | "string-list" => Self::StringList,
-            "ip_list" | "ip-list" | "ip-address-list" => Self::IpList,
-            other => bail!(
-                "unknown metric type {other:?}: use number, number_list, string_list or ip_list"
-            ),
-        })
-    }
 }
 
 /// `NAME=TYPE:PATH`, as given on the command line.
@@ -100,23 +76,6 @@ impl FileMetric {
             }
         }
     }
-}
-
-/// Device Defender's rule for names: 1 to 128 of `[a-zA-Z0-9:_-]`, not starting `aws:`.
-pub(crate) fn valid_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() || name.len() > 128 {
-        return Err("must be 1 to 128 characters long");
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '-'))
-    {
-        return Err("may only hold letters, digits, ':', '_' and '-'");
-    }
-    if name.starts_with("aws:") {
-        return Err("must not start with \"aws:\", which AWS keeps for its own metrics");
-    }
-    Ok(())
 }
 
 fn parse(kind: Kind, text: &str) -> Result<CustomMetric, String> {

@@ -1,129 +1,171 @@
-//! Collection: reads the kernel maps and turns them into the numbers and lists of one
-//! report. Never reads network counters from /proc or /sys: those are ground truth for the
-//! tests. (CPU and memory readings, which no kernel program counts, come from /proc.)
+//! Collection: reads the kernel maps (and, for CPU and memory, which no kernel program
+//! counts, /proc; for the operator's metrics, their files) and fills one
+//! `report::Interval`. Never formats or sends; never reads network counters from /proc or
+//! /sys: those are ground truth for the tests.
 
-use std::{collections::BTreeSet, str::FromStr};
-
-use anyhow::{Result, bail};
-
-use crate::report::Merge;
-
+mod delta;
 mod device;
 mod files;
+mod seed;
+mod sets;
+mod signals;
 mod sockets;
 mod traffic;
 
-pub use device::DeviceCollector;
-#[cfg(test)]
-pub(crate) use files::valid_name;
-pub use files::{FileMetric, Kind};
-pub use sockets::{SocketCollector, SocketOptions};
-pub use traffic::TrafficCollector;
+use std::collections::HashSet;
 
-/// Every custom metric tern computes itself (all are sent unless a selection says
-/// otherwise), with how it merges when an undelivered report folds into the next: counts of
-/// the interval add up, sets of the interval unite, readings at report time are replaced.
-pub const BUILTIN: &[(&str, Merge)] = &[
-    (sockets::OPENED, Merge::Sum),
-    (sockets::OPENED_INBOUND, Merge::Sum),
-    (sockets::OPENED_OUTBOUND, Merge::Sum),
-    (sockets::SHORT_LIVED, Merge::Sum),
-    (sockets::TCP_PORTS, Merge::Union),
-    (sockets::UDP_PORTS, Merge::Union),
-    (sockets::REMOTES, Merge::Union),
-    (sockets::DROPPED, Merge::Sum),
-    (sockets::RESETS, Merge::Sum),
-    (sockets::CLOSED_PORTS, Merge::Sum),
-    (sockets::FAILED, Merge::Sum),
-    (sockets::RETRANSMITTED, Merge::Sum),
-    (sockets::EXECUTIONS, Merge::Sum),
-    (sockets::NEW_EXECUTABLES, Merge::Union),
-    (sockets::PORTS_CONTACTED, Merge::Union),
-    (sockets::ADDRESSES_CONTACTED, Merge::Union),
-    (device::CPU_USAGE, Merge::Latest),
-    (device::MEMORY_USED, Merge::Latest),
-];
+use anyhow::{Context, Result};
+use log::{error, info};
+use tern_common::Counter;
 
-fn is_builtin(name: &str) -> bool {
-    BUILTIN.iter().any(|(n, _)| *n == name)
-}
+use crate::{
+    host::netns,
+    kernel::maps::{Maps, SharedMaps},
+    report::{CustomMetric, Interval, catalog::Metric},
+};
+use delta::Readings;
+use device::DeviceCollector;
+pub use files::FileMetric;
+use signals::SignalCollector;
+use sockets::SocketCollector;
+pub use sockets::SocketOptions;
+use traffic::TrafficCollector;
 
-/// Which of tern's own custom metrics a report carries.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Selection {
-    All,
-    Only(BTreeSet<String>),
-}
+/// How much each kernel counter grew over the interval.
+pub struct Growth([u64; Counter::ALL.len()]);
 
-impl Selection {
-    pub fn sends(&self, name: &str) -> bool {
-        match self {
-            Self::All => true,
-            Self::Only(names) => names.contains(name),
-        }
+impl Growth {
+    pub fn of(&self, counter: Counter) -> u64 {
+        self.0[counter.index() as usize]
     }
 }
 
-/// "all", "none", or a comma-separated list of built-in names.
-impl FromStr for Selection {
-    type Err = anyhow::Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s.trim() {
-            "all" => return Ok(Self::All),
-            "none" | "" => return Ok(Self::Only(BTreeSet::new())),
-            _ => {}
-        }
-        let names: BTreeSet<String> = s.split(',').map(|n| n.trim().to_owned()).collect();
-        if let Some(unknown) = names.iter().find(|n| !is_builtin(n)) {
-            let all: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
-            bail!(
-                "{unknown:?} is not one of tern's custom metrics; choose among: {}",
-                all.join(", ")
-            );
-        }
-        Ok(Self::Only(names))
-    }
+/// Every collector, and what they share: the interval number the kernel programs file
+/// their sets under, and the readings of the kernel's event counters.
+pub struct Collectors {
+    traffic: TrafficCollector,
+    sockets: SocketCollector,
+    signals: SignalCollector,
+    device: DeviceCollector,
+    files: Vec<FileMetric>,
+    shared: SharedMaps,
+    epoch: u32,
+    counters: Readings<(), { Counter::ALL.len() }>,
 }
 
-/// Refuses user-defined metrics whose names clash with tern's own or with each other.
-pub fn check_user_metrics(metrics: &[FileMetric]) -> Result<()> {
-    let mut seen = BTreeSet::new();
-    for m in metrics {
-        if is_builtin(&m.name) {
-            bail!(
-                "custom metric {:?} is one of tern's own; give yours another name",
-                m.name
-            );
+impl Collectors {
+    /// Seeds the kernel maps with the sockets that existed before the programs were
+    /// attached (in every namespace when all are reported, which needs privilege), and takes
+    /// the first readings, so the first report covers its own interval only.
+    pub fn start(
+        maps: Maps,
+        options: SocketOptions,
+        own_netns: u64,
+        files: Vec<FileMetric>,
+    ) -> Result<Self> {
+        let Maps {
+            traffic,
+            mut sockets,
+            signals,
+            shared,
+        } = maps;
+        let mut seeded = seed::seed(&mut sockets, own_netns)?;
+        if options.netns.is_none() {
+            for other in netns::in_other_namespaces(|| {
+                let cookie = netns::own_netns_cookie()?;
+                seed::seed(&mut sockets, cookie)
+            })? {
+                seeded += other;
+            }
         }
-        if !seen.insert(m.name.as_str()) {
-            bail!("custom metric {:?} is defined twice", m.name);
+        info!(
+            "found {} TCP listeners, {} TCP connections and {} UDP sockets open before start",
+            seeded.listeners, seeded.connections, seeded.udp
+        );
+        let netns = options.netns;
+        let mut collectors = Self {
+            traffic: TrafficCollector::new(traffic),
+            sockets: SocketCollector::start(sockets, options)?,
+            signals: SignalCollector::new(signals, netns),
+            device: DeviceCollector::start(),
+            files,
+            shared,
+            epoch: 0,
+            counters: Readings::default(),
+        };
+        collectors.next_epoch()?;
+        let first = collectors.read_counters()?;
+        collectors.counters.advance((), first);
+        Ok(collectors)
+    }
+
+    /// The interval since the previous call, on the interfaces `counted` now and those
+    /// `gone` since. A failed read is logged and gives nothing: the kernel keeps counting,
+    /// and the next interval carries what this one could not.
+    pub fn collect(&mut self, counted: &HashSet<u32>, gone: &HashSet<u32>) -> Option<Interval> {
+        let network_stats = match self.traffic.collect(counted, gone) {
+            Ok(stats) => stats,
+            Err(err) => {
+                error!("{err:#}; this interval's traffic goes into the next report");
+                return None;
+            }
+        };
+        match self.collect_sockets() {
+            Ok((sockets, signals)) => {
+                let mut own = sockets.custom;
+                own.extend(signals);
+                own.extend(self.device.collect());
+                Some(Interval {
+                    network_stats,
+                    listening_tcp_ports: sockets.listening_tcp_ports,
+                    listening_udp_ports: sockets.listening_udp_ports,
+                    tcp_connections: sockets.tcp_connections,
+                    own,
+                    user: self
+                        .files
+                        .iter()
+                        .filter_map(|m| Some((m.name.clone(), m.read()?)))
+                        .collect(),
+                })
+            }
+            Err(err) => {
+                error!("{err:#}; this interval's sockets go into the next report");
+                None
+            }
         }
     }
-    Ok(())
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_selection_names_built_in_metrics_only() {
-        assert_eq!("all".parse::<Selection>().unwrap(), Selection::All);
-        let none: Selection = "none".parse().unwrap();
-        assert!(!none.sends("cpu_usage"));
-        let some: Selection = "cpu_usage, interval_execs".parse().unwrap();
-        assert!(some.sends("cpu_usage") && some.sends("interval_execs"));
-        assert!(!some.sends("memory_used"));
-        let err = "cpu".parse::<Selection>().unwrap_err().to_string();
-        assert!(err.contains("cpu_usage"), "{err}");
+    fn collect_sockets(&mut self) -> Result<(sockets::Sockets, Vec<(Metric, CustomMetric)>)> {
+        // Events from here on belong to the next interval; the sets of this one are drained.
+        let epoch = self.next_epoch()?;
+        let now = self.read_counters()?;
+        let growth = Growth(self.counters.advance((), now));
+        let sockets = self.sockets.collect(epoch, &growth)?;
+        let signals = self.signals.collect(epoch, &growth)?;
+        Ok((sockets, signals))
     }
 
-    #[test]
-    fn user_metrics_may_not_shadow_built_in_ones_or_repeat() {
-        let m = |s: &str| s.parse::<FileMetric>().unwrap();
-        assert!(check_user_metrics(&[m("t=number:/a"), m("u=number:/b")]).is_ok());
-        assert!(check_user_metrics(&[m("cpu_usage=number:/a")]).is_err());
-        assert!(check_user_metrics(&[m("t=number:/a"), m("t=number:/b")]).is_err());
+    /// Starts the next interval in the kernel programs; returns its number.
+    fn next_epoch(&mut self) -> Result<u32> {
+        self.epoch = self.epoch.wrapping_add(1);
+        self.shared
+            .epoch
+            .set(0, self.epoch, 0)
+            .context("publishing the interval number to the kernel")?;
+        Ok(self.epoch)
+    }
+
+    /// The kernel's cumulative counters, each summed over all CPUs.
+    fn read_counters(&self) -> Result<[u64; Counter::ALL.len()]> {
+        let mut out = [0; Counter::ALL.len()];
+        for counter in Counter::ALL {
+            let per_cpu = self
+                .shared
+                .counters
+                .get(&counter.index(), 0)
+                .context("reading the SOCK_COUNTERS map")?;
+            out[counter.index() as usize] = per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v));
+        }
+        Ok(out)
     }
 }

@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use log::warn;
 use tern_common::{IF_TRAFFIC_SLOTS, IfTraffic};
 
-use crate::{delta::Readings, probes::TrafficMaps, report::NetworkStats};
+use super::delta::Readings;
+use crate::{kernel::maps::TrafficMaps, report::NetworkStats};
 
 /// The slot of `IF_TRAFFIC_BY_INDEX` that holds the traffic of interfaces that found the
 /// hash map full; no interface has index 0.

@@ -2,14 +2,18 @@
 //! Builds, merges and checks reports; `encode` turns one into bytes. Knows nothing of where
 //! the numbers come from or where the bytes go.
 
-pub mod custom;
+mod assemble;
+pub mod catalog;
 mod encode;
 mod ids;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, str::FromStr};
+
+use anyhow::bail;
 
 use serde::{Deserialize, Serialize};
 
+pub use assemble::Interval;
 pub use encode::{Format, Names, encode_within};
 pub use ids::ReportIds;
 
@@ -118,6 +122,42 @@ pub enum CustomMetric {
     NumberList(Vec<u64>),
     StringList(Vec<String>),
     IpList(Vec<String>),
+}
+
+impl CustomMetric {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Self::Number(_) => Kind::Number,
+            Self::NumberList(_) => Kind::NumberList,
+            Self::StringList(_) => Kind::StringList,
+            Self::IpList(_) => Kind::IpList,
+        }
+    }
+}
+
+/// The type of a custom metric, as Device Defender names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Number,
+    NumberList,
+    StringList,
+    IpList,
+}
+
+impl FromStr for Kind {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "number" => Self::Number,
+            "number_list" | "number-list" => Self::NumberList,
+            "string_list" | "string-list" => Self::StringList,
+            "ip_list" | "ip-list" | "ip-address-list" => Self::IpList,
+            other => bail!(
+                "unknown metric type {other:?}: use number, number_list, string_list or ip_list"
+            ),
+        })
+    }
 }
 
 /// A `number` value: a count stays an integer in the document; a reading may have decimals.

@@ -12,7 +12,6 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader, include_bytes_aligned,
-    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuHashMap},
     programs::{
         CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
         TracePoint,
@@ -24,9 +23,9 @@ use aya::{
     util::KernelVersion,
 };
 use log::{debug, info, warn};
-use tern_common::{EXEC_PATH_LEN, IfTraffic, Seen, TcpSock, TcpState, UdpSock};
 
-use crate::interfaces::{Interface, LinkEvent};
+use super::maps::Maps;
+use crate::host::links::{Interface, LinkEvent};
 
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tern-ebpf"));
 
@@ -48,25 +47,6 @@ const CGROUP_SOCK_ADDR: &[&str] = &[
     "udp_connect4",
     "udp_connect6",
 ];
-
-/// The maps the collectors read; their fds stay valid for the life of the process.
-pub struct TrafficMaps {
-    pub by_index: PerCpuArray<MapData, IfTraffic>,
-    pub per_interface: PerCpuHashMap<MapData, u32, IfTraffic>,
-}
-
-pub struct SocketMaps {
-    pub tcp_socks: BpfHashMap<MapData, TcpSock, TcpState>,
-    pub udp_socks: BpfHashMap<MapData, u64, UdpSock>,
-    pub tcp_listened: BpfHashMap<MapData, Seen, u32>,
-    pub udp_listened: BpfHashMap<MapData, Seen, u32>,
-    pub remotes_seen: BpfHashMap<MapData, Seen, u32>,
-    pub contacted: BpfHashMap<MapData, Seen, u32>,
-    pub executed: BpfHashMap<MapData, [u8; EXEC_PATH_LEN], u32>,
-    pub connections_seen: BpfHashMap<MapData, TcpSock, u32>,
-    pub counters: PerCpuArray<MapData, u64>,
-    pub epoch: Array<MapData, u32>,
-}
 
 /// What to load: which namespace the socket programs follow (0: all of them), and whether
 /// they record every connection of an interval.
@@ -98,7 +78,7 @@ struct Attachment {
     links: Option<(SchedClassifierLinkId, SchedClassifierLinkId)>,
 }
 
-pub struct Probes {
+pub struct Programs {
     ebpf: Ebpf,
     include_loopback: bool,
     new_interfaces: NewInterfaces,
@@ -110,10 +90,10 @@ pub struct Probes {
     gone: HashSet<u32>,
 }
 
-impl Probes {
-    pub fn load(options: &LoadOptions) -> Result<(Self, TrafficMaps, SocketMaps)> {
-        let layout = crate::layout::read()?;
-        let signals = crate::layout::read_signals();
+impl Programs {
+    pub fn load(options: &LoadOptions) -> Result<(Self, Maps)> {
+        let layout = super::offsets::read()?;
+        let signals = super::offsets::read_signals();
         let record_connections = u32::from(options.record_connections);
         let mut ebpf = EbpfLoader::new()
             .override_global("LAYOUT", &layout, true)
@@ -141,7 +121,7 @@ impl Probes {
             let Some((category, name)) = event.split_once('/') else {
                 continue;
             };
-            if crate::layout::tracepoint_format(event).is_none() {
+            if super::offsets::tracepoint_format(event).is_none() {
                 warn!("this kernel has no tracepoint {category}:{name}; its signal stays 0");
                 continue;
             }
@@ -172,23 +152,8 @@ impl Probes {
                 .with_context(|| format!("attaching {name} to the cgroup-v2 root"))?;
         }
 
-        let traffic = TrafficMaps {
-            by_index: PerCpuArray::try_from(take(&mut ebpf, "IF_TRAFFIC_BY_INDEX")?)?,
-            per_interface: PerCpuHashMap::try_from(take(&mut ebpf, "IF_TRAFFIC")?)?,
-        };
-        let sockets = SocketMaps {
-            tcp_socks: BpfHashMap::try_from(take(&mut ebpf, "TCP_SOCKS")?)?,
-            udp_socks: BpfHashMap::try_from(take(&mut ebpf, "UDP_SOCKS")?)?,
-            tcp_listened: BpfHashMap::try_from(take(&mut ebpf, "TCP_LISTENED")?)?,
-            udp_listened: BpfHashMap::try_from(take(&mut ebpf, "UDP_LISTENED")?)?,
-            remotes_seen: BpfHashMap::try_from(take(&mut ebpf, "REMOTES_SEEN")?)?,
-            contacted: BpfHashMap::try_from(take(&mut ebpf, "CONTACTED")?)?,
-            executed: BpfHashMap::try_from(take(&mut ebpf, "EXECUTED")?)?,
-            connections_seen: BpfHashMap::try_from(take(&mut ebpf, "CONNECTIONS_SEEN")?)?,
-            counters: PerCpuArray::try_from(take(&mut ebpf, "SOCK_COUNTERS")?)?,
-            epoch: Array::try_from(take(&mut ebpf, "EPOCH")?)?,
-        };
-        let probes = Self {
+        let maps = Maps::take(&mut ebpf)?;
+        let programs = Self {
             ebpf,
             include_loopback: options.include_loopback,
             new_interfaces: NewInterfaces::Attach,
@@ -196,7 +161,7 @@ impl Probes {
             ignored: HashSet::new(),
             gone: HashSet::new(),
         };
-        Ok((probes, traffic, sockets))
+        Ok((programs, maps))
     }
 
     /// Decides who attaches to interfaces seen from now on.
@@ -362,11 +327,6 @@ where
         .program_mut(name)
         .with_context(|| format!("program {name} missing from the eBPF object"))?;
     Ok(program.try_into()?)
-}
-
-fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
-    ebpf.take_map(name)
-        .with_context(|| format!("map {name} missing from the eBPF object"))
 }
 
 pub fn cgroup2_mounted() -> bool {

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::privilege::Account;
+use super::Account;
 
 pub fn prepare(dir: &Path, account: &Account) -> Result<()> {
     match fs::metadata(dir) {

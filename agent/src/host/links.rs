@@ -2,11 +2,7 @@
 //! every link that appears or goes away; and which interface holds which local address.
 //! Owns the NETLINK_ROUTE sockets; knows nothing of eBPF or reports.
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    os::fd::{AsRawFd, RawFd},
-};
+use std::{collections::HashMap, net::IpAddr, os::fd::AsRawFd, time::Duration};
 
 use anyhow::{Context, Result};
 use netlink_packet_route::{
@@ -16,7 +12,7 @@ use netlink_packet_route::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-use crate::netlink::{dump, receive};
+use super::netlink::{dump, receive};
 
 /// rtnetlink multicast group of link changes (RTNLGRP_LINK).
 const RTNLGRP_LINK: u32 = 1;
@@ -64,6 +60,20 @@ impl LinkWatch {
             RouteNetlinkMessage::GetLink(LinkMessage::default()),
         )?;
         Ok(messages.into_iter().filter_map(link_event).collect())
+    }
+
+    /// Sleeps until a change arrives, `timeout` passes (None: no limit) or a signal arrives.
+    pub fn wait(&self, timeout: Option<Duration>) {
+        let mut poll = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = timeout.map_or(-1, |t| {
+            libc::c_int::try_from(t.as_millis().saturating_add(1)).unwrap_or(libc::c_int::MAX)
+        });
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut poll, 1, millis) };
     }
 
     /// Changes that arrived since the last call; never blocks.
@@ -150,12 +160,6 @@ pub fn address_owners() -> Result<HashMap<IpAddr, String>> {
         }
     }
     Ok(owners)
-}
-
-impl AsRawFd for LinkWatch {
-    fn as_raw_fd(&self) -> RawFd {
-        self.socket.as_raw_fd()
-    }
 }
 
 fn interface(link: &LinkMessage) -> Interface {

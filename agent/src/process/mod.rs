@@ -1,6 +1,8 @@
-//! Privilege: who tern runs as after start, and the drop that gets it there.
+//! The running process: who tern runs as after start, the drop that gets it there, and
+//! what the process may still do (the link child, the state directory, stop requests,
+//! systemd notifications).
 //!
-//! Ordering contract, followed by `run` and by the link child:
+//! Ordering contract, followed by `agent` and by the link child:
 //! 1. open every handle tern will need (rtnetlink sockets, files, the state directory);
 //! 2. load and attach the eBPF programs, and take their map fds;
 //! 3. fork the link child, if interfaces added later are to be counted;
@@ -12,6 +14,11 @@
 //!
 //! Capabilities and no_new_privs are per thread and inherited by new threads, so a thread
 //! started before step 4 would keep root's powers. Also checks the mode of private key files.
+
+pub mod link_child;
+pub mod notify;
+pub mod state_dir;
+pub mod stop;
 
 use std::{
     collections::HashSet,

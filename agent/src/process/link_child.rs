@@ -7,25 +7,22 @@
 //! it reads nothing but the kernel's rtnetlink link messages, opens no file, and
 //! dies with the main process (PR_SET_PDEATHSIG), detaching what it attached.
 
-use std::os::fd::AsRawFd;
-
 use anyhow::{Result, ensure};
 use caps::{Capability, CapsHashSet};
 use log::{error, info};
 
+use super::{Account, stop};
 use crate::{
-    interfaces::LinkWatch,
-    privilege::{self, Account},
-    probes::{self, NewInterfaces, Probes},
-    signals,
+    host::links::LinkWatch,
+    kernel::programs::{self, NewInterfaces, Programs},
 };
 
 /// What attaching needs once the programs are loaded: a TCX link (6.6+) needs no capability,
 /// the kernel checked when the program was loaded (measured on 6.18: a process with no
 /// capability attaches); a netlink TC filter is a network-admin operation.
 pub fn child_keeps() -> CapsHashSet {
-    let mut keep = privilege::main_process_keeps();
-    if !probes::tcx_available() {
+    let mut keep = super::main_process_keeps();
+    if !programs::tcx_available() {
         keep.insert(Capability::CAP_NET_ADMIN);
     }
     keep
@@ -57,9 +54,9 @@ pub fn fork() -> Result<Fork> {
 
 /// The child's life: drop to `account` keeping [`child_keeps`], then attach to every new
 /// interface `watch` announces. `parent` is the main process's pid.
-pub fn serve(mut probes: Probes, mut watch: LinkWatch, account: &Account, parent: u32) -> ! {
+pub fn serve(mut programs: Programs, mut watch: LinkWatch, account: &Account, parent: u32) -> ! {
     let keep = child_keeps();
-    if let Err(err) = privilege::drop_to(account, &keep) {
+    if let Err(err) = super::drop_to(account, &keep) {
         error!("link child: {err:#}; interfaces added from now on are not counted");
         std::process::exit(1);
     }
@@ -75,7 +72,7 @@ pub fn serve(mut probes: Probes, mut watch: LinkWatch, account: &Account, parent
         error!("link child: {err:#}; interfaces added from now on are not counted");
         std::process::exit(1);
     }
-    probes.set_new_interfaces(NewInterfaces::Attach);
+    programs.set_new_interfaces(NewInterfaces::Attach);
     info!(
         "link child ready, holding {}",
         match keep.is_empty() {
@@ -84,20 +81,14 @@ pub fn serve(mut probes: Probes, mut watch: LinkWatch, account: &Account, parent
         }
     );
     loop {
-        let mut poll = libc::pollfd {
-            fd: watch.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        unsafe { libc::poll(&mut poll, 1, -1) };
-        if signals::stop_requested() {
+        watch.wait(None);
+        if stop::stop_requested() {
             // Dropping the programs detaches every link they hold; exit() would skip it.
-            drop(probes);
+            drop(programs);
             std::process::exit(0);
         }
         match watch.changes() {
-            Ok(events) => events.into_iter().for_each(|e| probes.apply(e)),
+            Ok(events) => events.into_iter().for_each(|e| programs.apply(e)),
             Err(err) => error!("link child: reading link changes: {err:#}"),
         }
     }

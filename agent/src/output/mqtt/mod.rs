@@ -33,8 +33,8 @@ use tokio::{sync::Notify, time::Instant};
 
 use crate::{
     config::{Broker, Settings},
-    report::{CustomMetric, Format, Names, Report, custom, custom::merge_rule, encode_within},
-    spool::Spool,
+    output::spool::Spool,
+    report::{CustomMetric, Format, Names, Report, catalog, catalog::merge_rule, encode_within},
 };
 
 use backoff::Backoff;
@@ -113,13 +113,16 @@ impl Outbox {
     /// publisher. A report that cannot be written is kept and folded into the next one.
     pub fn push(&mut self, mut report: Report) {
         let c = &self.shared.counters;
-        for (name, counter) in [
-            (custom::REPORTS_ACCEPTED, &c.accepted),
-            (custom::REPORTS_REJECTED, &c.rejected),
-            (custom::REPORTS_UNANSWERED, &c.unanswered),
-            (custom::REPORTS_DROPPED, &c.dropped),
+        for (metric, counter) in [
+            (catalog::REPORTS_ACCEPTED, &c.accepted),
+            (catalog::REPORTS_REJECTED, &c.rejected),
+            (catalog::REPORTS_UNANSWERED, &c.unanswered),
+            (catalog::REPORTS_DROPPED, &c.dropped),
         ] {
-            report.set_custom(name, CustomMetric::from(counter.swap(0, Ordering::SeqCst)));
+            report.set_custom(
+                metric.name,
+                CustomMetric::from(counter.swap(0, Ordering::SeqCst)),
+            );
         }
         if let Some(older) = self.carry.take() {
             report.absorb(&older, merge_rule);
@@ -681,7 +684,7 @@ mod tests {
                     ..Default::default()
                 },
             );
-            report.set_custom(custom::REPORTS_ACCEPTED, CustomMetric::from(accepted));
+            report.set_custom(catalog::REPORTS_ACCEPTED.name, CustomMetric::from(accepted));
             spool.push(report).unwrap();
         }
         let shared = Shared {
@@ -711,7 +714,7 @@ mod tests {
         assert_eq!(value["metrics"]["network_stats"]["bytes_in"], 60);
         assert_eq!(value["metrics"]["network_stats"]["packets_in"], 3);
         assert_eq!(
-            value["custom_metrics"][custom::REPORTS_ACCEPTED][0]["number"],
+            value["custom_metrics"][catalog::REPORTS_ACCEPTED.name][0]["number"],
             3
         );
         std::fs::remove_dir_all(&dir).unwrap();
@@ -728,7 +731,7 @@ mod tests {
             budget: 128 * 1024,
             state_dir: dir.clone(),
             broker: None,
-            custom_metrics: crate::collect::Selection::All,
+            custom_metrics: crate::report::catalog::Selection::All,
             metrics: Vec::new(),
             user: None,
         };

@@ -19,8 +19,11 @@ use rustls::{
 use serde::Deserialize;
 
 use crate::{
-    collect::{FileMetric, Kind, Selection, check_user_metrics},
-    report::{Format, Names},
+    collect::FileMetric,
+    report::{
+        Format, Kind, Names,
+        catalog::{self, Selection},
+    },
 };
 
 /// Device Defender refuses reports more often than this from one thing.
@@ -299,14 +302,14 @@ fn resolve(args: &ConfigArgs, problems: &mut Vec<Problem>) -> Option<Settings> {
         .clone()
         .or(tern.state_dir.as_deref().map(expand))
         // Where `tern install` creates it: /var/lib/ and the binary's (installed) name.
-        .unwrap_or_else(|| Path::new("/var/lib").join(crate::privilege::program_name()));
+        .unwrap_or_else(|| Path::new("/var/lib").join(crate::process::program_name()));
     let endpoint = args.endpoint.clone().or(file.endpoint);
     let broker = match endpoint {
         None => {
             // Unused without an endpoint, a key others can read is still a leak to refuse.
             let key = args.key.clone().or(file.key.as_deref().map(expand));
             if let Some(key) = key
-                && let Err(e) = crate::privilege::check_private_key(&key)
+                && let Err(e) = crate::process::check_private_key(&key)
             {
                 problem(problems, format!("{source}: {e:#}"));
             }
@@ -821,9 +824,35 @@ pub fn check(args: &ConfigArgs) -> Result<()> {
     }
 }
 
+/// Refuses user-defined metrics whose names clash with tern's own or with each other.
+fn check_user_metrics(metrics: &[FileMetric]) -> anyhow::Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for m in metrics {
+        if catalog::lookup(&m.name).is_some() {
+            bail!(
+                "custom metric {:?} is one of tern's own; give yours another name",
+                m.name
+            );
+        }
+        if !seen.insert(m.name.as_str()) {
+            bail!("custom metric {:?} is defined twice", m.name);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_metrics_may_not_shadow_tern_metrics_or_repeat() {
+        let m = |s: &str| s.parse::<FileMetric>().unwrap();
+        assert!(check_user_metrics(&[m("t=number:/a"), m("u=number:/b")]).is_ok());
+        assert!(check_user_metrics(&[m("cpu_usage=number:/a")]).is_err());
+        assert!(check_user_metrics(&[m("reports_accepted=number:/a")]).is_err());
+        assert!(check_user_metrics(&[m("t=number:/a"), m("t=number:/b")]).is_err());
+    }
 
     #[test]
     fn endpoints_split_into_host_and_port() {

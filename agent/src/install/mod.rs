@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use log::{info, warn};
 
-use crate::privilege;
+use crate::process;
 
 #[derive(clap::Args, Debug)]
 pub struct InstallArgs {
@@ -95,7 +95,7 @@ pub fn install(args: &InstallArgs) -> Result<()> {
         "a service named {name} is already installed ({}): uninstall it or choose another --name",
         layout.local(UNIT).display()
     );
-    privilege::check_config_key(&args.config, &args.root)?;
+    process::check_config_key(&args.config, &args.root)?;
 
     let created_user = match account(&args.root, &user)? {
         Some(_) => false,
@@ -152,7 +152,7 @@ pub fn install(args: &InstallArgs) -> Result<()> {
 }
 
 pub fn uninstall(args: &UninstallArgs) -> Result<()> {
-    let name = args.name.clone().unwrap_or_else(privilege::program_name);
+    let name = args.name.clone().unwrap_or_else(process::program_name);
     check_name(&name, "--name")?;
     let layout = Layout {
         root: args.root.clone(),

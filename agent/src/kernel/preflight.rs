@@ -60,12 +60,12 @@ const REQUIREMENTS: &[Requirement] = &[
     },
     Requirement {
         what: "the tracepoint sock:inet_sock_set_state (tracefs)",
-        present: || crate::layout::tracepoint_format("sock/inet_sock_set_state").is_some(),
+        present: || super::offsets::tracepoint_format("sock/inet_sock_set_state").is_some(),
         fix: "mount tracefs: mount -t tracefs nodev /sys/kernel/tracing (Linux 4.16 or later)",
     },
     Requirement {
         what: "a cgroup v2 hierarchy",
-        present: || crate::probes::cgroup2_mounted(),
+        present: || super::programs::cgroup2_mounted(),
         fix: "mount one: mount -t cgroup2 none /sys/fs/cgroup (or boot with \
               systemd.unified_cgroup_hierarchy=1)",
     },

@@ -1,0 +1,218 @@
+//! The agent's life: check the configuration, attach, drop privileges, open the output
+//! (starting the publisher when reports go to a broker), then at every interval collect,
+//! build one report and send it. Link changes are applied as they arrive, so a new
+//! interface is counted from its first packet.
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use clap::ValueEnum;
+use log::{debug, error, info};
+
+use crate::{
+    collect::{Collectors, SocketOptions},
+    config::{self, ConfigArgs},
+    host::{links::LinkWatch, netns},
+    kernel::{
+        preflight,
+        programs::{LoadOptions, NewInterfaces, Programs},
+    },
+    output::Output,
+    process::{
+        self, Account,
+        link_child::{self, Fork},
+        notify::Notifier,
+        state_dir, stop,
+    },
+    report::ReportIds,
+};
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Exit after this many reports (default: run until stopped).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Where reports go (default: the broker when an endpoint is configured, else stdout).
+    #[arg(long, value_enum)]
+    pub output: Option<Destination>,
+    /// Count loopback traffic too (each loopback packet is then both in and out).
+    #[arg(long)]
+    pub include_loopback: bool,
+    /// Report the sockets of every network namespace (containers too), not only tern's own.
+    #[arg(long)]
+    pub all_namespaces: bool,
+    /// List in `established_connections` every connection that existed during the interval,
+    /// not only those established at report time.
+    #[arg(long)]
+    pub interval_connections: bool,
+    /// Attach at start only: no privileged helper stays, and interfaces added later are not
+    /// counted.
+    #[arg(long)]
+    pub static_interfaces: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Destination {
+    /// One JSON report per line on stdout; logs go to stderr.
+    Stdout,
+    /// Published to the configured MQTT broker.
+    Mqtt,
+}
+
+/// Follows the ordering contract of [`crate::process`]: everything that needs privilege or
+/// opens a file happens first, then the link child is forked and the privileges dropped, and
+/// only then does the loop run.
+pub fn run(args: &RunArgs) -> Result<()> {
+    // Checks every setting and loads the TLS material into memory, before anything else.
+    let settings = config::load(&args.config)?;
+    let broker = match (args.output, &settings.broker) {
+        (Some(Destination::Mqtt), None) => {
+            bail!("--output mqtt needs an endpoint: set endpoint in the config or --endpoint")
+        }
+        (Some(Destination::Stdout), _) => None,
+        (_, broker) => broker.as_ref(),
+    };
+    stop::install()?;
+    let account = Account::resolve(settings.user.as_deref())?;
+    preflight::check()?;
+    state_dir::prepare(&settings.state_dir, &account)?;
+    let own_netns = netns::own_netns_cookie()?;
+    let (mut programs, maps) = Programs::load(&LoadOptions {
+        include_loopback: args.include_loopback,
+        netns_filter: if args.all_namespaces { 0 } else { own_netns },
+        record_connections: args.interval_connections,
+    })?;
+    // Both sockets subscribe before the dump, so a link created meanwhile reaches the child.
+    let mut links = LinkWatch::open()?;
+    let child_links = match args.static_interfaces {
+        true => None,
+        false => Some(LinkWatch::open()?),
+    };
+    for event in links.dump()? {
+        programs.apply(event);
+    }
+    // Seeding enters other namespaces (--all-namespaces), which needs privilege.
+    let mut collectors = Collectors::start(
+        maps,
+        SocketOptions {
+            netns: (!args.all_namespaces).then_some(own_netns),
+            interval_connections: args.interval_connections,
+        },
+        own_netns,
+        settings.metrics.clone(),
+    )?;
+    // Loading read the kernel's BTF (megabytes) and the eBPF object; give the freed heap back
+    // to the system before the fork, so neither process keeps it resident for life.
+    // SAFETY: malloc_trim only releases memory the allocator holds free.
+    unsafe { libc::malloc_trim(0) };
+    let parent = std::process::id();
+    let mut link_child_pid = None;
+    if let Some(watch) = child_links {
+        match link_child::fork()? {
+            Fork::Child => {
+                drop((collectors, links));
+                link_child::serve(programs, watch, &account, parent)
+            }
+            Fork::Parent(pid) => {
+                drop(watch);
+                link_child_pid = Some(pid);
+            }
+        }
+    }
+    programs.set_new_interfaces(match link_child_pid {
+        Some(_) => NewInterfaces::LinkChild,
+        None => NewInterfaces::Ignore,
+    });
+    let notifier = Notifier::from_env()?;
+    process::drop_to(&account, &process::main_process_keeps())?;
+    // As the account: the state directory is its own, and closed to root without
+    // CAP_DAC_OVERRIDE, which tern's unit does not grant.
+    let mut ids = ReportIds::open(&settings.state_dir)?;
+    let mut output = Output::open(&settings, broker)?;
+    info!(
+        "attached; counting {} interfaces: {}; running as {}",
+        programs.counted_names().len(),
+        programs.counted_names().join(" "),
+        account.name
+    );
+    let notify = |state: &str| notifier.iter().for_each(|n| n.send(state));
+    notify("READY=1");
+    let ping_every = notifier.as_ref().and_then(Notifier::ping_every);
+    let interval = Duration::from_secs(settings.interval);
+    let mut next = Instant::now() + interval;
+    let mut sent = 0;
+    // Whether a report went out.
+    let mut report = |programs: &mut Programs| -> bool {
+        let started = Instant::now();
+        let counted: HashSet<u32> = programs.counted().collect();
+        let Some(collected) = collectors.collect(&counted, programs.gone()) else {
+            return false;
+        };
+        programs.clear_gone();
+        let (id, saved) = ids.next();
+        if let Err(err) = saved {
+            error!("{err:#}; after a restart, report ids may not continue from {id}");
+        }
+        let connections = collected.tcp_connections.established_connections.total;
+        let report = collected.into_report(id, &settings.custom_metrics);
+        let collected_in = started.elapsed();
+        match output.send(report) {
+            Ok(bytes) => debug!(
+                "report {id} built in {} us (collected in {} us): {connections} connections{}",
+                started.elapsed().as_micros(),
+                collected_in.as_micros(),
+                bytes.map_or_else(String::new, |b| format!(", {b} bytes"))
+            ),
+            // A report lost to a broken output is better than an agent that stops counting.
+            Err(err) => {
+                error!("{err:#}; report {id} is lost");
+                return false;
+            }
+        }
+        true
+    };
+    loop {
+        if link_child_pid.is_some_and(|pid| !link_child::alive(pid)) {
+            error!("the link child exited; interfaces added from now on are not counted");
+            programs.set_new_interfaces(NewInterfaces::Ignore);
+            link_child_pid = None;
+        }
+        let until_report = next.saturating_duration_since(Instant::now());
+        links.wait(Some(
+            ping_every.map_or(until_report, |ping| ping.min(until_report)),
+        ));
+        // A loop that stops coming here (hung) stops the pings, and systemd restarts tern.
+        if ping_every.is_some() {
+            notify("WATCHDOG=1");
+        }
+        match links.changes() {
+            Ok(events) => events.into_iter().for_each(|e| programs.apply(e)),
+            Err(err) => error!("reading link changes: {err:#}"),
+        }
+        if stop::stop_requested() {
+            notify("STOPPING=1");
+            // What was counted since the last report is reported, not dropped.
+            sent += u64::from(report(&mut programs));
+            break;
+        }
+        if Instant::now() < next {
+            continue;
+        }
+        // Deadlines advance by whole intervals, so reports do not drift.
+        while next <= Instant::now() {
+            next += interval;
+        }
+        sent += u64::from(report(&mut programs));
+        if args.count.is_some_and(|count| sent >= count) {
+            break;
+        }
+    }
+    info!("stopping after {sent} reports");
+    output.close();
+    Ok(())
+}

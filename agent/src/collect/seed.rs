@@ -1,0 +1,167 @@
+//! The start-up seed: sockets that existed before the programs were attached, taken from
+//! the sock_diag snapshot and put into the kernel maps, so sockets older than tern are
+//! known too.
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use tern_common::{SEEDED, TCP_CONNECTION, TCP_LISTENER, TcpSock, TcpState, UdpSock, raw};
+
+use crate::{
+    host::sockdiag::{self, DiagSocket},
+    kernel::maps::SocketMaps,
+};
+
+/// bpf_map_update_elem flag: only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
+
+/// Sockets seeded: TCP listeners, TCP connections, UDP sockets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seeded {
+    pub listeners: usize,
+    pub connections: usize,
+    pub udp: usize,
+}
+
+impl std::ops::AddAssign for Seeded {
+    fn add_assign(&mut self, other: Self) {
+        self.listeners += other.listeners;
+        self.connections += other.connections;
+        self.udp += other.udp;
+    }
+}
+
+/// Puts the sockets of this thread's namespace (cookie `netns`) into the kernel maps. A
+/// socket that closes between the snapshot and its insertion would stay forever, so a
+/// second snapshot afterwards removes seeded sockets it no longer lists.
+pub fn seed(maps: &mut SocketMaps, netns: u64) -> Result<Seeded> {
+    let snapshot = || -> Result<_> {
+        let tcp_states = [sockdiag::TCP_LISTEN, sockdiag::TCP_ESTABLISHED];
+        let udp_states = [sockdiag::TCP_CLOSE];
+        Ok((
+            tcp_seeds(
+                &sockdiag::dump(sockdiag::IPPROTO_TCP, sockdiag::states(&tcp_states))?,
+                netns,
+            ),
+            udp_seeds(
+                &sockdiag::dump(sockdiag::IPPROTO_UDP, sockdiag::states(&udp_states))?,
+                netns,
+            ),
+        ))
+    };
+    let (tcp, udp) = snapshot()?;
+    for (key, state) in &tcp {
+        let _ = maps.tcp_socks.insert(key, state, BPF_NOEXIST);
+    }
+    for (cookie, sock) in &udp {
+        let _ = maps.udp_socks.insert(cookie, sock, BPF_NOEXIST);
+    }
+
+    let (tcp_again, udp_again) = snapshot()?;
+    for key in tcp.keys().filter(|k| !tcp_again.contains_key(k)) {
+        if maps
+            .tcp_socks
+            .get(key, 0)
+            .is_ok_and(|s| s.flags & SEEDED != 0)
+        {
+            let _ = maps.tcp_socks.remove(key);
+        }
+    }
+    for cookie in udp.keys().filter(|c| !udp_again.contains_key(c)) {
+        if maps
+            .udp_socks
+            .get(cookie, 0)
+            .is_ok_and(|s| s.flags & SEEDED != 0)
+        {
+            let _ = maps.udp_socks.remove(cookie);
+        }
+    }
+    let listeners = tcp.keys().filter(|k| k.kind == TCP_LISTENER).count();
+    Ok(Seeded {
+        listeners,
+        connections: tcp.len() - listeners,
+        udp: udp.len(),
+    })
+}
+
+fn tcp_seeds(sockets: &[DiagSocket], netns: u64) -> HashMap<TcpSock, TcpState> {
+    let mut seeds: HashMap<TcpSock, TcpState> = HashMap::new();
+    for s in sockets {
+        let listener = s.state == sockdiag::TCP_LISTEN;
+        let (family, local) = raw(s.local);
+        let mut key = TcpSock {
+            netns,
+            local_addr: local,
+            local_port: s.local_port,
+            family,
+            kind: if listener {
+                TCP_LISTENER
+            } else {
+                TCP_CONNECTION
+            },
+            ..TcpSock::default()
+        };
+        if !listener {
+            key.remote_addr = raw(s.remote).1;
+            key.remote_port = s.remote_port;
+        }
+        seeds
+            .entry(key)
+            .and_modify(|state| state.count += 1)
+            .or_insert(TcpState {
+                opened_epoch: u32::MAX,
+                flags: SEEDED,
+                count: 1,
+            });
+    }
+    seeds
+}
+
+fn udp_seeds(sockets: &[DiagSocket], netns: u64) -> HashMap<u64, UdpSock> {
+    sockets
+        .iter()
+        .filter(|s| s.local_port != 0)
+        .map(|s| {
+            let (family, local_addr) = raw(s.local);
+            let sock = UdpSock {
+                netns,
+                local_addr,
+                local_port: s.local_port,
+                family,
+                flags: SEEDED,
+            };
+            (s.cookie, sock)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuseport_listeners_seed_as_one_key_with_a_count() {
+        let listener = DiagSocket {
+            state: sockdiag::TCP_LISTEN,
+            local: "0.0.0.0".parse().unwrap(),
+            local_port: 80,
+            remote: "0.0.0.0".parse().unwrap(),
+            remote_port: 0,
+            cookie: 1,
+        };
+        let seeds = tcp_seeds(
+            &[
+                listener.clone(),
+                DiagSocket {
+                    cookie: 2,
+                    ..listener
+                },
+            ],
+            9,
+        );
+        assert_eq!(seeds.len(), 1);
+        let (key, state) = seeds.iter().next().unwrap();
+        assert_eq!((key.kind, key.netns, state.count), (TCP_LISTENER, 9, 2));
+        assert_eq!(state.flags, SEEDED);
+    }
+}

@@ -1,0 +1,65 @@
+//! Interval sets: kernel hash maps of what was seen during each interval (keyed by the
+//! interval number, `epoch`). Draining takes the entries of past intervals and deletes
+//! them, keeping those of the namespaces tern reports.
+
+use anyhow::{Context, Result};
+use aya::{
+    Pod,
+    maps::{HashMap, MapData},
+};
+use tern_common::{Seen, TcpSock};
+
+/// Whether a socket of namespace `netns` is reported when following `own` (None: every
+/// namespace); 0 is a namespace the kernel program could not read. The user-space half of
+/// the kernel programs' `followed`.
+pub fn followed(own: Option<u64>, netns: u64) -> bool {
+    own.is_none_or(|own| netns == own || netns == 0)
+}
+
+/// Takes and deletes the entries of past intervals from an interval set of `Seen` keys,
+/// whose epoch is in the key: only the keys are read.
+pub fn drain_seen(
+    set: &mut HashMap<MapData, Seen, u32>,
+    epoch: u32,
+    netns: Option<u64>,
+) -> Result<Vec<Seen>> {
+    let mut past = Vec::new();
+    for key in set.keys() {
+        let key = key.context("reading an interval set")?;
+        if key.epoch != epoch {
+            past.push(key);
+        }
+    }
+    Ok(take(set, past, netns, |s| s.netns))
+}
+
+/// As `drain_seen` for the connections of an interval, whose epoch is the value.
+pub fn drain_connections(
+    set: &mut HashMap<MapData, TcpSock, u32>,
+    epoch: u32,
+    netns: Option<u64>,
+) -> Result<Vec<TcpSock>> {
+    let mut past = Vec::new();
+    for entry in set.iter() {
+        let (key, seen_in) = entry.context("reading an interval set")?;
+        if seen_in != epoch {
+            past.push(key);
+        }
+    }
+    Ok(take(set, past, netns, |s| s.netns))
+}
+
+/// Deletes `past` from `set` and keeps the entries of the namespaces reported.
+fn take<K: Pod, V: Pod>(
+    set: &mut HashMap<MapData, K, V>,
+    mut past: Vec<K>,
+    netns: Option<u64>,
+    netns_of: impl Fn(&K) -> u64,
+) -> Vec<K> {
+    for key in &past {
+        // Already gone is fine: nothing else deletes, so it is not lost either.
+        let _ = set.remove(key);
+    }
+    past.retain(|k| followed(netns, netns_of(k)));
+    past
+}

@@ -1,0 +1,82 @@
+//! The start-up snapshot: the sockets of tern's namespace as NETLINK_SOCK_DIAG lists them,
+//! so sockets opened before tern started are known. Read-only; seeding the kernel maps
+//! with it is the collector's job.
+
+use std::net::IpAddr;
+
+use anyhow::{Context, Result};
+use netlink_packet_sock_diag::{
+    SockDiagMessage,
+    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
+
+use super::netlink;
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+/// Kernel TCP states, which UDP sockets reuse: a bound unconnected UDP socket is CLOSE.
+pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_CLOSE: u8 = 7;
+pub const TCP_LISTEN: u8 = 10;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiagSocket {
+    pub state: u8,
+    pub local: IpAddr,
+    pub local_port: u16,
+    pub remote: IpAddr,
+    pub remote_port: u16,
+    pub cookie: u64,
+}
+
+/// Every socket of `protocol` (IPv4 and IPv6) in one of `states`.
+pub fn dump(protocol: u8, states: StateFlags) -> Result<Vec<DiagSocket>> {
+    let mut socket =
+        Socket::new(NETLINK_SOCK_DIAG).context("opening a NETLINK_SOCK_DIAG socket")?;
+    socket
+        .bind_auto()
+        .context("binding the NETLINK_SOCK_DIAG socket")?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .context("connecting the NETLINK_SOCK_DIAG socket")?;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut all = Vec::new();
+    for family in [AF_INET, AF_INET6] {
+        let socket_id = if family == AF_INET {
+            SocketId::new_v4()
+        } else {
+            SocketId::new_v6()
+        };
+        let request = SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol,
+            extensions: ExtensionFlags::empty(),
+            states: states.clone(),
+            socket_id,
+        });
+        for message in netlink::dump(&socket, &mut buf, request)? {
+            let SockDiagMessage::InetResponse(response) = message else {
+                continue;
+            };
+            let id = &response.header.socket_id;
+            let words = [&id.cookie[..4], &id.cookie[4..]]
+                .map(|w| u64::from(u32::from_ne_bytes(w.try_into().expect("4 bytes"))));
+            all.push(DiagSocket {
+                state: response.header.state,
+                local: id.source_address,
+                local_port: id.source_port,
+                remote: id.destination_address,
+                remote_port: id.destination_port,
+                cookie: words[0] | words[1] << 32,
+            });
+        }
+    }
+    Ok(all)
+}
+
+pub fn states(states: &[u8]) -> StateFlags {
+    StateFlags::from_bits_truncate(states.iter().fold(0, |acc, s| acc | 1 << s))
+}

@@ -1,0 +1,75 @@
+//! Typed handles of the maps the collectors read, taken from the loaded object once; their
+//! fds stay valid for the life of the process.
+
+use anyhow::{Context, Result};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap},
+};
+use tern_common::{EXEC_PATH_LEN, IfTraffic, Seen, TcpSock, TcpState, UdpSock};
+
+pub struct Maps {
+    pub traffic: TrafficMaps,
+    pub sockets: SocketMaps,
+    pub signals: SignalMaps,
+    pub shared: SharedMaps,
+}
+
+pub struct TrafficMaps {
+    pub by_index: PerCpuArray<MapData, IfTraffic>,
+    pub per_interface: PerCpuHashMap<MapData, u32, IfTraffic>,
+}
+
+/// Sockets that exist now, and the interval sets of what listened, connected or was
+/// connected to.
+pub struct SocketMaps {
+    pub tcp_socks: HashMap<MapData, TcpSock, TcpState>,
+    pub udp_socks: HashMap<MapData, u64, UdpSock>,
+    pub tcp_listened: HashMap<MapData, Seen, u32>,
+    pub udp_listened: HashMap<MapData, Seen, u32>,
+    pub remotes_seen: HashMap<MapData, Seen, u32>,
+    pub connections_seen: HashMap<MapData, TcpSock, u32>,
+}
+
+/// The interval sets of the security signals.
+pub struct SignalMaps {
+    pub contacted: HashMap<MapData, Seen, u32>,
+    pub executed: HashMap<MapData, [u8; EXEC_PATH_LEN], u32>,
+}
+
+/// What every program shares: the event counters and the interval number.
+pub struct SharedMaps {
+    pub counters: PerCpuArray<MapData, u64>,
+    pub epoch: Array<MapData, u32>,
+}
+
+impl Maps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        let mut take = |name: &str| -> Result<Map> {
+            ebpf.take_map(name)
+                .with_context(|| format!("map {name} missing from the eBPF object"))
+        };
+        Ok(Self {
+            traffic: TrafficMaps {
+                by_index: PerCpuArray::try_from(take("IF_TRAFFIC_BY_INDEX")?)?,
+                per_interface: PerCpuHashMap::try_from(take("IF_TRAFFIC")?)?,
+            },
+            sockets: SocketMaps {
+                tcp_socks: HashMap::try_from(take("TCP_SOCKS")?)?,
+                udp_socks: HashMap::try_from(take("UDP_SOCKS")?)?,
+                tcp_listened: HashMap::try_from(take("TCP_LISTENED")?)?,
+                udp_listened: HashMap::try_from(take("UDP_LISTENED")?)?,
+                remotes_seen: HashMap::try_from(take("REMOTES_SEEN")?)?,
+                connections_seen: HashMap::try_from(take("CONNECTIONS_SEEN")?)?,
+            },
+            signals: SignalMaps {
+                contacted: HashMap::try_from(take("CONTACTED")?)?,
+                executed: HashMap::try_from(take("EXECUTED")?)?,
+            },
+            shared: SharedMaps {
+                counters: PerCpuArray::try_from(take("SOCK_COUNTERS")?)?,
+                epoch: Array::try_from(take("EPOCH")?)?,
+            },
+        })
+    }
+}

@@ -1,0 +1,7 @@
+//! Everything that goes through bpf(): the preflight check, this kernel's offsets, the
+//! programs tern loads and attaches, and the maps handed to collection.
+
+pub mod maps;
+pub mod offsets;
+pub mod preflight;
+pub mod programs;
