@@ -2,7 +2,7 @@
 //! every link that appears or goes away; and which interface holds which local address.
 //! Owns the NETLINK_ROUTE sockets; knows nothing of eBPF or reports.
 
-use std::{collections::HashMap, net::IpAddr, os::fd::AsRawFd, time::Duration};
+use std::{collections::HashMap, io::ErrorKind, net::IpAddr, os::fd::AsRawFd, time::Duration};
 
 use anyhow::{Context, Result};
 use netlink_packet_route::{
@@ -58,7 +58,8 @@ impl LinkWatch {
             &self.socket,
             &mut self.buf,
             RouteNetlinkMessage::GetLink(LinkMessage::default()),
-        )?;
+        )
+        .context("listing the links (rtnetlink)")?;
         Ok(messages.into_iter().filter_map(link_event).collect())
     }
 
@@ -88,20 +89,15 @@ impl LinkWatch {
                 &mut messages,
             ) {
                 Ok(_) => events.extend(messages.into_iter().filter_map(link_event)),
-                Err(err) => {
-                    let io = err.downcast_ref::<std::io::Error>();
-                    if io.is_some_and(|e| e.kind() == std::io::ErrorKind::WouldBlock) {
-                        return Ok(events);
-                    }
-                    // The socket overflowed under a burst of changes: some were lost, so
-                    // read the whole list again.
-                    if io.and_then(std::io::Error::raw_os_error) == Some(libc::ENOBUFS) {
-                        log::warn!("missed link changes in a burst; reading the link list again");
-                        events.extend(self.dump()?);
-                        return Ok(events);
-                    }
-                    return Err(err);
+                Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(events),
+                // The socket overflowed under a burst of changes: some were lost, so read
+                // the whole list again.
+                Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => {
+                    log::warn!("missed link changes in a burst; reading the link list again");
+                    events.extend(self.dump()?);
+                    return Ok(events);
                 }
+                Err(err) => return Err(err.into()),
             }
         }
     }
@@ -126,7 +122,8 @@ pub fn address_owners() -> Result<HashMap<IpAddr, String>> {
         &socket,
         &mut buf,
         RouteNetlinkMessage::GetLink(LinkMessage::default()),
-    )?
+    )
+    .context("listing the links (rtnetlink)")?
     .into_iter()
     .filter_map(|m| match m {
         RouteNetlinkMessage::NewLink(link) => {
@@ -140,7 +137,8 @@ pub fn address_owners() -> Result<HashMap<IpAddr, String>> {
         &socket,
         &mut buf,
         RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-    )?;
+    )
+    .context("listing the addresses (rtnetlink)")?;
     let mut owners = HashMap::new();
     for message in addresses {
         let RouteNetlinkMessage::NewAddress(address) = message else {

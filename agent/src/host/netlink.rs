@@ -1,7 +1,9 @@
 //! Netlink requests and dumps for the kernel families tern speaks (rtnetlink, sock_diag):
 //! framing, the end of a dump, the kernel's errors. Knows nothing of what the messages say.
+//! Errors are `io::Error`s, the kernel's own error number kept, so callers match on kinds.
 
-use anyhow::{Context, Result, bail};
+use std::io::{Error, ErrorKind, Result};
+
 use netlink_packet_core::{
     NLM_F_DUMP, NLM_F_REQUEST, NetlinkDeserializable, NetlinkHeader, NetlinkMessage,
     NetlinkPayload, NetlinkSerializable,
@@ -20,9 +22,7 @@ where
     request.finalize();
     let mut bytes = vec![0; request.buffer_len()];
     request.serialize(&mut bytes);
-    socket
-        .send(&bytes, 0)
-        .context("sending a netlink request")?;
+    socket.send(&bytes, 0)?;
     let mut messages = Vec::new();
     // A dump ends with NLMSG_DONE; the bound keeps a misbehaving kernel from holding us.
     for _ in 0..1_000_000 {
@@ -30,7 +30,10 @@ where
             return Ok(messages);
         }
     }
-    bail!("the kernel's netlink dump did not end")
+    Err(Error::new(
+        ErrorKind::InvalidData,
+        "the kernel's netlink dump did not end",
+    ))
 }
 
 /// Reads one datagram into `messages`; true when it held the end of a dump.
@@ -48,13 +51,17 @@ where
     let mut done = false;
     let mut offset = 0;
     while offset < n {
-        let message = NetlinkMessage::<I>::deserialize(&buf[offset..n])
-            .context("parsing a netlink message from the kernel")?;
+        let message = NetlinkMessage::<I>::deserialize(&buf[offset..n]).map_err(|err| {
+            Error::new(
+                ErrorKind::InvalidData,
+                format!("parsing a netlink message from the kernel: {err}"),
+            )
+        })?;
         let length = message.header.length as usize;
         match message.payload {
             NetlinkPayload::InnerMessage(inner) => messages.push(inner),
             NetlinkPayload::Done(_) => done = true,
-            NetlinkPayload::Error(err) => bail!("the kernel refused a netlink request: {err:?}"),
+            NetlinkPayload::Error(err) => return Err(err.to_io()),
             _ => {}
         }
         if length == 0 {

@@ -57,7 +57,9 @@ pub fn dump(protocol: u8, states: StateFlags) -> Result<Vec<DiagSocket>> {
             states: states.clone(),
             socket_id,
         });
-        for message in netlink::dump(&socket, &mut buf, request)? {
+        let messages =
+            netlink::dump(&socket, &mut buf, request).context("listing the sockets (sock_diag)")?;
+        for message in messages {
             let SockDiagMessage::InetResponse(response) = message else {
                 continue;
             };
