@@ -1,3 +1,4 @@
+// Long by design: one test per figure, each read top to bottom, and the README names this file.
 //! Benchmarks: figures, not pass/fail. `cargo xtask bench [--quick]` runs them (they are
 //! ignored by a plain test run) and gathers the figure files each writes into
 //! `bench/results.json` and `bench/results.md`; `cargo xtask test` runs the smallest case
@@ -29,7 +30,7 @@ use tern_tests::{
     tern_bin,
 };
 
-/// Not a benchmark: the client process of `Clients` (tests/src/lib.rs).
+/// Not a benchmark: the client process of `Clients` (tests/src/traffic.rs).
 #[test]
 #[ignore = "run by the benchmarks"]
 fn hold_connections() {

@@ -379,7 +379,7 @@ fn ten_thousand_connections_fit_the_budget_with_exact_totals() {
     drop((clients, served));
 }
 
-/// Not a test of its own: the client process of `Clients` (tests/src/lib.rs).
+/// Not a test of its own: the client process of `Clients` (tests/src/traffic.rs).
 #[test]
 #[ignore = "run by ten_thousand_connections_fit_the_budget_with_exact_totals"]
 fn hold_connections() {
