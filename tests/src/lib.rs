@@ -22,7 +22,7 @@ mod traffic;
 mod truth;
 
 pub use netns::{
-    ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, DEV_A, DEV_B, LinkStats, Netns, Pair, UDP_OVERHEAD,
+    ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, DEV_A, DEV_B, LinkStats, Netns, Pair, UDP_OVERHEAD, spawn_in,
 };
 pub use temp::TempDir;
 pub use tern::{Stopped, Tern, tern_bin};

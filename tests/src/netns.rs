@@ -6,12 +6,28 @@ use std::{
     os::fd::AsRawFd,
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
-    thread,
+    thread::{self, JoinHandle},
 };
 
 use serde_json::Value;
 
 use crate::sh;
+
+/// Starts `f` on a new thread that has entered the network namespace at `path`. Sockets made
+/// there stay in that namespace wherever they are used afterwards.
+pub fn spawn_in<T: Send + 'static>(
+    path: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> JoinHandle<T> {
+    let path = path.to_owned();
+    thread::spawn(move || {
+        let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        // SAFETY: setns on a valid namespace fd affects only this thread.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
 
 /// A network namespace that exists until dropped.
 pub struct Netns {
@@ -79,19 +95,25 @@ impl Netns {
         sh("ip", &full)
     }
 
+    /// Where the namespace is mounted, for `nsenter --net=` and [`spawn_in`].
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// Starts `f` on a new thread that has entered this namespace.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> JoinHandle<T> {
+        spawn_in(&self.path(), f)
+    }
+
     /// Runs `f` on a thread that has entered this namespace. Sockets made there stay in
     /// this namespace wherever they are used afterwards.
     pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        thread::spawn(move || {
-            let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: setns on a valid namespace fd affects only this thread.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("the thread in the namespace panicked")
+        self.spawn(f)
+            .join()
+            .expect("the thread in the namespace panicked")
     }
 
     /// Interface statistics as the kernel keeps them (`ip -s link`).

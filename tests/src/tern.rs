@@ -90,7 +90,7 @@ impl Tern {
         // nsenter, not `ip netns exec`: the latter remounts /sys, which hides tracefs. Both
         // exec tern in place, so the child's pid is tern's.
         let mut child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", ns.name))
+            .arg(format!("--net={}", ns.path()))
             .arg(tern_bin())
             .args(["run", "--state-dir"])
             .arg(&state_dir)

@@ -43,7 +43,7 @@ pub struct Clients(Child);
 impl Clients {
     pub fn connect(ns: &Netns, host: &str, port: u16, count: usize) -> Self {
         let mut child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", ns.name))
+            .arg(format!("--net={}", ns.path()))
             .arg(std::env::current_exe().expect("the test binary"))
             .args(["--exact", "hold_connections", "--ignored", "--nocapture"])
             .env("HOLD_CONNECTIONS", format!("{host} {port} {count}"))

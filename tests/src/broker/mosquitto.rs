@@ -8,8 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{Pki, run_in};
-use crate::{Netns, TempDir};
+use super::Pki;
+use crate::{Netns, TempDir, spawn_in};
 
 /// The thing name the responder connects as; the ACL gives it every `$aws` topic.
 pub const CLOUD: &str = "cloud";
@@ -78,8 +78,7 @@ impl Mosquitto {
             .expect("starting mosquitto");
         self.child = Some(child);
         let port = self.port;
-        let ns = format!("/run/netns/{}", self.ns);
-        let up = run_in(&ns, move || {
+        let up = spawn_in(&format!("/run/netns/{}", self.ns), move || {
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if TcpStream::connect(("127.0.0.1", port)).is_ok() {

@@ -6,12 +6,12 @@ use std::{
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
+        mpsc,
     },
     thread::{self, JoinHandle},
     time::Duration,
 };
 
-use super::run_in;
 use crate::Netns;
 
 /// A TCP proxy on 127.0.0.1:`listen` to 127.0.0.1:`to` in a namespace, standing for the
@@ -30,10 +30,10 @@ impl Proxy {
         let frozen = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let links = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let (ready_tx, ready) = mpsc::channel();
         let thread = {
             let (frozen, stop, links) = (frozen.clone(), stop.clone(), links.clone());
-            run_in(&format!("/run/netns/{}", ns.name), move || {
+            ns.spawn(move || {
                 let listener = TcpListener::bind(("127.0.0.1", listen)).expect("proxy bind");
                 listener.set_nonblocking(true).unwrap();
                 ready_tx.send(()).unwrap();

@@ -7,6 +7,7 @@ use std::{
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
+        mpsc::{self, Sender},
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -21,7 +22,7 @@ use rumqttc::{
 };
 use serde_json::{Value, json};
 
-use super::{CLOUD, Identity, Pki, run_in};
+use super::{CLOUD, Identity, Pki};
 use crate::Netns;
 
 /// How the responder answers.
@@ -60,11 +61,11 @@ impl Responder {
         let tls = tls_config(&pki.ca, &identity);
         let received = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (subscribed_tx, subscribed) = std::sync::mpsc::channel();
+        let (subscribed_tx, subscribed) = mpsc::channel();
         let thread = {
             let received = Arc::clone(&received);
             let stop = Arc::clone(&stop);
-            run_in(&format!("/run/netns/{}", ns.name), move || {
+            ns.spawn(move || {
                 serve(tls, port, verdicts, &received, &stop, &subscribed_tx);
             })
         };
@@ -133,7 +134,7 @@ fn serve(
     verdicts: Verdicts,
     received: &Mutex<Vec<Received>>,
     stop: &AtomicBool,
-    subscribed: &std::sync::mpsc::Sender<()>,
+    subscribed: &Sender<()>,
 ) {
     let mut options = MqttOptions::new(CLOUD, "localhost", port);
     options
