@@ -8,9 +8,9 @@
 //! Layout: `netns` makes namespaces and the veth pair and enters them; `tern` drives the
 //! process under test; `traffic` makes the traffic a test counts itself; `truth` reads what
 //! tern is compared with; `schema` holds the document rules every report is checked against;
-//! `temp` is the temporary directory. `broker` holds the MQTT side (PKI, mosquitto, a
-//! responder playing the cloud, and a proxy) and `bench` the benchmarks' helpers. The items
-//! tests use are re-exported here.
+//! `temp` and `wait` are the temporary directory and the bounded wait. `broker` holds the MQTT
+//! side (PKI, mosquitto, a responder playing the cloud, and a proxy) and `bench` the
+//! benchmarks' helpers. The items tests use are re-exported here.
 
 pub mod bench;
 pub mod broker;
@@ -20,6 +20,7 @@ mod temp;
 mod tern;
 mod traffic;
 mod truth;
+mod wait;
 
 pub use netns::{
     ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, DEV_A, DEV_B, LinkStats, Netns, Pair, UDP_OVERHEAD, spawn_in,
@@ -30,3 +31,4 @@ pub use traffic::{Clients, hold_connections, transfer};
 pub use truth::{
     TcpInfo, bpf_ids, children_of, kernel_links, kernel_programs, proc_status, sh, ss, tcp_info,
 };
+pub use wait::wait_until;

@@ -15,7 +15,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{Netns, schema};
+use crate::{Netns, schema, wait_until};
 
 /// The tern binary under test, built by `cargo xtask test`.
 pub fn tern_bin() -> PathBuf {
@@ -205,17 +205,13 @@ impl Tern {
 
     /// Waits for tern to exit on its own; panics after `timeout`.
     pub fn wait_exit(mut self, timeout: Duration) -> Stopped {
-        let deadline = Instant::now() + timeout;
-        let code = loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                break status.code();
+        let code = wait_until(timeout, Duration::from_millis(20), || {
+            match self.child.try_wait() {
+                Ok(Some(status)) => Ok(status.code()),
+                _ => Err(()),
             }
-            assert!(
-                Instant::now() < deadline,
-                "tern did not exit within {timeout:?}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        };
+        })
+        .unwrap_or_else(|()| panic!("tern did not exit within {timeout:?}"));
         let deadline = Instant::now() + Duration::from_secs(5);
         Stopped {
             code,

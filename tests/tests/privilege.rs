@@ -5,13 +5,12 @@
 use std::{
     collections::HashSet,
     net::UdpSocket,
-    thread,
     time::{Duration, Instant},
 };
 
 use tern_tests::{
     ADDR_A, ADDR_B, Pair, TempDir, Tern, bpf_ids, children_of, kernel_links, kernel_programs,
-    proc_status, sh,
+    proc_status, sh, wait_until,
 };
 
 const INTERVAL: &[&str] = &["--interval", "1"];
@@ -50,20 +49,16 @@ fn packets_in(reports: &[serde_json::Value]) -> u64 {
 /// The one link child of `tern` once it has dropped its privileges, waiting briefly for
 /// the fork and the drop.
 fn link_child(tern: &Tern) -> u32 {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
         let children = children_of(tern.pid());
-        if let [child] = children[..]
-            && proc_status(child)["NoNewPrivs"] == "1"
-        {
-            return child;
+        match children[..] {
+            [child] if proc_status(child)["NoNewPrivs"] == "1" => Ok(child),
+            _ => Err(children),
         }
-        assert!(
-            Instant::now() < deadline,
-            "tern has children {children:?}, expected exactly one link child"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    })
+    .unwrap_or_else(|children| {
+        panic!("tern has children {children:?}, expected exactly one link child")
+    })
 }
 
 fn assert_credentials(pid: u32, caps: u64) {
@@ -252,22 +247,21 @@ fn unreachable_from_outside(pid: u32, inode: &str) -> bool {
 
 /// Waits until none of `programs` is loaded and no link of theirs exists.
 fn assert_released(programs: &HashSet<u64>, links: &HashSet<u64>) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
         let loaded: Vec<u64> = kernel_programs().intersection(programs).copied().collect();
         let linked: Vec<(u64, u64)> = kernel_links()
             .into_iter()
             .filter(|(link, prog)| links.contains(link) || programs.contains(prog))
             .collect();
         if loaded.is_empty() && linked.is_empty() {
-            return;
+            Ok(())
+        } else {
+            Err((loaded, linked))
         }
-        assert!(
-            Instant::now() < deadline,
-            "still loaded: programs {loaded:?}, links {linked:?}"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    })
+    .unwrap_or_else(|(loaded, linked)| {
+        panic!("still loaded: programs {loaded:?}, links {linked:?}")
+    });
 }
 
 /// Programs and links held by tern and its link child.
@@ -309,14 +303,14 @@ fn kill_9_then_restart_leaves_no_duplicate_attachment() {
     // SAFETY: SIGKILL to the tern process this test started.
     unsafe { libc::kill(tern.pid() as i32, libc::SIGKILL) };
     let _ = tern.wait_exit(Duration::from_secs(5));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::path::Path::new(&format!("/proc/{child}")).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the link child outlived its parent"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        if std::path::Path::new(&format!("/proc/{child}")).exists() {
+            Err(())
+        } else {
+            Ok(())
+        }
+    })
+    .unwrap_or_else(|()| panic!("the link child outlived its parent"));
     assert_released(&old_programs, &old_links);
 
     let tern = Tern::start(&pair.a, INTERVAL);

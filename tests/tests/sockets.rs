@@ -10,7 +10,9 @@ use std::{
 };
 
 use serde_json::Value;
-use tern_tests::{ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, Clients, DEV_A, Netns, Pair, Tern, ss};
+use tern_tests::{
+    ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, Clients, DEV_A, Netns, Pair, Tern, ss, wait_until,
+};
 
 const REPORT_WAIT: Duration = Duration::from_secs(15);
 
@@ -81,14 +83,15 @@ fn report_after(tern: &Tern, since: Instant) -> Value {
 /// Waits until `ss` shows no TCP connection of `ns` still open or half-open, so every
 /// connection the test made has left ESTABLISHED in the kernel. Bounded to 10 s.
 fn wait_connections_closed(ns: &Netns) {
-    for _ in 0..200 {
+    wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
         let open = ns.exec(&["ss", "-Htn", "state", "established", "state", "syn-recv"]);
         if open.trim().is_empty() {
-            return;
+            Ok(())
+        } else {
+            Err(())
         }
-        thread::sleep(Duration::from_millis(50));
-    }
-    panic!("connections still open after 10 s");
+    })
+    .unwrap_or_else(|()| panic!("connections still open after 10 s"));
 }
 
 #[test]

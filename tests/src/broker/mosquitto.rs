@@ -4,12 +4,11 @@ use std::{
     fs,
     net::TcpStream,
     process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use super::Pki;
-use crate::{Netns, TempDir, spawn_in};
+use crate::{Netns, TempDir, spawn_in, wait_until};
 
 /// The thing name the responder connects as; the ACL gives it every `$aws` topic.
 pub const CLOUD: &str = "cloud";
@@ -79,14 +78,10 @@ impl Mosquitto {
         self.child = Some(child);
         let port = self.port;
         let up = spawn_in(&format!("/run/netns/{}", self.ns), move || {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return true;
-                }
-                thread::sleep(Duration::from_millis(50));
-            }
-            false
+            wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+                TcpStream::connect(("127.0.0.1", port))
+            })
+            .is_ok()
         })
         .join()
         .unwrap();
@@ -98,15 +93,13 @@ impl Mosquitto {
         if let Some(mut child) = self.child.take() {
             // SAFETY: kill on our own child's pid.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                thread::sleep(Duration::from_millis(20));
+            let exited = wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+                child.try_wait().ok().flatten().ok_or(())
+            });
+            if exited.is_err() {
+                let _ = child.kill();
+                let _ = child.wait();
             }
-            let _ = child.kill();
-            let _ = child.wait();
         }
     }
 

@@ -10,7 +10,7 @@ use std::{
         mpsc::{self, Sender},
     },
     thread::{self, JoinHandle},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use rumqttc::{
@@ -23,7 +23,7 @@ use rumqttc::{
 use serde_json::{Value, json};
 
 use super::{CLOUD, Identity, Pki};
-use crate::Netns;
+use crate::{Netns, wait_until};
 
 /// How the responder answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,19 +85,17 @@ impl Responder {
 
     /// Waits until `n` reports have arrived; panics after `timeout`.
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        wait_until(timeout, Duration::from_millis(50), || {
             let got = self.received();
             if got.len() >= n {
-                return got;
+                Ok(got)
+            } else {
+                Err(got.len())
             }
-            assert!(
-                Instant::now() < deadline,
-                "the responder got {} report(s), not {n}, within {timeout:?}",
-                got.len()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+        })
+        .unwrap_or_else(|got| {
+            panic!("the responder got {got} report(s), not {n}, within {timeout:?}")
+        })
     }
 }
 
