@@ -7,13 +7,15 @@
 //!
 //! Layout: `netns` makes namespaces and the veth pair and enters them; `tern` drives the
 //! process under test; `traffic` makes the traffic a test counts itself; `truth` reads what
-//! tern is compared with; `schema` holds the document rules every report is checked against;
-//! `temp` and `wait` are the temporary directory and the bounded wait. `broker` holds the MQTT
-//! side (PKI, mosquitto, a responder playing the cloud, and a proxy) and `bench` the
-//! benchmarks' helpers. The items tests use are re-exported here.
+//! tern is compared with; `schema` holds the document rules every report is checked against
+//! and `metrics` reads custom metrics out of a report; `temp` and `wait` are the temporary
+//! directory and the bounded wait. `broker` holds the MQTT side (PKI, mosquitto, a responder
+//! playing the cloud, and a proxy) and `bench` the benchmarks' helpers. The items tests use
+//! are re-exported here.
 
 pub mod bench;
 pub mod broker;
+mod metrics;
 mod netns;
 pub mod schema;
 mod temp;
@@ -22,6 +24,7 @@ mod traffic;
 mod truth;
 mod wait;
 
+pub use metrics::{custom_list, custom_metric, custom_names, custom_number};
 pub use netns::{
     ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, DEV_A, DEV_B, LinkStats, Netns, Pair, UDP_OVERHEAD, spawn_in,
 };

@@ -27,7 +27,7 @@ use tern_tests::{
         peers::{self, PythonCollector, Sample},
         process_cpu_ns, prog_delta, prog_stats, rss_kib,
     },
-    tern_bin,
+    custom_metric, tern_bin,
 };
 
 /// Not a benchmark: the client process of `Clients` (tests/src/traffic.rs).
@@ -289,12 +289,6 @@ fn poll_until(ns: &Netns, interval: Duration, stop: Arc<AtomicBool>) -> Vec<Samp
     })
 }
 
-fn custom_number(report: &Value, name: &str) -> u64 {
-    report["custom_metrics"][name][0]["number"]
-        .as_u64()
-        .unwrap_or(0)
-}
-
 /// Figure 2: what each agent reports of short-lived connections and listeners that live
 /// 100 ms, against the ground truth the bench created. The snapshot agents sample every
 /// second, 300 times more often than Device Defender's 5-minute interval, to favour them.
@@ -331,21 +325,21 @@ fn fig2_accuracy_under_churn() {
     });
     let accepted = server.accepted();
     let stopped = tern.stop();
-    let inbound: u64 = stopped
-        .reports
-        .iter()
-        .map(|r| custom_number(r, "interval_tcp_connections_opened_inbound"))
-        .sum();
-    let short: u64 = stopped
-        .reports
-        .iter()
-        .map(|r| custom_number(r, "interval_tcp_connections_short_lived"))
-        .sum();
+    // A metric a report lacks counts as nothing: a figure reports what tern sent.
+    let sum = |name: &str| -> u64 {
+        stopped
+            .reports
+            .iter()
+            .map(|r| custom_metric(r, name, "number").as_u64().unwrap_or(0))
+            .sum()
+    };
+    let inbound = sum("interval_tcp_connections_opened_inbound");
+    let short = sum("interval_tcp_connections_short_lived");
     let tern_ports: BTreeSet<u16> = stopped
         .reports
         .iter()
         .flat_map(|r| {
-            r["custom_metrics"]["interval_listening_tcp_ports"][0]["number_list"]
+            custom_metric(r, "interval_listening_tcp_ports", "number_list")
                 .as_array()
                 .cloned()
                 .unwrap_or_default()

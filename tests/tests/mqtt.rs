@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tern_tests::{
     LinkStats, Pair, TempDir, Tern, UDP_OVERHEAD,
     broker::{Identity, Mosquitto, Pki, Proxy, Received, Responder, Verdicts},
-    transfer, wait_until,
+    custom_number, transfer, wait_until,
 };
 
 const BROKER: u16 = 18883;
@@ -161,17 +161,11 @@ fn counted_within(responder: &Responder, name: &str, timeout: Duration) -> u64 {
     let counted = wait_until(timeout, Duration::from_millis(100), || {
         let sum = distinct(&responder.received())
             .values()
-            .map(|r| custom(r, name))
+            .map(|r| custom_number(r, name))
             .sum();
         if sum >= 1 { Ok(sum) } else { Err(sum) }
     });
     counted.unwrap_or_else(|sum| sum)
-}
-
-fn custom(report: &Value, name: &str) -> u64 {
-    report["custom_metrics"][name][0]["number"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("custom metric {name} in {report}"))
 }
 
 /// Waits up to 30 s until the delivered reports account for `expected`; panics with what
@@ -230,7 +224,7 @@ fn reports_arrive_valid_accepted_and_in_order() {
     }
     let accepted: u64 = reports
         .values()
-        .map(|r| custom(r, "reports_accepted"))
+        .map(|r| custom_number(r, "reports_accepted"))
         .sum();
     assert!(
         accepted >= 1 && accepted <= reports.len() as u64,

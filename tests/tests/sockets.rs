@@ -11,7 +11,8 @@ use std::{
 
 use serde_json::Value;
 use tern_tests::{
-    ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, Clients, DEV_A, Netns, Pair, Tern, ss, wait_until,
+    ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, Clients, DEV_A, Netns, Pair, Tern, custom_list,
+    custom_metric, custom_names, custom_number, ss, wait_until,
 };
 
 const REPORT_WAIT: Duration = Duration::from_secs(15);
@@ -50,25 +51,8 @@ fn connections(report: &Value) -> (Vec<(String, u16, Option<String>)>, u64) {
     (all, ec["total"].as_u64().unwrap())
 }
 
-fn custom(report: &Value, name: &str) -> Value {
-    let metric = &report["custom_metrics"][name];
-    let (_, value) = metric[0]
-        .as_object()
-        .unwrap_or_else(|| panic!("custom metric {name} missing in {report}"))
-        .iter()
-        .next()
-        .unwrap();
-    value.clone()
-}
-
-fn number(report: &Value, name: &str) -> u64 {
-    custom(report, name).as_u64().unwrap()
-}
-
 fn numbers(report: &Value, name: &str) -> BTreeSet<u64> {
-    custom(report, name)
-        .as_array()
-        .unwrap()
+    custom_list(report, name, "number_list")
         .iter()
         .map(|n| n.as_u64().unwrap())
         .collect()
@@ -235,27 +219,30 @@ fn churn_between_two_reports_is_counted_exactly() {
         panic!("one final report expected: {:?}", stopped.reports);
     };
     assert_eq!(
-        number(report, "interval_tcp_connections_opened_inbound"),
+        custom_number(report, "interval_tcp_connections_opened_inbound"),
         2_000
     );
     // The one connection a made, to 10.77.0.3; b's 2,000 client sockets are b's.
     assert_eq!(
-        number(report, "interval_tcp_connections_opened_outbound"),
+        custom_number(report, "interval_tcp_connections_opened_outbound"),
         1
     );
-    assert_eq!(number(report, "interval_tcp_connections_opened"), 2_001);
     assert_eq!(
-        number(report, "interval_tcp_connections_short_lived"),
+        custom_number(report, "interval_tcp_connections_opened"),
         2_001
     );
-    assert_eq!(number(report, "interval_details_dropped"), 0);
+    assert_eq!(
+        custom_number(report, "interval_tcp_connections_short_lived"),
+        2_001
+    );
+    assert_eq!(custom_number(report, "interval_details_dropped"), 0);
     let tcp_ports = numbers(report, "interval_listening_tcp_ports");
     assert!(
         tcp_ports.contains(&7300) && tcp_ports.contains(&7301),
         "{tcp_ports:?}"
     );
     assert!(numbers(report, "interval_listening_udp_ports").contains(&7302));
-    let remotes = custom(report, "interval_remote_addresses");
+    let remotes = custom_metric(report, "interval_remote_addresses", "ip_list");
     assert!(
         remotes
             .as_array()
@@ -276,7 +263,7 @@ fn the_churn_over_many_intervals_adds_up_exactly_and_the_next_starts_empty() {
     let tern = Tern::start(&pair.a, &["--interval", "1"]);
     churn(&pair, 7310);
     let reports = tern.reports_through(Instant::now(), REPORT_WAIT);
-    let sum = |name: &str| reports.iter().map(|r| number(r, name)).sum::<u64>();
+    let sum = |name: &str| reports.iter().map(|r| custom_number(r, name)).sum::<u64>();
     // Each connection is counted in exactly one interval, wherever the boundaries fell.
     assert_eq!(sum("interval_tcp_connections_opened_inbound"), 2_000);
     assert_eq!(sum("interval_tcp_connections_opened_outbound"), 1);
@@ -292,12 +279,15 @@ fn the_churn_over_many_intervals_adds_up_exactly_and_the_next_starts_empty() {
 
     // The next interval starts from what exists: nothing of the churn.
     let next = tern.next_report(REPORT_WAIT);
-    assert_eq!(number(&next, "interval_tcp_connections_opened"), 0);
-    assert_eq!(number(&next, "interval_tcp_connections_short_lived"), 0);
+    assert_eq!(custom_number(&next, "interval_tcp_connections_opened"), 0);
+    assert_eq!(
+        custom_number(&next, "interval_tcp_connections_short_lived"),
+        0
+    );
     assert!(!numbers(&next, "interval_listening_tcp_ports").contains(&7301));
     assert!(!numbers(&next, "interval_listening_udp_ports").contains(&7302));
     assert!(
-        !custom(&next, "interval_remote_addresses")
+        !custom_metric(&next, "interval_remote_addresses", "ip_list")
             .as_array()
             .unwrap()
             .contains(&Value::from("10.77.0.3"))
@@ -453,15 +443,7 @@ fn every_encoding_carries_the_same_document() {
                 "{list} differs in {mode:?}"
             );
         }
-        let names = |r: &Value| -> Vec<String> {
-            r["custom_metrics"]
-                .as_object()
-                .unwrap()
-                .keys()
-                .cloned()
-                .collect()
-        };
-        assert_eq!(names(report), names(&firsts[0]), "{mode:?}");
+        assert_eq!(custom_names(report), custom_names(&firsts[0]), "{mode:?}");
     }
     let (tcp, _) = ports(&firsts[0], "listening_tcp_ports");
     assert!(tcp.contains(&(7800, None)) && tcp.contains(&(7801, Some(DEV_A.to_owned()))));
