@@ -4,13 +4,12 @@
 
 use std::{
     collections::HashSet,
-    net::UdpSocket,
     time::{Duration, Instant},
 };
 
 use tern_tests::{
-    ADDR_A, ADDR_B, Pair, TempDir, Tern, bpf_ids, children_of, kernel_links, kernel_programs,
-    proc_status, sh, wait_until,
+    Pair, TempDir, Tern, bpf_ids, children_of, kernel_links, kernel_programs, proc_status, sh,
+    transfer, wait_until,
 };
 
 const INTERVAL: &[&str] = &["--interval", "1"];
@@ -19,20 +18,6 @@ const CAP_BPF: u64 = 1 << 39;
 
 fn id_of(flag: &str, user: &str) -> String {
     sh("id", &[flag, user]).trim().to_owned()
-}
-
-/// Sends `count` datagrams of `size` bytes from namespace b to a, each received.
-fn udp_b_to_a(pair: &Pair, count: u64, size: usize) {
-    let rx = pair.a.enter(|| UdpSocket::bind((ADDR_A, 9400)).unwrap());
-    let tx = pair.b.enter(|| UdpSocket::bind((ADDR_B, 0)).unwrap());
-    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let payload = vec![7u8; size];
-    let mut buf = vec![0u8; size + 1];
-    for i in 0..count {
-        tx.send_to(&payload, (ADDR_A, 9400)).unwrap();
-        rx.recv(&mut buf)
-            .unwrap_or_else(|e| panic!("datagram {i} never arrived: {e}"));
-    }
 }
 
 fn packets_in(reports: &[serde_json::Value]) -> u64 {
@@ -82,7 +67,8 @@ fn after_the_drop_tern_holds_no_capability_and_still_counts_and_reports() {
     let tern = Tern::start(&pair.a, INTERVAL);
     assert_credentials(tern.pid(), 0);
     let first = tern.next_report(Duration::from_secs(5));
-    udp_b_to_a(&pair, 40, 200);
+    let (a, b) = pair.udp();
+    transfer(&b, &a, 40, 200);
     let stopped = tern.stop();
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
     let mut reports = vec![first];
@@ -321,7 +307,8 @@ fn kill_9_then_restart_leaves_no_duplicate_attachment() {
         .collect();
     // The new run's 14 links, none of the old run's.
     assert_eq!(on_hooks.len(), 14, "{on_hooks:?} (held: {links:?})");
-    udp_b_to_a(&pair, 25, 100);
+    let (a, b) = pair.udp();
+    transfer(&b, &a, 25, 100);
     let stopped = tern.stop();
     assert_eq!(packets_in(&stopped.reports), 25, "{:?}", stopped.log);
 }

@@ -11,7 +11,9 @@ use std::{
 };
 
 use serde_json::Value;
-use tern_tests::{ADDR_A, ADDR_B, DEV_A, Pair, Tern, custom_list, custom_metric, custom_number};
+use tern_tests::{
+    ADDR_A, ADDR_B, DEV_A, Pair, TempDir, Tern, custom_list, custom_metric, custom_number,
+};
 
 const REPORT_WAIT: Duration = Duration::from_secs(15);
 
@@ -105,34 +107,21 @@ fn connection_attempts_that_never_establish_are_failed_connects() {
 }
 
 /// A copy of /bin/true under a name no one has run, removed when dropped.
-struct FreshBinary(PathBuf);
+struct FreshBinary {
+    path: PathBuf,
+    _dir: TempDir,
+}
 
 impl FreshBinary {
     fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "tern-exec-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("exec");
         let path = dir.join("never-seen-probe");
         std::fs::copy("/bin/true", &path).unwrap();
-        Self(path)
+        Self { path, _dir: dir }
     }
 
     fn run(&self) {
-        assert!(Command::new(&self.0).status().unwrap().success());
-    }
-}
-
-impl Drop for FreshBinary {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        assert!(Command::new(&self.path).status().unwrap().success());
     }
 }
 
@@ -146,7 +135,7 @@ fn executions_are_counted_and_a_new_executable_is_named_once() {
         assert!(Command::new("/bin/true").status().unwrap().success());
     }
     fresh.run();
-    let name = fresh.0.to_str().unwrap().to_owned();
+    let name = fresh.path.to_str().unwrap().to_owned();
     let executions = |reports: &[Value]| -> u64 {
         reports
             .iter()
