@@ -30,7 +30,7 @@ pub use netns::{
 };
 pub use temp::TempDir;
 pub use tern::{Stopped, Tern, tern_bin};
-pub use traffic::{Clients, hold_connections, transfer};
+pub use traffic::{Clients, hold_connections, open_connections, transfer};
 pub use truth::{
     TcpInfo, bpf_ids, children_of, kernel_links, kernel_programs, proc_status, sh, ss, tcp_info,
 };

@@ -3,7 +3,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    net::UdpSocket,
+    net::{TcpListener, TcpStream, UdpSocket},
     process::{Child, Command, Stdio},
     thread,
     time::Duration,
@@ -92,4 +92,25 @@ pub fn hold_connections() {
     let mut buf = [0u8; 1];
     let _ = std::io::Read::read(&mut std::io::stdin(), &mut buf);
     drop(held);
+}
+
+/// `count` TCP connections from `client` to a listener on `host:port` in `server`: the
+/// client ends in a [`Clients`] process, the accepted ends returned with it, all held open
+/// until dropped.
+pub fn open_connections(
+    server: &Netns,
+    client: &Netns,
+    host: &'static str,
+    port: u16,
+    count: usize,
+) -> (Clients, Vec<TcpStream>) {
+    let listener = server.enter(move || TcpListener::bind((host, port)).unwrap());
+    // Accepted while the clients connect: the backlog is smaller than the count.
+    let accepting = thread::spawn(move || {
+        (0..count)
+            .map(|_| listener.accept().unwrap().0)
+            .collect::<Vec<_>>()
+    });
+    let clients = Clients::connect(client, host, port, count);
+    (clients, accepting.join().unwrap())
 }

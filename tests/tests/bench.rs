@@ -19,7 +19,7 @@ use std::{
 
 use serde_json::{Value, json};
 use tern_tests::{
-    ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, Clients, DEV_A, Netns, Pair, Tern,
+    ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, DEV_A, Netns, Pair, Tern,
     bench::{
         BpfStats, Figure, ProgStat, Size, churn,
         floor::{self, EmptyTc},
@@ -27,7 +27,7 @@ use tern_tests::{
         peers::{self, PythonCollector, Sample},
         process_cpu_ns, prog_delta, prog_stats, rss_kib,
     },
-    custom_metric, tern_bin,
+    custom_metric, open_connections, tern_bin,
 };
 
 /// Not a benchmark: the client process of `Clients` (tests/src/traffic.rs).
@@ -439,14 +439,7 @@ fn fig3_collection_cost() {
     let mut rows = Vec::new();
     let mut raw = Vec::new();
     for &n in sizes {
-        let listener = pair.a.enter(|| TcpListener::bind((ADDR_A, 7903)).unwrap());
-        let server = thread::spawn(move || {
-            (0..n)
-                .map(|_| listener.accept().unwrap().0)
-                .collect::<Vec<_>>()
-        });
-        let clients = Clients::connect(&pair.b, ADDR_A, 7903, n);
-        let served = server.join().unwrap();
+        let (clients, served) = open_connections(&pair.a, &pair.b, ADDR_A, 7903, n);
 
         let tern = Tern::start_with_env(&pair.a, &["--interval", "1"], &[("TERN_LOG", "debug")]);
         let built = |line: String| -> f64 {

@@ -11,8 +11,8 @@ use std::{
 
 use serde_json::Value;
 use tern_tests::{
-    ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, Clients, DEV_A, Netns, Pair, Tern, custom_list,
-    custom_metric, custom_names, custom_number, ss, wait_until,
+    ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, DEV_A, Netns, Pair, Tern, custom_list, custom_metric,
+    custom_names, custom_number, open_connections, ss, wait_until,
 };
 
 const REPORT_WAIT: Duration = Duration::from_secs(15);
@@ -346,15 +346,8 @@ fn other_namespaces_are_reported_only_when_asked_for() {
 fn ten_thousand_connections_fit_the_budget_with_exact_totals() {
     const N: usize = 10_000;
     let pair = Pair::new();
-    let listener = pair.a.enter(|| TcpListener::bind((ADDR_A, 7700)).unwrap());
-    let server = thread::spawn(move || {
-        (0..N)
-            .map(|_| listener.accept().unwrap().0)
-            .collect::<Vec<_>>()
-    });
     // The clients live in another process: one process may not hold both ends' fds.
-    let clients = Clients::connect(&pair.b, ADDR_A, 7700, N);
-    let served = server.join().unwrap();
+    let (clients, served) = open_connections(&pair.a, &pair.b, ADDR_A, 7700, N);
     for args in [
         vec!["--interval", "1"],
         vec!["--interval", "1", "--names", "short", "--format", "cbor"],
