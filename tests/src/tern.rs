@@ -6,6 +6,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
+        Arc, Mutex,
         atomic::{AtomicU32, Ordering},
         mpsc::{self, Receiver, RecvTimeoutError},
     },
@@ -35,7 +36,7 @@ pub struct Tern {
     /// Each report with the moment it was read from tern's stdout.
     reports: Receiver<(Instant, Result<Value, String>)>,
     log: Receiver<String>,
-    sizes: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    sizes: Arc<Mutex<Vec<usize>>>,
 }
 
 impl Tern {
@@ -102,7 +103,7 @@ impl Tern {
             .expect("starting tern");
         let (report_tx, reports) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout");
-        let sizes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sizes = Arc::new(Mutex::new(Vec::new()));
         let sizes_seen = sizes.clone();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -224,6 +225,23 @@ impl Tern {
     }
 }
 
+/// What a stopped tern left: its exit code and what it printed that the test had not read.
+pub struct Stopped {
+    pub code: Option<i32>,
+    pub reports: Vec<Value>,
+    pub log: Vec<String>,
+}
+
+impl Drop for Tern {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if self.owns_state {
+            let _ = std::fs::remove_dir_all(&self.state_dir);
+        }
+    }
+}
+
 /// One line of tern's stdout: a JSON document, or a CBOR document in hex. Every report is
 /// checked against the document rules.
 fn decode(line: &str) -> Result<Value, String> {
@@ -250,20 +268,4 @@ fn drain<T>(rx: &Receiver<T>, deadline: Instant) -> Vec<T> {
         all.push(item);
     }
     all
-}
-
-pub struct Stopped {
-    pub code: Option<i32>,
-    pub reports: Vec<Value>,
-    pub log: Vec<String>,
-}
-
-impl Drop for Tern {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if self.owns_state {
-            let _ = std::fs::remove_dir_all(&self.state_dir);
-        }
-    }
 }
