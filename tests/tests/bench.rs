@@ -1,3 +1,4 @@
+// Long by design: one test per figure, each read top to bottom, and the README names this file.
 //! Benchmarks: figures, not pass/fail. `cargo xtask bench [--quick]` runs them (they are
 //! ignored by a plain test run) and gathers the figure files each writes into
 //! `bench/results.json` and `bench/results.md`; `cargo xtask test` runs the smallest case
@@ -18,7 +19,7 @@ use std::{
 
 use serde_json::{Value, json};
 use tern_tests::{
-    ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, Clients, DEV_A, Netns, Pair, Tern,
+    ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, DEV_A, Netns, Pair, Tern,
     bench::{
         BpfStats, Figure, ProgStat, Size, churn,
         floor::{self, EmptyTc},
@@ -26,10 +27,10 @@ use tern_tests::{
         peers::{self, PythonCollector, Sample},
         process_cpu_ns, prog_delta, prog_stats, rss_kib,
     },
-    tern_bin,
+    custom_metric, open_connections, tern_bin,
 };
 
-/// Not a benchmark: the client process of `Clients` (tests/src/lib.rs).
+/// Not a benchmark: the client process of `Clients` (tests/src/traffic.rs).
 #[test]
 #[ignore = "run by the benchmarks"]
 fn hold_connections() {
@@ -288,12 +289,6 @@ fn poll_until(ns: &Netns, interval: Duration, stop: Arc<AtomicBool>) -> Vec<Samp
     })
 }
 
-fn custom_number(report: &Value, name: &str) -> u64 {
-    report["custom_metrics"][name][0]["number"]
-        .as_u64()
-        .unwrap_or(0)
-}
-
 /// Figure 2: what each agent reports of short-lived connections and listeners that live
 /// 100 ms, against the ground truth the bench created. The snapshot agents sample every
 /// second, 300 times more often than Device Defender's 5-minute interval, to favour them.
@@ -330,21 +325,21 @@ fn fig2_accuracy_under_churn() {
     });
     let accepted = server.accepted();
     let stopped = tern.stop();
-    let inbound: u64 = stopped
-        .reports
-        .iter()
-        .map(|r| custom_number(r, "interval_tcp_connections_opened_inbound"))
-        .sum();
-    let short: u64 = stopped
-        .reports
-        .iter()
-        .map(|r| custom_number(r, "interval_tcp_connections_short_lived"))
-        .sum();
+    // A metric a report lacks counts as nothing: a figure reports what tern sent.
+    let sum = |name: &str| -> u64 {
+        stopped
+            .reports
+            .iter()
+            .map(|r| custom_metric(r, name, "number").as_u64().unwrap_or(0))
+            .sum()
+    };
+    let inbound = sum("interval_tcp_connections_opened_inbound");
+    let short = sum("interval_tcp_connections_short_lived");
     let tern_ports: BTreeSet<u16> = stopped
         .reports
         .iter()
         .flat_map(|r| {
-            r["custom_metrics"]["interval_listening_tcp_ports"][0]["number_list"]
+            custom_metric(r, "interval_listening_tcp_ports", "number_list")
                 .as_array()
                 .cloned()
                 .unwrap_or_default()
@@ -444,14 +439,7 @@ fn fig3_collection_cost() {
     let mut rows = Vec::new();
     let mut raw = Vec::new();
     for &n in sizes {
-        let listener = pair.a.enter(|| TcpListener::bind((ADDR_A, 7903)).unwrap());
-        let server = thread::spawn(move || {
-            (0..n)
-                .map(|_| listener.accept().unwrap().0)
-                .collect::<Vec<_>>()
-        });
-        let clients = Clients::connect(&pair.b, ADDR_A, 7903, n);
-        let served = server.join().unwrap();
+        let (clients, served) = open_connections(&pair.a, &pair.b, ADDR_A, 7903, n);
 
         let tern = Tern::start_with_env(&pair.a, &["--interval", "1"], &[("TERN_LOG", "debug")]);
         let built = |line: String| -> f64 {

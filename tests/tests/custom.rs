@@ -6,7 +6,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use tern_tests::{Netns, TempDir, Tern};
+use tern_tests::{Netns, TempDir, Tern, custom_names};
 
 const REPORT_WAIT: Duration = Duration::from_secs(15);
 
@@ -28,18 +28,10 @@ impl Files {
     }
 }
 
+/// Custom metric `name` as the report encodes it, type name and all (Null when absent), so
+/// the assertions check the encoding too.
 fn custom(report: &Value, name: &str) -> Value {
     report["custom_metrics"][name].clone()
-}
-
-/// The names of the custom metrics a report carries, in order.
-fn custom_names(report: &Value) -> Vec<&str> {
-    report["custom_metrics"]
-        .as_object()
-        .expect("custom metrics")
-        .keys()
-        .map(String::as_str)
-        .collect()
 }
 
 #[test]

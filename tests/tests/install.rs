@@ -79,26 +79,29 @@ fn account(root: &Path, user: &str) -> Option<(u32, u32)> {
     })
 }
 
-fn config(dir: &TempDir) -> String {
-    let path = dir.path.join("device.json");
+/// A device root whose private key has `mode`, and a config naming that key: the root, the
+/// config's own directory and the config's path.
+fn root_with_key(mode: u32) -> (TempDir, TempDir, String) {
+    let root = device_root();
+    let key = root.path.join("etc/device.key");
+    fs::write(&key, "key").unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(mode)).unwrap();
+    let cfg_dir = TempDir::new("cfg");
+    let path = cfg_dir.path.join("device.json");
     fs::write(
         &path,
         r#"{"endpoint":"example-ats.iot.eu-west-1.amazonaws.com","key":"/etc/device.key"}"#,
     )
     .unwrap();
-    path.to_str().unwrap().to_owned()
+    let cfg = path.to_str().unwrap().to_owned();
+    (root, cfg_dir, cfg)
 }
 
 const NAME: &str = "edgeinstalltest";
 
 #[test]
 fn install_writes_a_unit_systemd_accepts_and_uninstall_removes_what_install_created() {
-    let root = device_root();
-    let key = root.path.join("etc/device.key");
-    fs::write(&key, "key").unwrap();
-    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
-    let cfg_dir = TempDir::new("cfg");
-    let cfg = config(&cfg_dir);
+    let (root, _cfg_dir, cfg) = root_with_key(0o600);
     let before = tree(&root.path);
     let r = root.path.to_str().unwrap();
 
@@ -192,12 +195,7 @@ fn install_writes_a_unit_systemd_accepts_and_uninstall_removes_what_install_crea
 
 #[test]
 fn install_refuses_a_private_key_others_can_read_and_creates_nothing() {
-    let root = device_root();
-    let key = root.path.join("etc/device.key");
-    fs::write(&key, "key").unwrap();
-    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
-    let cfg_dir = TempDir::new("cfg");
-    let cfg = config(&cfg_dir);
+    let (root, _cfg_dir, cfg) = root_with_key(0o644);
     let before = tree(&root.path);
     let r = root.path.to_str().unwrap();
     let out = tern(&["install", "--root", r, "--name", NAME, "--config", &cfg]);

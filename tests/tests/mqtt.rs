@@ -12,14 +12,14 @@ use std::{
     net::UdpSocket,
     path::{Path, PathBuf},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::{Value, json};
 use tern_tests::{
     LinkStats, Pair, TempDir, Tern, UDP_OVERHEAD,
     broker::{Identity, Mosquitto, Pki, Proxy, Received, Responder, Verdicts},
-    transfer,
+    custom_number, transfer, wait_until,
 };
 
 const BROKER: u16 = 18883;
@@ -158,40 +158,31 @@ fn distinct(received: &[Received]) -> BTreeMap<u64, Value> {
 /// The sum of custom metric `name` over the distinct reports received, once it is at least
 /// 1 or `timeout` has passed.
 fn counted_within(responder: &Responder, name: &str, timeout: Duration) -> u64 {
-    let deadline = Instant::now() + timeout;
-    loop {
+    let counted = wait_until(timeout, Duration::from_millis(100), || {
         let sum = distinct(&responder.received())
             .values()
-            .map(|r| custom(r, name))
+            .map(|r| custom_number(r, name))
             .sum();
-        if sum >= 1 || Instant::now() >= deadline {
-            return sum;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn custom(report: &Value, name: &str) -> u64 {
-    report["custom_metrics"][name][0]["number"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("custom metric {name} in {report}"))
+        if sum >= 1 { Ok(sum) } else { Err(sum) }
+    });
+    counted.unwrap_or_else(|sum| sum)
 }
 
 /// Waits up to 30 s until the delivered reports account for `expected`; panics with what
 /// they hold.
 fn wait_for_totals(responder: &Responder, expected: LinkStats) -> BTreeMap<u64, Value> {
-    let mut reports = BTreeMap::new();
-    for _ in 0..300 {
-        reports = distinct(&responder.received());
-        if LinkStats::reported(reports.values()) == expected {
-            return reports;
+    wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        let reports = distinct(&responder.received());
+        let counted = LinkStats::reported(reports.values());
+        if counted == expected {
+            Ok(reports)
+        } else {
+            Err(counted)
         }
-        thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "delivered reports add up to {:?}, the test sent {expected:?}",
-        LinkStats::reported(reports.values())
-    );
+    })
+    .unwrap_or_else(|counted| {
+        panic!("delivered reports add up to {counted:?}, the test sent {expected:?}")
+    })
 }
 
 fn spooled(state: &Path) -> usize {
@@ -233,7 +224,7 @@ fn reports_arrive_valid_accepted_and_in_order() {
     }
     let accepted: u64 = reports
         .values()
-        .map(|r| custom(r, "reports_accepted"))
+        .map(|r| custom_number(r, "reports_accepted"))
         .sum();
     assert!(
         accepted >= 1 && accepted <= reports.len() as u64,

@@ -4,14 +4,12 @@
 
 use std::{
     collections::HashSet,
-    net::UdpSocket,
-    thread,
     time::{Duration, Instant},
 };
 
 use tern_tests::{
-    ADDR_A, ADDR_B, Pair, TempDir, Tern, bpf_ids, children_of, kernel_links, kernel_programs,
-    proc_status, sh,
+    Pair, TempDir, Tern, bpf_ids, children_of, kernel_links, kernel_programs, proc_status, sh,
+    transfer, wait_until,
 };
 
 const INTERVAL: &[&str] = &["--interval", "1"];
@@ -20,20 +18,6 @@ const CAP_BPF: u64 = 1 << 39;
 
 fn id_of(flag: &str, user: &str) -> String {
     sh("id", &[flag, user]).trim().to_owned()
-}
-
-/// Sends `count` datagrams of `size` bytes from namespace b to a, each received.
-fn udp_b_to_a(pair: &Pair, count: u64, size: usize) {
-    let rx = pair.a.enter(|| UdpSocket::bind((ADDR_A, 9400)).unwrap());
-    let tx = pair.b.enter(|| UdpSocket::bind((ADDR_B, 0)).unwrap());
-    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let payload = vec![7u8; size];
-    let mut buf = vec![0u8; size + 1];
-    for i in 0..count {
-        tx.send_to(&payload, (ADDR_A, 9400)).unwrap();
-        rx.recv(&mut buf)
-            .unwrap_or_else(|e| panic!("datagram {i} never arrived: {e}"));
-    }
 }
 
 fn packets_in(reports: &[serde_json::Value]) -> u64 {
@@ -50,20 +34,16 @@ fn packets_in(reports: &[serde_json::Value]) -> u64 {
 /// The one link child of `tern` once it has dropped its privileges, waiting briefly for
 /// the fork and the drop.
 fn link_child(tern: &Tern) -> u32 {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
         let children = children_of(tern.pid());
-        if let [child] = children[..]
-            && proc_status(child)["NoNewPrivs"] == "1"
-        {
-            return child;
+        match children[..] {
+            [child] if proc_status(child)["NoNewPrivs"] == "1" => Ok(child),
+            _ => Err(children),
         }
-        assert!(
-            Instant::now() < deadline,
-            "tern has children {children:?}, expected exactly one link child"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    })
+    .unwrap_or_else(|children| {
+        panic!("tern has children {children:?}, expected exactly one link child")
+    })
 }
 
 fn assert_credentials(pid: u32, caps: u64) {
@@ -87,7 +67,8 @@ fn after_the_drop_tern_holds_no_capability_and_still_counts_and_reports() {
     let tern = Tern::start(&pair.a, INTERVAL);
     assert_credentials(tern.pid(), 0);
     let first = tern.next_report(Duration::from_secs(5));
-    udp_b_to_a(&pair, 40, 200);
+    let (a, b) = pair.udp();
+    transfer(&b, &a, 40, 200);
     let stopped = tern.stop();
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
     let mut reports = vec![first];
@@ -252,22 +233,21 @@ fn unreachable_from_outside(pid: u32, inode: &str) -> bool {
 
 /// Waits until none of `programs` is loaded and no link of theirs exists.
 fn assert_released(programs: &HashSet<u64>, links: &HashSet<u64>) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
         let loaded: Vec<u64> = kernel_programs().intersection(programs).copied().collect();
         let linked: Vec<(u64, u64)> = kernel_links()
             .into_iter()
             .filter(|(link, prog)| links.contains(link) || programs.contains(prog))
             .collect();
         if loaded.is_empty() && linked.is_empty() {
-            return;
+            Ok(())
+        } else {
+            Err((loaded, linked))
         }
-        assert!(
-            Instant::now() < deadline,
-            "still loaded: programs {loaded:?}, links {linked:?}"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    })
+    .unwrap_or_else(|(loaded, linked)| {
+        panic!("still loaded: programs {loaded:?}, links {linked:?}")
+    });
 }
 
 /// Programs and links held by tern and its link child.
@@ -309,14 +289,14 @@ fn kill_9_then_restart_leaves_no_duplicate_attachment() {
     // SAFETY: SIGKILL to the tern process this test started.
     unsafe { libc::kill(tern.pid() as i32, libc::SIGKILL) };
     let _ = tern.wait_exit(Duration::from_secs(5));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::path::Path::new(&format!("/proc/{child}")).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the link child outlived its parent"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        if std::path::Path::new(&format!("/proc/{child}")).exists() {
+            Err(())
+        } else {
+            Ok(())
+        }
+    })
+    .unwrap_or_else(|()| panic!("the link child outlived its parent"));
     assert_released(&old_programs, &old_links);
 
     let tern = Tern::start(&pair.a, INTERVAL);
@@ -327,7 +307,8 @@ fn kill_9_then_restart_leaves_no_duplicate_attachment() {
         .collect();
     // The new run's 14 links, none of the old run's.
     assert_eq!(on_hooks.len(), 14, "{on_hooks:?} (held: {links:?})");
-    udp_b_to_a(&pair, 25, 100);
+    let (a, b) = pair.udp();
+    transfer(&b, &a, 25, 100);
     let stopped = tern.stop();
     assert_eq!(packets_in(&stopped.reports), 25, "{:?}", stopped.log);
 }

@@ -11,24 +11,11 @@ use std::{
 };
 
 use serde_json::Value;
-use tern_tests::{ADDR_A, ADDR_B, DEV_A, Pair, Tern};
+use tern_tests::{
+    ADDR_A, ADDR_B, DEV_A, Pair, TempDir, Tern, custom_list, custom_metric, custom_number,
+};
 
 const REPORT_WAIT: Duration = Duration::from_secs(15);
-
-fn number(report: &Value, name: &str) -> u64 {
-    report["custom_metrics"][name][0]["number"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{name} missing in {report}"))
-}
-
-fn strings(report: &Value, name: &str) -> Vec<String> {
-    report["custom_metrics"][name][0]["string_list"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{name} missing in {report}"))
-        .iter()
-        .map(|s| s.as_str().unwrap().to_owned())
-        .collect()
-}
 
 /// Sums `name` over the reports that count everything done before `done`, and returns the
 /// report after them, an interval in which the test did nothing.
@@ -36,7 +23,7 @@ fn total_through(tern: &Tern, name: &str, done: Instant) -> (u64, Value) {
     let total = tern
         .reports_through(done, REPORT_WAIT)
         .iter()
-        .map(|r| number(r, name))
+        .map(|r| custom_number(r, name))
         .sum();
     (total, tern.next_report(REPORT_WAIT))
 }
@@ -56,9 +43,9 @@ fn a_scan_of_closed_ports_shows_as_resets_sent_and_closed_port_attempts() {
     let (resets, quiet_after) = total_through(&tern, "interval_tcp_resets_sent", Instant::now());
     // One reset per SYN to a closed port, and nothing else resets in this namespace.
     assert_eq!(resets, 200);
-    assert_eq!(number(&quiet_after, "interval_tcp_resets_sent"), 0);
-    assert_eq!(number(&quiet, "interval_tcp_resets_sent"), 0);
-    assert_eq!(number(&quiet, "interval_closed_port_attempts"), 0);
+    assert_eq!(custom_number(&quiet_after, "interval_tcp_resets_sent"), 0);
+    assert_eq!(custom_number(&quiet, "interval_tcp_resets_sent"), 0);
+    assert_eq!(custom_number(&quiet, "interval_closed_port_attempts"), 0);
 }
 
 #[test]
@@ -100,17 +87,11 @@ fn connection_attempts_that_never_establish_are_failed_connects() {
     let mut ports = std::collections::BTreeSet::new();
     let mut addresses = std::collections::BTreeSet::new();
     for report in tern.reports_through(done, REPORT_WAIT) {
-        failed += number(&report, "interval_tcp_failed_connects");
-        for p in report["custom_metrics"]["interval_remote_ports_contacted"][0]["number_list"]
-            .as_array()
-            .unwrap()
-        {
+        failed += custom_number(&report, "interval_tcp_failed_connects");
+        for p in custom_list(&report, "interval_remote_ports_contacted", "number_list") {
             ports.insert(p.as_u64().unwrap());
         }
-        for a in report["custom_metrics"]["interval_remote_addresses_contacted"][0]["ip_list"]
-            .as_array()
-            .unwrap()
-        {
+        for a in custom_list(&report, "interval_remote_addresses_contacted", "ip_list") {
             addresses.insert(a.as_str().unwrap().to_owned());
         }
     }
@@ -126,34 +107,21 @@ fn connection_attempts_that_never_establish_are_failed_connects() {
 }
 
 /// A copy of /bin/true under a name no one has run, removed when dropped.
-struct FreshBinary(PathBuf);
+struct FreshBinary {
+    path: PathBuf,
+    _dir: TempDir,
+}
 
 impl FreshBinary {
     fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "tern-exec-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("exec");
         let path = dir.join("never-seen-probe");
         std::fs::copy("/bin/true", &path).unwrap();
-        Self(path)
+        Self { path, _dir: dir }
     }
 
     fn run(&self) {
-        assert!(Command::new(&self.0).status().unwrap().success());
-    }
-}
-
-impl Drop for FreshBinary {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        assert!(Command::new(&self.path).status().unwrap().success());
     }
 }
 
@@ -167,27 +135,29 @@ fn executions_are_counted_and_a_new_executable_is_named_once() {
         assert!(Command::new("/bin/true").status().unwrap().success());
     }
     fresh.run();
-    let name = fresh.0.to_str().unwrap().to_owned();
+    let name = fresh.path.to_str().unwrap().to_owned();
+    let executions = |reports: &[Value]| -> u64 {
+        reports
+            .iter()
+            .map(|r| custom_number(r, "interval_execs"))
+            .sum()
+    };
+    let names_it = |r: &Value| {
+        custom_list(r, "interval_new_executables", "string_list")
+            .contains(&Value::from(name.as_str()))
+    };
     let reports = tern.reports_through(Instant::now(), REPORT_WAIT);
     // Executions are counted host-wide: other processes may add to them.
-    let execs: u64 = reports.iter().map(|r| number(r, "interval_execs")).sum();
+    let execs = executions(&reports);
     assert!(execs >= 31, "{execs}");
-    let named = reports
-        .iter()
-        .filter(|r| strings(r, "interval_new_executables").contains(&name))
-        .count();
+    let named = reports.iter().filter(|r| names_it(r)).count();
     assert_eq!(named, 1, "{name} in {reports:?}");
 
     fresh.run();
     let reports = tern.reports_through(Instant::now(), REPORT_WAIT);
-    let execs: u64 = reports.iter().map(|r| number(r, "interval_execs")).sum();
+    let execs = executions(&reports);
     assert!(execs >= 1, "{execs}");
-    assert!(
-        !reports
-            .iter()
-            .any(|r| strings(r, "interval_new_executables").contains(&name)),
-        "{name} named again"
-    );
+    assert!(!reports.iter().any(names_it), "{name} named again");
 }
 
 #[test]
@@ -195,7 +165,7 @@ fn device_readings_are_in_range() {
     let pair = Pair::new();
     let tern = Tern::start(&pair.a, &["--interval", "1"]);
     let report = tern.next_report(REPORT_WAIT);
-    let cpu = report["custom_metrics"]["cpu_usage"][0]["number"]
+    let cpu = custom_metric(&report, "cpu_usage", "number")
         .as_f64()
         .expect("cpu_usage");
     assert!((0.0..=100.0).contains(&cpu), "{cpu}");
@@ -206,6 +176,6 @@ fn device_readings_are_in_range() {
         .and_then(|r| r.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap();
-    let used = number(&report, "memory_used");
+    let used = custom_number(&report, "memory_used");
     assert!(used > 0 && used < total_kb * 1024, "{used}");
 }

@@ -10,7 +10,10 @@ use std::{
 };
 
 use serde_json::Value;
-use tern_tests::{ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, Clients, DEV_A, Netns, Pair, Tern, ss};
+use tern_tests::{
+    ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, DEV_A, Netns, Pair, Tern, custom_list, custom_metric,
+    custom_names, custom_number, open_connections, ss, wait_until,
+};
 
 const REPORT_WAIT: Duration = Duration::from_secs(15);
 
@@ -48,25 +51,8 @@ fn connections(report: &Value) -> (Vec<(String, u16, Option<String>)>, u64) {
     (all, ec["total"].as_u64().unwrap())
 }
 
-fn custom(report: &Value, name: &str) -> Value {
-    let metric = &report["custom_metrics"][name];
-    let (_, value) = metric[0]
-        .as_object()
-        .unwrap_or_else(|| panic!("custom metric {name} missing in {report}"))
-        .iter()
-        .next()
-        .unwrap();
-    value.clone()
-}
-
-fn number(report: &Value, name: &str) -> u64 {
-    custom(report, name).as_u64().unwrap()
-}
-
 fn numbers(report: &Value, name: &str) -> BTreeSet<u64> {
-    custom(report, name)
-        .as_array()
-        .unwrap()
+    custom_list(report, name, "number_list")
         .iter()
         .map(|n| n.as_u64().unwrap())
         .collect()
@@ -81,14 +67,15 @@ fn report_after(tern: &Tern, since: Instant) -> Value {
 /// Waits until `ss` shows no TCP connection of `ns` still open or half-open, so every
 /// connection the test made has left ESTABLISHED in the kernel. Bounded to 10 s.
 fn wait_connections_closed(ns: &Netns) {
-    for _ in 0..200 {
+    wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
         let open = ns.exec(&["ss", "-Htn", "state", "established", "state", "syn-recv"]);
         if open.trim().is_empty() {
-            return;
+            Ok(())
+        } else {
+            Err(())
         }
-        thread::sleep(Duration::from_millis(50));
-    }
-    panic!("connections still open after 10 s");
+    })
+    .unwrap_or_else(|()| panic!("connections still open after 10 s"));
 }
 
 #[test]
@@ -232,27 +219,30 @@ fn churn_between_two_reports_is_counted_exactly() {
         panic!("one final report expected: {:?}", stopped.reports);
     };
     assert_eq!(
-        number(report, "interval_tcp_connections_opened_inbound"),
+        custom_number(report, "interval_tcp_connections_opened_inbound"),
         2_000
     );
     // The one connection a made, to 10.77.0.3; b's 2,000 client sockets are b's.
     assert_eq!(
-        number(report, "interval_tcp_connections_opened_outbound"),
+        custom_number(report, "interval_tcp_connections_opened_outbound"),
         1
     );
-    assert_eq!(number(report, "interval_tcp_connections_opened"), 2_001);
     assert_eq!(
-        number(report, "interval_tcp_connections_short_lived"),
+        custom_number(report, "interval_tcp_connections_opened"),
         2_001
     );
-    assert_eq!(number(report, "interval_details_dropped"), 0);
+    assert_eq!(
+        custom_number(report, "interval_tcp_connections_short_lived"),
+        2_001
+    );
+    assert_eq!(custom_number(report, "interval_details_dropped"), 0);
     let tcp_ports = numbers(report, "interval_listening_tcp_ports");
     assert!(
         tcp_ports.contains(&7300) && tcp_ports.contains(&7301),
         "{tcp_ports:?}"
     );
     assert!(numbers(report, "interval_listening_udp_ports").contains(&7302));
-    let remotes = custom(report, "interval_remote_addresses");
+    let remotes = custom_metric(report, "interval_remote_addresses", "ip_list");
     assert!(
         remotes
             .as_array()
@@ -273,7 +263,7 @@ fn the_churn_over_many_intervals_adds_up_exactly_and_the_next_starts_empty() {
     let tern = Tern::start(&pair.a, &["--interval", "1"]);
     churn(&pair, 7310);
     let reports = tern.reports_through(Instant::now(), REPORT_WAIT);
-    let sum = |name: &str| reports.iter().map(|r| number(r, name)).sum::<u64>();
+    let sum = |name: &str| reports.iter().map(|r| custom_number(r, name)).sum::<u64>();
     // Each connection is counted in exactly one interval, wherever the boundaries fell.
     assert_eq!(sum("interval_tcp_connections_opened_inbound"), 2_000);
     assert_eq!(sum("interval_tcp_connections_opened_outbound"), 1);
@@ -289,12 +279,15 @@ fn the_churn_over_many_intervals_adds_up_exactly_and_the_next_starts_empty() {
 
     // The next interval starts from what exists: nothing of the churn.
     let next = tern.next_report(REPORT_WAIT);
-    assert_eq!(number(&next, "interval_tcp_connections_opened"), 0);
-    assert_eq!(number(&next, "interval_tcp_connections_short_lived"), 0);
+    assert_eq!(custom_number(&next, "interval_tcp_connections_opened"), 0);
+    assert_eq!(
+        custom_number(&next, "interval_tcp_connections_short_lived"),
+        0
+    );
     assert!(!numbers(&next, "interval_listening_tcp_ports").contains(&7301));
     assert!(!numbers(&next, "interval_listening_udp_ports").contains(&7302));
     assert!(
-        !custom(&next, "interval_remote_addresses")
+        !custom_metric(&next, "interval_remote_addresses", "ip_list")
             .as_array()
             .unwrap()
             .contains(&Value::from("10.77.0.3"))
@@ -353,15 +346,8 @@ fn other_namespaces_are_reported_only_when_asked_for() {
 fn ten_thousand_connections_fit_the_budget_with_exact_totals() {
     const N: usize = 10_000;
     let pair = Pair::new();
-    let listener = pair.a.enter(|| TcpListener::bind((ADDR_A, 7700)).unwrap());
-    let server = thread::spawn(move || {
-        (0..N)
-            .map(|_| listener.accept().unwrap().0)
-            .collect::<Vec<_>>()
-    });
     // The clients live in another process: one process may not hold both ends' fds.
-    let clients = Clients::connect(&pair.b, ADDR_A, 7700, N);
-    let served = server.join().unwrap();
+    let (clients, served) = open_connections(&pair.a, &pair.b, ADDR_A, 7700, N);
     for args in [
         vec!["--interval", "1"],
         vec!["--interval", "1", "--names", "short", "--format", "cbor"],
@@ -379,7 +365,7 @@ fn ten_thousand_connections_fit_the_budget_with_exact_totals() {
     drop((clients, served));
 }
 
-/// Not a test of its own: the client process of `Clients` (tests/src/lib.rs).
+/// Not a test of its own: the client process of `Clients` (tests/src/traffic.rs).
 #[test]
 #[ignore = "run by ten_thousand_connections_fit_the_budget_with_exact_totals"]
 fn hold_connections() {
@@ -450,15 +436,7 @@ fn every_encoding_carries_the_same_document() {
                 "{list} differs in {mode:?}"
             );
         }
-        let names = |r: &Value| -> Vec<String> {
-            r["custom_metrics"]
-                .as_object()
-                .unwrap()
-                .keys()
-                .cloned()
-                .collect()
-        };
-        assert_eq!(names(report), names(&firsts[0]), "{mode:?}");
+        assert_eq!(custom_names(report), custom_names(&firsts[0]), "{mode:?}");
     }
     let (tcp, _) = ports(&firsts[0], "listening_tcp_ports");
     assert!(tcp.contains(&(7800, None)) && tcp.contains(&(7801, Some(DEV_A.to_owned()))));

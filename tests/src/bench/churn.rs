@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::Netns;
+use crate::{Netns, spawn_in};
 
 fn reset_on_close(stream: &TcpStream) {
     let linger = libc::linger {
@@ -30,14 +30,6 @@ fn reset_on_close(stream: &TcpStream) {
             size_of::<libc::linger>() as libc::socklen_t,
         )
     };
-}
-
-/// Moves the calling thread into the namespace at `path`.
-fn join_netns(path: &str) {
-    let ns = std::fs::File::open(path).expect("the namespace");
-    // SAFETY: setns on a valid namespace fd affects only this thread.
-    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
 }
 
 /// Accepts connections on `addr` in `ns` and closes each at once, until dropped.
@@ -70,7 +62,7 @@ impl Server {
         });
         Self {
             addr,
-            ns_path: format!("/run/netns/{}", ns.name),
+            ns_path: ns.path(),
             stop,
             accepted,
             thread: Some(thread),
@@ -87,9 +79,8 @@ impl Drop for Server {
         self.stop.store(true, Ordering::Relaxed);
         // A last connection from the server's namespace wakes the accepting thread, which
         // then sees the flag.
-        let (addr, path) = (self.addr, self.ns_path.clone());
-        let woken = thread::spawn(move || {
-            join_netns(&path);
+        let addr = self.addr;
+        let woken = spawn_in(&self.ns_path, move || {
             TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
         })
         .join()
@@ -116,9 +107,7 @@ pub fn run(
     let handles: Vec<_> = (0..threads)
         .map(|_| {
             let connected = connected.clone();
-            let ns_path = format!("/run/netns/{}", ns.name);
-            thread::spawn(move || {
-                join_netns(&ns_path);
+            ns.spawn(move || {
                 let gap = Duration::from_secs_f64(f64::from(threads) / f64::from(rate));
                 let start = Instant::now();
                 let end = start + duration;

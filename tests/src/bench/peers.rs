@@ -161,7 +161,7 @@ impl PythonCollector {
     /// Starts the interpreter and imports the collector, then waits for [`Self::go`].
     pub fn start(python: &PathBuf, ns: &Netns, interval: f64, count: usize) -> Self {
         let mut child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", ns.name))
+            .arg(format!("--net={}", ns.path()))
             .arg(python)
             .args([
                 "-c",

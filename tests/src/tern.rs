@@ -1,0 +1,271 @@
+//! The tern process under test: started in a namespace, its reports and log read as it prints
+//! them, stopped or waited for.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{Netns, schema, wait_until};
+
+/// The tern binary under test, built by `cargo xtask test`.
+pub fn tern_bin() -> PathBuf {
+    let path = std::env::var_os("TERN_BIN")
+        .expect("TERN_BIN is not set: run the kernel tests with `cargo xtask test`");
+    let path = PathBuf::from(path);
+    assert!(path.is_file(), "TERN_BIN={} is not a file", path.display());
+    path
+}
+
+/// A running tern with its state directory; killed (and the directory removed, unless the
+/// test owns it) when dropped.
+pub struct Tern {
+    child: Child,
+    pub state_dir: PathBuf,
+    owns_state: bool,
+    /// Each report with the moment it was read from tern's stdout.
+    reports: Receiver<(Instant, Result<Value, String>)>,
+    log: Receiver<String>,
+    sizes: Arc<Mutex<Vec<usize>>>,
+}
+
+impl Tern {
+    /// Starts `tern run --output stdout` with `args` in `ns`, and waits until it has attached.
+    pub fn start(ns: &Netns, args: &[&str]) -> Self {
+        Self::start_with_env(ns, args, &[])
+    }
+
+    /// As `start`, with more environment variables for tern (e.g. TERN_LOG).
+    pub fn start_with_env(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let tern = Self::spawn_env(ns, args, env);
+        tern.wait_log("attached", Duration::from_secs(20));
+        tern
+    }
+
+    /// Starts `tern run --output stdout` with `args` in `ns` without waiting for anything.
+    pub fn spawn(ns: &Netns, args: &[&str]) -> Self {
+        Self::spawn_env(ns, args, &[])
+    }
+
+    /// As [`Tern::spawn`], with extra environment variables.
+    pub fn spawn_env(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut all = vec!["--output", "stdout"];
+        all.extend_from_slice(args);
+        Self::spawn_in(ns, None, &all, env)
+    }
+
+    /// Starts `tern run --state-dir STATE_DIR` with `args` (and no output of its own choosing)
+    /// in `ns`, and waits until it has attached. The state directory outlives this tern (a
+    /// restart can reuse it).
+    pub fn launch(ns: &Netns, state_dir: &Path, args: &[&str]) -> Self {
+        let tern = Self::spawn_in(ns, Some(state_dir), args, &[]);
+        tern.wait_log("attached", Duration::from_secs(20));
+        tern
+    }
+
+    /// Starts tern in `ns`, with `state_dir` or else a state directory of its own that goes
+    /// when it does.
+    fn spawn_in(ns: &Netns, state_dir: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let owns_state = state_dir.is_none();
+        let state_dir = state_dir.map_or_else(
+            || {
+                std::env::temp_dir().join(format!(
+                    "tern-test-state-{}-{}",
+                    std::process::id(),
+                    NEXT.fetch_add(1, Ordering::SeqCst)
+                ))
+            },
+            Path::to_path_buf,
+        );
+        // nsenter, not `ip netns exec`: the latter remounts /sys, which hides tracefs. Both
+        // exec tern in place, so the child's pid is tern's.
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path()))
+            .arg(tern_bin())
+            .args(["run", "--state-dir"])
+            .arg(&state_dir)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting tern");
+        let (report_tx, reports) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let sizes_seen = sizes.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let bytes = if line.starts_with('{') {
+                    line.len()
+                } else {
+                    line.len() / 2
+                };
+                sizes_seen.lock().expect("sizes").push(bytes);
+                if report_tx.send((Instant::now(), decode(&line))).is_err() {
+                    break;
+                }
+            }
+        });
+        let (log_tx, log) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("tern: {line}");
+                if log_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            state_dir,
+            owns_state,
+            reports,
+            log,
+            sizes,
+        }
+    }
+
+    /// The pid of the tern process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Encoded size in bytes of every report printed so far (hex CBOR counted as bytes).
+    pub fn encoded_sizes(&self) -> Vec<usize> {
+        self.sizes.lock().expect("sizes").clone()
+    }
+
+    /// Waits for a log line containing `needle`; panics after `timeout`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("tern did not log {needle:?} within {timeout:?}"),
+            }
+        }
+    }
+
+    /// The next report, checked against the document rules and with long names whatever
+    /// its encoding; panics after `timeout`.
+    pub fn next_report(&self, timeout: Duration) -> Value {
+        self.next_timed(timeout).1
+    }
+
+    fn next_timed(&self, timeout: Duration) -> (Instant, Value) {
+        match self.reports.recv_timeout(timeout) {
+            Ok((at, report)) => (at, report.unwrap_or_else(|e| panic!("{e}"))),
+            Err(RecvTimeoutError::Timeout) => panic!("no report within {timeout:?}"),
+            Err(RecvTimeoutError::Disconnected) => panic!("tern exited before reporting"),
+        }
+    }
+
+    /// Every report not read yet, up to and including the first one collected after
+    /// `since`: whatever happened before `since` is counted in these reports, however slow the
+    /// machine. tern collects a report every interval and prints it as soon as it is built,
+    /// so the report after the first one printed after `since` was collected after `since`. Panics when a
+    /// report takes longer than `timeout` or 100 reports go by.
+    pub fn reports_through(&self, since: Instant, timeout: Duration) -> Vec<Value> {
+        let mut reports = Vec::new();
+        let mut printed_after = false;
+        for _ in 0..100 {
+            let (at, report) = self.next_timed(timeout);
+            reports.push(report);
+            if printed_after {
+                return reports;
+            }
+            printed_after = at > since;
+        }
+        panic!("100 reports went by without one collected after the moment asked for");
+    }
+
+    /// Stops tern with SIGTERM; returns its exit code and what it printed that the test
+    /// had not read yet.
+    pub fn stop(self) -> Stopped {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.wait_exit(Duration::from_secs(10))
+    }
+
+    /// Waits for tern to exit on its own; panics after `timeout`.
+    pub fn wait_exit(mut self, timeout: Duration) -> Stopped {
+        let code = wait_until(timeout, Duration::from_millis(20), || {
+            match self.child.try_wait() {
+                Ok(Some(status)) => Ok(status.code()),
+                _ => Err(()),
+            }
+        })
+        .unwrap_or_else(|()| panic!("tern did not exit within {timeout:?}"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        Stopped {
+            code,
+            reports: drain(&self.reports, deadline)
+                .into_iter()
+                .map(|(_, r)| r.unwrap_or_else(|e| panic!("{e}")))
+                .collect(),
+            log: drain(&self.log, deadline),
+        }
+    }
+}
+
+/// What a stopped tern left: its exit code and what it printed that the test had not read.
+pub struct Stopped {
+    pub code: Option<i32>,
+    pub reports: Vec<Value>,
+    pub log: Vec<String>,
+}
+
+impl Drop for Tern {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if self.owns_state {
+            let _ = std::fs::remove_dir_all(&self.state_dir);
+        }
+    }
+}
+
+/// One line of tern's stdout: a JSON document, or a CBOR document in hex. Every report is
+/// checked against the document rules.
+fn decode(line: &str) -> Result<Value, String> {
+    let doc: Value = if line.starts_with('{') {
+        serde_json::from_str(line).map_err(|e| format!("not JSON ({e}): {line}"))?
+    } else {
+        let bytes = (0..line.len())
+            .step_by(2)
+            .map(|i| {
+                line.get(i..i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(|| format!("neither JSON nor hex: {line}"))?;
+        ciborium::from_reader(bytes.as_slice()).map_err(|e| format!("not CBOR ({e}): {line}"))?
+    };
+    schema::validate(&doc)
+}
+
+/// Everything a channel yields until its sender is gone or `deadline` passes.
+fn drain<T>(rx: &Receiver<T>, deadline: Instant) -> Vec<T> {
+    let mut all = Vec::new();
+    while let Ok(item) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        all.push(item);
+    }
+    all
+}

@@ -1,0 +1,116 @@
+//! Traffic a test makes and counts itself: UDP datagrams each received, and TCP connections
+//! held open by a child process.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{TcpListener, TcpStream, UdpSocket},
+    process::{Child, Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use crate::Netns;
+
+/// Sends `count` datagrams of `size` bytes from `from` to `to`, in small batches each
+/// received before the next, so no socket buffer or backlog overflows and every datagram
+/// sent is a datagram on the wire and received.
+pub fn transfer(from: &UdpSocket, to: &UdpSocket, count: u64, size: usize) {
+    let dest = to.local_addr().expect("receiver address");
+    let payload = vec![0x5a; size];
+    let mut buf = vec![0u8; size + 1];
+    to.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut sent = 0;
+    while sent < count {
+        let batch = (count - sent).min(16);
+        for _ in 0..batch {
+            from.send_to(&payload, dest).expect("send_to");
+        }
+        for _ in 0..batch {
+            let n = to
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("datagram {sent} of {count} never arrived: {e}"));
+            assert_eq!(n, size);
+            sent += 1;
+        }
+    }
+}
+
+/// A child process in a namespace holding TCP connections open until dropped: one process
+/// may not hold both ends of 10,000 connections. It is the calling test binary again,
+/// running its ignored test `hold_connections`, which calls [`hold_connections`].
+pub struct Clients(Child);
+
+impl Clients {
+    pub fn connect(ns: &Netns, host: &str, port: u16, count: usize) -> Self {
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path()))
+            .arg(std::env::current_exe().expect("the test binary"))
+            .args(["--exact", "hold_connections", "--ignored", "--nocapture"])
+            .env("HOLD_CONNECTIONS", format!("{host} {port} {count}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the client process");
+        let stdout = child.stdout.take().expect("stdout");
+        let ready = BufReader::new(stdout)
+            .lines()
+            .take(100)
+            .any(|l| l.is_ok_and(|l| l == "connected"));
+        assert!(ready, "the client process did not connect");
+        Self(child)
+    }
+}
+
+impl Drop for Clients {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The body of a test binary's `hold_connections`: connects as HOLD_CONNECTIONS says
+/// ("host port count"), prints "connected", and holds until killed, stdin closes, or ten
+/// minutes pass. Does nothing when run as an ordinary test.
+pub fn hold_connections() {
+    let Ok(spec) = std::env::var("HOLD_CONNECTIONS") else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split(' ').collect();
+    let (host, port, count): (&str, u16, usize) = (
+        parts[0],
+        parts[1].parse().expect("a port"),
+        parts[2].parse().expect("a count"),
+    );
+    let held: Vec<std::net::TcpStream> = (0..count)
+        .map(|_| std::net::TcpStream::connect((host, port)).expect("connect"))
+        .collect();
+    println!("connected");
+    thread::spawn(|| {
+        thread::sleep(Duration::from_secs(600));
+        std::process::exit(0);
+    });
+    let mut buf = [0u8; 1];
+    let _ = std::io::Read::read(&mut std::io::stdin(), &mut buf);
+    drop(held);
+}
+
+/// `count` TCP connections from `client` to a listener on `host:port` in `server`: the
+/// client ends in a [`Clients`] process, the accepted ends returned with it, all held open
+/// until dropped.
+pub fn open_connections(
+    server: &Netns,
+    client: &Netns,
+    host: &'static str,
+    port: u16,
+    count: usize,
+) -> (Clients, Vec<TcpStream>) {
+    let listener = server.enter(move || TcpListener::bind((host, port)).unwrap());
+    // Accepted while the clients connect: the backlog is smaller than the count.
+    let accepting = thread::spawn(move || {
+        (0..count)
+            .map(|_| listener.accept().unwrap().0)
+            .collect::<Vec<_>>()
+    });
+    let clients = Clients::connect(client, host, port, count);
+    (clients, accepting.join().unwrap())
+}
