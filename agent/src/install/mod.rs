@@ -1,13 +1,8 @@
 //! `install` and `uninstall`: puts tern on a device as a hardened systemd service under a
-//! name chosen at install (random by default), and takes it off again. Owns the unit text and
-//! the file layout; never touches the eBPF programs.
-//!
-//! Layout, for service NAME and account USER:
-//! - /usr/local/lib/NAME/NAME: the binary (root, 0755); its file name is the process name;
-//! - /etc/NAME/config.json: the configuration (root:USER, 0640), /etc/NAME (root:USER, 0750);
-//! - /etc/NAME/installed: what uninstall must undo;
-//! - /var/lib/NAME: the state directory (USER:USER, 0700);
-//! - /etc/systemd/system/NAME.service: the unit (0644).
+//! name chosen at install (random by default), and takes it off again: the account, the files
+//! `unit` lays out, and systemctl. Never touches the eBPF programs.
+
+mod unit;
 
 use std::{
     fs,
@@ -20,7 +15,14 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use log::{info, warn};
 
-use crate::process;
+use unit::{
+    BIN, BIN_DIR, CONFIG, CONFIG_DIR, DeviceLayout, MANIFEST, UNIT, UNIT_DIR, state_dir, unit,
+};
+
+use crate::{config, process::state_dir::MODE as STATE_DIR_MODE};
+
+/// systemd creates it at boot: its presence means systemd manages this system.
+const SYSTEMD_RUNNING: &str = "/run/systemd/system";
 
 #[derive(clap::Args, Debug)]
 pub struct InstallArgs {
@@ -49,35 +51,6 @@ pub struct UninstallArgs {
     pub root: PathBuf,
 }
 
-/// The capabilities loading, attaching and dropping need (measured on 6.18), and nothing else.
-pub const BOUNDING_SET: &str =
-    "CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_SETUID CAP_SETGID CAP_SETPCAP";
-
-struct Layout {
-    root: PathBuf,
-    name: String,
-}
-
-impl Layout {
-    /// A path of the device, as the service sees it.
-    fn device(&self, path: &str) -> String {
-        path.replace("NAME", &self.name)
-    }
-
-    /// The same path under the install root.
-    fn local(&self, path: &str) -> PathBuf {
-        self.root.join(self.device(path).trim_start_matches('/'))
-    }
-}
-
-const BIN_DIR: &str = "/usr/local/lib/NAME";
-const BIN: &str = "/usr/local/lib/NAME/NAME";
-const CONFIG_DIR: &str = "/etc/NAME";
-const CONFIG: &str = "/etc/NAME/config.json";
-const MANIFEST: &str = "/etc/NAME/installed";
-const STATE_DIR: &str = "/var/lib/NAME";
-const UNIT: &str = "/etc/systemd/system/NAME.service";
-
 pub fn install(args: &InstallArgs) -> Result<()> {
     let name = match &args.name {
         Some(name) => name.clone(),
@@ -86,7 +59,7 @@ pub fn install(args: &InstallArgs) -> Result<()> {
     check_name(&name, "--name")?;
     let user = args.user.clone().unwrap_or_else(|| name.clone());
     check_name(&user, "--user")?;
-    let layout = Layout {
+    let layout = DeviceLayout {
         root: args.root.clone(),
         name: name.clone(),
     };
@@ -95,7 +68,7 @@ pub fn install(args: &InstallArgs) -> Result<()> {
         "a service named {name} is already installed ({}): uninstall it or choose another --name",
         layout.local(UNIT).display()
     );
-    process::check_config_key(&args.config, &args.root)?;
+    config::check_config_key(&args.config, &args.root)?;
 
     let created_user = match account(&args.root, &user)? {
         Some(_) => false,
@@ -125,8 +98,8 @@ pub fn install(args: &InstallArgs) -> Result<()> {
     .context("writing the install record")?;
     set_mode(&layout.local(MANIFEST), 0o600)?;
 
-    directory(&layout.local(STATE_DIR), 0o700, uid, gid)?;
-    directory(&layout.local("/etc/systemd/system"), 0o755, 0, 0)?;
+    directory(&layout.local(&state_dir()), STATE_DIR_MODE, uid, gid)?;
+    directory(&layout.local(UNIT_DIR), 0o755, 0, 0)?;
     fs::write(layout.local(UNIT), unit(&layout, &user)).context("writing the systemd unit")?;
     set_mode(&layout.local(UNIT), 0o644)?;
     info!(
@@ -137,10 +110,10 @@ pub fn install(args: &InstallArgs) -> Result<()> {
     if args.root != Path::new("/") {
         return Ok(());
     }
-    if !Path::new("/run/systemd/system").is_dir() {
+    if !systemd_running() {
         warn!(
             "wrote {} but did not start it: systemd is not running on this system \
-             (no /run/systemd/system); on the device run: systemctl enable --now {name}",
+             (no {SYSTEMD_RUNNING}); on the device run: systemctl enable --now {name}",
             layout.device(UNIT)
         );
         return Ok(());
@@ -152,9 +125,9 @@ pub fn install(args: &InstallArgs) -> Result<()> {
 }
 
 pub fn uninstall(args: &UninstallArgs) -> Result<()> {
-    let name = args.name.clone().unwrap_or_else(process::program_name);
+    let name = args.name.clone().unwrap_or_else(config::program_name);
     check_name(&name, "--name")?;
-    let layout = Layout {
+    let layout = DeviceLayout {
         root: args.root.clone(),
         name: name.clone(),
     };
@@ -171,12 +144,12 @@ pub fn uninstall(args: &UninstallArgs) -> Result<()> {
             .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
             .map(str::to_owned)
     };
-    let systemd = args.root == Path::new("/") && Path::new("/run/systemd/system").is_dir();
+    let systemd = args.root == Path::new("/") && systemd_running();
     if systemd {
         systemctl(&["disable", "--now", &format!("{name}.service")])?;
     }
     remove(&layout.local(UNIT))?;
-    for dir in [BIN_DIR, CONFIG_DIR, STATE_DIR] {
+    for dir in [BIN_DIR, CONFIG_DIR, &state_dir()] {
         let path = layout.local(dir);
         if path.exists() {
             fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
@@ -192,61 +165,8 @@ pub fn uninstall(args: &UninstallArgs) -> Result<()> {
     Ok(())
 }
 
-/// The unit: tern starts as root inside a bounding set limited to what loading and dropping
-/// need, then drops itself (see `privilege`); everything else systemd can forbid, it does.
-fn unit(layout: &Layout, user: &str) -> String {
-    let state = layout.device(STATE_DIR);
-    format!(
-        "[Unit]
-Description={name}
-Wants=network-online.target
-After=network-online.target
-
-[Service]
-Type=notify
-NotifyAccess=main
-ExecStart={bin} run --user {user} --config {config}
-Restart=always
-RestartSec=5
-WatchdogSec=60
-TimeoutStopSec=20
-UMask=0077
-NoNewPrivileges=yes
-CapabilityBoundingSet={BOUNDING_SET}
-AmbientCapabilities=
-ProtectSystem=strict
-PrivateMounts=yes
-ReadWritePaths={state}
-ProtectHome=yes
-PrivateTmp=yes
-PrivateDevices=yes
-DevicePolicy=closed
-PrivateIPC=yes
-ProtectHostname=yes
-ProtectClock=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectProc=invisible
-KeyringMode=private
-RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6
-RestrictNamespaces=yes
-RestrictRealtime=yes
-RestrictSUIDSGID=yes
-LockPersonality=yes
-MemoryDenyWriteExecute=yes
-SystemCallArchitectures=native
-SystemCallFilter=@system-service bpf perf_event_open
-SystemCallErrorNumber=EPERM
-
-[Install]
-WantedBy=multi-user.target
-",
-        name = layout.name,
-        bin = layout.device(BIN),
-        config = layout.device(CONFIG),
-    )
+fn systemd_running() -> bool {
+    Path::new(SYSTEMD_RUNNING).is_dir()
 }
 
 /// A name of 8 lowercase letters from the kernel's random source.

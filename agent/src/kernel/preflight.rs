@@ -9,7 +9,9 @@ use aya::{
     sys::{is_map_supported, is_program_supported},
     util::KernelVersion,
 };
-use caps::{CapSet, Capability};
+use caps::CapSet;
+
+use crate::process::START;
 
 struct Requirement {
     /// What is missing, as the error line names it.
@@ -85,17 +87,9 @@ pub fn check() -> Result<()> {
     Ok(())
 }
 
-/// Measured on 6.18: loading the TC programs needs CAP_PERFMON besides CAP_BPF and
-/// CAP_NET_ADMIN (the verifier refuses them without it).
+/// Whether this process holds every capability tern starts with.
 fn start_capabilities() -> bool {
-    [
-        Capability::CAP_BPF,
-        Capability::CAP_PERFMON,
-        Capability::CAP_NET_ADMIN,
-        Capability::CAP_SETUID,
-        Capability::CAP_SETGID,
-        Capability::CAP_SETPCAP,
-    ]
-    .into_iter()
-    .all(|cap| caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false))
+    START
+        .iter()
+        .all(|grant| caps::has_cap(None, CapSet::Effective, grant.cap).unwrap_or(false))
 }

@@ -13,6 +13,9 @@ use anyhow::{Context, Result, bail};
 
 use super::Account;
 
+/// The state directory's mode: its owner's alone.
+pub const MODE: u32 = 0o700;
+
 pub fn prepare(dir: &Path, account: &Account) -> Result<()> {
     match fs::metadata(dir) {
         Ok(meta) if !meta.is_dir() => bail!(
@@ -22,7 +25,7 @@ pub fn prepare(dir: &Path, account: &Account) -> Result<()> {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(MODE)
             .create(dir)
             .with_context(|| format!("creating state directory {}", dir.display()))?,
         Err(e) => {
@@ -31,8 +34,8 @@ pub fn prepare(dir: &Path, account: &Account) -> Result<()> {
     }
     let meta = fs::metadata(dir)?;
     // Before the chown: changing the mode needs owning the directory.
-    if meta.permissions().mode() & 0o777 != 0o700 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+    if meta.permissions().mode() & 0o777 != MODE {
+        fs::set_permissions(dir, fs::Permissions::from_mode(MODE))
             .with_context(|| format!("making state directory {} private (0700)", dir.display()))?;
     }
     if meta.uid() != account.uid || meta.gid() != account.gid {

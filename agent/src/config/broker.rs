@@ -1,0 +1,271 @@
+//! The broker a run reports to: its endpoint split into host and port, whether it is AWS IoT
+//! Core (which sets the interval floor, the keep-alive window and the ALPN on port 443), the
+//! thing name, the MQTT tunables and the TLS material, each checked.
+
+use std::{ops::RangeInclusive, path::PathBuf, sync::Arc};
+
+use rustls::RootCertStore;
+
+use super::{
+    Broker, Problem, check_range,
+    file::TernSection,
+    problem,
+    tls::{add_system_roots, client_config, load_cert, load_key, load_roots},
+};
+
+/// Device Defender refuses reports more often than this from one thing.
+pub const AWS_MIN_INTERVAL: u64 = 300;
+const DEFAULT_PORT: u16 = 8883;
+const DEFAULT_SPOOL_BYTES: u64 = 8 * 1024 * 1024;
+const DEFAULT_KEEP_ALIVE: u64 = 60;
+const DEFAULT_RECONNECT_MAX: u64 = 120;
+const DEFAULT_REPLY_TIMEOUT: u64 = 60;
+/// AWS IoT Core's largest MQTT packet is 128 KB; the same limit serves other brokers.
+const DEFAULT_PACKET_LIMIT: u64 = 128 * 1024;
+const SPOOL_BYTES: RangeInclusive<u64> = 4096..=1 << 34;
+const KEEP_ALIVE: RangeInclusive<u64> = 1..=1200;
+/// The keep-alive AWS IoT Core accepts, in seconds.
+const AWS_KEEP_ALIVE: RangeInclusive<u64> = 30..=1200;
+const RECONNECT_MAX: RangeInclusive<u64> = 1..=3600;
+const REPLY_TIMEOUT: RangeInclusive<u64> = 1..=86_400;
+const PACKET_LIMIT: RangeInclusive<u64> = 1024..=256 * 1024 * 1024;
+/// ALPN protocol AWS IoT Core needs for MQTT with a client certificate on port 443.
+const AWS_ALPN: &str = "x-amzn-mqtt-ca";
+const MAX_THING_NAME: usize = 128;
+
+pub struct BrokerInputs<'a> {
+    pub source: &'a str,
+    pub endpoint: &'a str,
+    pub thing_name: Option<String>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub root_ca: Option<PathBuf>,
+    pub interval: u64,
+    pub tern: &'a TernSection,
+}
+
+pub fn broker(inputs: BrokerInputs<'_>, problems: &mut Vec<Problem>) -> Option<Broker> {
+    let BrokerInputs {
+        source,
+        endpoint,
+        tern,
+        ..
+    } = inputs;
+    let (host, port) = match split_endpoint(endpoint) {
+        Ok((host, port)) => (host, port.or(tern.port).unwrap_or(DEFAULT_PORT)),
+        Err(why) => {
+            problem(
+                problems,
+                format!("{source}: endpoint {endpoint:?} {why}; write a host name or host:port"),
+            );
+            (String::new(), DEFAULT_PORT)
+        }
+    };
+    let aws = tern.aws.unwrap_or_else(|| is_aws_host(&host));
+    if aws && inputs.interval < AWS_MIN_INTERVAL {
+        problem(
+            problems,
+            format!(
+                "{source}: interval {} s is under {AWS_MIN_INTERVAL} s, which AWS IoT Device \
+                 Defender throttles; set device-defender.interval (or --interval) to at least \
+                 {AWS_MIN_INTERVAL}",
+                inputs.interval
+            ),
+        );
+    }
+    let thing_name = match inputs.thing_name {
+        Some(name) => {
+            if let Some(why) = thing_name_problem(&name) {
+                problem(
+                    problems,
+                    format!("{source}: thing-name {name:?} {why}; use the thing's registered name"),
+                );
+            }
+            name
+        }
+        None => {
+            problem(
+                problems,
+                format!("{source}: thing-name is missing; set it to the thing's name"),
+            );
+            String::new()
+        }
+    };
+    let mut require = |key: &str, value: Option<PathBuf>, what: &str| {
+        if value.is_none() {
+            problem(
+                problems,
+                format!("{source}: {key} is missing; set it to the path of {what}"),
+            );
+        }
+        value
+    };
+    let cert = require("cert", inputs.cert, "the device certificate (PEM)");
+    let key = require("key", inputs.key, "the device private key (PEM)");
+    let system_roots = tern.system_roots.unwrap_or(false);
+    let root_ca = match inputs.root_ca {
+        None if system_roots => None,
+        root_ca => require("root-ca", root_ca, "the broker's CA certificate (PEM)"),
+    };
+    let chain = cert.as_deref().and_then(|p| load_cert(p, problems));
+    let private = key.as_deref().and_then(|p| load_key(p, problems));
+    let mut roots = match &root_ca {
+        Some(path) => load_roots(path, problems),
+        None => Some(RootCertStore::empty()),
+    };
+    if system_roots && let Some(roots) = &mut roots {
+        add_system_roots(roots, source, problems);
+    }
+    let spool_bytes = tern.spool_bytes.unwrap_or(DEFAULT_SPOOL_BYTES);
+    let keep_alive = tern.keep_alive.unwrap_or(DEFAULT_KEEP_ALIVE);
+    let reconnect_max = tern.reconnect_max.unwrap_or(DEFAULT_RECONNECT_MAX);
+    let reply_timeout = tern.reply_timeout.unwrap_or(DEFAULT_REPLY_TIMEOUT);
+    let packet_limit = tern.packet_limit.unwrap_or(DEFAULT_PACKET_LIMIT);
+    for (key, value, range) in [
+        ("tern.spool-bytes", spool_bytes, SPOOL_BYTES),
+        ("tern.keep-alive", keep_alive, KEEP_ALIVE),
+        ("tern.reconnect-max", reconnect_max, RECONNECT_MAX),
+        ("tern.reply-timeout", reply_timeout, REPLY_TIMEOUT),
+        ("tern.packet-limit", packet_limit, PACKET_LIMIT),
+    ] {
+        check_range(problems, source, key, value, &range);
+    }
+    if aws && !AWS_KEEP_ALIVE.contains(&keep_alive) {
+        problem(
+            problems,
+            format!(
+                "{source}: tern.keep-alive {keep_alive} s is outside AWS IoT Core's {}..{}",
+                AWS_KEEP_ALIVE.start(),
+                AWS_KEEP_ALIVE.end()
+            ),
+        );
+    }
+    let alpn = alpn(tern.alpn.as_deref(), port);
+    let (chain, private, roots) = (chain?, private?, roots?);
+    let tls = client_config(chain, private, roots, alpn, cert.as_deref()?, problems)?;
+    Some(Broker {
+        host,
+        port,
+        aws,
+        client_id: tern.client_id.clone().unwrap_or_else(|| thing_name.clone()),
+        thing_name,
+        keep_alive,
+        reconnect_max,
+        reply_timeout,
+        packet_limit: usize::try_from(packet_limit).unwrap_or(usize::MAX),
+        spool_bytes,
+        tls: Arc::new(tls),
+    })
+}
+
+/// The ALPN protocol to offer: the configured one (`""` for none), else on port 443 the one
+/// AWS IoT Core needs there for MQTT with a client certificate.
+fn alpn(configured: Option<&str>, port: u16) -> Option<String> {
+    match configured {
+        Some("") => None,
+        Some(alpn) => Some(alpn.to_owned()),
+        None if port == 443 => Some(AWS_ALPN.to_owned()),
+        None => None,
+    }
+}
+
+/// `host`, `host:port` or `[v6]:port`.
+fn split_endpoint(endpoint: &str) -> std::result::Result<(String, Option<u16>), &'static str> {
+    let endpoint = endpoint.trim();
+    if endpoint.is_empty() {
+        return Err("is empty");
+    }
+    if endpoint.contains("://") {
+        return Err("has a scheme");
+    }
+    let (host, port) = if let Some(rest) = endpoint.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or("has an unclosed [")?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match endpoint.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') => (host, Some(port)),
+            _ => (endpoint, None),
+        }
+    };
+    let port = port
+        .map(|p| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or("has a bad port")
+        })
+        .transpose()?;
+    if host.is_empty() {
+        return Err("has no host");
+    }
+    Ok((host.to_owned(), port))
+}
+
+/// An AWS IoT Core endpoint is a host under `amazonaws.com` (`tern.aws` overrides this,
+/// e.g. for a custom domain name that points at AWS IoT Core).
+fn is_aws_host(host: &str) -> bool {
+    host.to_ascii_lowercase().ends_with(".amazonaws.com")
+}
+
+fn thing_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("is empty".to_owned())
+    } else if name.len() > MAX_THING_NAME {
+        Some(format!("is longer than {MAX_THING_NAME} bytes"))
+    } else if name.chars().any(char::is_control) {
+        Some("contains control characters".to_owned())
+    } else if name.contains(['/', '#', '+']) {
+        Some("contains an MQTT topic character (/ # +)".to_owned())
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_split_into_host_and_port() {
+        assert_eq!(
+            split_endpoint("example.com"),
+            Ok(("example.com".into(), None))
+        );
+        assert_eq!(
+            split_endpoint("example.com:443"),
+            Ok(("example.com".into(), Some(443)))
+        );
+        assert_eq!(split_endpoint("[::1]:8883"), Ok(("::1".into(), Some(8883))));
+        assert_eq!(split_endpoint("::1"), Ok(("::1".into(), None)));
+        assert!(split_endpoint("example.com:http").is_err());
+        assert!(split_endpoint("mqtts://example.com").is_err());
+        assert!(split_endpoint("").is_err());
+        assert!(split_endpoint(":8883").is_err());
+    }
+
+    #[test]
+    fn port_443_offers_the_aws_alpn_unless_configured_otherwise() {
+        assert_eq!(alpn(None, 443).as_deref(), Some(AWS_ALPN));
+        assert_eq!(alpn(None, 8883), None);
+        assert_eq!(alpn(Some(""), 443), None);
+        assert_eq!(alpn(Some("mqtt"), 8883).as_deref(), Some("mqtt"));
+    }
+
+    #[test]
+    fn aws_endpoints_are_hosts_under_amazonaws_com() {
+        assert!(is_aws_host("abc-ats.iot.eu-west-1.amazonaws.com"));
+        assert!(is_aws_host("ABC-ats.iot.eu-west-1.AmazonAWS.com"));
+        assert!(!is_aws_host("broker.example.com"));
+        assert!(!is_aws_host("amazonaws.com.example.org"));
+    }
+
+    #[test]
+    fn thing_names_follow_the_document_rules() {
+        assert_eq!(thing_name_problem("gateway-7"), None);
+        assert_eq!(thing_name_problem(&"x".repeat(128)), None);
+        assert!(thing_name_problem(&"x".repeat(129)).is_some());
+        assert!(thing_name_problem("bad\nname").is_some());
+        assert!(thing_name_problem("").is_some());
+        assert!(thing_name_problem("a/b").is_some());
+    }
+}
