@@ -79,6 +79,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     };
     stop::install()?;
     let account = Account::resolve(settings.user.as_deref())?;
+    process::check_start_capabilities()?;
     preflight::check()?;
     state_dir::prepare(&settings.state_dir, &account)?;
     let own_netns = netns::own_netns_cookie()?;

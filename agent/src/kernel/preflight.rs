@@ -1,5 +1,5 @@
-//! Start-up check of what tern needs from the kernel and from its own privileges, before
-//! anything is loaded or attached. One table, one entry per requirement: a program type or
+//! Start-up check of what tern needs from the kernel, before anything is loaded or
+//! attached (the capabilities to load are the process's, checked by `process`). One table, one entry per requirement: a program type or
 //! hook a new probe uses is one more row. A missing piece is named in one line with the fix.
 
 use anyhow::{Result, bail};
@@ -9,9 +9,6 @@ use aya::{
     sys::{is_map_supported, is_program_supported},
     util::KernelVersion,
 };
-use caps::CapSet;
-
-use crate::process::START;
 
 struct Requirement {
     /// What is missing, as the error line names it.
@@ -22,12 +19,6 @@ struct Requirement {
 }
 
 const REQUIREMENTS: &[Requirement] = &[
-    Requirement {
-        what: "capabilities to load and attach (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN) and to drop \
-               privileges (CAP_SETUID, CAP_SETGID, CAP_SETPCAP)",
-        present: start_capabilities,
-        fix: "start tern as root, or from its systemd unit",
-    },
     Requirement {
         what: "Linux 5.8 or later (CAP_BPF)",
         present: || KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 8, 0)),
@@ -85,11 +76,4 @@ pub fn check() -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Whether this process holds every capability tern starts with.
-fn start_capabilities() -> bool {
-    START
-        .iter()
-        .all(|grant| caps::has_cap(None, CapSet::Effective, grant.cap).unwrap_or(false))
 }

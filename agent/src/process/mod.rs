@@ -29,7 +29,7 @@ use std::ffi::{CStr, CString};
 
 use anyhow::{Context, Result, bail, ensure};
 use aya::util::KernelVersion;
-use caps::{Capability, CapsHashSet};
+use caps::{CapSet, Capability, CapsHashSet};
 pub use drop::drop_to;
 
 use crate::{config, kernel::programs};
@@ -173,6 +173,20 @@ fn kept(keep: fn(&Grant) -> Keep) -> CapsHashSet {
         .filter(|grant| keep(grant).holds())
         .map(|grant| grant.cap)
         .collect()
+}
+
+/// Fails, naming every capability tern starts with, unless this process holds them all.
+pub fn check_start_capabilities() -> Result<()> {
+    let held = |grant: &Grant| caps::has_cap(None, CapSet::Effective, grant.cap).unwrap_or(false);
+    if !START.iter().all(held) {
+        let names: Vec<String> = START.iter().map(|grant| grant.cap.to_string()).collect();
+        bail!(
+            "missing capabilities to load, attach and drop privileges ({}): start tern as root, \
+             or from its systemd unit; nothing was attached",
+            names.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Capabilities the main process keeps after the drop.
