@@ -63,8 +63,7 @@ pub(crate) fn read<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
 
 /// The namespace cookie of the socket at `sk`, 0 when unknown.
 #[inline(always)]
-pub(crate) fn sock_netns_of(sk: u64) -> u64 {
-    let offsets = sock_state_offsets();
+pub(crate) fn sock_netns_of(sk: u64, offsets: &SockStateOffsets) -> u64 {
     if offsets.sock_net == 0 || sk == 0 {
         return 0;
     }

@@ -47,7 +47,7 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     let offsets = signal_offsets();
     let sk: u64 = read(&ctx, offsets.reset_sk).unwrap_or(0);
     let netns = if sk != 0 {
-        sock_netns_of(sk)
+        sock_netns_of(sk, &sock_state_offsets())
     } else {
         skb_netns(read(&ctx, offsets.reset_skb).unwrap_or(0), &offsets)
     };
@@ -78,7 +78,7 @@ pub fn icmp_send(ctx: TracePointContext) -> u32 {
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     let offsets = signal_offsets();
     let sk: u64 = read(&ctx, offsets.retransmit_sk).unwrap_or(0);
-    if followed(sock_netns_of(sk)) {
+    if followed(sock_netns_of(sk, &sock_state_offsets())) {
         count(Counter::Retransmits);
     }
     0

@@ -148,7 +148,7 @@ fn on_state_change(ctx: &TracePointContext) -> Option<()> {
 /// The namespace cookie of the tracepoint's socket, 0 when the offsets are unknown.
 #[inline(always)]
 fn sock_netns(ctx: &TracePointContext, offsets: &SockStateOffsets) -> u64 {
-    read::<u64>(ctx, offsets.skaddr).map_or(0, sock_netns_of)
+    read::<u64>(ctx, offsets.skaddr).map_or(0, |sk| sock_netns_of(sk, offsets))
 }
 
 #[inline(always)]
