@@ -1,230 +1,310 @@
-//! Types shared by tern's eBPF programs and its user-space loader.
+//! Types shared by tern's eBPF programs and its user-space loader, one module per stage
+//! (the kernel side's `traffic`, `tcp`/`udp` and `signals` programs), plus the counters
+//! every program adds to and the names user space finds the object's parts by.
 //!
 //! Everything here crosses the kernel boundary as raw bytes, so each type is `#[repr(C)]`
 //! with explicit integer fields only: no bool, enum or implicit padding.
 #![no_std]
 
-/// Per-interface traffic, one value per CPU: in the `IF_TRAFFIC_BY_INDEX` per-CPU array at
-/// the interface's index when it is under `IF_TRAFFIC_SLOTS`, else in the `IF_TRAFFIC`
-/// per-CPU hash map keyed by ifindex. Packets are wire segments (max(1, gso_segs)) and bytes are the frame bytes those
-/// segments carry on the wire, link-layer header included.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct IfTraffic {
-    pub bytes_in: u64,
-    pub packets_in: u64,
-    pub bytes_out: u64,
-    pub packets_out: u64,
-}
+pub mod traffic {
+    //! What the TC programs count per interface.
 
-/// Capacity of `IF_TRAFFIC`. Entries of deleted interfaces are removed by user space once
-/// their last counts are read.
-pub const IF_TRAFFIC_MAX_ENTRIES: u32 = 4096;
+    /// Per-interface traffic, one value per CPU: in the `IF_TRAFFIC_BY_INDEX` per-CPU array
+    /// at the interface's index when it is under `IF_TRAFFIC_SLOTS`, else in the
+    /// `IF_TRAFFIC` per-CPU hash map keyed by ifindex. Packets are wire segments
+    /// (max(1, gso_segs)) and bytes are the frame bytes those segments carry on the wire,
+    /// link-layer header included.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct IfTraffic {
+        pub bytes_in: u64,
+        pub packets_in: u64,
+        pub bytes_out: u64,
+        pub packets_out: u64,
+    }
 
-/// Slots of `IF_TRAFFIC_BY_INDEX`: interfaces 1 to 1023 by index, and slot 0 for traffic of
-/// interfaces that found `IF_TRAFFIC` full. 32 KiB per CPU.
-pub const IF_TRAFFIC_SLOTS: u32 = 1024;
-
-#[cfg(feature = "user")]
-mod user {
+    #[cfg(feature = "user")]
     // SAFETY: IfTraffic is repr(C), all fields are u64, so there is no padding and every
     // bit pattern is valid.
-    unsafe impl aya::Pod for super::IfTraffic {}
-    // SAFETY: as above: repr(C), integer fields laid out without padding.
-    unsafe impl aya::Pod for super::TcpSock {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::TcpState {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::UdpSock {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::Seen {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::Layout {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::SignalLayout {}
+    unsafe impl aya::Pod for IfTraffic {}
 
-    use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    /// Capacity of `IF_TRAFFIC`. Entries of deleted interfaces are removed by user space
+    /// once their last counts are read.
+    pub const IF_TRAFFIC_MAX_ENTRIES: u32 = 4096;
 
-    use super::{AF_INET, AF_INET6};
+    /// Slots of `IF_TRAFFIC_BY_INDEX`: interfaces 1 to 1023 by index, and slot 0 for
+    /// traffic of interfaces that found `IF_TRAFFIC` full. 32 KiB per CPU.
+    pub const IF_TRAFFIC_SLOTS: u32 = 1024;
+}
 
-    /// An address as the kernel programs store it, as reported: an IPv4-mapped IPv6
-    /// address is shown as the IPv4 address.
-    pub fn ip(family: u16, bytes: &[u8; 16]) -> IpAddr {
-        if family == AF_INET {
-            IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
-        } else {
-            IpAddr::V6(Ipv6Addr::from(*bytes)).to_canonical()
-        }
+pub mod sockets {
+    //! The TCP and UDP sockets the `tcp` and `udp` programs keep, the interval sets they
+    //! fill, and where this kernel keeps the fields they read.
+
+    /// Address families as the kernel numbers them, as `TcpSock`, `UdpSock` and `Seen`
+    /// carry them.
+    pub const AF_INET: u16 = 2;
+    pub const AF_INET6: u16 = 10;
+
+    /// `TcpSock::kind` of a listening socket.
+    pub const TCP_LISTENER: u16 = 1;
+    /// `TcpSock::kind` of an established connection.
+    pub const TCP_CONNECTION: u16 = 2;
+
+    /// A TCP socket that is listening or established now: the key of `TCP_SOCKS`.
+    /// Listeners have a zero remote address and port. Ports are in host order; addresses
+    /// as on the wire, an IPv4 address in the first 4 bytes.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub struct TcpSock {
+        /// Network namespace cookie.
+        pub netns: u64,
+        pub local_addr: [u8; 16],
+        pub remote_addr: [u8; 16],
+        pub local_port: u16,
+        pub remote_port: u16,
+        pub family: u16,
+        pub kind: u16,
     }
 
-    /// An address as the kernel programs store it: its family, and IPv4 in the first four
-    /// bytes.
-    pub fn raw(addr: IpAddr) -> (u16, [u8; 16]) {
-        let mut bytes = [0; 16];
-        match addr {
-            IpAddr::V4(v4) => {
-                bytes[..4].copy_from_slice(&v4.octets());
-                (AF_INET, bytes)
+    #[cfg(feature = "user")]
+    // SAFETY: repr(C), integer fields laid out without padding, so every bit pattern is
+    // valid.
+    unsafe impl aya::Pod for TcpSock {}
+
+    /// `TcpState::flags`: how a connection was opened.
+    pub const OPENED_INBOUND: u32 = 1;
+    pub const OPENED_OUTBOUND: u32 = 2;
+    /// Found by the start-up snapshot rather than seen opening.
+    pub const SEEDED: u32 = 4;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct TcpState {
+        /// Interval (epoch) in which the connection opened; never matches for seeded ones.
+        pub opened_epoch: u32,
+        pub flags: u32,
+        /// Listening sockets sharing this key (SO_REUSEPORT), 1 for a connection.
+        pub count: u64,
+    }
+
+    #[cfg(feature = "user")]
+    // SAFETY: as for TcpSock.
+    unsafe impl aya::Pod for TcpState {}
+
+    /// A UDP socket that is bound and not connected, the value of `UDP_SOCKS` (keyed by
+    /// the socket cookie).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct UdpSock {
+        pub netns: u64,
+        pub local_addr: [u8; 16],
+        pub local_port: u16,
+        pub family: u16,
+        pub flags: u32,
+    }
+
+    #[cfg(feature = "user")]
+    // SAFETY: as for TcpSock.
+    unsafe impl aya::Pod for UdpSock {}
+
+    /// An entry of an interval set: something seen during interval `epoch`. Used for ports
+    /// that listened (`port` set, `addr` the local address) and remote addresses (`port`
+    /// 0).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct Seen {
+        pub netns: u64,
+        pub addr: [u8; 16],
+        pub epoch: u32,
+        pub port: u16,
+        pub family: u16,
+    }
+
+    #[cfg(feature = "user")]
+    // SAFETY: as for TcpSock.
+    unsafe impl aya::Pod for Seen {}
+
+    /// Capacity of the sets of current sockets.
+    pub const SOCKS_MAX_ENTRIES: u32 = 65_536;
+    /// Capacity of each interval set; what does not fit is counted in `DetailsDropped`.
+    pub const SEEN_MAX_ENTRIES: u32 = 16_384;
+
+    /// Where `sock:inet_sock_set_state` keeps each field, read from its format file at
+    /// start, and where `struct sock` keeps its namespace's cookie, read from the kernel's
+    /// BTF.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct SockStateOffsets {
+        pub skaddr: u32,
+        pub oldstate: u32,
+        pub newstate: u32,
+        pub sport: u32,
+        pub dport: u32,
+        pub family: u32,
+        pub protocol: u32,
+        pub saddr: u32,
+        pub daddr: u32,
+        pub saddr_v6: u32,
+        pub daddr_v6: u32,
+        /// Offset of `skc_net` in `struct sock`, and of `net_cookie` in `struct net`; 0
+        /// when the kernel has no BTF, and then namespaces cannot be told apart.
+        pub sock_net: u32,
+        pub net_cookie: u32,
+        pub reserved: u32,
+    }
+
+    #[cfg(feature = "user")]
+    // SAFETY: as for TcpSock.
+    unsafe impl aya::Pod for SockStateOffsets {}
+
+    #[cfg(feature = "user")]
+    mod user {
+        use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+        use super::{AF_INET, AF_INET6};
+
+        /// An address as the kernel programs store it, as reported: an IPv4-mapped IPv6
+        /// address is shown as the IPv4 address.
+        pub fn ip(family: u16, bytes: &[u8; 16]) -> IpAddr {
+            if family == AF_INET {
+                IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+            } else {
+                IpAddr::V6(Ipv6Addr::from(*bytes)).to_canonical()
             }
-            IpAddr::V6(v6) => (AF_INET6, v6.octets()),
+        }
+
+        /// An address as the kernel programs store it: its family, and IPv4 in the first
+        /// four bytes.
+        pub fn raw(addr: IpAddr) -> (u16, [u8; 16]) {
+            let mut bytes = [0; 16];
+            match addr {
+                IpAddr::V4(v4) => {
+                    bytes[..4].copy_from_slice(&v4.octets());
+                    (AF_INET, bytes)
+                }
+                IpAddr::V6(v6) => (AF_INET6, v6.octets()),
+            }
+        }
+    }
+
+    #[cfg(feature = "user")]
+    pub use user::{ip, raw};
+}
+
+pub mod signals {
+    //! What the security signals' programs read and record.
+
+    /// Longest executable path recorded; longer ones are cut.
+    pub const EXEC_PATH_LEN: usize = 128;
+
+    /// Where the tracepoints of the security signals keep their fields, and where `struct
+    /// sk_buff` and `struct net_device` lead to a namespace (from BTF; 0 when unknown).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct SignalOffsets {
+        pub reset_skb: u32,
+        pub reset_sk: u32,
+        pub retransmit_sk: u32,
+        pub icmp_skb: u32,
+        pub icmp_type: u32,
+        pub icmp_code: u32,
+        pub exec_filename: u32,
+        pub skb_dev: u32,
+        pub dev_net: u32,
+        pub reserved: u32,
+    }
+
+    #[cfg(feature = "user")]
+    // SAFETY: repr(C), u32 fields only: no padding, and every bit pattern is valid.
+    unsafe impl aya::Pod for SignalOffsets {}
+}
+
+pub mod counters {
+    //! The event counters every program adds to.
+
+    /// The cumulative per-CPU event counters, each at its own index of `COUNTERS`.
+    #[repr(u32)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum Counter {
+        OpenedInbound,
+        OpenedOutbound,
+        /// Connections that opened and closed within one interval.
+        ShortLived,
+        /// Entries an interval set or a socket set could not take.
+        DetailsDropped,
+        /// TCP resets this host sent.
+        ResetsSent,
+        /// Segments and datagrams that reached no socket: a reset without a socket (TCP) or
+        /// an ICMP port unreachable (UDP). Mostly connection attempts to closed ports.
+        ClosedPortAttempts,
+        /// Outbound connections that went from SYN_SENT to CLOSE without being established.
+        FailedConnects,
+        Retransmits,
+        Execs,
+    }
+
+    impl Counter {
+        /// Every counter, in index order.
+        pub const ALL: [Counter; 9] = [
+            Counter::OpenedInbound,
+            Counter::OpenedOutbound,
+            Counter::ShortLived,
+            Counter::DetailsDropped,
+            Counter::ResetsSent,
+            Counter::ClosedPortAttempts,
+            Counter::FailedConnects,
+            Counter::Retransmits,
+            Counter::Execs,
+        ];
+        /// The map's length.
+        pub const COUNT: u32 = Self::ALL.len() as u32;
+
+        pub const fn index(self) -> u32 {
+            self as u32
         }
     }
 }
 
-#[cfg(feature = "user")]
-pub use user::{ip, raw};
+pub mod names {
+    //! The names user space finds the object's globals, maps and programs by. The kernel
+    //! side cannot spell them with these constants (`#[map]`, `#[unsafe(no_mangle)]` and the
+    //! program macros name an item by its identifier), so a unit test of the loader checks
+    //! the built object against them.
 
-/// Address families as the kernel numbers them.
-pub const AF_INET: u16 = 2;
-pub const AF_INET6: u16 = 10;
+    /// Load-time globals, set by user space before loading.
+    pub const SOCK_STATE_OFFSETS: &str = "SOCK_STATE_OFFSETS";
+    pub const NETNS_FILTER: &str = "NETNS_FILTER";
+    pub const RECORD_CONNECTIONS: &str = "RECORD_CONNECTIONS";
+    pub const SIGNAL_OFFSETS: &str = "SIGNAL_OFFSETS";
 
-/// `TcpSock::kind` of a listening socket.
-pub const TCP_LISTENER: u16 = 1;
-/// `TcpSock::kind` of an established connection.
-pub const TCP_CONNECTION: u16 = 2;
+    /// Maps.
+    pub const IF_TRAFFIC_BY_INDEX: &str = "IF_TRAFFIC_BY_INDEX";
+    pub const IF_TRAFFIC: &str = "IF_TRAFFIC";
+    pub const TCP_SOCKS: &str = "TCP_SOCKS";
+    pub const UDP_SOCKS: &str = "UDP_SOCKS";
+    pub const TCP_LISTENED: &str = "TCP_LISTENED";
+    pub const UDP_LISTENED: &str = "UDP_LISTENED";
+    pub const REMOTES_SEEN: &str = "REMOTES_SEEN";
+    pub const CONNECTIONS_SEEN: &str = "CONNECTIONS_SEEN";
+    pub const CONTACTED: &str = "CONTACTED";
+    pub const EXECUTED: &str = "EXECUTED";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const EPOCH: &str = "EPOCH";
 
-/// A TCP socket that is listening or established now: the key of `TCP_SOCKS`. Listeners have
-/// a zero remote address and port. Ports are in host order; addresses as on the wire, an
-/// IPv4 address in the first 4 bytes.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TcpSock {
-    /// Network namespace cookie.
-    pub netns: u64,
-    pub local_addr: [u8; 16],
-    pub remote_addr: [u8; 16],
-    pub local_port: u16,
-    pub remote_port: u16,
-    pub family: u16,
-    pub kind: u16,
-}
-
-/// `TcpState::flags`: how a connection was opened.
-pub const OPENED_INBOUND: u32 = 1;
-pub const OPENED_OUTBOUND: u32 = 2;
-/// Found by the start-up snapshot rather than seen opening.
-pub const SEEDED: u32 = 4;
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TcpState {
-    /// Interval (epoch) in which the connection opened; never matches for seeded ones.
-    pub opened_epoch: u32,
-    pub flags: u32,
-    /// Listening sockets sharing this key (SO_REUSEPORT), 1 for a connection.
-    pub count: u64,
-}
-
-/// A UDP socket that is bound and not connected, the value of `UDP_SOCKS` (keyed by the
-/// socket cookie).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct UdpSock {
-    pub netns: u64,
-    pub local_addr: [u8; 16],
-    pub local_port: u16,
-    pub family: u16,
-    pub flags: u32,
-}
-
-/// An entry of an interval set: something seen during interval `epoch`. Used for ports that
-/// listened (`port` set, `addr` the local address) and remote addresses (`port` 0).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Seen {
-    pub netns: u64,
-    pub addr: [u8; 16],
-    pub epoch: u32,
-    pub port: u16,
-    pub family: u16,
-}
-
-/// Capacity of the sets of current sockets.
-pub const SOCKS_MAX_ENTRIES: u32 = 65_536;
-/// Capacity of each interval set; what does not fit is counted in `DETAILS_DROPPED`.
-pub const SEEN_MAX_ENTRIES: u32 = 16_384;
-
-/// The cumulative per-CPU event counters, each at its own index of `SOCK_COUNTERS`.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Counter {
-    OpenedInbound,
-    OpenedOutbound,
-    /// Connections that opened and closed within one interval.
-    ShortLived,
-    /// Entries an interval set or a socket set could not take.
-    DetailsDropped,
-    /// TCP resets this host sent.
-    ResetsSent,
-    /// Segments and datagrams that reached no socket: a reset without a socket (TCP) or an
-    /// ICMP port unreachable (UDP). Mostly connection attempts to closed ports.
-    ClosedPortAttempts,
-    /// Outbound connections that went from SYN_SENT to CLOSE without being established.
-    FailedConnects,
-    Retransmits,
-    Execs,
-}
-
-impl Counter {
-    /// Every counter, in index order.
-    pub const ALL: [Counter; 9] = [
-        Counter::OpenedInbound,
-        Counter::OpenedOutbound,
-        Counter::ShortLived,
-        Counter::DetailsDropped,
-        Counter::ResetsSent,
-        Counter::ClosedPortAttempts,
-        Counter::FailedConnects,
-        Counter::Retransmits,
-        Counter::Execs,
-    ];
-    /// The map's length.
-    pub const COUNT: u32 = Self::ALL.len() as u32;
-
-    pub const fn index(self) -> u32 {
-        self as u32
-    }
-}
-
-/// Longest executable path recorded; longer ones are cut.
-pub const EXEC_PATH_LEN: usize = 128;
-
-/// Where the tracepoints of the security signals keep their fields, and where `struct
-/// sk_buff` and `struct net_device` lead to a namespace (from BTF; 0 when unknown).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SignalLayout {
-    pub reset_skb: u32,
-    pub reset_sk: u32,
-    pub retransmit_sk: u32,
-    pub icmp_skb: u32,
-    pub icmp_type: u32,
-    pub icmp_code: u32,
-    pub exec_filename: u32,
-    pub skb_dev: u32,
-    pub dev_net: u32,
-    pub reserved: u32,
-}
-
-/// Where `sock:inet_sock_set_state` keeps each field, read from its format file at start,
-/// and where `struct sock` keeps its namespace's cookie, read from the kernel's BTF.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Layout {
-    pub skaddr: u32,
-    pub oldstate: u32,
-    pub newstate: u32,
-    pub sport: u32,
-    pub dport: u32,
-    pub family: u32,
-    pub protocol: u32,
-    pub saddr: u32,
-    pub daddr: u32,
-    pub saddr_v6: u32,
-    pub daddr_v6: u32,
-    /// Offset of `skc_net` in `struct sock`, and of `net_cookie` in `struct net`; 0 when the
-    /// kernel has no BTF, and then namespaces cannot be told apart.
-    pub sock_net: u32,
-    pub net_cookie: u32,
-    pub reserved: u32,
+    /// Programs.
+    pub const TC_INGRESS: &str = "tc_ingress";
+    pub const TC_EGRESS: &str = "tc_egress";
+    pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
+    pub const UDP_POST_BIND4: &str = "udp_post_bind4";
+    pub const UDP_POST_BIND6: &str = "udp_post_bind6";
+    pub const UDP_SENDMSG4: &str = "udp_sendmsg4";
+    pub const UDP_SENDMSG6: &str = "udp_sendmsg6";
+    pub const UDP_CONNECT4: &str = "udp_connect4";
+    pub const UDP_CONNECT6: &str = "udp_connect6";
+    pub const UDP_RELEASE: &str = "udp_release";
+    pub const TCP_SEND_RESET: &str = "tcp_send_reset";
+    pub const ICMP_SEND: &str = "icmp_send";
+    pub const TCP_RETRANSMIT_SKB: &str = "tcp_retransmit_skb";
+    pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
 }

@@ -6,11 +6,15 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod shared;
+#[cfg(target_arch = "bpf")]
 mod signals;
 #[cfg(target_arch = "bpf")]
-mod sockets;
+mod tcp;
 #[cfg(target_arch = "bpf")]
 mod traffic;
+#[cfg(target_arch = "bpf")]
+mod udp;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

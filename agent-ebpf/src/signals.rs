@@ -6,21 +6,25 @@ use core::ptr::read_volatile;
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_ANY, BPF_F_NO_PREALLOC},
     helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
     macros::{map, tracepoint},
     maps::HashMap,
     programs::TracePointContext,
 };
-use tern_common::{Counter, EXEC_PATH_LEN, SEEN_MAX_ENTRIES, SignalLayout};
+use tern_common::{
+    counters::Counter,
+    signals::{EXEC_PATH_LEN, SignalOffsets},
+    sockets::SEEN_MAX_ENTRIES,
+};
 
-use crate::sockets::{LAYOUT, count, followed, read, sock_netns_of};
+use crate::shared::{count, followed, read, sock_netns_of, sock_state_offsets};
 
 const ICMP_DEST_UNREACH: i32 = 3;
 const ICMP_PORT_UNREACH: i32 = 3;
 
 #[unsafe(no_mangle)]
-static SIGNAL_LAYOUT: SignalLayout = SignalLayout {
+static SIGNAL_OFFSETS: SignalOffsets = SignalOffsets {
     reset_skb: 0,
     reset_sk: 0,
     retransmit_sk: 0,
@@ -40,12 +44,12 @@ static EXECUTED: HashMap<[u8; EXEC_PATH_LEN], u32> =
 
 #[tracepoint]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    let layout = signal_layout();
-    let sk: u64 = read(&ctx, layout.reset_sk).unwrap_or(0);
+    let offsets = signal_offsets();
+    let sk: u64 = read(&ctx, offsets.reset_sk).unwrap_or(0);
     let netns = if sk != 0 {
-        sock_netns_of(sk)
+        sock_netns_of(sk, &sock_state_offsets())
     } else {
-        skb_netns(read(&ctx, layout.reset_skb).unwrap_or(0), &layout)
+        skb_netns(read(&ctx, offsets.reset_skb).unwrap_or(0), &offsets)
     };
     if followed(netns) {
         count(Counter::ResetsSent);
@@ -58,11 +62,11 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn icmp_send(ctx: TracePointContext) -> u32 {
-    let layout = signal_layout();
-    let kind: i32 = read(&ctx, layout.icmp_type).unwrap_or(0);
-    let code: i32 = read(&ctx, layout.icmp_code).unwrap_or(0);
+    let offsets = signal_offsets();
+    let kind: i32 = read(&ctx, offsets.icmp_type).unwrap_or(0);
+    let code: i32 = read(&ctx, offsets.icmp_code).unwrap_or(0);
     if kind == ICMP_DEST_UNREACH && code == ICMP_PORT_UNREACH {
-        let netns = skb_netns(read(&ctx, layout.icmp_skb).unwrap_or(0), &layout);
+        let netns = skb_netns(read(&ctx, offsets.icmp_skb).unwrap_or(0), &offsets);
         if followed(netns) {
             count(Counter::ClosedPortAttempts);
         }
@@ -72,9 +76,9 @@ pub fn icmp_send(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
-    let layout = signal_layout();
-    let sk: u64 = read(&ctx, layout.retransmit_sk).unwrap_or(0);
-    if followed(sock_netns_of(sk)) {
+    let offsets = signal_offsets();
+    let sk: u64 = read(&ctx, offsets.retransmit_sk).unwrap_or(0);
+    if followed(sock_netns_of(sk, &sock_state_offsets())) {
         count(Counter::Retransmits);
     }
     0
@@ -85,43 +89,44 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     count(Counter::Execs);
-    let layout = signal_layout();
+    let offsets = signal_offsets();
     // A __data_loc field: the data's offset in the record in the low 16 bits.
-    let Some(loc) = read::<u32>(&ctx, layout.exec_filename) else {
+    let Some(loc) = read::<u32>(&ctx, offsets.exec_filename) else {
         return 0;
     };
     let mut path = [0u8; EXEC_PATH_LEN];
     let src = (ctx.as_ptr() as usize + (loc & 0xffff) as usize) as *const u8;
     // SAFETY: the helper checks the source address and bounds the copy to `path`.
     if unsafe { bpf_probe_read_kernel_str_bytes(src, &mut path) }.is_ok() {
-        let _ = EXECUTED.insert(&path, &0, 0);
+        let _ = EXECUTED.insert(&path, &0, u64::from(BPF_ANY));
     }
     0
 }
 
 #[inline(always)]
-fn signal_layout() -> SignalLayout {
+fn signal_offsets() -> SignalOffsets {
     // SAFETY: set by user space before loading; volatile keeps the zeros from being folded.
-    unsafe { read_volatile(&SIGNAL_LAYOUT) }
+    unsafe { read_volatile(&SIGNAL_OFFSETS) }
 }
 
-/// The namespace of a packet's device, 0 when the layout is unknown or the packet has none.
+/// The namespace of a packet's device, 0 when the offsets are unknown or the packet has none.
 #[inline(always)]
-fn skb_netns(skb: u64, layout: &SignalLayout) -> u64 {
-    // SAFETY: as for LAYOUT.
-    let cookie = unsafe { read_volatile(&LAYOUT) }.net_cookie;
-    if skb == 0 || layout.skb_dev == 0 || cookie == 0 {
+fn skb_netns(skb: u64, offsets: &SignalOffsets) -> u64 {
+    let cookie = sock_state_offsets().net_cookie;
+    if skb == 0 || offsets.skb_dev == 0 || cookie == 0 {
         return 0;
     }
     // SAFETY: bpf_probe_read_kernel checks each address; a bad one gives an error.
     unsafe {
-        let Ok(dev) = bpf_probe_read_kernel((skb + u64::from(layout.skb_dev)) as *const u64) else {
+        let Ok(dev) = bpf_probe_read_kernel((skb + u64::from(offsets.skb_dev)) as *const u64)
+        else {
             return 0;
         };
         if dev == 0 {
             return 0;
         }
-        let Ok(net) = bpf_probe_read_kernel((dev + u64::from(layout.dev_net)) as *const u64) else {
+        let Ok(net) = bpf_probe_read_kernel((dev + u64::from(offsets.dev_net)) as *const u64)
+        else {
             return 0;
         };
         bpf_probe_read_kernel((net + u64::from(cookie)) as *const u64).unwrap_or(0)

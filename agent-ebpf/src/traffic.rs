@@ -5,13 +5,13 @@
 //! link, network and transport headers on the wire, so they are added back.
 
 use aya_ebpf::{
-    bindings::{__sk_buff, TC_ACT_UNSPEC, bpf_hdr_start_off::BPF_HDR_START_NET},
+    bindings::{__sk_buff, BPF_NOEXIST, TC_ACT_UNSPEC, bpf_hdr_start_off::BPF_HDR_START_NET},
     helpers::bpf_skb_load_bytes_relative,
     macros::{classifier, map},
     maps::{PerCpuArray, PerCpuHashMap},
     programs::TcContext,
 };
-use tern_common::{IF_TRAFFIC_MAX_ENTRIES, IF_TRAFFIC_SLOTS, IfTraffic};
+use tern_common::traffic::{IF_TRAFFIC_MAX_ENTRIES, IF_TRAFFIC_SLOTS, IfTraffic};
 
 /// Interfaces with an index under `IF_TRAFFIC_SLOTS`, the common case, by index: an array
 /// lookup, which the verifier inlines, instead of hashing on every packet. Slot 0, which no
@@ -139,8 +139,8 @@ fn entry(ifindex: u32) -> Option<*mut IfTraffic> {
     if let Some(entry) = IF_TRAFFIC.get_ptr_mut(ifindex) {
         return Some(entry);
     }
-    // BPF_NOEXIST: another CPU may have created the entry meanwhile; either way it exists.
-    let _ = IF_TRAFFIC.insert(ifindex, IfTraffic::default(), 1);
+    // Another CPU may have created the entry meanwhile; either way it exists.
+    let _ = IF_TRAFFIC.insert(ifindex, IfTraffic::default(), u64::from(BPF_NOEXIST));
     IF_TRAFFIC
         .get_ptr_mut(ifindex)
         .or_else(|| IF_TRAFFIC_BY_INDEX.get_ptr_mut(0))

@@ -16,7 +16,7 @@ use std::collections::HashSet;
 
 use anyhow::{Context, Result};
 use log::{error, info};
-use tern_common::Counter;
+use tern_common::counters::Counter;
 
 use crate::{
     host::netns,
@@ -163,7 +163,7 @@ impl Collectors {
                 .shared
                 .counters
                 .get(&counter.index(), 0)
-                .context("reading the SOCK_COUNTERS map")?;
+                .context("reading the COUNTERS map")?;
             out[counter.index() as usize] = per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v));
         }
         Ok(out)

@@ -7,7 +7,7 @@ use aya::{
     Pod,
     maps::{HashMap, MapData},
 };
-use tern_common::{Seen, TcpSock};
+use tern_common::sockets::{Seen, TcpSock};
 
 /// Whether a socket of namespace `netns` is reported when following `own` (None: every
 /// namespace); 0 is a namespace the kernel program could not read. The user-space half of

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use tern_common::{Counter, EXEC_PATH_LEN, ip};
+use tern_common::{counters::Counter, signals::EXEC_PATH_LEN, sockets::ip};
 
 use super::{Growth, sets};
 use crate::{

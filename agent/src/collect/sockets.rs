@@ -10,7 +10,10 @@ use std::{
 
 use anyhow::{Context, Result};
 use log::warn;
-use tern_common::{Counter, Seen, TCP_CONNECTION, TCP_LISTENER, TcpSock, ip};
+use tern_common::{
+    counters::Counter,
+    sockets::{Seen, TCP_CONNECTION, TCP_LISTENER, TcpSock, ip},
+};
 
 use super::{Growth, sets};
 use crate::{
@@ -256,11 +259,11 @@ mod tests {
     fn ipv4_mapped_ipv6_is_shown_as_ipv4() {
         let mapped: Ipv6Addr = "::ffff:192.0.2.7".parse().unwrap();
         assert_eq!(
-            ip(tern_common::AF_INET6, &mapped.octets()).to_string(),
+            ip(tern_common::sockets::AF_INET6, &mapped.octets()).to_string(),
             "192.0.2.7"
         );
         let sock = TcpSock {
-            family: tern_common::AF_INET6,
+            family: tern_common::sockets::AF_INET6,
             remote_addr: mapped.octets(),
             remote_port: 443,
             local_addr: "::ffff:10.0.0.5".parse::<Ipv6Addr>().unwrap().octets(),
@@ -271,7 +274,7 @@ mod tests {
         assert_eq!(c.remote_addr, "192.0.2.7:443");
         assert_eq!(c.local_interface.as_deref(), Some("eth0"));
         let v6 = TcpSock {
-            family: tern_common::AF_INET6,
+            family: tern_common::sockets::AF_INET6,
             remote_addr: "2001:db8::9".parse::<Ipv6Addr>().unwrap().octets(),
             remote_port: 22,
             ..TcpSock::default()

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use anyhow::{Context, Result};
 use log::warn;
-use tern_common::{IF_TRAFFIC_SLOTS, IfTraffic};
+use tern_common::traffic::{IF_TRAFFIC_SLOTS, IfTraffic};
 
 use super::delta::Readings;
 use crate::{kernel::maps::TrafficMaps, report::NetworkStats};

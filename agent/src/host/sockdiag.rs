@@ -7,20 +7,18 @@ use std::net::IpAddr;
 use anyhow::{Context, Result};
 use netlink_packet_sock_diag::{
     SockDiagMessage,
+    constants::{AF_INET, AF_INET6},
     inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
 use super::netlink;
 
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
-/// Kernel TCP states, which UDP sockets reuse: a bound unconnected UDP socket is CLOSE.
-pub const TCP_ESTABLISHED: u8 = 1;
-pub const TCP_CLOSE: u8 = 7;
-pub const TCP_LISTEN: u8 = 10;
+/// The kernel's numbers as sock_diag carries them. UDP sockets reuse the TCP states: a bound
+/// unconnected UDP socket is CLOSE.
+pub use netlink_packet_sock_diag::constants::{
+    IPPROTO_TCP, IPPROTO_UDP, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiagSocket {

@@ -6,7 +6,12 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap},
 };
-use tern_common::{EXEC_PATH_LEN, IfTraffic, Seen, TcpSock, TcpState, UdpSock};
+use tern_common::{
+    names,
+    signals::EXEC_PATH_LEN,
+    sockets::{Seen, TcpSock, TcpState, UdpSock},
+    traffic::IfTraffic,
+};
 
 pub struct Maps {
     pub traffic: TrafficMaps,
@@ -51,24 +56,24 @@ impl Maps {
         };
         Ok(Self {
             traffic: TrafficMaps {
-                by_index: PerCpuArray::try_from(take("IF_TRAFFIC_BY_INDEX")?)?,
-                per_interface: PerCpuHashMap::try_from(take("IF_TRAFFIC")?)?,
+                by_index: PerCpuArray::try_from(take(names::IF_TRAFFIC_BY_INDEX)?)?,
+                per_interface: PerCpuHashMap::try_from(take(names::IF_TRAFFIC)?)?,
             },
             sockets: SocketMaps {
-                tcp_socks: HashMap::try_from(take("TCP_SOCKS")?)?,
-                udp_socks: HashMap::try_from(take("UDP_SOCKS")?)?,
-                tcp_listened: HashMap::try_from(take("TCP_LISTENED")?)?,
-                udp_listened: HashMap::try_from(take("UDP_LISTENED")?)?,
-                remotes_seen: HashMap::try_from(take("REMOTES_SEEN")?)?,
-                connections_seen: HashMap::try_from(take("CONNECTIONS_SEEN")?)?,
+                tcp_socks: HashMap::try_from(take(names::TCP_SOCKS)?)?,
+                udp_socks: HashMap::try_from(take(names::UDP_SOCKS)?)?,
+                tcp_listened: HashMap::try_from(take(names::TCP_LISTENED)?)?,
+                udp_listened: HashMap::try_from(take(names::UDP_LISTENED)?)?,
+                remotes_seen: HashMap::try_from(take(names::REMOTES_SEEN)?)?,
+                connections_seen: HashMap::try_from(take(names::CONNECTIONS_SEEN)?)?,
             },
             signals: SignalMaps {
-                contacted: HashMap::try_from(take("CONTACTED")?)?,
-                executed: HashMap::try_from(take("EXECUTED")?)?,
+                contacted: HashMap::try_from(take(names::CONTACTED)?)?,
+                executed: HashMap::try_from(take(names::EXECUTED)?)?,
             },
             shared: SharedMaps {
-                counters: PerCpuArray::try_from(take("SOCK_COUNTERS")?)?,
-                epoch: Array::try_from(take("EPOCH")?)?,
+                counters: PerCpuArray::try_from(take(names::COUNTERS)?)?,
+                epoch: Array::try_from(take(names::EPOCH)?)?,
             },
         })
     }

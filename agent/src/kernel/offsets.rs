@@ -7,9 +7,10 @@ use std::{fs, path::Path};
 
 use anyhow::{Context, Result, bail};
 use log::warn;
-use tern_common::{Layout, SignalLayout};
+use tern_common::{signals::SignalOffsets, sockets::SockStateOffsets};
 
-const SET_STATE: &str = "sock/inet_sock_set_state";
+/// The tracepoint of TCP state changes, "category/name".
+pub const SET_STATE: &str = "sock/inet_sock_set_state";
 const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -21,13 +22,13 @@ pub fn tracepoint_format(event: &str) -> Option<String> {
         .find_map(|p| fs::read_to_string(p).ok())
 }
 
-pub fn read() -> Result<Layout> {
+pub fn read() -> Result<SockStateOffsets> {
     let text = tracepoint_format(SET_STATE).context(
         "the tracepoint sock:inet_sock_set_state is not visible: mount tracefs \
          (mount -t tracefs nodev /sys/kernel/tracing); it needs Linux 4.16 or later",
     )?;
-    let mut layout =
-        tracepoint_layout(&text).context("unexpected format of sock:inet_sock_set_state")?;
+    let mut offsets =
+        tracepoint_offsets(&text).context("unexpected format of sock:inet_sock_set_state")?;
     match fs::read(VMLINUX_BTF)
         .map_err(anyhow::Error::from)
         .and_then(|btf| {
@@ -37,20 +38,20 @@ pub fn read() -> Result<Layout> {
             ))
         }) {
         Ok((sock_net, net_cookie)) => {
-            layout.sock_net = sock_net;
-            layout.net_cookie = net_cookie;
+            offsets.sock_net = sock_net;
+            offsets.net_cookie = net_cookie;
         }
         Err(err) => warn!(
             "cannot tell network namespaces apart for TCP ({VMLINUX_BTF}: {err:#}); \
              TCP sockets of every namespace are reported"
         ),
     }
-    Ok(layout)
+    Ok(offsets)
 }
 
 /// Where the security signals' tracepoints keep their fields; a tracepoint this kernel lacks
 /// keeps zeros, and its program is not attached.
-pub fn read_signals() -> SignalLayout {
+pub fn read_signals() -> SignalOffsets {
     let field = |event: &str, name: &str| {
         tracepoint_format(event)
             .and_then(|f| field_offset(&f, name).ok())
@@ -62,7 +63,7 @@ pub fn read_signals() -> SignalLayout {
             .and_then(|b| member_offset(b, name, member).ok())
             .unwrap_or(0)
     };
-    SignalLayout {
+    SignalOffsets {
         reset_skb: field("tcp/tcp_send_reset", "skbaddr"),
         reset_sk: field("tcp/tcp_send_reset", "skaddr"),
         retransmit_sk: field("tcp/tcp_retransmit_skb", "skaddr"),
@@ -92,9 +93,9 @@ fn field_offset(format: &str, name: &str) -> Result<u32> {
         .with_context(|| format!("no field {name}"))
 }
 
-fn tracepoint_layout(format: &str) -> Result<Layout> {
+fn tracepoint_offsets(format: &str) -> Result<SockStateOffsets> {
     let offset = |name: &str| field_offset(format, name);
-    Ok(Layout {
+    Ok(SockStateOffsets {
         skaddr: offset("skaddr")?,
         oldstate: offset("oldstate")?,
         newstate: offset("newstate")?,
@@ -106,7 +107,7 @@ fn tracepoint_layout(format: &str) -> Result<Layout> {
         daddr: offset("daddr")?,
         saddr_v6: offset("saddr_v6")?,
         daddr_v6: offset("daddr_v6")?,
-        ..Layout::default()
+        ..SockStateOffsets::default()
     })
 }
 
@@ -269,18 +270,23 @@ format:
 
     #[test]
     fn reads_field_offsets_from_the_format_file() {
-        let layout = tracepoint_layout(X86_64_FORMAT).unwrap();
+        let offsets = tracepoint_offsets(X86_64_FORMAT).unwrap();
         assert_eq!(
-            (layout.skaddr, layout.oldstate, layout.sport, layout.saddr),
+            (
+                offsets.skaddr,
+                offsets.oldstate,
+                offsets.sport,
+                offsets.saddr
+            ),
             (8, 16, 24, 32)
         );
-        assert_eq!((layout.saddr_v6, layout.daddr_v6), (40, 56));
+        assert_eq!((offsets.saddr_v6, offsets.daddr_v6), (40, 56));
     }
 
     #[test]
     fn a_format_without_a_field_is_refused() {
         let broken = X86_64_FORMAT.replace("saddr_v6", "src6");
-        assert!(tracepoint_layout(&broken).is_err());
+        assert!(tracepoint_offsets(&broken).is_err());
     }
 
     #[test]

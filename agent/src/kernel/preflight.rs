@@ -53,7 +53,7 @@ const REQUIREMENTS: &[Requirement] = &[
     },
     Requirement {
         what: "the tracepoint sock:inet_sock_set_state (tracefs)",
-        present: || super::offsets::tracepoint_format("sock/inet_sock_set_state").is_some(),
+        present: || super::offsets::tracepoint_format(super::offsets::SET_STATE).is_some(),
         fix: "mount tracefs: mount -t tracefs nodev /sys/kernel/tracing (Linux 4.16 or later)",
     },
     Requirement {

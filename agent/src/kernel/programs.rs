@@ -1,7 +1,7 @@
-//! Kernel programs: loads the eBPF object built from agent-ebpf (embedded at build time),
-//! attaches the traffic counters to TC ingress and egress of every interface tern counts
-//! (following interfaces as they come and go), the TCP state tracepoint, and the UDP socket
-//! hooks on the cgroup-v2 root. Reads no map itself.
+//! Kernel programs: loads tern's eBPF object (`object`), attaches the traffic counters to
+//! TC ingress and egress of every interface tern counts (following interfaces as they come
+//! and go), the TCP state tracepoint, the signals' tracepoints, and the UDP socket hooks on
+//! the cgroup-v2 root. Reads no map itself.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use aya::{
-    Ebpf, EbpfLoader, include_bytes_aligned,
+    Ebpf, EbpfLoader,
     programs::{
         CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
         TracePoint,
@@ -23,29 +23,29 @@ use aya::{
     util::KernelVersion,
 };
 use log::{debug, info, warn};
+use tern_common::names;
 
-use super::maps::Maps;
+use super::{maps::Maps, object::OBJECT, offsets::SET_STATE};
 use crate::host::links::{Interface, LinkEvent};
-
-static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tern-ebpf"));
-
-const INGRESS: &str = "tc_ingress";
-const EGRESS: &str = "tc_egress";
 
 /// The security signals' programs and their tracepoints ("category/name").
 const SIGNALS: &[(&str, &str)] = &[
-    ("tcp_send_reset", "tcp/tcp_send_reset"),
-    ("icmp_send", "icmp/icmp_send"),
-    ("tcp_retransmit_skb", "tcp/tcp_retransmit_skb"),
-    ("sched_process_exec", "sched/sched_process_exec"),
+    (names::TCP_SEND_RESET, "tcp/tcp_send_reset"),
+    (names::ICMP_SEND, "icmp/icmp_send"),
+    (names::TCP_RETRANSMIT_SKB, "tcp/tcp_retransmit_skb"),
+    (names::SCHED_PROCESS_EXEC, "sched/sched_process_exec"),
 ];
 
-const CGROUP_SOCK: &[&str] = &["udp_post_bind4", "udp_post_bind6", "udp_release"];
+const CGROUP_SOCK: &[&str] = &[
+    names::UDP_POST_BIND4,
+    names::UDP_POST_BIND6,
+    names::UDP_RELEASE,
+];
 const CGROUP_SOCK_ADDR: &[&str] = &[
-    "udp_sendmsg4",
-    "udp_sendmsg6",
-    "udp_connect4",
-    "udp_connect6",
+    names::UDP_SENDMSG4,
+    names::UDP_SENDMSG6,
+    names::UDP_CONNECT4,
+    names::UDP_CONNECT6,
 ];
 
 /// What to load: which namespace the socket programs follow (0: all of them), and whether
@@ -92,46 +92,31 @@ pub struct Programs {
 
 impl Programs {
     pub fn load(options: &LoadOptions) -> Result<(Self, Maps)> {
-        let layout = super::offsets::read()?;
+        let sock_state = super::offsets::read()?;
         let signals = super::offsets::read_signals();
         let record_connections = u32::from(options.record_connections);
         let mut ebpf = EbpfLoader::new()
-            .override_global("LAYOUT", &layout, true)
-            .override_global("NETNS_FILTER", &options.netns_filter, true)
-            .override_global("RECORD_CONNECTIONS", &record_connections, true)
-            .override_global("SIGNAL_LAYOUT", &signals, true)
+            .override_global(names::SOCK_STATE_OFFSETS, &sock_state, true)
+            .override_global(names::NETNS_FILTER, &options.netns_filter, true)
+            .override_global(names::RECORD_CONNECTIONS, &record_connections, true)
+            .override_global(names::SIGNAL_OFFSETS, &signals, true)
             .load(OBJECT)
             .context("loading tern's eBPF object into the kernel")?;
-        for name in [INGRESS, EGRESS] {
+        for name in [names::TC_INGRESS, names::TC_EGRESS] {
             let program: &mut SchedClassifier = program(&mut ebpf, name)?;
             program
                 .load()
                 .with_context(|| format!("the kernel refused program {name}"))?;
         }
 
-        let tracepoint: &mut TracePoint = program(&mut ebpf, "inet_sock_set_state")?;
-        tracepoint
-            .load()
-            .context("the kernel refused the TCP state tracepoint program")?;
-        tracepoint
-            .attach("sock", "inet_sock_set_state")
-            .context("attaching to the tracepoint sock:inet_sock_set_state")?;
-
+        attach_tracepoint(&mut ebpf, names::INET_SOCK_SET_STATE, SET_STATE)?;
         for &(name_of_program, event) in SIGNALS {
-            let Some((category, name)) = event.split_once('/') else {
-                continue;
-            };
             if super::offsets::tracepoint_format(event).is_none() {
-                warn!("this kernel has no tracepoint {category}:{name}; its signal stays 0");
+                let event = event.replace('/', ":");
+                warn!("this kernel has no tracepoint {event}; its signal stays 0");
                 continue;
             }
-            let tracepoint: &mut TracePoint = program(&mut ebpf, name_of_program)?;
-            tracepoint
-                .load()
-                .with_context(|| format!("the kernel refused program {name_of_program}"))?;
-            tracepoint
-                .attach(category, name)
-                .with_context(|| format!("attaching to the tracepoint {category}:{name}"))?;
+            attach_tracepoint(&mut ebpf, name_of_program, event)?;
         }
 
         let cgroup = cgroup2_root()?;
@@ -265,13 +250,14 @@ impl Programs {
         if !tcx {
             match qdisc_add_clsact(&interface.name) {
                 Ok(()) => {}
-                Err(err) if err.to_string().contains("exists") => {}
+                // Another program's, or one a previous tern added: tern shares it.
+                Err(TcError::NetlinkError(err)) if err.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(err) => return Err(err).context("adding the clsact qdisc"),
             }
             // Legacy filters outlive their process: remove those a previous tern left.
             for (kind, name) in [
-                (TcAttachType::Ingress, INGRESS),
-                (TcAttachType::Egress, EGRESS),
+                (TcAttachType::Ingress, names::TC_INGRESS),
+                (TcAttachType::Egress, names::TC_EGRESS),
             ] {
                 match qdisc_detach_program(&interface.name, kind, name) {
                     Ok(()) => info!("removed a stale {name} filter from {}", interface.name),
@@ -288,17 +274,17 @@ impl Programs {
             }
         };
         let ingress = self
-            .program(INGRESS)?
+            .program(names::TC_INGRESS)?
             .attach_with_options(&interface.name, TcAttachType::Ingress, options())
             .context("attaching to TC ingress")?;
-        let egress = match self.program(EGRESS)?.attach_with_options(
+        let egress = match self.program(names::TC_EGRESS)?.attach_with_options(
             &interface.name,
             TcAttachType::Egress,
             options(),
         ) {
             Ok(egress) => egress,
             Err(err) => {
-                let _ = self.program(INGRESS)?.detach(ingress);
+                let _ = self.program(names::TC_INGRESS)?.detach(ingress);
                 return Err(err).context("attaching to TC egress");
             }
         };
@@ -307,7 +293,7 @@ impl Programs {
 
     fn detach(&mut self, (ingress, egress): (SchedClassifierLinkId, SchedClassifierLinkId)) {
         // The kernel already released the hooks of a deleted device; this frees tern's side.
-        for (name, link) in [(INGRESS, ingress), (EGRESS, egress)] {
+        for (name, link) in [(names::TC_INGRESS, ingress), (names::TC_EGRESS, egress)] {
             if let Ok(program) = self.program(name) {
                 let _ = program.detach(link);
             }
@@ -327,6 +313,21 @@ where
         .program_mut(name)
         .with_context(|| format!("program {name} missing from the eBPF object"))?;
     Ok(program.try_into()?)
+}
+
+/// Loads program `name_of_program` and attaches it to tracepoint `event` ("category/name").
+fn attach_tracepoint(ebpf: &mut Ebpf, name_of_program: &str, event: &str) -> Result<()> {
+    let (category, name) = event
+        .split_once('/')
+        .with_context(|| format!("tracepoint {event} is not named category/name"))?;
+    let tracepoint: &mut TracePoint = program(ebpf, name_of_program)?;
+    tracepoint
+        .load()
+        .with_context(|| format!("the kernel refused program {name_of_program}"))?;
+    tracepoint
+        .attach(category, name)
+        .with_context(|| format!("attaching to the tracepoint {category}:{name}"))?;
+    Ok(())
 }
 
 pub fn cgroup2_mounted() -> bool {

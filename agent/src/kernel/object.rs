@@ -1,0 +1,81 @@
+//! tern's eBPF object, built from agent-ebpf and embedded at build time, and the check that
+//! it holds every global, map and program under the name user space asks for.
+
+use aya::include_bytes_aligned;
+
+pub(super) static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tern-ebpf"));
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeSet, HashMap};
+
+    use tern_common::{names, signals::SignalOffsets, sockets::SockStateOffsets};
+
+    use super::OBJECT;
+
+    /// The kernel side names its items by their identifiers, which cannot be constants:
+    /// this keeps the two sides from drifting apart, without loading anything.
+    #[test]
+    fn the_object_has_the_names_user_space_takes() {
+        let mut object = aya_obj::Object::parse(OBJECT).expect("tern's eBPF object parses");
+        let programs: BTreeSet<&str> = object.programs.keys().map(String::as_str).collect();
+        assert_eq!(
+            programs,
+            BTreeSet::from([
+                names::TC_INGRESS,
+                names::TC_EGRESS,
+                names::INET_SOCK_SET_STATE,
+                names::UDP_POST_BIND4,
+                names::UDP_POST_BIND6,
+                names::UDP_SENDMSG4,
+                names::UDP_SENDMSG6,
+                names::UDP_CONNECT4,
+                names::UDP_CONNECT6,
+                names::UDP_RELEASE,
+                names::TCP_SEND_RESET,
+                names::ICMP_SEND,
+                names::TCP_RETRANSMIT_SKB,
+                names::SCHED_PROCESS_EXEC,
+            ])
+        );
+        // Sections of globals (.rodata, .bss) are maps too, named after their section.
+        let maps: BTreeSet<&str> = object
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|name| !name.starts_with('.'))
+            .collect();
+        assert_eq!(
+            maps,
+            BTreeSet::from([
+                names::IF_TRAFFIC_BY_INDEX,
+                names::IF_TRAFFIC,
+                names::TCP_SOCKS,
+                names::UDP_SOCKS,
+                names::TCP_LISTENED,
+                names::UDP_LISTENED,
+                names::REMOTES_SEEN,
+                names::CONNECTIONS_SEEN,
+                names::CONTACTED,
+                names::EXECUTED,
+                names::COUNTERS,
+                names::EPOCH,
+            ])
+        );
+        // Patching, as the loader does, refuses a global that is missing or of another size.
+        let zeros = |size| vec![0u8; size];
+        let (sock_state, signals) = (
+            zeros(size_of::<SockStateOffsets>()),
+            zeros(size_of::<SignalOffsets>()),
+        );
+        let (netns_filter, record_connections) = (zeros(size_of::<u64>()), zeros(size_of::<u32>()));
+        object
+            .patch_map_data(HashMap::from([
+                (names::SOCK_STATE_OFFSETS, (&sock_state[..], true)),
+                (names::NETNS_FILTER, (&netns_filter[..], true)),
+                (names::RECORD_CONNECTIONS, (&record_connections[..], true)),
+                (names::SIGNAL_OFFSETS, (&signals[..], true)),
+            ]))
+            .expect("every load-time global is in the object, at its size");
+    }
+}
