@@ -2,6 +2,7 @@
 //! Never collects.
 
 pub mod mqtt;
+mod outbox;
 mod spool;
 
 use std::io::Write;
@@ -11,26 +12,27 @@ use log::info;
 
 use crate::{
     config::{Broker, Settings},
-    report::{Format, Report, encode_within},
+    report::{Encoded, Encoding, Format, Report},
 };
-use mqtt::{Outbox, Publisher};
+use mqtt::Publisher;
+use outbox::Outbox;
 
-pub enum Output<'a> {
-    Stdout(&'a Settings),
+pub enum Output {
+    Stdout(Encoding),
     Broker(Outbox, Publisher),
 }
 
-impl<'a> Output<'a> {
+impl Output {
     /// Opens the spool and starts the publisher (the only other thread) when reports go to
     /// `broker`. Runs after the privilege drop.
-    pub fn open(settings: &'a Settings, broker: Option<&Broker>) -> Result<Self> {
+    pub fn open(settings: &Settings, broker: Option<&Broker>) -> Result<Self> {
         Ok(match broker {
             Some(broker) => {
-                let outbox = Outbox::open(settings, broker)?;
-                let publisher = mqtt::start_publisher(&outbox, settings)?;
+                let outbox = Outbox::open(&settings.state_dir, broker.spool_bytes)?;
+                let publisher = mqtt::start_publisher(outbox.shared(), settings, broker)?;
                 Self::Broker(outbox, publisher)
             }
-            None => Self::Stdout(settings),
+            None => Self::Stdout(encoding(settings, usize::MAX)),
         })
     }
 
@@ -41,7 +43,7 @@ impl<'a> Output<'a> {
                 outbox.push(report);
                 Ok(None)
             }
-            Self::Stdout(settings) => print(&report, settings).map(Some),
+            Self::Stdout(encoding) => print(&report, encoding).map(Some),
         }
     }
 
@@ -53,16 +55,35 @@ impl<'a> Output<'a> {
     }
 }
 
-/// Writes one report on stdout; returns its encoded size.
-fn print(report: &Report, settings: &Settings) -> Result<usize> {
-    let id = report.header.report_id;
-    let budget = usize::try_from(settings.budget).unwrap_or(usize::MAX);
-    let (bytes, cut) = encode_within(report, settings.names, settings.format, budget)?;
-    if cut {
-        info!("report {id} was over {budget} bytes: its lists were cut to fit");
+/// The encoding `settings` ask for, within `room` bytes at most.
+fn encoding(settings: &Settings, room: usize) -> Encoding {
+    Encoding {
+        names: settings.names,
+        format: settings.format,
+        budget: usize::try_from(settings.budget)
+            .unwrap_or(usize::MAX)
+            .min(room),
     }
+}
+
+/// Encodes `report`, saying when its lists were cut to fit.
+fn encode(report: &Report, encoding: &Encoding) -> Result<Vec<u8>> {
+    let Encoded { bytes, cut } = encoding.encode(report)?;
+    if cut {
+        info!(
+            "report {} was over {} bytes: its lists were cut to fit",
+            report.header.report_id, encoding.budget
+        );
+    }
+    Ok(bytes)
+}
+
+/// Writes one report on stdout; returns its encoded size.
+fn print(report: &Report, encoding: &Encoding) -> Result<usize> {
+    let id = report.header.report_id;
+    let bytes = encode(report, encoding)?;
     let mut out = std::io::stdout().lock();
-    match settings.format {
+    match encoding.format {
         Format::Json => out.write_all(&bytes),
         Format::Cbor => out.write_all(hex(&bytes).as_bytes()),
     }

@@ -2,12 +2,12 @@
 //! `<state dir>/spool`, named by the zero-padded report id and holding the report's
 //! long-name JSON. A report is written (and synced) before it is published and removed
 //! only once acknowledged, so outages and restarts lose nothing. Bounded in bytes: the
-//! oldest reports go first. Never encodes or sends anything.
+//! oldest reports go first. Holds only ids and sizes in memory: a report is read back from
+//! its file when it is wanted. Never encodes or sends anything.
 
 use std::{
     collections::BTreeMap,
     fs,
-    io::Write,
     os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
 };
@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context, Result};
 use log::{error, warn};
 
-use crate::report::Report;
+use crate::{host::durable, report::Report};
 
 const DIR: &str = "spool";
 const SUFFIX: &str = ".json";
@@ -23,13 +23,13 @@ const SUFFIX: &str = ".json";
 pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
-    /// Report id -> the report and its size on disk, oldest first.
-    entries: BTreeMap<u64, (Report, u64)>,
+    /// Report id -> its size on disk, oldest first.
+    entries: BTreeMap<u64, u64>,
     bytes: u64,
 }
 
 impl Spool {
-    /// Opens (creating it 0700 if needed) the spool in `state_dir` and loads what an earlier
+    /// Opens (creating it 0700 if needed) the spool in `state_dir` and checks what an earlier
     /// run left there. Entries that do not parse are renamed `*.corrupt` and skipped.
     pub fn open(state_dir: &Path, max_bytes: u64) -> Result<Self> {
         let dir = state_dir.join(DIR);
@@ -59,12 +59,14 @@ impl Spool {
                 }
                 continue;
             };
-            match load(&path, stem) {
-                Ok((report, size)) => {
+            let checked = stem
+                .parse()
+                .context("its name is not a report id")
+                .and_then(|id| load(&path, id).map(|(_, size)| (id, size)));
+            match checked {
+                Ok((id, size)) => {
                     spool.bytes += size;
-                    spool
-                        .entries
-                        .insert(report.header.report_id, (report, size));
+                    spool.entries.insert(id, size);
                 }
                 Err(err) => set_aside(&path, &err),
             }
@@ -74,21 +76,14 @@ impl Spool {
 
     /// Writes `report` durably, then drops the oldest reports while over the byte bound.
     /// Returns how many reports were dropped.
-    pub fn push(&mut self, report: Report) -> Result<u64> {
+    pub fn push(&mut self, report: &Report) -> Result<u64> {
         let id = report.header.report_id;
-        let bytes = serde_json::to_vec(&report).context("serialising a report for the spool")?;
+        let bytes = serde_json::to_vec(report).context("serialising a report for the spool")?;
         let path = self.path(id);
-        let tmp = path.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            let mut file = fs::File::create(&tmp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            fs::File::open(&self.dir)?.sync_all()
-        };
-        write().with_context(|| format!("writing report {id} to {}", path.display()))?;
+        durable::replace(&path, &bytes)
+            .with_context(|| format!("writing report {id} to {}", path.display()))?;
         let size = bytes.len() as u64;
-        if let Some((_, old)) = self.entries.insert(id, (report, size)) {
+        if let Some(old) = self.entries.insert(id, size) {
             self.bytes -= old;
         }
         self.bytes += size;
@@ -107,9 +102,24 @@ impl Spool {
         Ok(dropped)
     }
 
-    /// The reports waiting, oldest first.
-    pub fn reports(&self) -> impl Iterator<Item = &Report> {
-        self.entries.values().map(|(report, _)| report)
+    /// The ids of the reports waiting, oldest first.
+    pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.entries.keys().copied()
+    }
+
+    /// Reads report `id` back. One that can no longer be read is set aside and forgotten.
+    pub fn read(&mut self, id: u64) -> Option<Report> {
+        let path = self.path(id);
+        match load(&path, id) {
+            Ok((report, _)) => Some(report),
+            Err(err) => {
+                set_aside(&path, &err);
+                if let Some(size) = self.entries.remove(&id) {
+                    self.bytes -= size;
+                }
+                None
+            }
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -122,7 +132,7 @@ impl Spool {
 
     /// Removes an acknowledged (or dropped) report; a report already gone is not an error.
     pub fn remove(&mut self, id: u64) {
-        if let Some((_, size)) = self.entries.remove(&id) {
+        if let Some(size) = self.entries.remove(&id) {
             self.bytes -= size;
         }
         let path = self.path(id);
@@ -141,13 +151,13 @@ impl Spool {
     }
 }
 
-fn load(path: &Path, stem: &str) -> Result<(Report, u64)> {
+/// Reads the report in `path`, which its name says is report `id`; returns it and its size.
+fn load(path: &Path, id: u64) -> Result<(Report, u64)> {
     let bytes = fs::read(path).context("reading it")?;
     let report: Report = serde_json::from_slice(&bytes).context("it is not a report")?;
-    let named: u64 = stem.parse().context("its name is not a report id")?;
     anyhow::ensure!(
-        named == report.header.report_id,
-        "its name says report {named} but it holds report {}",
+        id == report.header.report_id,
+        "its name says report {id} but it holds report {}",
         report.header.report_id
     );
     Ok((report, bytes.len() as u64))
@@ -155,23 +165,26 @@ fn load(path: &Path, stem: &str) -> Result<(Report, u64)> {
 
 /// Moves a bad entry out of the way for a person to look at; the spool goes on.
 fn set_aside(path: &Path, err: &anyhow::Error) {
-    let aside = path.with_extension("corrupt");
-    warn!(
-        "spool entry {} is unusable ({err:#}); moved it to {}",
-        path.display(),
-        aside.display()
-    );
-    if let Err(e) = fs::rename(path, &aside) {
-        error!("cannot move {} aside: {e}", path.display());
+    match durable::set_aside(path) {
+        Ok(aside) => warn!(
+            "spool entry {} is unusable ({err:#}); moved it to {}",
+            path.display(),
+            aside.display()
+        ),
+        Err(e) => error!(
+            "spool entry {} is unusable ({err:#}); cannot move it aside: {e}",
+            path.display()
+        ),
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
     use crate::report::{Metrics, NetworkStats};
 
-    fn report(id: u64, bytes_in: u64) -> Report {
+    /// A report of `bytes_in` bytes of traffic.
+    pub fn report(id: u64, bytes_in: u64) -> Report {
         Report::new(
             id,
             Metrics {
@@ -195,13 +208,13 @@ mod tests {
         let dir = temp("reopen");
         let mut spool = Spool::open(&dir, 1 << 20).unwrap();
         for id in [30, 10, 20] {
-            assert_eq!(spool.push(report(id, id * 100)).unwrap(), 0);
+            assert_eq!(spool.push(&report(id, id * 100)).unwrap(), 0);
         }
         spool.remove(10);
-        let again = Spool::open(&dir, 1 << 20).unwrap();
-        let ids: Vec<u64> = again.reports().map(|r| r.header.report_id).collect();
+        let mut again = Spool::open(&dir, 1 << 20).unwrap();
+        let ids: Vec<u64> = again.ids().collect();
         assert_eq!(ids, [20, 30]);
-        assert_eq!(again.reports().next().unwrap(), &report(20, 2000));
+        assert_eq!(again.read(20).unwrap(), report(20, 2000));
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -212,10 +225,10 @@ mod tests {
         let mut spool = Spool::open(&dir, size * 3).unwrap();
         let mut dropped = 0;
         for id in 1_000_000..1_000_005 {
-            dropped += spool.push(report(id, 1)).unwrap();
+            dropped += spool.push(&report(id, 1)).unwrap();
         }
         assert_eq!(dropped, 2);
-        let ids: Vec<u64> = spool.reports().map(|r| r.header.report_id).collect();
+        let ids: Vec<u64> = spool.ids().collect();
         assert_eq!(ids, [1_000_002, 1_000_003, 1_000_004]);
         assert_eq!(fs::read_dir(dir.join(DIR)).unwrap().count(), 3);
         fs::remove_dir_all(&dir).unwrap();
@@ -225,13 +238,27 @@ mod tests {
     fn a_corrupt_entry_is_set_aside_and_the_rest_load() {
         let dir = temp("corrupt");
         let mut spool = Spool::open(&dir, 1 << 20).unwrap();
-        spool.push(report(5, 1)).unwrap();
+        spool.push(&report(5, 1)).unwrap();
         fs::write(dir.join(DIR).join(format!("{:020}.json", 4)), b"{not json").unwrap();
         fs::write(dir.join(DIR).join(format!("{:020}.json", 3)), b"{}").unwrap();
         let again = Spool::open(&dir, 1 << 20).unwrap();
         assert_eq!(again.len(), 1);
         assert!(dir.join(DIR).join(format!("{:020}.corrupt", 4)).exists());
         assert!(dir.join(DIR).join(format!("{:020}.corrupt", 3)).exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_entry_gone_bad_after_opening_is_set_aside_when_read() {
+        let dir = temp("bad-later");
+        let mut spool = Spool::open(&dir, 1 << 20).unwrap();
+        spool.push(&report(6, 1)).unwrap();
+        spool.push(&report(7, 1)).unwrap();
+        fs::write(spool.path(6), b"{not json").unwrap();
+        assert!(spool.read(6).is_none());
+        assert_eq!(spool.ids().collect::<Vec<_>>(), [7]);
+        assert!(dir.join(DIR).join(format!("{:020}.corrupt", 6)).exists());
+        assert_eq!(spool.read(7).unwrap(), report(7, 1));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -5,12 +5,13 @@
 
 use std::{
     fs,
-    io::Write,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result};
+
+use crate::host::durable;
 
 const FILE: &str = "last_report_id";
 
@@ -29,15 +30,14 @@ impl ReportIds {
                 Ok(last) => last,
                 Err(_) => {
                     // Set aside for a person to look at; the wall clock takes over.
-                    let aside = path.with_extension("corrupt");
+                    let aside = durable::set_aside(&path)
+                        .with_context(|| format!("moving {} aside", path.display()))?;
                     log::warn!(
                         "{} does not hold a report id; moved it to {} and continuing from \
                          the clock",
                         path.display(),
                         aside.display()
                     );
-                    fs::rename(&path, &aside)
-                        .with_context(|| format!("moving {} aside", path.display()))?;
                     0
                 }
             },
@@ -64,14 +64,10 @@ impl ReportIds {
     }
 }
 
-/// Replaces the file atomically, so a crash leaves the old id or the new one, never half.
+/// Records `id`; a crash leaves the old id or the new one, never half.
 fn save(path: &Path, id: u64) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    writeln!(file, "{id}")
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+    durable::replace(path, format!("{id}\n").as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
 pub use assemble::Interval;
-pub use encode::{Format, Names, encode_within};
+pub use encode::{Encoded, Encoding, Format, Names};
 pub use ids::ReportIds;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -150,12 +150,21 @@ fn io_failure(e: &io::Error, host: &str) -> Option<Failure> {
         io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
             format!("{host} is unreachable: no route")
         }
-        _ if e.to_string().contains("lookup address") => {
+        _ if failed_lookup(e) => {
             format!("DNS failure: cannot resolve {host}; check endpoint and the DNS settings")
         }
         _ => return None,
     };
     Some(failure(text, false))
+}
+
+/// Whether `e` is a failed name lookup. The one failure named by its text, for want of a
+/// type: std turns a getaddrinfo error into an io::Error of a kind stable Rust cannot name
+/// (`Uncategorized`), with no OS error code, and only its message says what failed ("failed
+/// to lookup address information: ..."); tokio's `lookup_host` and rumqttc's connect pass it
+/// on as it is.
+fn failed_lookup(e: &io::Error) -> bool {
+    e.raw_os_error().is_none() && e.to_string().contains("lookup address")
 }
 
 #[cfg(test)]

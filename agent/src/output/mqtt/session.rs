@@ -1,0 +1,321 @@
+//! One MQTT connection, from CONNECT to its end: subscribes to Device Defender's replies,
+//! publishes one report at a time (QoS 1) and removes it from the spool on its PUBACK. A
+//! report in flight when a connection broke is in doubt: it may have reached the broker, so
+//! the next connection waits a little for the cloud's reply to it before sending it again,
+//! and a report is not delivered twice. Never reconnects: that is `serve`'s.
+
+use std::{sync::Arc, time::Duration};
+
+use log::{error, info, warn};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, NetworkOptions, Outgoing, Packet,
+    QoS, SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
+};
+use tokio::{sync::mpsc::Receiver, time::Instant};
+
+use super::{Target, replies::Replies};
+use crate::output::{encode, outbox::Shared};
+
+/// How long a stopping tern keeps delivering what is spooled while connected.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// A connection up this long has proved itself: the next failure backs off from the start.
+const STABLE: Duration = Duration::from_secs(60);
+/// Longest wait for the cloud's reply to a report published on a connection that broke
+/// before its PUBACK, before it is published again. A reply the broker kept for tern's
+/// session comes right after the CONNACK, and a report still in transit when tern
+/// reconnected reaches the cloud within moments: a few seconds settle both without holding
+/// up delivery for long.
+const IN_DOUBT_WAIT: Duration = Duration::from_secs(3);
+
+/// A report (or, for AWS, several folded into one) published and not yet acknowledged.
+pub struct InFlight {
+    report_id: u64,
+    spooled: Vec<u64>,
+    /// Its packet id on the current connection, once rumqttc has sent it.
+    pkid: Option<u16>,
+    /// For a report published on a connection that broke before its PUBACK: it may have
+    /// reached the broker, so the cloud's reply is awaited until then before it is sent
+    /// again, and a report is not delivered twice.
+    in_doubt_until: Option<Instant>,
+}
+
+/// What outlives a connection: the reply bookkeeping, and a report still in flight when one
+/// breaks, which is in doubt.
+#[derive(Default)]
+pub struct Carried {
+    replies: Replies,
+    in_flight: Option<InFlight>,
+}
+
+pub struct Session<'a> {
+    shared: &'a Shared,
+    target: &'a Target,
+    client: AsyncClient,
+    events: Receiver<Result<Event, ConnectionError>>,
+    replies: Replies,
+    in_flight: Option<InFlight>,
+    /// The connection proved useful (a delivery, or a minute up): the backoff starts over.
+    /// A broker that accepts and then drops tern must not be hammered.
+    proved: bool,
+}
+
+impl<'a> Session<'a> {
+    /// Starts connecting to the target's broker, carrying on from the previous connection.
+    pub fn new(shared: &'a Shared, target: &'a Target, carried: Carried) -> Self {
+        let broker = &target.broker;
+        let mut options = MqttOptions::new(&broker.client_id, &broker.host, broker.port);
+        options
+            .set_keep_alive(Duration::from_secs(broker.keep_alive))
+            // A persistent session: a reply the broker could not hand over while tern was
+            // reconnecting is handed over on the next connection.
+            .set_clean_session(false)
+            .set_max_packet_size(broker.packet_limit, broker.packet_limit)
+            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                Arc::clone(&broker.tls),
+            )));
+        let (client, eventloop) = AsyncClient::new(options, 8);
+        Self {
+            shared,
+            target,
+            client,
+            events: forward(eventloop),
+            replies: carried.replies,
+            in_flight: carried.in_flight,
+            proved: false,
+        }
+    }
+
+    /// Ends the session: what the next connection carries on with, and whether this one
+    /// proved useful.
+    pub fn end(self) -> (Carried, bool) {
+        let carried = Carried {
+            replies: self.replies,
+            in_flight: self.in_flight,
+        };
+        (carried, self.proved)
+    }
+
+    /// Runs the connection. Ok(()) when tern is stopping; Err when the connection failed or
+    /// ended.
+    pub async fn run(&mut self) -> Result<(), ConnectionError> {
+        loop {
+            // A stop does not wait for a connection attempt that may hang until its timeout.
+            let event = tokio::select! {
+                event = self.events.recv() => event,
+                () = stopped(self.shared) => return Ok(()),
+            };
+            match event {
+                Some(Ok(Event::Incoming(Packet::ConnAck(_)))) => break,
+                Some(Ok(_)) => {}
+                Some(Err(err)) => return Err(err),
+                None => return Err(ConnectionError::RequestsDone),
+            }
+        }
+        let broker = &self.target.broker;
+        info!(
+            "connected to {}:{} as {:?}",
+            broker.host, broker.port, broker.client_id
+        );
+        let connected_at = Instant::now();
+        let filters = ["accepted", "rejected"].map(|reply| {
+            SubscribeFilter::new(format!("{}/{reply}", self.target.topic), QoS::AtLeastOnce)
+        });
+        if self.client.try_subscribe_many(filters).is_err() {
+            return Err(ConnectionError::RequestsDone);
+        }
+        self.resume();
+        let mut stop_deadline: Option<Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            if self.shared.stopping() && stop_deadline.is_none() {
+                stop_deadline = Some(Instant::now() + STOP_GRACE);
+            }
+            if let Some(f) = self
+                .in_flight
+                .take_if(|f| f.in_doubt_until.is_some_and(|t| Instant::now() >= t))
+            {
+                info!("no reply to report {}: sending it again", f.report_id);
+            }
+            if self.in_flight.is_none() {
+                match self.next_report().map(|next| self.publish(next)) {
+                    Some(true) => {}
+                    Some(false) => return Err(ConnectionError::RequestsDone),
+                    None if self.shared.stopping() => return Ok(()),
+                    None => {}
+                }
+            }
+            if stop_deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(());
+            }
+            tokio::select! {
+                event = self.events.recv() => match event {
+                    Some(Ok(event)) => {
+                        let waiting = self.in_flight.is_some();
+                        self.on_event(event);
+                        if waiting && self.in_flight.is_none() {
+                            self.proved = true;
+                        }
+                    }
+                    Some(Err(err)) => return Err(err),
+                    None => return Err(ConnectionError::RequestsDone),
+                },
+                () = self.shared.wake.notified() => {}
+                _ = tick.tick() => {
+                    let timeout = Duration::from_secs(self.target.broker.reply_timeout);
+                    self.replies.expire(&self.shared.counters, timeout);
+                    if connected_at.elapsed() >= STABLE {
+                        self.proved = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts a report carried over from a broken connection in doubt, or back in the spool's
+    /// hands when no reply will tell whether it arrived.
+    fn resume(&mut self) {
+        let Some(f) = self.in_flight.as_mut() else {
+            return;
+        };
+        f.pkid = None;
+        if self.replies.expected() {
+            let broker = &self.target.broker;
+            let wait = IN_DOUBT_WAIT.min(Duration::from_secs(broker.reply_timeout));
+            info!(
+                "report {} was in flight when the connection broke; waiting up to {} s for \
+                 its reply before sending it again",
+                f.report_id,
+                wait.as_secs()
+            );
+            f.in_doubt_until = Some(Instant::now() + wait);
+        } else {
+            // No reply will ever tell: send it again (at least once).
+            self.in_flight = None;
+        }
+    }
+
+    /// The next report to publish, encoded: its id, the spool entries it accounts for, and
+    /// its bytes. A report that cannot be encoded within the budget is dropped.
+    fn next_report(&self) -> Option<(u64, Vec<u64>, Vec<u8>)> {
+        let encoding = &self.target.encoding;
+        loop {
+            let (report, spooled) = self.shared.next(self.target.broker.aws)?;
+            let id = report.header.report_id;
+            match encode(&report, encoding) {
+                Ok(bytes) => return Some((id, spooled, bytes)),
+                Err(err) => {
+                    error!(
+                        "report {id} cannot be encoded within {} bytes ({err:#}); dropped",
+                        encoding.budget
+                    );
+                    self.shared.drop_unsendable(&spooled);
+                }
+            }
+        }
+    }
+
+    /// Publishes a report and holds it in flight; false when the event loop is gone.
+    fn publish(&mut self, (report_id, spooled, bytes): (u64, Vec<u64>, Vec<u8>)) -> bool {
+        if self
+            .client
+            .try_publish(&self.target.topic, QoS::AtLeastOnce, false, bytes)
+            .is_err()
+        {
+            return false;
+        }
+        self.replies.awaiting.insert(report_id, Instant::now());
+        self.in_flight = Some(InFlight {
+            report_id,
+            spooled,
+            pkid: None,
+            in_doubt_until: None,
+        });
+        true
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                if let Some(f) = self
+                    .in_flight
+                    .as_mut()
+                    .filter(|f| f.pkid.is_none() && f.in_doubt_until.is_none())
+                {
+                    f.pkid = Some(pkid);
+                }
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                if let Some(f) = self.in_flight.take_if(|f| f.pkid == Some(ack.pkid)) {
+                    self.delivered(&f, "delivered");
+                }
+            }
+            Event::Incoming(Packet::Publish(publish)) => {
+                let answered = self.replies.on_reply(
+                    &publish.topic,
+                    &publish.payload,
+                    self.target.encoding.format,
+                    &self.shared.counters,
+                );
+                let settled =
+                    |f: &mut InFlight| f.in_doubt_until.is_some() && answered == Some(f.report_id);
+                if let Some(f) = self.in_flight.take_if(settled) {
+                    self.delivered(&f, "reached the broker before the connection broke");
+                }
+            }
+            Event::Incoming(Packet::SubAck(ack))
+                if ack.return_codes.contains(&SubscribeReasonCode::Failure) =>
+            {
+                self.replies.refused = true;
+                warn!(
+                    "the broker refused the subscription to {}/accepted and /rejected: replies \
+                     cannot be followed; allow the thing to read them",
+                    self.target.topic
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Removes what a delivered report accounts for from the spool.
+    fn delivered(&self, f: &InFlight, how: &str) {
+        let mut spool = self.shared.spool();
+        for id in &f.spooled {
+            spool.remove(*id);
+        }
+        let merged = match f.spooled.len() {
+            1 => String::new(),
+            n => format!(", accounting for {n} intervals"),
+        };
+        info!(
+            "report {} {how}{merged}; {} waiting in the spool",
+            f.report_id,
+            spool.len()
+        );
+    }
+}
+
+/// Returns once tern is stopping.
+async fn stopped(shared: &Shared) {
+    while !shared.stopping() {
+        shared.wake.notified().await;
+    }
+}
+
+/// Runs the event loop on its own task and hands its events over a channel, so the session
+/// can wait on events and on new reports at once. Ends at the first error.
+fn forward(mut eventloop: EventLoop) -> Receiver<Result<Event, ConnectionError>> {
+    let mut network = NetworkOptions::new();
+    network.set_connection_timeout(10);
+    eventloop.set_network_options(network);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let event = eventloop.poll().await;
+            let failed = event.is_err();
+            if tx.send(event).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    rx
+}

@@ -1,0 +1,245 @@
+//! The outbox: what the collecting thread hands the publisher thread. The collecting side
+//! adds tern's delivery counts to each report and spools it; the publishing side takes the
+//! next report to send out of the spool, unencoded. Never connects, never encodes.
+//!
+//! For a generic broker every report goes out in order; for AWS, which refuses reports about
+//! the past and more than one report per 5 minutes, everything spooled is folded into the
+//! newest report (`Report::absorb`) and sent as one.
+
+use std::{
+    path::Path,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use anyhow::Result;
+use log::{debug, error, info};
+use tokio::sync::Notify;
+
+use super::spool::Spool;
+use crate::report::{CustomMetric, Report, catalog, catalog::merge_rule};
+
+/// Counts of the current interval, taken into each report as custom metrics.
+#[derive(Default)]
+pub struct Counters {
+    pub accepted: AtomicU64,
+    pub rejected: AtomicU64,
+    pub unanswered: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+/// What the collecting thread and the publisher thread share.
+pub struct Shared {
+    spool: Mutex<Spool>,
+    pub wake: Notify,
+    pub stop: AtomicBool,
+    pub counters: Counters,
+}
+
+impl Shared {
+    pub fn spool(&self) -> MutexGuard<'_, Spool> {
+        // A panic elsewhere cannot leave the spool half-updated in memory: every change is
+        // one map operation after its file operation.
+        self.spool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// The next report to publish: the oldest spooled one, or with `fold_all` (for AWS) all
+    /// of them folded into the newest. Returns it and the spool entries it accounts for,
+    /// oldest first. A spooled report that can no longer be read is skipped.
+    pub fn next(&self, fold_all: bool) -> Option<(Report, Vec<u64>)> {
+        let mut spool = self.spool();
+        loop {
+            let first = if fold_all {
+                spool.ids().last()
+            } else {
+                spool.ids().next()
+            }?;
+            // One that cannot be read is gone from the spool: the next one is looked at.
+            let Some(mut report) = spool.read(first) else {
+                continue;
+            };
+            let mut accounted = Vec::new();
+            if fold_all {
+                let older: Vec<u64> = spool.ids().filter(|&id| id != first).collect();
+                for id in older {
+                    if let Some(old) = spool.read(id) {
+                        report.absorb(&old, merge_rule);
+                        accounted.push(id);
+                    }
+                }
+            }
+            accounted.push(first);
+            return Some((report, accounted));
+        }
+    }
+
+    /// Drops spooled reports that cannot be sent, counting them as dropped.
+    pub fn drop_unsendable(&self, spooled: &[u64]) {
+        let mut spool = self.spool();
+        for &id in spooled {
+            spool.remove(id);
+        }
+        self.counters.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// The collecting side: spools reports and adds tern's own counts to them.
+pub struct Outbox {
+    shared: Arc<Shared>,
+    /// A report the spool could not take (disk full, I/O error): it folds into the next.
+    carry: Option<Box<Report>>,
+}
+
+impl Outbox {
+    /// Opens the spool in `state_dir`, bounded to `spool_bytes`; done during setup, before
+    /// any thread starts.
+    pub fn open(state_dir: &Path, spool_bytes: u64) -> Result<Self> {
+        let spool = Spool::open(state_dir, spool_bytes)?;
+        if !spool.is_empty() {
+            info!(
+                "{} undelivered report(s) from an earlier run are spooled",
+                spool.len()
+            );
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                spool: Mutex::new(spool),
+                wake: Notify::new(),
+                stop: AtomicBool::new(false),
+                counters: Counters::default(),
+            }),
+            carry: None,
+        })
+    }
+
+    /// What the publisher shares with this side.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Adds the interval's delivery counts to `report`, writes it to the spool and wakes the
+    /// publisher. A report that cannot be written is kept and folded into the next one.
+    pub fn push(&mut self, mut report: Report) {
+        let c = &self.shared.counters;
+        for (metric, counter) in [
+            (catalog::REPORTS_ACCEPTED, &c.accepted),
+            (catalog::REPORTS_REJECTED, &c.rejected),
+            (catalog::REPORTS_UNANSWERED, &c.unanswered),
+            (catalog::REPORTS_DROPPED, &c.dropped),
+        ] {
+            report.set_custom(
+                metric.name,
+                CustomMetric::from(counter.swap(0, Ordering::SeqCst)),
+            );
+        }
+        if let Some(older) = self.carry.take() {
+            report.absorb(&older, merge_rule);
+        }
+        let id = report.header.report_id;
+        let pushed = self.shared.spool().push(&report);
+        match pushed {
+            Ok(dropped) => {
+                c.dropped.fetch_add(dropped, Ordering::SeqCst);
+                self.shared.wake.notify_one();
+                debug!("report {id} spooled");
+            }
+            Err(err) => {
+                error!("{err:#}; report {id} is kept in memory and goes into the next report");
+                self.carry = Some(Box::new(report));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+    use crate::{
+        output::spool::tests::report as traffic,
+        report::{Encoding, Format, Metrics, Names, NetworkStats},
+    };
+
+    #[test]
+    fn for_aws_everything_spooled_folds_into_the_newest_report() {
+        let dir = std::env::temp_dir().join(format!("tern-fold-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut spool = Spool::open(&dir, 1 << 20).unwrap();
+        for (id, bytes_in, accepted) in [(100, 10, 1), (200, 20, 0), (300, 30, 2)] {
+            let mut report = Report::new(
+                id,
+                Metrics {
+                    network_stats: Some(NetworkStats {
+                        bytes_in,
+                        packets_in: 1,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            );
+            report.set_custom(catalog::REPORTS_ACCEPTED.name, CustomMetric::from(accepted));
+            spool.push(&report).unwrap();
+        }
+        let shared = Shared {
+            spool: Mutex::new(spool),
+            wake: Notify::new(),
+            stop: AtomicBool::new(false),
+            counters: Counters::default(),
+        };
+        let (report, spooled) = shared.next(false).unwrap();
+        assert_eq!(
+            (report.header.report_id, spooled),
+            (100, vec![100]),
+            "a generic broker gets the oldest"
+        );
+
+        let (report, spooled) = shared.next(true).unwrap();
+        assert_eq!(
+            (report.header.report_id, spooled),
+            (300, vec![100, 200, 300])
+        );
+        let encoding = Encoding {
+            names: Names::Long,
+            format: Format::Json,
+            budget: 100_000,
+        };
+        let bytes = encoding.encode(&report).unwrap().bytes;
+        let value: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["metrics"]["network_stats"]["bytes_in"], 60);
+        assert_eq!(value["metrics"]["network_stats"]["packets_in"], 3);
+        assert_eq!(
+            value["custom_metrics"][catalog::REPORTS_ACCEPTED.name][0]["number"],
+            3
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_report_the_spool_cannot_take_folds_into_the_next() {
+        let dir = std::env::temp_dir().join(format!("tern-carry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut outbox = Outbox::open(&dir, 1 << 20).unwrap();
+        // The spool's directory vanishes: the write fails and the report is kept.
+        std::fs::remove_dir_all(dir.join("spool")).unwrap();
+        outbox.push(traffic(1, 10));
+        assert!(outbox.carry.is_some());
+        std::fs::create_dir_all(dir.join("spool")).unwrap();
+        outbox.push(traffic(2, 5));
+        assert!(outbox.carry.is_none());
+        let mut spool = outbox.shared.spool();
+        let ids: Vec<u64> = spool.ids().collect();
+        let reports: Vec<Report> = ids.into_iter().filter_map(|id| spool.read(id)).collect();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].header.report_id, 2);
+        assert_eq!(reports[0].metrics.network_stats.unwrap().bytes_in, 15);
+        drop(spool);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
