@@ -186,15 +186,13 @@ fn wait_for_totals(responder: &Responder, expected: LinkStats) -> BTreeMap<u64, 
 }
 
 fn spooled(state: &Path) -> usize {
-    fs::read_dir(state.join("spool"))
-        .map(|d| {
-            d.filter(|e| {
-                e.as_ref()
-                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json"))
-            })
-            .count()
+    fs::read_dir(state.join("spool")).map_or(0, |d| {
+        d.filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json"))
         })
-        .unwrap_or(0)
+        .count()
+    })
 }
 
 #[test]

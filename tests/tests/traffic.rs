@@ -75,7 +75,7 @@ fn loopback_is_left_out_unless_asked_for() {
             let rx = UdpSocket::bind("127.0.0.1:9100").unwrap();
             let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
             transfer(&tx, &rx, 120, 300);
-        })
+        });
     };
 
     let tern = Tern::start(&ns, INTERVAL);

@@ -205,7 +205,7 @@ fn machine() -> Value {
         .unwrap_or_default();
     json!({
         "cpu": cpu,
-        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "cores": std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         "kernel": kernel.trim(),
         "date": date,
     })

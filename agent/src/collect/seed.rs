@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// bpf_map_update_elem flag: only if the key is absent.
-const BPF_NOEXIST: u64 = 1;
+const NOEXIST: u64 = aya_obj::generated::BPF_NOEXIST as u64;
 
 /// Sockets seeded: TCP listeners, TCP connections, UDP sockets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -51,10 +51,10 @@ pub fn seed(maps: &mut SocketMaps, netns: u64) -> Result<Seeded> {
     };
     let (tcp, udp) = snapshot()?;
     for (key, state) in &tcp {
-        let _ = maps.tcp_socks.insert(key, state, BPF_NOEXIST);
+        let _ = maps.tcp_socks.insert(key, state, NOEXIST);
     }
     for (cookie, sock) in &udp {
-        let _ = maps.udp_socks.insert(cookie, sock, BPF_NOEXIST);
+        let _ = maps.udp_socks.insert(cookie, sock, NOEXIST);
     }
 
     let (tcp_again, udp_again) = snapshot()?;

@@ -155,7 +155,7 @@ impl SocketCollector {
                 current.connection_keys.insert(sock);
             }
         }
-        for entry in self.maps.udp_socks.iter() {
+        for entry in &self.maps.udp_socks {
             let (_, sock) = entry.context("reading the UDP_SOCKS map")?;
             if !sets::followed(self.options.netns, sock.netns) {
                 continue;

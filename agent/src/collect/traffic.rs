@@ -50,7 +50,7 @@ impl TrafficCollector {
                 .context("reading the IF_TRAFFIC_BY_INDEX map")?;
             read.push((slot, fields(per_cpu.iter())));
         }
-        for entry in self.maps.per_interface.iter() {
+        for entry in &self.maps.per_interface {
             let (ifindex, per_cpu) = entry.context("reading the IF_TRAFFIC map")?;
             read.push((ifindex, fields(per_cpu.iter())));
         }

@@ -105,8 +105,7 @@ pub fn program_name() -> String {
         .as_deref()
         .map(Path::new)
         .and_then(Path::file_name)
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "tern".to_owned())
+        .map_or_else(|| "tern".to_owned(), |n| n.to_string_lossy().into_owned())
 }
 
 /// The state directory of the service named `name`, where `tern install` creates it.

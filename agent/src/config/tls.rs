@@ -40,7 +40,7 @@ fn read_certs(
         return None;
     }
     let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|iter| iter.collect::<std::result::Result<Vec<_>, _>>());
+        .and_then(std::iter::Iterator::collect::<std::result::Result<Vec<_>, _>>);
     match certs {
         Ok(certs) if !certs.is_empty() => {
             for cert in &certs {

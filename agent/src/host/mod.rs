@@ -1,5 +1,6 @@
-//! Read-only views of the host's networking, through netlink and the namespace files:
-//! interfaces and their addresses, the socket snapshot, namespace cookies. Knows no eBPF.
+//! The host outside eBPF: its networking as netlink and the namespace files show it
+//! (interfaces and their addresses, the socket snapshot, namespace cookies), and files that
+//! survive a crash. Knows no eBPF, no report and no setting.
 
 pub mod durable;
 pub mod links;

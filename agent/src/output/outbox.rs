@@ -42,7 +42,9 @@ impl Shared {
     pub fn spool(&self) -> MutexGuard<'_, Spool> {
         // A panic elsewhere cannot leave the spool half-updated in memory: every change is
         // one map operation after its file operation.
-        self.spool.lock().unwrap_or_else(|e| e.into_inner())
+        self.spool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn stopping(&self) -> bool {

@@ -57,8 +57,7 @@ impl ReportIds {
     fn next_at(&mut self, now: SystemTime) -> u64 {
         let wall = now
             .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         self.last = wall.max(self.last.saturating_add(1));
         self.last
     }

@@ -247,7 +247,7 @@ fn merge_custom(new: &mut CustomMetric, old: &CustomMetric, rule: Merge) {
         (Merge::Sum, Number(n), Number(o)) => *n = n.plus(*o),
         (Merge::Union, NumberList(n), NumberList(o)) => union(n, o),
         (Merge::Union, StringList(n), StringList(o)) | (Merge::Union, IpList(n), IpList(o)) => {
-            union(n, o)
+            union(n, o);
         }
         _ => {}
     }
