@@ -2,9 +2,13 @@
 //! the sock_diag snapshot and put into the kernel maps, so sockets older than tern are
 //! known too.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, hash::Hash};
 
 use anyhow::Result;
+use aya::{
+    Pod,
+    maps::{HashMap as BpfHashMap, MapData},
+};
 use tern_common::sockets::{SEEDED, TCP_CONNECTION, TCP_LISTENER, TcpSock, TcpState, UdpSock, raw};
 
 use crate::{
@@ -58,30 +62,28 @@ pub fn seed(maps: &mut SocketMaps, netns: u64) -> Result<Seeded> {
     }
 
     let (tcp_again, udp_again) = snapshot()?;
-    for key in tcp.keys().filter(|k| !tcp_again.contains_key(k)) {
-        if maps
-            .tcp_socks
-            .get(key, 0)
-            .is_ok_and(|s| s.flags & SEEDED != 0)
-        {
-            let _ = maps.tcp_socks.remove(key);
-        }
-    }
-    for cookie in udp.keys().filter(|c| !udp_again.contains_key(c)) {
-        if maps
-            .udp_socks
-            .get(cookie, 0)
-            .is_ok_and(|s| s.flags & SEEDED != 0)
-        {
-            let _ = maps.udp_socks.remove(cookie);
-        }
-    }
+    unseed(&mut maps.tcp_socks, &tcp, &tcp_again, |s| s.flags);
+    unseed(&mut maps.udp_socks, &udp, &udp_again, |s| s.flags);
     let listeners = tcp.keys().filter(|k| k.kind == TCP_LISTENER).count();
     Ok(Seeded {
         listeners,
         connections: tcp.len() - listeners,
         udp: udp.len(),
     })
+}
+
+/// Removes from `map` the seeded entries that the second snapshot (`again`) no longer lists.
+fn unseed<K: Pod + Eq + Hash, V: Pod>(
+    map: &mut BpfHashMap<MapData, K, V>,
+    seeded: &HashMap<K, V>,
+    again: &HashMap<K, V>,
+    flags: impl Fn(&V) -> u32,
+) {
+    for key in seeded.keys().filter(|k| !again.contains_key(k)) {
+        if map.get(key, 0).is_ok_and(|v| flags(&v) & SEEDED != 0) {
+            let _ = map.remove(key);
+        }
+    }
 }
 
 fn tcp_seeds(sockets: &[DiagSocket], netns: u64) -> HashMap<TcpSock, TcpState> {
