@@ -6,11 +6,13 @@
 mod delta;
 mod device;
 mod files;
+mod ports;
 mod seed;
 mod sets;
 mod signals;
-mod sockets;
+mod tcp;
 mod traffic;
+mod udp;
 
 use std::collections::HashSet;
 
@@ -21,15 +23,23 @@ use tern_common::counters::Counter;
 use crate::{
     host::netns,
     kernel::maps::{Maps, SharedMaps},
-    report::{CustomMetric, Interval, catalog::Metric},
+    report::{Interval, catalog},
 };
 use delta::Readings;
 use device::DeviceCollector;
 pub use files::FileMetric;
 use signals::SignalCollector;
-use sockets::SocketCollector;
-pub use sockets::SocketOptions;
+use tcp::TcpCollector;
 use traffic::TrafficCollector;
+use udp::UdpCollector;
+
+pub struct SocketOptions {
+    /// The namespace cookie to report; None reports every namespace.
+    pub netns: Option<u64>,
+    /// List every connection of the interval in `established_connections`, not only the
+    /// ones established at report time.
+    pub interval_connections: bool,
+}
 
 /// How much each kernel counter grew over the interval.
 pub struct Growth([u64; Counter::ALL.len()]);
@@ -40,11 +50,21 @@ impl Growth {
     }
 }
 
+/// What the kernel programs saw over one interval.
+struct Events {
+    tcp: tcp::Tcp,
+    udp: udp::Udp,
+    signals: signals::Signals,
+    /// Entries the kernel's sets could not take.
+    dropped: u64,
+}
+
 /// Every collector, and what they share: the interval number the kernel programs file
 /// their sets under, and the readings of the kernel's event counters.
 pub struct Collectors {
     traffic: TrafficCollector,
-    sockets: SocketCollector,
+    tcp: TcpCollector,
+    udp: UdpCollector,
     signals: SignalCollector,
     device: DeviceCollector,
     files: Vec<FileMetric>,
@@ -65,15 +85,16 @@ impl Collectors {
     ) -> Result<Self> {
         let Maps {
             traffic,
-            mut sockets,
+            mut tcp,
+            mut udp,
             signals,
             shared,
         } = maps;
-        let mut seeded = seed::seed(&mut sockets, own_netns)?;
+        let mut seeded = seed::seed(&mut tcp, &mut udp, own_netns)?;
         if options.netns.is_none() {
             for other in netns::in_other_namespaces(|| {
                 let cookie = netns::own_netns_cookie()?;
-                seed::seed(&mut sockets, cookie)
+                seed::seed(&mut tcp, &mut udp, cookie)
             })? {
                 seeded += other;
             }
@@ -85,7 +106,8 @@ impl Collectors {
         let netns = options.netns;
         let mut collectors = Self {
             traffic: TrafficCollector::new(traffic),
-            sockets: SocketCollector::start(sockets, options)?,
+            tcp: TcpCollector::start(tcp, netns, options.interval_connections)?,
+            udp: UdpCollector::start(udp, netns)?,
             signals: SignalCollector::new(signals, netns),
             device: DeviceCollector::start(),
             files,
@@ -110,39 +132,53 @@ impl Collectors {
                 return None;
             }
         };
-        match self.collect_sockets() {
-            Ok((sockets, signals)) => {
-                let mut own = sockets.custom;
-                own.extend(signals);
-                own.extend(self.device.collect());
-                Some(Interval {
-                    network_stats,
-                    listening_tcp_ports: sockets.listening_tcp_ports,
-                    listening_udp_ports: sockets.listening_udp_ports,
-                    tcp_connections: sockets.tcp_connections,
-                    own,
-                    user: self
-                        .files
-                        .iter()
-                        .filter_map(|m| Some((m.name.clone(), m.read()?)))
-                        .collect(),
-                })
-            }
+        let Events {
+            tcp,
+            udp,
+            signals,
+            dropped,
+        } = match self.collect_events() {
+            Ok(collected) => collected,
             Err(err) => {
                 error!("{err:#}; this interval's sockets go into the next report");
-                None
+                return None;
             }
-        }
+        };
+        let mut own = tcp.custom;
+        own.extend(udp.custom);
+        own.extend(signals);
+        // Every interval set and socket set counts what it could not take.
+        own.push((catalog::DROPPED, dropped.into()));
+        own.extend(self.device.collect());
+        Some(Interval {
+            network_stats,
+            listening_tcp_ports: tcp.listening_tcp_ports,
+            listening_udp_ports: udp.listening_udp_ports,
+            tcp_connections: tcp.tcp_connections,
+            own,
+            user: self
+                .files
+                .iter()
+                .filter_map(|m| Some((m.name.clone(), m.read()?)))
+                .collect(),
+        })
     }
 
-    fn collect_sockets(&mut self) -> Result<(sockets::Sockets, Vec<(Metric, CustomMetric)>)> {
+    fn collect_events(&mut self) -> Result<Events> {
         // Events from here on belong to the next interval; the sets of this one are drained.
         let epoch = self.next_epoch()?;
         let now = self.read_counters()?;
         let growth = Growth(self.counters.advance((), now));
-        let sockets = self.sockets.collect(epoch, &growth)?;
+        let owners = ports::owners();
+        let tcp = self.tcp.collect(epoch, &growth, &owners)?;
+        let udp = self.udp.collect(epoch, &owners)?;
         let signals = self.signals.collect(epoch, &growth)?;
-        Ok((sockets, signals))
+        Ok(Events {
+            tcp,
+            udp,
+            signals,
+            dropped: growth.of(Counter::DetailsDropped),
+        })
     }
 
     /// Starts the next interval in the kernel programs; returns its number.

@@ -13,7 +13,7 @@ use tern_common::sockets::{SEEDED, TCP_CONNECTION, TCP_LISTENER, TcpSock, TcpSta
 
 use crate::{
     host::sockdiag::{self, DiagSocket},
-    kernel::maps::SocketMaps,
+    kernel::maps::{TcpMaps, UdpMaps},
 };
 
 /// bpf_map_update_elem flag: only if the key is absent.
@@ -38,7 +38,7 @@ impl std::ops::AddAssign for Seeded {
 /// Puts the sockets of this thread's namespace (cookie `netns`) into the kernel maps. A
 /// socket that closes between the snapshot and its insertion would stay forever, so a
 /// second snapshot afterwards removes seeded sockets it no longer lists.
-pub fn seed(maps: &mut SocketMaps, netns: u64) -> Result<Seeded> {
+pub fn seed(tcp_maps: &mut TcpMaps, udp_maps: &mut UdpMaps, netns: u64) -> Result<Seeded> {
     let snapshot = || -> Result<_> {
         let tcp_states = [sockdiag::TCP_LISTEN, sockdiag::TCP_ESTABLISHED];
         let udp_states = [sockdiag::TCP_CLOSE];
@@ -55,15 +55,15 @@ pub fn seed(maps: &mut SocketMaps, netns: u64) -> Result<Seeded> {
     };
     let (tcp, udp) = snapshot()?;
     for (key, state) in &tcp {
-        let _ = maps.tcp_socks.insert(key, state, NOEXIST);
+        let _ = tcp_maps.socks.insert(key, state, NOEXIST);
     }
     for (cookie, sock) in &udp {
-        let _ = maps.udp_socks.insert(cookie, sock, NOEXIST);
+        let _ = udp_maps.socks.insert(cookie, sock, NOEXIST);
     }
 
     let (tcp_again, udp_again) = snapshot()?;
-    unseed(&mut maps.tcp_socks, &tcp, &tcp_again, |s| s.flags);
-    unseed(&mut maps.udp_socks, &udp, &udp_again, |s| s.flags);
+    unseed(&mut tcp_maps.socks, &tcp, &tcp_again, |s| s.flags);
+    unseed(&mut udp_maps.socks, &udp, &udp_again, |s| s.flags);
     let listeners = tcp.keys().filter(|k| k.kind == TCP_LISTENER).count();
     Ok(Seeded {
         listeners,

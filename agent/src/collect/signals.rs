@@ -19,6 +19,9 @@ use crate::{
     },
 };
 
+/// The interval's security signals.
+pub type Signals = Vec<(Metric, CustomMetric)>;
+
 /// Executables remembered as seen; past this, older ones may be reported as new again.
 const KNOWN_EXECUTABLES: usize = 65_536;
 
@@ -38,7 +41,7 @@ impl SignalCollector {
     }
 
     /// The signals of the interval before `epoch`, whose counters grew by `growth`.
-    pub fn collect(&mut self, epoch: u32, growth: &Growth) -> Result<Vec<(Metric, CustomMetric)>> {
+    pub fn collect(&mut self, epoch: u32, growth: &Growth) -> Result<Signals> {
         let contacted = sets::drain_seen(&mut self.maps.contacted, epoch, self.netns)?;
         let new_executables = self.new_executables()?;
         let ports: BTreeSet<u64> = contacted.iter().map(|s| u64::from(s.port)).collect();

@@ -15,7 +15,8 @@ use tern_common::{
 
 pub struct Maps {
     pub traffic: TrafficMaps,
-    pub sockets: SocketMaps,
+    pub tcp: TcpMaps,
+    pub udp: UdpMaps,
     pub signals: SignalMaps,
     pub shared: SharedMaps,
 }
@@ -25,15 +26,19 @@ pub struct TrafficMaps {
     pub per_interface: PerCpuHashMap<MapData, u32, IfTraffic>,
 }
 
-/// Sockets that exist now, and the interval sets of what listened, connected or was
+/// TCP sockets that exist now, and the interval sets of what listened, connected or was
 /// connected to.
-pub struct SocketMaps {
-    pub tcp_socks: HashMap<MapData, TcpSock, TcpState>,
-    pub udp_socks: HashMap<MapData, u64, UdpSock>,
-    pub tcp_listened: HashMap<MapData, Seen, u32>,
-    pub udp_listened: HashMap<MapData, Seen, u32>,
+pub struct TcpMaps {
+    pub socks: HashMap<MapData, TcpSock, TcpState>,
+    pub listened: HashMap<MapData, Seen, u32>,
     pub remotes_seen: HashMap<MapData, Seen, u32>,
     pub connections_seen: HashMap<MapData, TcpSock, u32>,
+}
+
+/// Bound UDP sockets that exist now, and the interval set of ports that listened.
+pub struct UdpMaps {
+    pub socks: HashMap<MapData, u64, UdpSock>,
+    pub listened: HashMap<MapData, Seen, u32>,
 }
 
 /// The interval sets of the security signals.
@@ -59,13 +64,15 @@ impl Maps {
                 by_index: PerCpuArray::try_from(take(names::IF_TRAFFIC_BY_INDEX)?)?,
                 per_interface: PerCpuHashMap::try_from(take(names::IF_TRAFFIC)?)?,
             },
-            sockets: SocketMaps {
-                tcp_socks: HashMap::try_from(take(names::TCP_SOCKS)?)?,
-                udp_socks: HashMap::try_from(take(names::UDP_SOCKS)?)?,
-                tcp_listened: HashMap::try_from(take(names::TCP_LISTENED)?)?,
-                udp_listened: HashMap::try_from(take(names::UDP_LISTENED)?)?,
+            tcp: TcpMaps {
+                socks: HashMap::try_from(take(names::TCP_SOCKS)?)?,
+                listened: HashMap::try_from(take(names::TCP_LISTENED)?)?,
                 remotes_seen: HashMap::try_from(take(names::REMOTES_SEEN)?)?,
                 connections_seen: HashMap::try_from(take(names::CONNECTIONS_SEEN)?)?,
+            },
+            udp: UdpMaps {
+                socks: HashMap::try_from(take(names::UDP_SOCKS)?)?,
+                listened: HashMap::try_from(take(names::UDP_LISTENED)?)?,
             },
             signals: SignalMaps {
                 contacted: HashMap::try_from(take(names::CONTACTED)?)?,
