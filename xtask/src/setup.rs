@@ -82,7 +82,7 @@ pub fn packages(list: &[&str]) -> Result<()> {
     if !is_root() {
         bail!(
             "missing packages: {}; install them as root (sudo apt-get install {}) or run \
-             `sudo -E cargo xtask setup`",
+             this command again with sudo -E",
             missing.join(" "),
             missing.join(" ")
         );
