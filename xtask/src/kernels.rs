@@ -27,6 +27,7 @@ const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio", "k
 const SUITES: &[&str] = &["bullseye", "bookworm", "trixie", "trixie-backports"];
 
 const MIRROR: &str = "http://deb.debian.org/debian";
+const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// What the scenario loads (their dependencies come along); the kernel would autoload the
 /// TC and diag ones on demand, but loading them up front makes a missing one fail early.
@@ -136,6 +137,7 @@ pub fn run() -> Result<()> {
 /// apt with its own sources, lists and cache.
 struct Apt {
     options: Vec<String>,
+    lists: PathBuf,
 }
 
 impl Apt {
@@ -152,7 +154,7 @@ impl Apt {
         if fs::read_to_string(&sources).ok().as_deref() != Some(text.as_str()) {
             fs::write(&sources, text)?;
         }
-        let apt = Self {
+        Ok(Self {
             options: vec![
                 format!("Dir::Etc::sourcelist={}", sources.display()),
                 "Dir::Etc::sourceparts=-".into(),
@@ -160,18 +162,26 @@ impl Apt {
                 format!("Dir::Cache={}", cache.display()),
                 "APT::Architectures::=amd64".into(),
             ],
-        };
-        let has_lists = fs::read_dir(&lists)?
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().contains("_Packages"));
-        if !has_lists {
+            lists,
+        })
+    }
+
+    /// Updates the lists unless an update succeeded within a day: the archive drops the
+    /// packages its newer lists no longer name.
+    fn refresh(&self) -> Result<()> {
+        let stamp = self.lists.join("tern-updated");
+        let fresh = fs::metadata(&stamp)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < LISTS_MAX_AGE));
+        if !fresh {
             eprintln!(
-                "test-kernels: apt update (private lists under {})",
-                dir.display()
+                "test-kernels: apt update (private lists in {})",
+                self.lists.display()
             );
-            status(apt.command("apt-get", &["-q", "update"]))?;
+            status(self.command("apt-get", &["-q", "update"]))?;
+            fs::write(&stamp, "")?;
         }
-        Ok(apt)
+        Ok(())
     }
 
     fn command(&self, program: &str, args: &[&str]) -> Command {
@@ -271,6 +281,7 @@ impl Kernel {
                 modules: dir.join("modules.cpio"),
             });
         }
+        apt.refresh()?;
         let packages = kernel_packages(apt, suite)?;
         eprintln!("test-kernels: {suite}: {}", packages.join(" "));
         let debs = work.join("debs");
