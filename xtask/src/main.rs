@@ -2,6 +2,7 @@
 //! newcomer needs; both set up the machine first.
 
 mod bench;
+mod kernels;
 mod setup;
 
 use std::{
@@ -45,6 +46,15 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Boot Debian's kernels (5.10, 6.1, 6.12, the newest backport) under QEMU and compare
+    /// tern's reports in each with the guest's own ss and ip: one row per kernel.
+    TestKernels,
+    /// The UDP sockets of test-kernels' guest (it runs inside the guest).
+    #[command(hide = true)]
+    GuestUdp {
+        #[command(subcommand)]
+        udp: kernels::Udp,
+    },
 }
 
 fn main() -> Result<()> {
@@ -54,6 +64,8 @@ fn main() -> Result<()> {
         Task::Run { interval, args } => run(interval, &args),
         Task::Test => test(),
         Task::Bench { quick } => bench_run(quick),
+        Task::TestKernels => kernels::run(),
+        Task::GuestUdp { udp } => kernels::udp(&udp),
     }
 }
 
@@ -122,7 +134,9 @@ fn build_ebpf() -> Result<()> {
 
 fn build_agent() -> Result<PathBuf> {
     status(cmd("cargo", &["build", "--release", "--package", "tern"]))?;
-    Ok(root_dir().join("target/release/tern"))
+    // Cargo's own rule: CARGO_TARGET_DIR, relative to the workspace, else target/.
+    let target = env::var_os("CARGO_TARGET_DIR").map_or_else(|| "target".into(), PathBuf::from);
+    Ok(root_dir().join(target).join("release/tern"))
 }
 
 fn require_root(what: &str) -> Result<()> {

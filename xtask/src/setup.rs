@@ -40,7 +40,7 @@ pub fn run() -> Result<()> {
             PACKAGES.join(" ")
         );
     }
-    packages()?;
+    packages(PACKAGES)?;
     rust_src()?;
     bpf_linker()?;
     tracefs()?;
@@ -63,14 +63,15 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn packages() -> Result<()> {
+/// Installs those of `list` that dpkg does not list as installed.
+pub fn packages(list: &[&str]) -> Result<()> {
     let output = Command::new("dpkg-query")
         .args(["-W", "-f=${Package} ${db:Status-Status}\n"])
-        .args(PACKAGES)
+        .args(list)
         .output()
         .context("running dpkg-query")?;
     let listed = String::from_utf8_lossy(&output.stdout);
-    let missing: Vec<&str> = PACKAGES
+    let missing: Vec<&str> = list
         .iter()
         .copied()
         .filter(|p| !listed.lines().any(|l| l == format!("{p} installed")))
@@ -81,7 +82,7 @@ fn packages() -> Result<()> {
     if !is_root() {
         bail!(
             "missing packages: {}; install them as root (sudo apt-get install {}) or run \
-             `sudo -E cargo xtask setup`",
+             this command again with sudo -E",
             missing.join(" "),
             missing.join(" ")
         );
