@@ -1,0 +1,360 @@
+//! A kernel made ready to boot: its image, the few modules the scenario needs, and the
+//! initramfs archives (busybox, the release tern, the host's ip and ss with their libraries).
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use super::{
+    BOOT_LIMIT, COUNT, GUEST_INIT, HOST_TOOLS, INTERVAL_S, MODULES,
+    apt::{Apt, kernel_packages},
+    truth::{Sections, compare},
+};
+use crate::status;
+
+/// A kernel ready to boot: its image and the few modules the scenario needs.
+pub(super) struct Kernel {
+    pub(super) release: String,
+    vmlinuz: PathBuf,
+    modules: PathBuf,
+}
+
+impl Kernel {
+    /// Downloads, extracts and trims a suite's kernel, or finds it done before.
+    pub(super) fn fetch(apt: &Apt, suite: &str, work: &Path) -> Result<Self> {
+        let dir = work.join(suite);
+        let done = dir.join("release");
+        if let Ok(release) = fs::read_to_string(&done) {
+            return Ok(Self {
+                release: release.trim().to_owned(),
+                vmlinuz: dir.join("vmlinuz"),
+                modules: dir.join("modules.cpio"),
+            });
+        }
+        apt.refresh()?;
+        let packages = kernel_packages(apt, suite)?;
+        eprintln!("test-kernels: {suite}: {}", packages.join(" "));
+        let debs = work.join("debs");
+        fs::create_dir_all(&debs)?;
+        let tree = dir.join("tree");
+        if tree.exists() {
+            fs::remove_dir_all(&tree)?;
+        }
+        fs::create_dir_all(&tree)?;
+        for package in &packages {
+            let deb = match find_deb(&debs, package)? {
+                Some(deb) => deb,
+                None => {
+                    let mut download = apt.command("apt-get", &["-q", "download", package]);
+                    download.current_dir(&debs);
+                    status(download)?;
+                    find_deb(&debs, package)?
+                        .with_context(|| format!("apt-get download left no {package} deb"))?
+                }
+            };
+            let mut extract = Command::new("dpkg-deb");
+            extract.arg("-x").arg(&deb).arg(&tree);
+            status(extract)?;
+        }
+        let (release, modules_dir) = modules_dir(&tree)?;
+        let vmlinuz = [
+            tree.join(format!("boot/vmlinuz-{release}")),
+            modules_dir.join("vmlinuz"),
+        ]
+        .into_iter()
+        .find(|p| p.is_file())
+        .with_context(|| format!("{suite}: no vmlinuz for {release}"))?;
+        fs::copy(&vmlinuz, dir.join("vmlinuz"))?;
+        modules_archive(&modules_dir, &release, &dir)?;
+        fs::remove_dir_all(&tree)?;
+        fs::write(&done, &release)?;
+        Ok(Self {
+            release,
+            vmlinuz: dir.join("vmlinuz"),
+            modules: dir.join("modules.cpio"),
+        })
+    }
+
+    /// Boots the kernel and compares; the row's result.
+    pub(super) fn boot(&self, work: &Path, common: &Path) -> Result<String> {
+        let run = work.join("runs").join(&self.release);
+        fs::create_dir_all(&run)?;
+        let initrd = run.join("initrd.cpio");
+        let mut bytes = fs::read(common)?;
+        bytes.extend(fs::read(&self.modules)?);
+        fs::write(&initrd, bytes)?;
+        let console = run.join("console.log");
+        let results = run.join("results.log");
+        // A file of an earlier run must not pass for this one's.
+        for log in [&console, &results] {
+            if log.exists() {
+                fs::remove_file(log)?;
+            }
+        }
+        let mut qemu = Command::new("qemu-system-x86_64");
+        qemu.args([
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+            "-smp",
+            "2",
+            "-m",
+            "1024",
+            "-M",
+            "pc",
+            "-nodefaults",
+            "-no-reboot",
+            "-display",
+            "none",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", results.display()))
+        .arg("-kernel")
+        .arg(&self.vmlinuz)
+        .arg("-initrd")
+        .arg(&initrd)
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 panic=-1 rdinit=/init tern_interval={INTERVAL_S} tern_count={COUNT}"
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let mut child = qemu.spawn().context("starting qemu-system-x86_64")?;
+        let deadline = Instant::now() + BOOT_LIMIT;
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                child.kill()?;
+                child.wait()?;
+                bail!(
+                    "QEMU killed after {} s; see {}",
+                    BOOT_LIMIT.as_secs(),
+                    console.display()
+                );
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        let text = fs::read_to_string(&results)
+            .with_context(|| format!("no results; see {}", console.display()))?;
+        Ok(compare(&Sections::parse(&text.replace('\r', ""))))
+    }
+}
+
+fn find_deb(debs: &Path, package: &str) -> Result<Option<PathBuf>> {
+    let prefix = format!("{package}_");
+    Ok(fs::read_dir(debs)?.flatten().map(|e| e.path()).find(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+    }))
+}
+
+/// The kernel release and its modules folder in an extracted tree.
+fn modules_dir(tree: &Path) -> Result<(String, PathBuf)> {
+    for base in ["lib/modules", "usr/lib/modules"] {
+        let Ok(entries) = fs::read_dir(tree.join(base)) else {
+            continue;
+        };
+        if let Some(entry) = entries.flatten().find(|e| e.path().join("kernel").is_dir()) {
+            return Ok((
+                entry.file_name().to_string_lossy().into_owned(),
+                entry.path(),
+            ));
+        }
+    }
+    bail!("no lib/modules/RELEASE/kernel in {}", tree.display())
+}
+
+/// A module's name as the kernel spells it, from its file name.
+fn module_name(file: &Path) -> Option<String> {
+    let name = file.file_name()?.to_str()?;
+    let stem = name.split_once(".ko")?.0;
+    Some(stem.replace('-', "_"))
+}
+
+fn module_files(dir: &Path, found: &mut HashMap<String, PathBuf>) -> Result<()> {
+    for entry in fs::read_dir(dir)?.flatten() {
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            module_files(&path, found)?;
+        } else if let Some(name) = module_name(&path) {
+            found.insert(name, path);
+        }
+    }
+    Ok(())
+}
+
+/// modules.cpio: the scenario's modules with their dependencies (from modinfo), the
+/// kernel's lists of built-in ones, a depmod index, and /etc/tern-modules for init.
+fn modules_archive(modules_dir: &Path, release: &str, dir: &Path) -> Result<()> {
+    let mut files = HashMap::new();
+    module_files(&modules_dir.join("kernel"), &mut files)?;
+    let builtin = fs::read_to_string(modules_dir.join("modules.builtin")).unwrap_or_default();
+    let builtin: BTreeSet<String> = builtin
+        .lines()
+        .filter_map(|l| module_name(Path::new(l)))
+        .collect();
+    let root = dir.join("modules");
+    if root.exists() {
+        fs::remove_dir_all(&root)?;
+    }
+    let target = root.join("lib/modules").join(release);
+    let mut wanted: Vec<String> = MODULES.iter().map(|m| (*m).to_owned()).collect();
+    let mut copied = BTreeSet::new();
+    while let Some(name) = wanted.pop() {
+        if copied.contains(&name) || builtin.contains(&name) {
+            continue;
+        }
+        let file = files
+            .get(&name)
+            .with_context(|| format!("{release}: module {name} is neither a file nor built in"))?;
+        let output = Command::new("modinfo")
+            .args(["-F", "depends"])
+            .arg(file)
+            .output()
+            .context("running modinfo")?;
+        wanted.extend(
+            String::from_utf8_lossy(&output.stdout)
+                .trim()
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(|d| d.replace('-', "_")),
+        );
+        let relative = file.strip_prefix(modules_dir)?;
+        let to = target.join(relative);
+        fs::create_dir_all(to.parent().expect("a module file has a folder"))?;
+        fs::copy(file, &to)?;
+        copied.insert(name);
+    }
+    for list in [
+        "modules.builtin",
+        "modules.builtin.modinfo",
+        "modules.order",
+    ] {
+        if modules_dir.join(list).is_file() {
+            fs::copy(modules_dir.join(list), target.join(list))?;
+        }
+    }
+    let mut depmod = Command::new("depmod");
+    depmod.arg("-b").arg(&root).arg(release);
+    status(depmod)?;
+    fs::create_dir_all(root.join("etc"))?;
+    fs::write(root.join("etc/tern-modules"), MODULES.join("\n") + "\n")?;
+    cpio(&root, &dir.join("modules.cpio"))?;
+    fs::remove_dir_all(&root)?;
+    Ok(())
+}
+
+/// Writes the newc archive of `root`'s contents, owned by root.
+fn cpio(root: &Path, archive: &Path) -> Result<()> {
+    let list = Command::new("find")
+        .arg(".")
+        .current_dir(root)
+        .output()
+        .context("running find")?;
+    let out = fs::File::create(archive)?;
+    let mut child = Command::new("cpio")
+        .args(["-o", "-H", "newc", "-R", "0:0", "--quiet"])
+        .current_dir(root)
+        .stdin(Stdio::piped())
+        .stdout(out)
+        .spawn()
+        .context("starting cpio")?;
+    std::io::Write::write_all(&mut child.stdin.take().expect("piped stdin"), &list.stdout)?;
+    if !child.wait()?.success() {
+        bail!("cpio of {} failed", root.display());
+    }
+    Ok(())
+}
+
+/// The part of every initramfs that does not depend on the kernel: busybox, init, tern,
+/// the xtask as UDP helper, ip, ss, kmod, and their libraries.
+pub(super) fn common_archive(work: &Path, tern: &Path) -> Result<PathBuf> {
+    let root = work.join("initramfs");
+    if root.exists() {
+        fs::remove_dir_all(&root)?;
+    }
+    for dir in [
+        "bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "lib64", "var/lib",
+    ] {
+        fs::create_dir_all(root.join(dir))?;
+    }
+    let busybox = Path::new("/bin/busybox");
+    install(busybox, &root.join("bin/busybox"))?;
+    let applets = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .context("running busybox --list")?;
+    for applet in String::from_utf8_lossy(&applets.stdout).lines() {
+        if applet == "busybox" {
+            continue;
+        }
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+    }
+    let xtask = std::env::current_exe()?;
+    let mut binaries = vec![(tern.to_path_buf(), "bin/tern"), (xtask, "bin/xtask")];
+    binaries.extend(HOST_TOOLS.iter().map(|(f, t)| (PathBuf::from(f), *t)));
+    for (from, to) in &binaries {
+        let to = root.join(to);
+        if to.exists() {
+            fs::remove_file(&to)?;
+        }
+        install(from, &to)?;
+        libraries(from, &root)?;
+    }
+    fs::write(root.join("init"), GUEST_INIT)?;
+    set_mode(&root.join("init"), 0o755)?;
+    // tern drops to `nobody` once attached.
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )?;
+    fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
+    let archive = work.join("common.cpio");
+    cpio(&root, &archive)?;
+    Ok(archive)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    let mut permissions = fs::metadata(path)?.permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, mode);
+    fs::set_permissions(path, permissions)?;
+    Ok(())
+}
+
+/// Copies a file, following links, keeping its mode.
+fn install(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to.parent().expect("a file in a folder"))?;
+    fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
+    Ok(())
+}
+
+/// Copies the shared libraries `ldd` names for `binary` to the same paths under `root`.
+fn libraries(binary: &Path, root: &Path) -> Result<()> {
+    let output = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .context("running ldd")?;
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let path = line
+            .split_whitespace()
+            .find(|w| w.starts_with('/'))
+            .map(Path::new);
+        if let Some(path) = path {
+            let to = root.join(path.strip_prefix("/")?);
+            if !to.exists() {
+                install(path, &to)?;
+            }
+        }
+    }
+    Ok(())
+}
