@@ -17,7 +17,7 @@ use crate::{
     config::{self, ConfigArgs},
     host::{links::LinkWatch, netns},
     kernel::{
-        preflight,
+        object, preflight,
         programs::{LoadOptions, NewInterfaces, Programs},
     },
     output::Output,
@@ -107,10 +107,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
         own_netns,
         settings.metrics.clone(),
     )?;
-    // Loading read the kernel's BTF (megabytes) and the eBPF object; give the freed heap back
-    // to the system before the fork, so neither process keeps it resident for life.
+    // Loading read the kernel's BTF (megabytes) and the eBPF object; give the freed heap and
+    // the object's pages back to the system before the fork, so neither process keeps them
+    // resident for life.
     // SAFETY: malloc_trim only releases memory the allocator holds free.
     unsafe { libc::malloc_trim(0) };
+    object::release();
     let parent = std::process::id();
     let mut link_child_pid = None;
     if let Some(watch) = child_links {

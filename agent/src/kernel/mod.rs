@@ -2,7 +2,7 @@
 //! programs tern loads and attaches, and the maps handed to collection.
 
 pub mod maps;
-mod object;
+pub mod object;
 pub mod offsets;
 pub mod preflight;
 pub mod programs;

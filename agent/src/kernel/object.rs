@@ -5,6 +5,23 @@ use aya::include_bytes_aligned;
 
 pub(super) static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tern-ebpf"));
 
+/// Hands the object's pages back to the kernel once it is loaded: it is read once, at load
+/// (the loader keeps its own copy of what it needs), and would otherwise stay resident for
+/// the life of the process.
+pub fn release() {
+    // SAFETY: sysconf has no memory preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let start = OBJECT.as_ptr() as usize;
+    let first = start.next_multiple_of(page);
+    let end = (start + OBJECT.len()) / page * page;
+    if end > first {
+        // SAFETY: whole pages inside the object, read-only data of this binary's own file
+        // mapping that nothing writes: dropping them only means a later read faults the same
+        // bytes back in from the file.
+        unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_DONTNEED) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeSet, HashMap};
