@@ -41,13 +41,14 @@ impl UdpCollector {
             netns,
             previous: BTreeSet::new(),
         };
-        collector.previous = collector.current(&Owners::new())?.0;
+        collector.previous = numbers(&collector.current(&Owners::new())?);
         Ok(collector)
     }
 
     /// The sockets now and the ports of the interval before `epoch`.
     pub fn collect(&mut self, epoch: u32, owners: &Owners) -> Result<Udp> {
-        let (now, current) = self.current(owners)?;
+        let current = self.current(owners)?;
+        let now = numbers(&current);
         let listened = sets::drain_seen(&mut self.maps.listened, epoch, self.netns)?;
         let custom = vec![(
             catalog::UDP_PORTS,
@@ -60,19 +61,21 @@ impl UdpCollector {
         })
     }
 
-    /// The bound sockets now: their port numbers, and their ports with interfaces.
-    fn current(&self, owners: &Owners) -> Result<(BTreeSet<u16>, BTreeSet<Port>)> {
-        let mut numbers = BTreeSet::new();
+    /// The ports of the bound sockets now, with their interfaces.
+    fn current(&self, owners: &Owners) -> Result<BTreeSet<Port>> {
         let mut current = BTreeSet::new();
         for entry in &self.maps.socks {
             let (_, sock) = entry.context("reading the UDP_SOCKS map")?;
             if !sets::followed(self.netns, sock.netns) {
                 continue;
             }
-            numbers.insert(sock.local_port);
             let local = ip(sock.family, &sock.local_addr);
             current.insert(ports::port(sock.local_port, local, owners));
         }
-        Ok((numbers, current))
+        Ok(current)
     }
+}
+
+fn numbers(ports: &BTreeSet<Port>) -> BTreeSet<u16> {
+    ports.iter().map(|p| p.port).collect()
 }
