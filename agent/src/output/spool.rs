@@ -114,9 +114,7 @@ impl Spool {
             Ok((report, _)) => Some(report),
             Err(err) => {
                 set_aside(&path, &err);
-                if let Some(size) = self.entries.remove(&id) {
-                    self.bytes -= size;
-                }
+                self.forget(id);
                 None
             }
         }
@@ -132,9 +130,7 @@ impl Spool {
 
     /// Removes an acknowledged (or dropped) report; a report already gone is not an error.
     pub fn remove(&mut self, id: u64) {
-        if let Some(size) = self.entries.remove(&id) {
-            self.bytes -= size;
-        }
+        self.forget(id);
         let path = self.path(id);
         if let Err(e) = fs::remove_file(&path)
             && e.kind() != std::io::ErrorKind::NotFound
@@ -143,6 +139,13 @@ impl Spool {
                 "cannot remove delivered report {}: {e}; it may be sent again after a restart",
                 path.display()
             );
+        }
+    }
+
+    /// Drops report `id` from the books, not from the disk.
+    fn forget(&mut self, id: u64) {
+        if let Some(size) = self.entries.remove(&id) {
+            self.bytes -= size;
         }
     }
 
