@@ -15,7 +15,7 @@ use aya_ebpf::{
 use tern_common::{
     counters::Counter,
     signals::{EXEC_PATH_LEN, SignalOffsets},
-    sockets::SEEN_MAX_ENTRIES,
+    sockets::{FOLLOWED_BY_ADDRESS, SEEN_MAX_ENTRIES},
 };
 
 use crate::shared::{count, followed, read, sock_netns_of, sock_state_offsets};
@@ -46,12 +46,15 @@ static EXECUTED: HashMap<[u8; EXEC_PATH_LEN], u32> =
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     let offsets = signal_offsets();
     let sk: u64 = read(&ctx, offsets.reset_sk).unwrap_or(0);
-    let netns = if sk != 0 {
-        sock_netns_of(sk, &sock_state_offsets())
+    let followed = if sk != 0 {
+        followed(
+            FOLLOWED_BY_ADDRESS,
+            sock_netns_of(sk, &sock_state_offsets()),
+        )
     } else {
-        skb_netns(read(&ctx, offsets.reset_skb).unwrap_or(0), &offsets)
+        packet_followed(read(&ctx, offsets.reset_skb).unwrap_or(0), &offsets)
     };
-    if followed(netns) {
+    if followed {
         count(Counter::ResetsSent);
         if sk == 0 {
             count(Counter::ClosedPortAttempts);
@@ -66,8 +69,7 @@ pub fn icmp_send(ctx: TracePointContext) -> u32 {
     let kind: i32 = read(&ctx, offsets.icmp_type).unwrap_or(0);
     let code: i32 = read(&ctx, offsets.icmp_code).unwrap_or(0);
     if kind == ICMP_DEST_UNREACH && code == ICMP_PORT_UNREACH {
-        let netns = skb_netns(read(&ctx, offsets.icmp_skb).unwrap_or(0), &offsets);
-        if followed(netns) {
+        if packet_followed(read(&ctx, offsets.icmp_skb).unwrap_or(0), &offsets) {
             count(Counter::ClosedPortAttempts);
         }
     }
@@ -78,7 +80,10 @@ pub fn icmp_send(ctx: TracePointContext) -> u32 {
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     let offsets = signal_offsets();
     let sk: u64 = read(&ctx, offsets.retransmit_sk).unwrap_or(0);
-    if followed(sock_netns_of(sk, &sock_state_offsets())) {
+    if followed(
+        FOLLOWED_BY_ADDRESS,
+        sock_netns_of(sk, &sock_state_offsets()),
+    ) {
         count(Counter::Retransmits);
     }
     0
@@ -109,11 +114,20 @@ fn signal_offsets() -> SignalOffsets {
     unsafe { read_volatile(&SIGNAL_OFFSETS) }
 }
 
-/// The namespace of a packet's device, 0 when the offsets are unknown or the packet has none.
+/// Whether the packet at `skb` belongs to a followed namespace, by its device's. A packet
+/// whose namespace cannot be read (no BTF to find it) counts: an over-count that the start-up
+/// line names is better than a blind signal.
+#[inline(always)]
+fn packet_followed(skb: u64, offsets: &SignalOffsets) -> bool {
+    let netns = skb_netns(skb, offsets);
+    netns == 0 || followed(FOLLOWED_BY_ADDRESS, netns)
+}
+
+/// The namespace of a packet's device, by address; 0 when the offsets are unknown or the
+/// packet has none.
 #[inline(always)]
 fn skb_netns(skb: u64, offsets: &SignalOffsets) -> u64 {
-    let cookie = sock_state_offsets().net_cookie;
-    if skb == 0 || offsets.skb_dev == 0 || cookie == 0 {
+    if skb == 0 || offsets.skb_dev == 0 || offsets.dev_net == 0 {
         return 0;
     }
     // SAFETY: bpf_probe_read_kernel checks each address; a bad one gives an error.
@@ -125,10 +139,6 @@ fn skb_netns(skb: u64, offsets: &SignalOffsets) -> u64 {
         if dev == 0 {
             return 0;
         }
-        let Ok(net) = bpf_probe_read_kernel((dev + u64::from(offsets.dev_net)) as *const u64)
-        else {
-            return 0;
-        };
-        bpf_probe_read_kernel((net + u64::from(cookie)) as *const u64).unwrap_or(0)
+        bpf_probe_read_kernel((dev + u64::from(offsets.dev_net)) as *const u64).unwrap_or(0)
     }
 }
