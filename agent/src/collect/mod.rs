@@ -5,6 +5,9 @@
 
 mod delta;
 mod device;
+// Wired by the source ladder.
+#[allow(dead_code)]
+mod diag;
 mod files;
 mod ports;
 mod seed;

@@ -7,3 +7,5 @@ pub mod links;
 pub mod netlink;
 pub mod netns;
 pub mod sockdiag;
+#[cfg(test)]
+pub mod test_netns;
