@@ -9,6 +9,9 @@ mod device;
 #[allow(dead_code)]
 mod diag;
 mod files;
+// Wired by the source ladder.
+#[allow(dead_code)]
+mod links;
 mod ports;
 mod seed;
 mod sets;
