@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Result, bail};
 use clap::ValueEnum;
-use log::{debug, error, info};
+use log::{debug, error, info, warn};
 
 use crate::{
     collect::{Collectors, SocketOptions},
@@ -80,28 +80,49 @@ pub fn run(args: &RunArgs) -> Result<()> {
     stop::install()?;
     let account = Account::resolve(settings.user.as_deref())?;
     process::check_start_capabilities()?;
-    preflight::check()?;
     state_dir::prepare(&settings.state_dir, &account)?;
-    let (mut programs, maps) = Programs::load(&LoadOptions {
-        include_loopback: args.include_loopback,
-        record_connections: args.interval_connections,
-    })?;
-    // Both sockets subscribe before the dump, so a link created meanwhile reaches the child.
+    let loaded = preflight::check().and_then(|()| {
+        Programs::load(&LoadOptions {
+            include_loopback: args.include_loopback,
+            record_connections: args.interval_connections,
+        })
+    });
+    let (mut programs, maps, attached) = match loaded {
+        Ok((programs, maps, attached)) => (Some(programs), Some(maps), Some(attached)),
+        Err(err) => {
+            warn!(
+                "degraded: no eBPF ({err:#}); every metric comes from netlink and the kernel's \
+                 own counters, and the metrics only events give are left out"
+            );
+            (None, None, None)
+        }
+    };
+    // Both sockets subscribe before the dump, so a link created meanwhile reaches the child,
+    // which attaches the TC programs to new interfaces when they count the traffic.
     let mut links = LinkWatch::open()?;
-    let child_links = match args.static_interfaces {
-        true => None,
-        false => Some(LinkWatch::open()?),
+    let mut child = match programs.take() {
+        Some(attaching) if attaching.count_traffic() && !args.static_interfaces => {
+            Some((attaching, LinkWatch::open()?))
+        }
+        other => {
+            programs = other;
+            None
+        }
     };
     for event in links.dump()? {
-        programs.apply(event);
+        match (&mut programs, &mut child) {
+            (Some(programs), _) | (None, Some((programs, _))) => programs.apply(event),
+            (None, None) => {}
+        }
     }
     // Seeding enters other namespaces (--all-namespaces), which needs privilege.
     let mut collectors = Collectors::start(
-        maps,
-        SocketOptions {
+        maps.zip(attached.as_ref()),
+        &SocketOptions {
             all_namespaces: args.all_namespaces,
             interval_connections: args.interval_connections,
         },
+        args.include_loopback,
         settings.metrics.clone(),
     )?;
     // Loading read the kernel's BTF (megabytes) and the eBPF object; give the freed heap and
@@ -112,34 +133,40 @@ pub fn run(args: &RunArgs) -> Result<()> {
     object::release();
     let parent = std::process::id();
     let mut link_child_pid = None;
-    if let Some(watch) = child_links {
+    if let Some((attaching, watch)) = child {
         match link_child::fork()? {
             Fork::Child => {
                 drop((collectors, links));
-                link_child::serve(programs, watch, &account, parent)
+                link_child::serve(attaching, watch, &account, parent)
             }
             Fork::Parent(pid) => {
                 drop(watch);
                 link_child_pid = Some(pid);
+                programs = Some(attaching);
             }
         }
     }
-    programs.set_new_interfaces(match link_child_pid {
-        Some(_) => NewInterfaces::LinkChild,
-        None => NewInterfaces::Ignore,
-    });
+    if let Some(programs) = programs.as_mut() {
+        programs.set_new_interfaces(match link_child_pid {
+            Some(_) => NewInterfaces::LinkChild,
+            None => NewInterfaces::Ignore,
+        });
+    }
     let notifier = Notifier::from_env()?;
     process::drop_to(&account, &process::main_process_keeps())?;
     // As the account: the state directory is its own, and closed to root without
     // CAP_DAC_OVERRIDE, which tern's unit does not grant.
     let mut ids = ReportIds::open(&settings.state_dir)?;
     let mut output = Output::open(&settings, broker)?;
-    info!(
-        "attached; counting {} interfaces: {}; running as {}",
-        programs.counted_names().len(),
-        programs.counted_names().join(" "),
-        account.name
-    );
+    match programs.as_ref().filter(|p| p.count_traffic()) {
+        Some(programs) => info!(
+            "attached; counting {} interfaces: {}; running as {}",
+            programs.counted_names().len(),
+            programs.counted_names().join(" "),
+            account.name
+        ),
+        None => info!("running as {}", account.name),
+    }
     let notify = |state: &str| notifier.iter().for_each(|n| n.send(state));
     notify("READY=1");
     let ping_every = notifier.as_ref().and_then(Notifier::ping_every);
@@ -147,13 +174,17 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let mut next = Instant::now() + interval;
     let mut sent = 0;
     // Whether a report went out.
-    let mut report = |programs: &mut Programs| -> bool {
+    let no_interfaces = HashSet::new();
+    let mut report = |programs: &mut Option<Programs>| -> bool {
         let started = Instant::now();
-        let counted: HashSet<u32> = programs.counted().collect();
-        let Some(collected) = collectors.collect(&counted, programs.gone()) else {
+        let counted: HashSet<u32> = programs.iter().flat_map(Programs::counted).collect();
+        let gone = programs.as_ref().map_or(&no_interfaces, Programs::gone);
+        let Some(collected) = collectors.collect(&counted, gone) else {
             return false;
         };
-        programs.clear_gone();
+        if let Some(programs) = programs.as_mut() {
+            programs.clear_gone();
+        }
         let (id, saved) = ids.next();
         if let Err(err) = saved {
             error!("{err:#}; after a restart, report ids may not continue from {id}");
@@ -179,7 +210,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
     loop {
         if link_child_pid.is_some_and(|pid| !link_child::alive(pid)) {
             error!("the link child exited; interfaces added from now on are not counted");
-            programs.set_new_interfaces(NewInterfaces::Ignore);
+            if let Some(programs) = programs.as_mut() {
+                programs.set_new_interfaces(NewInterfaces::Ignore);
+            }
             link_child_pid = None;
         }
         let until_report = next.saturating_duration_since(Instant::now());
@@ -191,7 +224,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
             notify("WATCHDOG=1");
         }
         match links.changes() {
-            Ok(events) => events.into_iter().for_each(|e| programs.apply(e)),
+            Ok(events) => {
+                if let Some(programs) = programs.as_mut() {
+                    events.into_iter().for_each(|e| programs.apply(e));
+                }
+            }
             Err(err) => error!("reading link changes: {err:#}"),
         }
         if stop::stop_requested() {

@@ -9,12 +9,14 @@
 //! process under test; `traffic` makes the traffic a test counts itself; `truth` reads what
 //! tern is compared with; `schema` holds the document rules every report is checked against
 //! and `metrics` reads custom metrics out of a report; `temp` and `wait` are the temporary
-//! directory and the bounded wait. `broker` holds the MQTT side (PKI, mosquitto, a responder
+//! directory and the bounded wait; `deny` takes bpf() away from a process. `broker` holds
+//! the MQTT side (PKI, mosquitto, a responder
 //! playing the cloud, and a proxy) and `bench` the benchmarks' helpers. The items tests use
 //! are re-exported here.
 
 pub mod bench;
 pub mod broker;
+mod deny;
 mod metrics;
 mod netns;
 pub mod schema;
@@ -29,7 +31,7 @@ pub use netns::{
     ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, DEV_A, DEV_B, LinkStats, Netns, Pair, UDP_OVERHEAD, spawn_in,
 };
 pub use temp::TempDir;
-pub use tern::{Stopped, Tern, tern_bin};
+pub use tern::{Launch, Stopped, Tern, tern_bin};
 pub use traffic::{Clients, hold_connections, open_connections, transfer};
 pub use truth::{
     TcpInfo, bpf_ids, children_of, kernel_links, kernel_programs, proc_status, sh, ss, tcp_info,

@@ -16,7 +16,22 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{Netns, schema, wait_until};
+use crate::{Netns, deny::deny_bpf, schema, wait_until};
+
+/// How tern enters its namespace, and what it has to do without.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Launch {
+    /// `nsenter --net`: the host's mounts as they are.
+    Nsenter,
+    /// `ip netns exec`, which mounts a sysfs of the namespace's own: no tracefs and no
+    /// cgroup2 below it.
+    IpNetnsExec,
+    /// bpf() and perf_event_open denied by a seccomp filter.
+    DenyBpf,
+    /// The kernel's BTF hidden: an empty tmpfs over /sys/kernel/btf, in a mount namespace of
+    /// tern's.
+    HideBtf,
+}
 
 /// The tern binary under test, built by `cargo xtask test`.
 pub fn tern_bin() -> PathBuf {
@@ -52,6 +67,27 @@ impl Tern {
         tern
     }
 
+    /// Starts `tern run --output stdout` with `args` in `ns` as `launch` says, and waits until
+    /// it runs; returns it with its start-up lines.
+    pub fn start_launched(ns: &Netns, launch: Launch, args: &[&str]) -> (Self, Vec<String>) {
+        let mut all = vec!["--output", "stdout"];
+        all.extend_from_slice(args);
+        let tern = Self::spawn_launched(ns, launch, None, &all, &[]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut lines = Vec::new();
+        while lines
+            .last()
+            .is_none_or(|l: &String| !l.contains("running as"))
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tern.log.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(_) => panic!("tern did not start within 20 s: {lines:?}"),
+            }
+        }
+        (tern, lines)
+    }
+
     /// Starts `tern run --output stdout` with `args` in `ns` without waiting for anything.
     pub fn spawn(ns: &Netns, args: &[&str]) -> Self {
         Self::spawn_env(ns, args, &[])
@@ -76,6 +112,16 @@ impl Tern {
     /// Starts tern in `ns`, with `state_dir` or else a state directory of its own that goes
     /// when it does.
     fn spawn_in(ns: &Netns, state_dir: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_launched(ns, Launch::Nsenter, state_dir, args, env)
+    }
+
+    fn spawn_launched(
+        ns: &Netns,
+        launch: Launch,
+        state_dir: Option<&Path>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let owns_state = state_dir.is_none();
         let state_dir = state_dir.map_or_else(
@@ -88,10 +134,39 @@ impl Tern {
             },
             Path::to_path_buf,
         );
-        // nsenter, not `ip netns exec`: the latter remounts /sys, which hides tracefs. Both
-        // exec tern in place, so the child's pid is tern's.
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", ns.path()))
+        // nsenter by default, not `ip netns exec`: the latter remounts /sys, which hides
+        // tracefs. Each way execs tern in place, so the child's pid is tern's.
+        let mut command = match launch {
+            Launch::IpNetnsExec => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &ns.name]);
+                command
+            }
+            Launch::HideBtf => {
+                let mut command = Command::new("unshare");
+                command.args([
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    "mount -t tmpfs none /sys/kernel/btf && exec \"$@\"",
+                    "sh",
+                    "nsenter",
+                    &format!("--net={}", ns.path()),
+                ]);
+                command
+            }
+            Launch::Nsenter | Launch::DenyBpf => {
+                let mut command = Command::new("nsenter");
+                command.arg(format!("--net={}", ns.path()));
+                command
+            }
+        };
+        if launch == Launch::DenyBpf {
+            deny_bpf(&mut command);
+        }
+        let mut child = command
             .arg(tern_bin())
             .args(["run", "--state-dir"])
             .arg(&state_dir)

@@ -1,19 +1,14 @@
-//! Collection: reads the kernel maps (and, for CPU and memory, which no kernel program
-//! counts, /proc; for the operator's metrics, their files) and fills one
-//! `report::Interval`. Never formats or sends; never reads network counters from /proc or
-//! /sys: those are ground truth for the tests.
+//! Collection: fills one `report::Interval` from the best source of each group of metrics
+//! (`ladder`): the kernel maps where the programs run, else sock_diag, the links' 64-bit
+//! counters and the kernel's own counters; for CPU and memory, /proc; for the operator's
+//! metrics, their files. Never formats or sends.
 
-// Wired by the source ladder.
-#[allow(dead_code)]
 mod counters;
 mod delta;
 mod device;
-// Wired by the source ladder.
-#[allow(dead_code)]
 mod diag;
 mod files;
-// Wired by the source ladder.
-#[allow(dead_code)]
+mod ladder;
 mod links;
 mod names;
 mod ports;
@@ -32,12 +27,21 @@ use tern_common::counters::Counter;
 
 use crate::{
     host::netns,
-    kernel::maps::{Maps, SharedMaps},
-    report::{Interval, catalog},
+    kernel::{
+        maps::{Maps, NetnsNames, SharedMaps, SignalMaps, TcpMaps, UdpMaps},
+        programs::Attached,
+    },
+    report::{
+        CustomMetric, Interval,
+        catalog::{self, Metric},
+    },
 };
+use counters::CounterSignals;
 use delta::Readings;
 use device::DeviceCollector;
 pub use files::FileMetric;
+use ladder::{Ladder, Source};
+use links::LinkTraffic;
 use signals::SignalCollector;
 use tcp::TcpCollector;
 use traffic::TrafficCollector;
@@ -60,112 +64,119 @@ impl Growth {
     }
 }
 
+/// One of tern's own custom metrics with its value.
+type Own = (Metric, CustomMetric);
+
 /// What the kernel programs saw over one interval.
 struct Events {
-    tcp: tcp::Tcp,
-    udp: udp::Udp,
+    /// None where the programs do not follow that family.
+    tcp: Option<tcp::Tcp>,
+    udp: Option<udp::Udp>,
     signals: signals::Signals,
     /// Entries the kernel's sets could not take.
     dropped: u64,
 }
 
-/// Every collector, and what they share: the interval number the kernel programs file
-/// their sets under, and the readings of the kernel's event counters.
-pub struct Collectors {
-    traffic: TrafficCollector,
-    tcp: TcpCollector,
-    udp: UdpCollector,
+/// Where the traffic is counted.
+enum Traffic {
+    Programs(Box<TrafficCollector>),
+    Links(LinkTraffic),
+}
+
+/// The collectors that read the kernel programs' maps, when the programs run, and what
+/// they share: the interval number the programs file their sets under, and the readings of
+/// their event counters.
+struct Programs {
+    tcp: Option<TcpCollector>,
+    udp: Option<UdpCollector>,
     signals: SignalCollector,
-    device: DeviceCollector,
-    files: Vec<FileMetric>,
     shared: SharedMaps,
     epoch: u32,
     counters: Readings<(), { Counter::ALL.len() }>,
 }
 
+/// Every collector: the kernel programs' where they run, and what stands in for them.
+pub struct Collectors {
+    ladder: Ladder,
+    traffic: Traffic,
+    programs: Option<Programs>,
+    counters: CounterSignals,
+    device: DeviceCollector,
+    files: Vec<FileMetric>,
+}
+
 impl Collectors {
-    /// Learns how the kernel programs name tern's namespace and has them follow it alone
-    /// (unless every namespace is reported), seeds the kernel maps with the sockets that
-    /// existed before the programs were attached (in every namespace when all are reported,
-    /// which needs privilege), and takes the first readings, so the first report covers its
-    /// own interval only.
-    pub fn start(maps: Maps, options: SocketOptions, files: Vec<FileMetric>) -> Result<Self> {
-        let Maps {
-            traffic,
-            mut tcp,
-            mut udp,
-            signals,
-            mut shared,
-        } = maps;
-        let own = names::learn(Some(&mut tcp), Some(&mut udp))
-            .context("learning how the kernel programs name tern's network namespace")?;
-        if !options.all_namespaces {
-            shared.follow(own)?;
-        }
-        let mut seeded = seed::seed(&mut tcp, &mut udp, own)?;
-        if options.all_namespaces {
-            for other in netns::in_other_namespaces(|| {
-                let names = names::learn(Some(&mut tcp), Some(&mut udp))?;
-                seed::seed(&mut tcp, &mut udp, names)
-            })? {
-                seeded += other;
+    /// Decides each group's source from what could be attached (`kernel`: None when no
+    /// eBPF is usable), starts each source, and takes the first readings, so the first
+    /// report covers its own interval only.
+    pub fn start(
+        kernel: Option<(Maps, &Attached)>,
+        options: &SocketOptions,
+        include_loopback: bool,
+        files: Vec<FileMetric>,
+    ) -> Result<Self> {
+        let (maps, attached) = kernel.unzip();
+        let ladder = Ladder::decide(attached);
+        let (traffic, programs) = match maps {
+            Some(maps) => {
+                let traffic = match ladder.traffic {
+                    true => Traffic::Programs(Box::new(TrafficCollector::new(maps.traffic))),
+                    false => Traffic::Links(LinkTraffic::start(include_loopback)?),
+                };
+                let programs = Programs::start(
+                    maps.tcp,
+                    maps.udp,
+                    maps.signals,
+                    maps.shared,
+                    &ladder,
+                    options,
+                )?;
+                (traffic, Some(programs))
             }
-        }
-        info!(
-            "found {} TCP listeners, {} TCP connections and {} UDP sockets open before start",
-            seeded.listeners, seeded.connections, seeded.udp
-        );
-        // The names each collector keeps: None reports every namespace.
-        let (by_address, by_cookie) = match options.all_namespaces {
-            true => (None, None),
-            false => (own.by_address, own.by_cookie),
+            None => (Traffic::Links(LinkTraffic::start(include_loopback)?), None),
         };
-        let mut collectors = Self {
-            traffic: TrafficCollector::new(traffic),
-            tcp: TcpCollector::start(tcp, by_address, options.interval_connections)?,
-            udp: UdpCollector::start(udp, by_cookie)?,
-            signals: SignalCollector::new(signals, by_address),
+        Ok(Self {
+            ladder,
+            traffic,
+            programs,
+            counters: CounterSignals::start()?,
             device: DeviceCollector::start(),
             files,
-            shared,
-            epoch: 0,
-            counters: Readings::default(),
-        };
-        collectors.next_epoch()?;
-        let first = collectors.read_counters()?;
-        collectors.counters.advance((), first);
-        Ok(collectors)
+        })
     }
 
     /// The interval since the previous call, on the interfaces `counted` now and those
     /// `gone` since. A failed read is logged and gives nothing: the kernel keeps counting,
     /// and the next interval carries what this one could not.
     pub fn collect(&mut self, counted: &HashSet<u32>, gone: &HashSet<u32>) -> Option<Interval> {
-        let network_stats = match self.traffic.collect(counted, gone) {
+        let traffic = match &mut self.traffic {
+            Traffic::Programs(programs) => programs.collect(counted, gone),
+            Traffic::Links(links) => links.collect(),
+        };
+        let network_stats = match traffic {
             Ok(stats) => stats,
             Err(err) => {
                 error!("{err:#}; this interval's traffic goes into the next report");
                 return None;
             }
         };
-        let Events {
-            tcp,
-            udp,
-            signals,
-            dropped,
-        } = match self.collect_events() {
-            Ok(collected) => collected,
+        let (tcp, udp, mut own) = match self.sockets() {
+            Ok(sockets) => sockets,
             Err(err) => {
                 error!("{err:#}; this interval's sockets go into the next report");
                 return None;
             }
         };
-        let mut own = tcp.custom;
-        own.extend(udp.custom);
-        own.extend(signals);
-        // Every interval set and socket set counts what it could not take.
-        own.push((catalog::DROPPED, dropped.into()));
+        match self.counters.collect() {
+            Ok(counted) => own.extend(
+                counted
+                    .into_iter()
+                    .filter(|(metric, _)| self.wanted(metric, Source::Counters)),
+            ),
+            Err(err) => error!("{err:#}; the kernel's counters go into the next report"),
+        }
         own.extend(self.device.collect());
+        own.push(self.ladder.sources_metric());
         Some(Interval {
             network_stats,
             listening_tcp_ports: tcp.listening_tcp_ports,
@@ -180,14 +191,127 @@ impl Collectors {
         })
     }
 
-    fn collect_events(&mut self) -> Result<Events> {
+    /// The sockets, from the programs where they follow them and else from sock_diag, and
+    /// the programs' own metrics of the interval.
+    fn sockets(&mut self) -> Result<(tcp::Tcp, udp::Udp, Vec<Own>)> {
+        let events = self.programs.as_mut().map(Programs::collect).transpose()?;
+        let (tcp, udp, mut own) = match events {
+            Some(events) => {
+                let mut own = events.signals;
+                // Every interval set and socket set counts what it could not take.
+                own.push((catalog::DROPPED, events.dropped.into()));
+                (events.tcp, events.udp, own)
+            }
+            None => (None, None, Vec::new()),
+        };
+        let (mut tcp, mut udp) = match (tcp, udp) {
+            (Some(tcp), Some(udp)) => (tcp, udp),
+            (tcp, udp) => {
+                let (listed_tcp, listed_udp) = diag::collect()?;
+                (tcp.unwrap_or(listed_tcp), udp.unwrap_or(listed_udp))
+            }
+        };
+        own.append(&mut tcp.custom);
+        own.append(&mut udp.custom);
+        own.retain(|(metric, _)| self.wanted(metric, Source::Programs));
+        Ok((tcp, udp, own))
+    }
+
+    /// Whether `metric`, made by `source`, goes into the report: where the ladder chose a
+    /// source for it, only from that one.
+    fn wanted(&self, metric: &Metric, source: Source) -> bool {
+        self.ladder
+            .source(metric)
+            .is_none_or(|chosen| chosen == source)
+    }
+}
+
+impl Programs {
+    /// Learns how the programs name tern's namespace and has them follow it alone (unless
+    /// every namespace is reported), and seeds the kernel maps with the sockets that
+    /// existed before the programs were attached (in every namespace when all are reported,
+    /// which needs privilege).
+    fn start(
+        mut tcp: TcpMaps,
+        mut udp: UdpMaps,
+        signals: SignalMaps,
+        mut shared: SharedMaps,
+        ladder: &Ladder,
+        options: &SocketOptions,
+    ) -> Result<Self> {
+        let learn = |tcp: &mut TcpMaps, udp: &mut UdpMaps| {
+            names::learn(ladder.tcp.then_some(tcp), ladder.udp.then_some(udp))
+        };
+        let own = learn(&mut tcp, &mut udp)
+            .context("learning how the kernel programs name tern's network namespace")?;
+        if let Some(by_address) = own.by_address.filter(|_| !ladder.btf) {
+            names::distinct(&mut tcp, by_address)
+                .context("checking that the TCP programs tell namespaces apart without BTF")?;
+        }
+        if !options.all_namespaces {
+            shared.follow(own)?;
+        }
+        let mut seeded = seed::seed(&mut tcp, &mut udp, own)?;
+        if options.all_namespaces {
+            for other in netns::in_other_namespaces(|| {
+                let names = learn(&mut tcp, &mut udp)?;
+                seed::seed(&mut tcp, &mut udp, names)
+            })? {
+                seeded += other;
+            }
+        }
+        info!(
+            "found {} TCP listeners, {} TCP connections and {} UDP sockets open before start",
+            seeded.listeners, seeded.connections, seeded.udp
+        );
+        // The names each collector keeps: None reports every namespace.
+        let NetnsNames {
+            by_address,
+            by_cookie,
+        } = match options.all_namespaces {
+            true => NetnsNames::default(),
+            false => own,
+        };
+        let mut programs = Self {
+            tcp: match ladder.tcp {
+                true => Some(TcpCollector::start(
+                    tcp,
+                    by_address,
+                    options.interval_connections,
+                )?),
+                false => None,
+            },
+            udp: match ladder.udp {
+                true => Some(UdpCollector::start(udp, by_cookie)?),
+                false => None,
+            },
+            signals: SignalCollector::new(signals, by_address),
+            shared,
+            epoch: 0,
+            counters: Readings::default(),
+        };
+        programs.next_epoch()?;
+        let first = programs.read_counters()?;
+        programs.counters.advance((), first);
+        Ok(programs)
+    }
+
+    fn collect(&mut self) -> Result<Events> {
         // Events from here on belong to the next interval; the sets of this one are drained.
         let epoch = self.next_epoch()?;
         let now = self.read_counters()?;
         let growth = Growth(self.counters.advance((), now));
         let owners = ports::owners();
-        let tcp = self.tcp.collect(epoch, &growth, &owners)?;
-        let udp = self.udp.collect(epoch, &owners)?;
+        let tcp = self
+            .tcp
+            .as_mut()
+            .map(|tcp| tcp.collect(epoch, &growth, &owners))
+            .transpose()?;
+        let udp = self
+            .udp
+            .as_mut()
+            .map(|udp| udp.collect(epoch, &owners))
+            .transpose()?;
         let signals = self.signals.collect(epoch, &growth)?;
         Ok(Events {
             tcp,

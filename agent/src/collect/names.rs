@@ -27,6 +27,28 @@ pub fn learn(tcp: Option<&mut TcpMaps>, udp: Option<&mut UdpMaps>) -> Result<Net
     })
 }
 
+/// Whether the TCP programs give a namespace of tern's own making another name than `own`:
+/// where no BTF located the namespace in `struct sock`, this checks the layout tern assumed.
+pub fn distinct(maps: &mut TcpMaps, own: u64) -> Result<()> {
+    let other = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: unshare changes this thread's network namespace only; the thread
+                // ends, and the namespace with it, when the check is done.
+                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                    bail!("creating a network namespace to check in: {}", last_error());
+                }
+                learn_by_address(maps)
+            })
+            .join()
+            .unwrap_or_else(|_| bail!("the namespace check's thread failed"))
+    })?;
+    if other == own {
+        bail!("two namespaces got the same name: the layout of struct sock is not as assumed");
+    }
+    Ok(())
+}
+
 /// A TCP listener: the tracepoint records it in `TCP_SOCKS` under its namespace's address.
 fn learn_by_address(maps: &mut TcpMaps) -> Result<u64> {
     let listener = probe(libc::SOCK_STREAM)?;
@@ -38,11 +60,9 @@ fn learn_by_address(maps: &mut TcpMaps) -> Result<u64> {
     let mut names = Vec::new();
     for key in maps.socks.keys() {
         let key = key.context("reading the TCP_SOCKS map")?;
-        if key.kind == TCP_LISTENER
-            && key.family == AF_INET
-            && key.local_port == port
-            && key.local_addr[..4] == LOOPBACK
-        {
+        // By port alone: in a namespace whose loopback is down, the address the
+        // tracepoint reads is not the one bound.
+        if key.kind == TCP_LISTENER && key.family == AF_INET && key.local_port == port {
             names.push(key.netns);
         }
     }
@@ -52,9 +72,9 @@ fn learn_by_address(maps: &mut TcpMaps) -> Result<u64> {
         [name] if name != 0 => Ok(name),
         [0] => bail!("the TCP programs cannot read the namespace of a socket"),
         [] => bail!("the TCP programs did not record a listener tern opened"),
-        // Another namespace listens on 127.0.0.1 at the same port: which one is tern's is
-        // unknown, so the caller cannot follow only its own.
-        _ => bail!("two namespaces listened on 127.0.0.1:{port} at once; try again"),
+        // Another namespace listens on the same port: which one is tern's is unknown, so the
+        // caller cannot follow only its own.
+        _ => bail!("two namespaces listened on port {port} at once; try again"),
     }
 }
 
@@ -138,12 +158,7 @@ fn forget_seen(set: &mut HashMap<MapData, Seen, u32>, port: u16, netns: &[u64]) 
     let probes: Vec<Seen> = set
         .keys()
         .flatten()
-        .filter(|s| {
-            s.port == port
-                && s.family == AF_INET
-                && s.addr[..4] == LOOPBACK
-                && netns.contains(&s.netns)
-        })
+        .filter(|s| s.port == port && s.family == AF_INET && netns.contains(&s.netns))
         .collect();
     for seen in &probes {
         let _ = set.remove(seen);

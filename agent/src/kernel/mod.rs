@@ -1,7 +1,9 @@
-//! Everything that goes through bpf(): the preflight check, this kernel's offsets, the
-//! programs tern loads and attaches, and the maps handed to collection.
+//! Everything that goes through bpf(): the preflight check, the file systems the programs
+//! need, this kernel's offsets, the programs tern loads and attaches, and the maps handed to
+//! collection.
 
 pub mod maps;
+pub mod mounts;
 pub mod object;
 pub mod offsets;
 pub mod preflight;

@@ -12,12 +12,11 @@ use tern_common::{signals::SignalOffsets, sockets::SockStateOffsets};
 
 /// The tracepoint of TCP state changes, "category/name".
 pub const SET_STATE: &str = "sock/inet_sock_set_state";
-const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// The format file of tracepoint `event` ("category/name"), if this kernel has it.
 pub fn tracepoint_format(event: &str) -> Option<String> {
-    TRACEFS
+    super::mounts::TRACEFS
         .iter()
         .map(|root| Path::new(root).join("events").join(event).join("format"))
         .find_map(|p| fs::read_to_string(p).ok())

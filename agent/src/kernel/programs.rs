@@ -5,11 +5,10 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    fs,
     fs::File,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
@@ -25,7 +24,11 @@ use aya::{
 use log::{debug, info, warn};
 use tern_common::names;
 
-use super::{maps::Maps, object::OBJECT, offsets::SET_STATE};
+use super::{
+    maps::Maps,
+    object::OBJECT,
+    offsets::{SET_STATE, SockNet},
+};
 use crate::host::links::{Interface, LinkEvent};
 
 /// The security signals' programs and their tracepoints ("category/name").
@@ -79,6 +82,8 @@ struct Attachment {
 
 pub struct Programs {
     ebpf: Ebpf,
+    /// Whether the TC programs loaded: interfaces are attached only then.
+    traffic: bool,
     include_loopback: bool,
     new_interfaces: NewInterfaces,
     attached: HashMap<u32, Attachment>,
@@ -89,62 +94,110 @@ pub struct Programs {
     gone: HashSet<u32>,
 }
 
+/// What a group of programs gives on this kernel: attached, or why not.
+pub type Outcome = Result<(), String>;
+
+/// What could be attached, group by group. A group that could not be leaves nothing of
+/// its own attached, and its metrics come from elsewhere (`collect`).
+pub struct Attached {
+    /// The TC programs loaded (they attach per interface as interfaces come).
+    pub traffic: Outcome,
+    /// The TCP state tracepoint.
+    pub tcp: Outcome,
+    /// The UDP socket hooks on the cgroup-v2 root.
+    pub udp: Outcome,
+    /// Each signal's program, by name.
+    pub signals: Vec<(&'static str, Outcome)>,
+    /// Whether the kernel's BTF described `struct sock` and the packets' devices (else the
+    /// socket's namespace is found by layout, and a packet's not at all).
+    pub btf: bool,
+}
+
+impl Attached {
+    pub fn signal(&self, name: &str) -> Option<&Outcome> {
+        self.signals
+            .iter()
+            .find_map(|(n, outcome)| (*n == name).then_some(outcome))
+    }
+}
+
 impl Programs {
-    pub fn load(options: &LoadOptions) -> Result<(Self, Maps)> {
-        let (sock_state, _) = super::offsets::read()?;
+    /// Loads the object and attaches each group it can. An error means no eBPF at all: the
+    /// object (its maps) could not be loaded.
+    pub fn load(options: &LoadOptions) -> Result<(Self, Maps, Attached)> {
+        let tracefs = super::mounts::tracefs().map_err(|e| format!("{e:#}"));
+        let sock_state = match &tracefs {
+            Ok(()) => super::offsets::read().map_err(|e| format!("{e:#}")),
+            Err(err) => Err(err.clone()),
+        };
+        let offsets = sock_state
+            .as_ref()
+            .map(|(offsets, _)| *offsets)
+            .unwrap_or_default();
+        let btf = sock_state
+            .as_ref()
+            .is_ok_and(|(_, found)| *found == SockNet::Btf);
         let signals = super::offsets::read_signals();
         let record_connections = u32::from(options.record_connections);
         let mut ebpf = EbpfLoader::new()
-            .override_global(names::SOCK_STATE_OFFSETS, &sock_state, true)
+            .override_global(names::SOCK_STATE_OFFSETS, &offsets, true)
             .override_global(names::RECORD_CONNECTIONS, &record_connections, true)
             .override_global(names::SIGNAL_OFFSETS, &signals, true)
             .load(OBJECT)
             .context("loading tern's eBPF object into the kernel")?;
-        for name in [names::TC_INGRESS, names::TC_EGRESS] {
-            let program: &mut SchedClassifier = program(&mut ebpf, name)?;
-            program
-                .load()
-                .with_context(|| format!("the kernel refused program {name}"))?;
-        }
-
-        attach_tracepoint(&mut ebpf, names::INET_SOCK_SET_STATE, SET_STATE)?;
-        for &(name_of_program, event) in SIGNALS {
-            if super::offsets::tracepoint_format(event).is_none() {
-                let event = event.replace('/', ":");
-                warn!("this kernel has no tracepoint {event}; its signal stays 0");
-                continue;
-            }
-            attach_tracepoint(&mut ebpf, name_of_program, event)?;
-        }
-
-        let cgroup = cgroup2_root()?;
-        // Through a bpf_link (Linux 5.7+), which dies with tern and always shares the hook
-        // with other programs; the link takes no attach flags, hence "Single".
-        for &name in CGROUP_SOCK {
-            let hook: &mut CgroupSock = program(&mut ebpf, name)?;
-            hook.load()
-                .with_context(|| format!("the kernel refused program {name}"))?;
-            hook.attach(&cgroup, CgroupAttachMode::Single)
-                .with_context(|| format!("attaching {name} to the cgroup-v2 root"))?;
-        }
-        for &name in CGROUP_SOCK_ADDR {
-            let hook: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            hook.load()
-                .with_context(|| format!("the kernel refused program {name}"))?;
-            hook.attach(&cgroup, CgroupAttachMode::Single)
-                .with_context(|| format!("attaching {name} to the cgroup-v2 root"))?;
-        }
-
+        let traffic = [names::TC_INGRESS, names::TC_EGRESS]
+            .into_iter()
+            .try_for_each(|name| -> Result<()> {
+                let program: &mut SchedClassifier = program(&mut ebpf, name)?;
+                program
+                    .load()
+                    .with_context(|| format!("the kernel refused program {name}"))?;
+                Ok(())
+            })
+            .map_err(|e| format!("{e:#}"));
+        let tcp = sock_state.and_then(|_| {
+            attach_tracepoint(&mut ebpf, names::INET_SOCK_SET_STATE, SET_STATE)
+                .map_err(|e| format!("{e:#}"))
+        });
+        let signals = SIGNALS
+            .iter()
+            .map(|&(name_of_program, event)| {
+                let outcome = match &tracefs {
+                    Err(err) => Err(err.clone()),
+                    Ok(()) if super::offsets::tracepoint_format(event).is_none() => Err(format!(
+                        "this kernel has no tracepoint {}",
+                        event.replace('/', ":")
+                    )),
+                    Ok(()) => attach_tracepoint(&mut ebpf, name_of_program, event)
+                        .map_err(|e| format!("{e:#}")),
+                };
+                (name_of_program, outcome)
+            })
+            .collect();
+        let udp = attach_udp_hooks(&mut ebpf).map_err(|e| format!("{e:#}"));
         let maps = Maps::take(&mut ebpf)?;
         let programs = Self {
             ebpf,
+            traffic: traffic.is_ok(),
             include_loopback: options.include_loopback,
             new_interfaces: NewInterfaces::Attach,
             attached: HashMap::new(),
             ignored: HashSet::new(),
             gone: HashSet::new(),
         };
-        Ok((programs, maps))
+        let attached = Attached {
+            traffic,
+            tcp,
+            udp,
+            signals,
+            btf,
+        };
+        Ok((programs, maps, attached))
+    }
+
+    /// Whether the TC programs count traffic (they attach as interfaces come).
+    pub fn count_traffic(&self) -> bool {
+        self.traffic
     }
 
     /// Decides who attaches to interfaces seen from now on.
@@ -157,7 +210,7 @@ impl Programs {
     pub fn apply(&mut self, event: LinkEvent) {
         match event {
             LinkEvent::Present(interface) => {
-                if interface.loopback && !self.include_loopback {
+                if !self.traffic || (interface.loopback && !self.include_loopback) {
                     return;
                 }
                 if let Some(known) = self.attached.get_mut(&interface.index) {
@@ -328,28 +381,41 @@ fn attach_tracepoint(ebpf: &mut Ebpf, name_of_program: &str, event: &str) -> Res
     Ok(())
 }
 
-pub fn cgroup2_mounted() -> bool {
-    cgroup2_mount().is_some()
-}
-
-/// Where the root of the cgroup-v2 hierarchy is mounted, from /proc/self/mountinfo.
-fn cgroup2_mount() -> Option<String> {
-    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    // mountinfo: ID parent major:minor root mount-point options ... - fstype source options
-    mounts.lines().find_map(|line| {
-        let (mount, fs) = line.split_once(" - ")?;
-        (fs.split(' ').next()? == "cgroup2" && mount.split(' ').nth(3)? == "/")
-            .then(|| mount.split(' ').nth(4).map(str::to_owned))?
-    })
-}
-
-/// The root of the cgroup-v2 hierarchy, where the UDP hooks see every process's sockets.
-fn cgroup2_root() -> Result<File> {
-    let Some(root) = cgroup2_mount() else {
-        bail!(
-            "no cgroup v2 hierarchy is mounted; tern needs one for its UDP socket hooks: \
-             mount -t cgroup2 none /sys/fs/cgroup (or boot with systemd.unified_cgroup_hierarchy=1)"
-        );
-    };
-    File::open(&root).with_context(|| format!("opening the cgroup-v2 root {root}"))
+/// The UDP hooks, all or none: one that fails takes the others attached before it down.
+fn attach_udp_hooks(ebpf: &mut Ebpf) -> Result<()> {
+    let attached = (|| -> Result<()> {
+        let root = super::mounts::cgroup2_root()?;
+        let cgroup =
+            File::open(&root).with_context(|| format!("opening the cgroup-v2 root {root}"))?;
+        // Through a bpf_link (Linux 5.7+), which dies with tern and always shares the hook
+        // with other programs; the link takes no attach flags, hence "Single".
+        for &name in CGROUP_SOCK {
+            let hook: &mut CgroupSock = program(ebpf, name)?;
+            hook.load()
+                .with_context(|| format!("the kernel refused program {name}"))?;
+            hook.attach(&cgroup, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to the cgroup-v2 root"))?;
+        }
+        for &name in CGROUP_SOCK_ADDR {
+            let hook: &mut CgroupSockAddr = program(ebpf, name)?;
+            hook.load()
+                .with_context(|| format!("the kernel refused program {name}"))?;
+            hook.attach(&cgroup, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to the cgroup-v2 root"))?;
+        }
+        Ok(())
+    })();
+    if attached.is_err() {
+        for &name in CGROUP_SOCK {
+            if let Ok(hook) = program::<CgroupSock>(ebpf, name) {
+                let _ = hook.unload();
+            }
+        }
+        for &name in CGROUP_SOCK_ADDR {
+            if let Ok(hook) = program::<CgroupSockAddr>(ebpf, name) {
+                let _ = hook.unload();
+            }
+        }
+    }
+    attached
 }

@@ -79,6 +79,9 @@ pub const PROCESSES_CREATED: Metric = count("interval_processes_created");
 /// agents use.
 pub const CPU_USAGE: Metric = collected("cpu_usage", Kind::Number, Merge::Latest);
 pub const MEMORY_USED: Metric = collected("memory_used", Kind::Number, Merge::Latest);
+/// Where each group of metrics comes from on this device ("group:source"): the kernel
+/// programs, or netlink and the kernel's counters where a program cannot run.
+pub const SOURCES: Metric = collected("collection_sources", Kind::StringList, Merge::Latest);
 /// Reports the broker's Device Defender service accepted during the interval.
 pub const REPORTS_ACCEPTED: Metric = delivery("reports_accepted");
 /// Reports it rejected (each also logged with its error code).
@@ -110,6 +113,7 @@ pub const CATALOG: &[Metric] = &[
     PROCESSES_CREATED,
     CPU_USAGE,
     MEMORY_USED,
+    SOURCES,
     REPORTS_ACCEPTED,
     REPORTS_REJECTED,
     REPORTS_UNANSWERED,
