@@ -62,17 +62,17 @@ fn check_sockets_against_ss(tern: &Tern, ns: &Netns, since: Instant) -> Vec<Valu
     let reports = tern.reports_through(since, REPORT_WAIT);
     let report = reports.last().expect("a report");
     assert_eq!(
-        ports(&report, "listening_tcp_ports"),
+        ports(report, "listening_tcp_ports"),
         ss::listening(ns, 't'),
         "TCP listeners against ss"
     );
     assert_eq!(
-        ports(&report, "listening_udp_ports"),
+        ports(report, "listening_udp_ports"),
         ss::listening(ns, 'u'),
         "UDP listeners against ss"
     );
     assert_eq!(
-        connections(&report),
+        connections(report),
         ss::established(ns),
         "established connections against ss"
     );
