@@ -34,8 +34,6 @@ pub struct Ladder {
     pub tcp: bool,
     /// The cgroup hooks follow the UDP sockets (else sock_diag lists them).
     pub udp: bool,
-    /// The kernel's BTF located the namespace in `struct sock`.
-    pub btf: bool,
     /// Where each metric that has more than one source comes from.
     choices: Vec<(Metric, Source)>,
     /// The `collection_sources` value.
@@ -58,9 +56,9 @@ const BPF_EVENTS: &str = "a kernel with CONFIG_BPF_EVENTS (tracepoint programs),
                           perf_event_open allowed to tern";
 
 impl Ladder {
-    /// The ladder for programs attached as `attached`; None when no eBPF is usable at all
-    /// (`why`).
-    pub fn decide(attached: Option<&Attached>) -> Self {
+    /// The ladder for programs attached as `attached` (None: no eBPF is usable at all);
+    /// `tcp_unusable` says why the TCP tracepoint, though attached, cannot be used.
+    pub fn decide(attached: Option<&Attached>, tcp_unusable: Option<String>) -> Self {
         let ok = |outcome: Option<&Result<(), String>>| outcome.is_some_and(Result::is_ok);
         let why = |outcome: Option<&Result<(), String>>| match outcome {
             Some(Err(why)) if !why.is_empty() => why.clone(),
@@ -68,14 +66,14 @@ impl Ladder {
             None => "no eBPF".to_owned(),
         };
         let traffic = attached.map(|a| &a.traffic);
-        let tcp = attached.map(|a| &a.tcp);
+        let unusable = tcp_unusable.map(Err);
+        let tcp = unusable.as_ref().or(attached.map(|a| &a.tcp));
         let udp = attached.map(|a| &a.udp);
         let signal = |name| attached.and_then(|a| a.signal(name));
         let mut ladder = Self {
             traffic: ok(traffic),
             tcp: ok(tcp),
             udp: ok(udp),
-            btf: attached.is_some_and(|a| a.btf),
             choices: Vec::new(),
             sources: Vec::new(),
         };

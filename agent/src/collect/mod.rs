@@ -23,7 +23,7 @@ use std::collections::HashSet;
 
 use anyhow::{Context, Result};
 use log::{error, info};
-use tern_common::counters::Counter;
+use tern_common::{counters::Counter, sockets::FOLLOWED_BY_ADDRESS};
 
 use crate::{
     host::netns,
@@ -115,8 +115,16 @@ impl Collectors {
         include_loopback: bool,
         files: Vec<FileMetric>,
     ) -> Result<Self> {
-        let (maps, attached) = kernel.unzip();
-        let ladder = Ladder::decide(attached);
+        let (mut maps, attached) = kernel.unzip();
+        let tcp_unusable = match (&mut maps, attached) {
+            (Some(maps), Some(attached)) if attached.tcp.is_ok() && !attached.btf => {
+                names::check_layout(&mut maps.tcp)
+                    .err()
+                    .map(|e| format!("{e:#}"))
+            }
+            _ => None,
+        };
+        let ladder = Ladder::decide(attached, tcp_unusable);
         let (traffic, programs) = match maps {
             Some(maps) => {
                 let traffic = match ladder.traffic {
@@ -244,12 +252,12 @@ impl Programs {
         };
         let own = learn(&mut tcp, &mut udp)
             .context("learning how the kernel programs name tern's network namespace")?;
-        if let Some(by_address) = own.by_address.filter(|_| !ladder.btf) {
-            names::distinct(&mut tcp, by_address)
-                .context("checking that the TCP programs tell namespaces apart without BTF")?;
-        }
         if !options.all_namespaces {
             shared.follow(own)?;
+        }
+        if !ladder.tcp {
+            // Attached but of no use: it records nothing from now on.
+            shared.follow_none(FOLLOWED_BY_ADDRESS)?;
         }
         let mut seeded = seed::seed(&mut tcp, &mut udp, own)?;
         if options.all_namespaces {

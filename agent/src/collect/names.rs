@@ -27,9 +27,10 @@ pub fn learn(tcp: Option<&mut TcpMaps>, udp: Option<&mut UdpMaps>) -> Result<Net
     })
 }
 
-/// Whether the TCP programs give a namespace of tern's own making another name than `own`:
+/// Whether the TCP programs give tern's namespace and one of tern's own making two names:
 /// where no BTF located the namespace in `struct sock`, this checks the layout tern assumed.
-pub fn distinct(maps: &mut TcpMaps, own: u64) -> Result<()> {
+pub fn check_layout(maps: &mut TcpMaps) -> Result<()> {
+    let own = learn_by_address(maps)?;
     let other = std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -44,7 +45,10 @@ pub fn distinct(maps: &mut TcpMaps, own: u64) -> Result<()> {
             .unwrap_or_else(|_| bail!("the namespace check's thread failed"))
     })?;
     if other == own {
-        bail!("two namespaces got the same name: the layout of struct sock is not as assumed");
+        bail!(
+            "without BTF, two namespaces got the same name: struct sock is not laid out as \
+             tern assumes"
+        );
     }
     Ok(())
 }

@@ -80,6 +80,14 @@ impl SharedMaps {
         }
         Ok(())
     }
+
+    /// Has the programs that name namespaces as `slot` does record none: a name no
+    /// namespace has.
+    pub fn follow_none(&mut self, slot: u32) -> Result<()> {
+        self.followed
+            .set(slot, u64::MAX, 0)
+            .context("telling the kernel programs to follow no namespace")
+    }
 }
 
 impl Maps {
