@@ -7,6 +7,7 @@ use std::{
     collections::{HashMap, HashSet},
     fs,
     fs::File,
+    io,
 };
 
 use anyhow::{Context, Result, bail};
@@ -23,10 +24,18 @@ use aya::{
     util::KernelVersion,
 };
 use log::{debug, info, warn};
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    tc::{TcAttribute, TcHandle, TcMessage},
+};
+use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
 use tern_common::names;
 
 use super::{maps::Maps, object::OBJECT, offsets::SET_STATE};
-use crate::host::links::{Interface, LinkEvent};
+use crate::host::{
+    links::{Interface, LinkEvent},
+    netlink::{acknowledged, dump},
+};
 
 /// The security signals' programs and their tracepoints ("category/name").
 const SIGNALS: &[(&str, &str)] = &[
@@ -75,7 +84,16 @@ pub enum NewInterfaces {
 struct Attachment {
     name: String,
     /// None when the link child holds the links.
-    links: Option<(SchedClassifierLinkId, SchedClassifierLinkId)>,
+    links: Option<TcLinks>,
+}
+
+/// tern's hold on one interface's TC hooks.
+struct TcLinks {
+    ingress: SchedClassifierLinkId,
+    egress: SchedClassifierLinkId,
+    /// Whether tern added the interface's clsact qdisc (kernels without TCX); it removes it
+    /// again when it lets go, unless another program's filter is on it by then.
+    added_clsact: bool,
 }
 
 pub struct Programs {
@@ -152,6 +170,14 @@ impl Programs {
     /// Decides who attaches to interfaces seen from now on.
     pub fn set_new_interfaces(&mut self, mode: NewInterfaces) {
         self.new_interfaces = mode;
+        let holds_filters = self.attached.values().any(|a| a.links.is_some());
+        if mode == NewInterfaces::Ignore && holds_filters && !tcx_available() {
+            warn!(
+                "no process keeps CAP_NET_ADMIN to remove tern's TC filters on this kernel \
+                 (TCX needs 6.6): they stay attached after tern exits, until its next start \
+                 replaces them"
+            );
+        }
     }
 
     /// Follows one link change. A failure concerns that interface only: it is logged and
@@ -240,16 +266,14 @@ impl Programs {
         names
     }
 
-    fn attach(
-        &mut self,
-        interface: &Interface,
-    ) -> Result<(SchedClassifierLinkId, SchedClassifierLinkId)> {
+    fn attach(&mut self, interface: &Interface) -> Result<TcLinks> {
         // TCX (6.6+) links die with tern's fds and run before legacy filters; either way tern
         // goes first and returns "unspecified", so every other program still sees the packet.
         let tcx = tcx_available();
+        let mut added_clsact = false;
         if !tcx {
             match qdisc_add_clsact(&interface.name) {
-                Ok(()) => {}
+                Ok(()) => added_clsact = true,
                 // Another program's, or one a previous tern added: tern shares it.
                 Err(TcError::NetlinkError(err)) if err.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(err) => return Err(err).context("adding the clsact qdisc"),
@@ -262,7 +286,10 @@ impl Programs {
                 match qdisc_detach_program(&interface.name, kind, name) {
                     Ok(()) => info!("removed a stale {name} filter from {}", interface.name),
                     Err(TcError::IoError(err)) if err.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(err) => return Err(err).context("removing a stale filter"),
+                    Err(err) => {
+                        release_clsact(interface.index, &interface.name, added_clsact);
+                        return Err(err).context("removing a stale filter");
+                    }
                 }
             }
         }
@@ -273,10 +300,17 @@ impl Programs {
                 TcAttachOptions::Netlink(NlOptions::default())
             }
         };
-        let ingress = self
-            .program(names::TC_INGRESS)?
-            .attach_with_options(&interface.name, TcAttachType::Ingress, options())
-            .context("attaching to TC ingress")?;
+        let ingress = match self.program(names::TC_INGRESS)?.attach_with_options(
+            &interface.name,
+            TcAttachType::Ingress,
+            options(),
+        ) {
+            Ok(ingress) => ingress,
+            Err(err) => {
+                release_clsact(interface.index, &interface.name, added_clsact);
+                return Err(err).context("attaching to TC ingress");
+            }
+        };
         let egress = match self.program(names::TC_EGRESS)?.attach_with_options(
             &interface.name,
             TcAttachType::Egress,
@@ -285,24 +319,114 @@ impl Programs {
             Ok(egress) => egress,
             Err(err) => {
                 let _ = self.program(names::TC_INGRESS)?.detach(ingress);
+                release_clsact(interface.index, &interface.name, added_clsact);
                 return Err(err).context("attaching to TC egress");
             }
         };
-        Ok((ingress, egress))
+        Ok(TcLinks {
+            ingress,
+            egress,
+            added_clsact,
+        })
     }
 
-    fn detach(&mut self, (ingress, egress): (SchedClassifierLinkId, SchedClassifierLinkId)) {
-        // The kernel already released the hooks of a deleted device; this frees tern's side.
-        for (name, link) in [(names::TC_INGRESS, ingress), (names::TC_EGRESS, egress)] {
-            if let Ok(program) = self.program(name) {
-                let _ = program.detach(link);
+    /// Detaches tern's programs from one interface. On a deleted device the kernel already
+    /// released the hooks and the qdisc; this frees tern's side.
+    fn detach(&mut self, links: TcLinks) {
+        for (name, link) in [
+            (names::TC_INGRESS, links.ingress),
+            (names::TC_EGRESS, links.egress),
+        ] {
+            if let Ok(program) = self.program(name)
+                && let Err(err) = program.detach(link)
+            {
+                debug!("detaching {name}: {err}");
             }
+        }
+    }
+
+    /// Lets go of every interface this process attached to: its filters (which, unlike TCX
+    /// links, would outlive it) and the clsact qdiscs it added that nothing else uses.
+    fn release_all(&mut self) {
+        let held: Vec<(u32, Attachment)> = self.attached.drain().collect();
+        for (index, attachment) in held {
+            let Some(links) = attachment.links else {
+                continue;
+            };
+            let added_clsact = links.added_clsact;
+            self.detach(links);
+            release_clsact(index, &attachment.name, added_clsact);
+            debug!("let go of {}", attachment.name);
         }
     }
 
     fn program(&mut self, name: &str) -> Result<&mut SchedClassifier> {
         program(&mut self.ebpf, name)
     }
+}
+
+impl Drop for Programs {
+    /// The process that attaches lets go when it ends: the link child, or this process
+    /// before the fork (a start that failed). After the fork the main process holds no
+    /// CAP_NET_ADMIN and leaves that to the child.
+    fn drop(&mut self) {
+        if self.new_interfaces == NewInterfaces::Attach {
+            self.release_all();
+        }
+    }
+}
+
+/// Removes the clsact qdisc of interface `index` (`name`) if tern `added` it and no other
+/// program's filter is on it; a qdisc that was there before tern is never touched.
+fn release_clsact(index: u32, name: &str, added: bool) {
+    if !added {
+        return;
+    }
+    match remove_unused_clsact(index) {
+        Ok(true) => debug!("removed the clsact qdisc of {name}"),
+        Ok(false) => info!("left the clsact qdisc on {name}: another program's filter is on it"),
+        Err(err) => warn!("cannot remove the clsact qdisc tern added to {name}: {err}"),
+    }
+}
+
+/// Deletes the clsact qdisc of interface `index` if neither of its hooks holds a filter;
+/// true when deleted.
+fn remove_unused_clsact(index: u32) -> io::Result<bool> {
+    let index = i32::try_from(index).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    let mut buf = Vec::with_capacity(16 * 1024);
+    for hook in [TcHandle::MIN_INGRESS, TcHandle::MIN_EGRESS] {
+        let mut request = TcMessage::with_index(index);
+        request.header.parent = TcHandle {
+            major: u16::MAX,
+            minor: hook,
+        };
+        let filters = dump(
+            &socket,
+            &mut buf,
+            RouteNetlinkMessage::GetTrafficFilter(request),
+        )?;
+        if !filters.is_empty() {
+            return Ok(false);
+        }
+    }
+    let mut request = TcMessage::with_index(index);
+    request.header.parent = TcHandle::CLSACT;
+    request.header.handle = TcHandle {
+        major: u16::MAX,
+        minor: 0,
+    };
+    // The kind makes the kernel refuse to delete anything but a clsact qdisc.
+    request
+        .attributes
+        .push(TcAttribute::Kind("clsact".to_owned()));
+    acknowledged(
+        &socket,
+        &mut buf,
+        RouteNetlinkMessage::DelQueueDiscipline(request),
+    )?;
+    Ok(true)
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
