@@ -8,19 +8,22 @@ use std::{
     fs,
     fs::File,
     io,
+    path::Path,
 };
 
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
-        TracePoint,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, KProbe, LinkOrder, ProgramType,
+        SchedClassifier, TcAttachType, TracePoint,
+        kprobe::KProbeLinkId,
         tc::{
             NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError, qdisc_add_clsact,
             qdisc_detach_program,
         },
     },
+    sys::is_program_supported,
     util::KernelVersion,
 };
 use log::{debug, info, warn};
@@ -37,13 +40,27 @@ use crate::host::{
     netlink::{acknowledged, dump},
 };
 
-/// The security signals' programs and their tracepoints ("category/name").
+/// The security signals' programs that have only a tracepoint ("category/name").
 const SIGNALS: &[(&str, &str)] = &[
-    (names::TCP_SEND_RESET, "tcp/tcp_send_reset"),
-    (names::ICMP_SEND, "icmp/icmp_send"),
     (names::TCP_RETRANSMIT_SKB, "tcp/tcp_retransmit_skb"),
     (names::SCHED_PROCESS_EXEC, "sched/sched_process_exec"),
 ];
+
+/// The kprobes that count resets where `tcp:tcp_send_reset` misses some: program, kernel
+/// function, and whether the function exists only with IPv6.
+const RESET_PROBES: &[(&str, &str, bool)] = &[
+    (names::TCP_SEND_RESET_PROBE, "tcp_v4_send_reset", false),
+    (names::TCP_SEND_RESET_PROBE, "tcp_v6_send_reset", true),
+    (
+        names::TCP_ACTIVE_RESET_PROBE,
+        "tcp_send_active_reset",
+        false,
+    ),
+];
+
+/// The kprobe that counts ICMP port unreachables where `icmp:icmp_send` is missing.
+const PORT_UNREACHABLE_PROBES: &[(&str, &str, bool)] =
+    &[(names::ICMP_GLUE_BITS_PROBE, "icmp_glue_bits", false)];
 
 const CGROUP_SOCK: &[&str] = &[
     names::UDP_POST_BIND4,
@@ -128,14 +145,7 @@ impl Programs {
         }
 
         attach_tracepoint(&mut ebpf, names::INET_SOCK_SET_STATE, SET_STATE)?;
-        for &(name_of_program, event) in SIGNALS {
-            if super::offsets::tracepoint_format(event).is_none() {
-                let event = event.replace('/', ":");
-                warn!("this kernel has no tracepoint {event}; its signal stays 0");
-                continue;
-            }
-            attach_tracepoint(&mut ebpf, name_of_program, event)?;
-        }
+        attach_signals(&mut ebpf)?;
 
         let cgroup = cgroup2_root()?;
         // Through a bpf_link (Linux 5.7+), which dies with tern and always shares the hook
@@ -437,6 +447,88 @@ where
         .program_mut(name)
         .with_context(|| format!("program {name} missing from the eBPF object"))?;
     Ok(program.try_into()?)
+}
+
+/// Attaches the security signals' programs: each to its tracepoint, and the resets' and
+/// port unreachables' to kprobes where their tracepoint misses some or is missing. A signal
+/// this kernel offers no hook for stays 0, said in one warning line.
+fn attach_signals(ebpf: &mut Ebpf) -> Result<()> {
+    use super::offsets::{ICMP_SEND, SEND_RESET, reset_tracepoint_complete, tracepoint_format};
+
+    let resets_traced = tracepoint_format(SEND_RESET).is_some();
+    if reset_tracepoint_complete() {
+        attach_tracepoint(ebpf, names::TCP_SEND_RESET, SEND_RESET)?;
+    } else if let Err(err) = attach_kprobes(ebpf, RESET_PROBES) {
+        if resets_traced {
+            warn!(
+                "{err:#}: resets answering segments that reached no socket are not counted \
+                 (interval_tcp_resets_sent, interval_closed_port_attempts)"
+            );
+            attach_tracepoint(ebpf, names::TCP_SEND_RESET, SEND_RESET)?;
+        } else {
+            warn!(
+                "this kernel has no tracepoint tcp:tcp_send_reset and {err:#}; its signals stay 0"
+            );
+        }
+    }
+    if tracepoint_format(ICMP_SEND).is_some() {
+        attach_tracepoint(ebpf, names::ICMP_SEND, ICMP_SEND)?;
+    } else if let Err(err) = attach_kprobes(ebpf, PORT_UNREACHABLE_PROBES) {
+        warn!(
+            "this kernel has no tracepoint icmp:icmp_send and {err:#}; UDP datagrams to \
+             closed ports are not counted (interval_closed_port_attempts)"
+        );
+    }
+    for &(name_of_program, event) in SIGNALS {
+        if tracepoint_format(event).is_none() {
+            let event = event.replace('/', ":");
+            warn!("this kernel has no tracepoint {event}; its signal stays 0");
+            continue;
+        }
+        attach_tracepoint(ebpf, name_of_program, event)?;
+    }
+    Ok(())
+}
+
+/// Loads the programs of `probes` (program, kernel function, IPv6 only) and attaches each
+/// to its function, all or none: on a failure the ones attached are detached again.
+fn attach_kprobes(ebpf: &mut Ebpf, probes: &[(&str, &str, bool)]) -> Result<()> {
+    if !is_program_supported(ProgramType::KProbe).unwrap_or(false) {
+        bail!("this kernel has no kprobe programs (CONFIG_KPROBES, CONFIG_BPF_EVENTS)");
+    }
+    let ipv6 = Path::new("/proc/net/if_inet6").exists();
+    let mut attached = Vec::new();
+    for &(name_of_program, function, needs_ipv6) in probes {
+        if needs_ipv6 && !ipv6 {
+            continue;
+        }
+        match attach_kprobe(ebpf, name_of_program, function) {
+            Ok(link) => attached.push((name_of_program, link)),
+            Err(err) => {
+                for (name_of_program, link) in attached {
+                    if let Ok(probe) = program::<KProbe>(ebpf, name_of_program) {
+                        let _ = probe.detach(link);
+                    }
+                }
+                return Err(err);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Attaches program `name_of_program` (loaded on its first use) to kernel function
+/// `function`.
+fn attach_kprobe(ebpf: &mut Ebpf, name_of_program: &str, function: &str) -> Result<KProbeLinkId> {
+    let probe: &mut KProbe = program(ebpf, name_of_program)?;
+    if probe.fd().is_err() {
+        probe
+            .load()
+            .with_context(|| format!("the kernel refused program {name_of_program}"))?;
+    }
+    probe
+        .attach(function, 0)
+        .with_context(|| format!("cannot probe the kernel function {function}"))
 }
 
 /// Loads program `name_of_program` and attaches it to tracepoint `event` ("category/name").
