@@ -51,13 +51,21 @@ pub mod sockets {
     /// `TcpSock::kind` of an established connection.
     pub const TCP_CONNECTION: u16 = 2;
 
+    /// Slots of `FOLLOWED`, the namespace the programs record (0 in a slot: every
+    /// namespace), one per way the programs name a namespace. The tracepoint programs name
+    /// it by the address of its `struct net`, read through the socket (which needs no
+    /// cookie, so no Linux 5.12 and no BTF); the cgroup hooks by its cookie, from a helper.
+    pub const FOLLOWED_BY_ADDRESS: u32 = 0;
+    pub const FOLLOWED_BY_COOKIE: u32 = 1;
+    pub const FOLLOWED_SLOTS: u32 = 2;
+
     /// A TCP socket that is listening or established now: the key of `TCP_SOCKS`.
     /// Listeners have a zero remote address and port. Ports are in host order; addresses
     /// as on the wire, an IPv4 address in the first 4 bytes.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
     pub struct TcpSock {
-        /// Network namespace cookie.
+        /// Network namespace, by address (`FOLLOWED_BY_ADDRESS`).
         pub netns: u64,
         pub local_addr: [u8; 16],
         pub remote_addr: [u8; 16],
@@ -97,6 +105,7 @@ pub mod sockets {
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct UdpSock {
+        /// Network namespace, by cookie (`FOLLOWED_BY_COOKIE`).
         pub netns: u64,
         pub local_addr: [u8; 16],
         pub local_port: u16,
@@ -114,6 +123,7 @@ pub mod sockets {
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
     pub struct Seen {
+        /// Network namespace, as the program that filled the set names it.
         pub netns: u64,
         pub addr: [u8; 16],
         pub epoch: u32,
@@ -131,8 +141,8 @@ pub mod sockets {
     pub const SEEN_MAX_ENTRIES: u32 = 16_384;
 
     /// Where `sock:inet_sock_set_state` keeps each field, read from its format file at
-    /// start, and where `struct sock` keeps its namespace's cookie, read from the kernel's
-    /// BTF.
+    /// start, and where `struct sock` keeps its namespace, from the kernel's BTF or the
+    /// layout every kernel shares.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct SockStateOffsets {
@@ -147,11 +157,9 @@ pub mod sockets {
         pub daddr: u32,
         pub saddr_v6: u32,
         pub daddr_v6: u32,
-        /// Offset of `skc_net` in `struct sock`, and of `net_cookie` in `struct net`; 0
-        /// when the kernel has no BTF, and then namespaces cannot be told apart.
+        /// Offset of `skc_net` in `struct sock`; 0 when unknown, and then namespaces cannot
+        /// be told apart.
         pub sock_net: u32,
-        pub net_cookie: u32,
-        pub reserved: u32,
     }
 
     #[cfg(feature = "user")]
@@ -278,7 +286,6 @@ pub mod names {
 
     /// Load-time globals, set by user space before loading.
     pub const SOCK_STATE_OFFSETS: &str = "SOCK_STATE_OFFSETS";
-    pub const NETNS_FILTER: &str = "NETNS_FILTER";
     pub const RECORD_CONNECTIONS: &str = "RECORD_CONNECTIONS";
     pub const SIGNAL_OFFSETS: &str = "SIGNAL_OFFSETS";
 
@@ -295,6 +302,7 @@ pub mod names {
     pub const EXECUTED: &str = "EXECUTED";
     pub const COUNTERS: &str = "COUNTERS";
     pub const EPOCH: &str = "EPOCH";
+    pub const FOLLOWED: &str = "FOLLOWED";
 
     /// Programs.
     pub const TC_INGRESS: &str = "tc_ingress";

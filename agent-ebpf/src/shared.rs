@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use tern_common::{
     counters::Counter,
-    sockets::{Seen, SockStateOffsets},
+    sockets::{FOLLOWED_SLOTS, Seen, SockStateOffsets},
 };
 
 /// Where `sock:inet_sock_set_state` keeps its fields and `struct sock` its namespace cookie;
@@ -34,19 +34,18 @@ static SOCK_STATE_OFFSETS: SockStateOffsets = SockStateOffsets {
     saddr_v6: 0,
     daddr_v6: 0,
     sock_net: 0,
-    net_cookie: 0,
-    reserved: 0,
 };
-
-/// The namespace cookie to follow; 0 follows every namespace.
-#[unsafe(no_mangle)]
-static NETNS_FILTER: u64 = 0;
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
 #[map]
 static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The namespace to record, by each naming (`FOLLOWED_BY_*`); user space sets it once it
+/// has learnt how the programs name its own.
+#[map]
+static FOLLOWED: Array<u64> = Array::with_max_entries(FOLLOWED_SLOTS, 0);
 
 #[inline(always)]
 pub(crate) fn sock_state_offsets() -> SockStateOffsets {
@@ -61,7 +60,7 @@ pub(crate) fn read<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
     unsafe { ctx.read_at::<T>(offset as usize) }.ok()
 }
 
-/// The namespace cookie of the socket at `sk`, 0 when unknown.
+/// The namespace of the socket at `sk`, by address; 0 when unknown.
 #[inline(always)]
 pub(crate) fn sock_netns_of(sk: u64, offsets: &SockStateOffsets) -> u64 {
     if offsets.sock_net == 0 || sk == 0 {
@@ -69,22 +68,15 @@ pub(crate) fn sock_netns_of(sk: u64, offsets: &SockStateOffsets) -> u64 {
     }
     // SAFETY: bpf_probe_read_kernel checks the address; a bad one yields an error, not a
     // fault.
-    unsafe {
-        let Ok(net) = bpf_probe_read_kernel((sk + u64::from(offsets.sock_net)) as *const u64)
-        else {
-            return 0;
-        };
-        bpf_probe_read_kernel((net + u64::from(offsets.net_cookie)) as *const u64).unwrap_or(0)
-    }
+    unsafe { bpf_probe_read_kernel((sk + u64::from(offsets.sock_net)) as *const u64) }.unwrap_or(0)
 }
 
-/// Whether to record a socket of namespace `netns`; 0 is a namespace that could not be read,
-/// which user space sorts out.
+/// Whether to record what happens in namespace `netns`, named as slot `naming` of
+/// `FOLLOWED` names it.
 #[inline(always)]
-pub(crate) fn followed(netns: u64) -> bool {
-    // SAFETY: as for SOCK_STATE_OFFSETS.
-    let filter = unsafe { read_volatile(&NETNS_FILTER) };
-    filter == 0 || netns == filter || netns == 0
+pub(crate) fn followed(naming: u32, netns: u64) -> bool {
+    let filter = FOLLOWED.get(naming).copied().unwrap_or(0);
+    filter == 0 || netns == filter
 }
 
 #[inline(always)]

@@ -21,7 +21,7 @@ use aya_ebpf::{
 use tern_common::{
     counters::Counter,
     signals::{EXEC_PATH_LEN, SignalOffsets},
-    sockets::SEEN_MAX_ENTRIES,
+    sockets::{FOLLOWED_BY_ADDRESS, SEEN_MAX_ENTRIES},
 };
 
 use crate::shared::{count, followed, read, sock_netns_of, sock_state_offsets};
@@ -57,12 +57,8 @@ static EXECUTED: HashMap<[u8; EXEC_PATH_LEN], u32> =
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     let offsets = signal_offsets();
     let sk: u64 = read(&ctx, offsets.reset_sk).unwrap_or(0);
-    let netns = if sk != 0 {
-        sock_netns_of(sk, &sock_state_offsets())
-    } else {
-        skb_netns(read(&ctx, offsets.reset_skb).unwrap_or(0), &offsets)
-    };
-    count_reset(netns, sk == 0);
+    let skb: u64 = read(&ctx, offsets.reset_skb).unwrap_or(0);
+    count_reset(reset_followed(sk, skb, &offsets), sk == 0);
     0
 }
 
@@ -74,15 +70,9 @@ pub fn tcp_send_reset_probe(ctx: ProbeContext) -> u32 {
     let sk: u64 = ctx.arg(0).unwrap_or(0);
     let skb: u64 = ctx.arg(1).unwrap_or(0);
     let offsets = signal_offsets();
-    if carries_reset(skb, &offsets) {
-        return 0;
+    if !carries_reset(skb, &offsets) {
+        count_reset(reset_followed(sk, skb, &offsets), sk == 0);
     }
-    let netns = if sk != 0 {
-        sock_netns_of(sk, &sock_state_offsets())
-    } else {
-        skb_netns(skb, &offsets)
-    };
-    count_reset(netns, sk == 0);
     0
 }
 
@@ -91,13 +81,27 @@ pub fn tcp_send_reset_probe(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn tcp_active_reset_probe(ctx: ProbeContext) -> u32 {
     let sk: u64 = ctx.arg(0).unwrap_or(0);
-    count_reset(sock_netns_of(sk, &sock_state_offsets()), false);
+    count_reset(reset_followed(sk, 0, &signal_offsets()), false);
     0
 }
 
+/// Whether a reset answering segment `skb` from socket `sk` (0: none) is in a followed
+/// namespace: the socket's, else the segment's device's.
 #[inline(always)]
-fn count_reset(netns: u64, without_socket: bool) {
-    if followed(netns) {
+fn reset_followed(sk: u64, skb: u64, offsets: &SignalOffsets) -> bool {
+    if sk != 0 {
+        followed(
+            FOLLOWED_BY_ADDRESS,
+            sock_netns_of(sk, &sock_state_offsets()),
+        )
+    } else {
+        packet_followed(skb, offsets)
+    }
+}
+
+#[inline(always)]
+fn count_reset(followed: bool, without_socket: bool) {
+    if followed {
         count(Counter::ResetsSent);
         if without_socket {
             count(Counter::ClosedPortAttempts);
@@ -111,8 +115,7 @@ pub fn icmp_send(ctx: TracePointContext) -> u32 {
     let kind: i32 = read(&ctx, offsets.icmp_type).unwrap_or(0);
     let code: i32 = read(&ctx, offsets.icmp_code).unwrap_or(0);
     if kind == ICMP_DEST_UNREACH && code == ICMP_PORT_UNREACH {
-        let skb = read(&ctx, offsets.icmp_skb).unwrap_or(0);
-        count_port_unreachable(skb, &offsets);
+        count_port_unreachable(read(&ctx, offsets.icmp_skb).unwrap_or(0), &offsets);
     }
     0
 }
@@ -147,7 +150,7 @@ pub fn icmp_glue_bits_probe(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn count_port_unreachable(skb: u64, offsets: &SignalOffsets) {
-    if followed(skb_netns(skb, offsets)) {
+    if packet_followed(skb, offsets) {
         count(Counter::ClosedPortAttempts);
     }
 }
@@ -156,7 +159,10 @@ fn count_port_unreachable(skb: u64, offsets: &SignalOffsets) {
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     let offsets = signal_offsets();
     let sk: u64 = read(&ctx, offsets.retransmit_sk).unwrap_or(0);
-    if followed(sock_netns_of(sk, &sock_state_offsets())) {
+    if followed(
+        FOLLOWED_BY_ADDRESS,
+        sock_netns_of(sk, &sock_state_offsets()),
+    ) {
         count(Counter::Retransmits);
     }
     0
@@ -210,11 +216,20 @@ fn carries_reset(skb: u64, offsets: &SignalOffsets) -> bool {
     }
 }
 
-/// The namespace of a packet's device, 0 when the offsets are unknown or the packet has none.
+/// Whether the packet at `skb` belongs to a followed namespace, by its device's. A packet
+/// whose namespace cannot be read (no BTF to find it) counts: an over-count that the start-up
+/// line names is better than a blind signal.
+#[inline(always)]
+fn packet_followed(skb: u64, offsets: &SignalOffsets) -> bool {
+    let netns = skb_netns(skb, offsets);
+    netns == 0 || followed(FOLLOWED_BY_ADDRESS, netns)
+}
+
+/// The namespace of a packet's device, by address; 0 when the offsets are unknown or the
+/// packet has none.
 #[inline(always)]
 fn skb_netns(skb: u64, offsets: &SignalOffsets) -> u64 {
-    let cookie = sock_state_offsets().net_cookie;
-    if skb == 0 || offsets.skb_dev == 0 || cookie == 0 {
+    if skb == 0 || offsets.skb_dev == 0 || offsets.dev_net == 0 {
         return 0;
     }
     // SAFETY: bpf_probe_read_kernel checks each address; a bad one gives an error.
@@ -226,10 +241,6 @@ fn skb_netns(skb: u64, offsets: &SignalOffsets) -> u64 {
         if dev == 0 {
             return 0;
         }
-        let Ok(net) = bpf_probe_read_kernel((dev + u64::from(offsets.dev_net)) as *const u64)
-        else {
-            return 0;
-        };
-        bpf_probe_read_kernel((net + u64::from(cookie)) as *const u64).unwrap_or(0)
+        bpf_probe_read_kernel((dev + u64::from(offsets.dev_net)) as *const u64).unwrap_or(0)
     }
 }

@@ -2,8 +2,8 @@
 //! contacted during the current interval. Counterpart of the loader's `collect::sockets`.
 //!
 //! The tracepoint `sock:inet_sock_set_state` sees every state change of every TCP socket.
-//! Its field offsets and the offsets of the namespace cookie in `struct sock` come from user
-//! space (`SOCK_STATE_OFFSETS`), which reads them from the tracepoint's format and the BTF.
+//! Its field offsets and the offset of the namespace in `struct sock` come from user space
+//! (`SOCK_STATE_OFFSETS`), which reads them from the tracepoint's format and the BTF.
 
 use core::ptr::read_volatile;
 
@@ -19,8 +19,8 @@ use aya_ebpf::{
 use tern_common::{
     counters::Counter,
     sockets::{
-        AF_INET, AF_INET6, OPENED_INBOUND, OPENED_OUTBOUND, SEEN_MAX_ENTRIES, SOCKS_MAX_ENTRIES,
-        Seen, SockStateOffsets, TCP_CONNECTION, TCP_LISTENER, TcpSock, TcpState,
+        AF_INET, AF_INET6, FOLLOWED_BY_ADDRESS, OPENED_INBOUND, OPENED_OUTBOUND, SEEN_MAX_ENTRIES,
+        SOCKS_MAX_ENTRIES, Seen, SockStateOffsets, TCP_CONNECTION, TCP_LISTENER, TcpSock, TcpState,
     },
 };
 
@@ -87,7 +87,7 @@ fn on_state_change(ctx: &TracePointContext) -> Option<()> {
         return None;
     };
     let netns = sock_netns(ctx, &offsets);
-    if !followed(netns) {
+    if !followed(FOLLOWED_BY_ADDRESS, netns) {
         return None;
     }
     let family: u16 = read(ctx, offsets.family)?;
@@ -145,7 +145,7 @@ fn on_state_change(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
-/// The namespace cookie of the tracepoint's socket, 0 when the offsets are unknown.
+/// The namespace of the tracepoint's socket, by address; 0 when unknown.
 #[inline(always)]
 fn sock_netns(ctx: &TracePointContext, offsets: &SockStateOffsets) -> u64 {
     read::<u64>(ctx, offsets.skaddr).map_or(0, |sk| sock_netns_of(sk, offsets))

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use tern_common::{
     counters::Counter,
-    sockets::{SEEN_MAX_ENTRIES, SOCKS_MAX_ENTRIES, Seen, UdpSock},
+    sockets::{FOLLOWED_BY_COOKIE, SEEN_MAX_ENTRIES, SOCKS_MAX_ENTRIES, Seen, UdpSock},
 };
 
 use crate::shared::{count, epoch, followed, remember};
@@ -57,7 +57,7 @@ fn udp_bound<const V6: bool>(ctx: &SockContext) {
             bpf_get_netns_cookie(sk.cast()),
         )
     };
-    if !followed(netns) {
+    if !followed(FOLLOWED_BY_COOKIE, netns) {
         return;
     }
     udp_listening::<V6>(cookie, netns, sk);
@@ -88,7 +88,7 @@ fn udp_sent<const V6: bool>(ctx: &SockAddrContext) {
     }
     // SAFETY: as above.
     let netns = unsafe { bpf_get_netns_cookie(addr.cast()) };
-    if !followed(netns) {
+    if !followed(FOLLOWED_BY_COOKIE, netns) {
         return;
     }
     // SAFETY: the context's socket is valid for the program run.

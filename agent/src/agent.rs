@@ -15,7 +15,7 @@ use log::{debug, error, info};
 use crate::{
     collect::{Collectors, SocketOptions},
     config::{self, ConfigArgs},
-    host::{links::LinkWatch, netns},
+    host::links::LinkWatch,
     kernel::{
         object, preflight,
         programs::{LoadOptions, NewInterfaces, Programs},
@@ -82,10 +82,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
     process::check_start_capabilities()?;
     preflight::check()?;
     state_dir::prepare(&settings.state_dir, &account)?;
-    let own_netns = netns::own_netns_cookie()?;
     let (mut programs, maps) = Programs::load(&LoadOptions {
         include_loopback: args.include_loopback,
-        netns_filter: if args.all_namespaces { 0 } else { own_netns },
         record_connections: args.interval_connections,
     })?;
     // Both sockets subscribe before the dump, so a link created meanwhile reaches the child.
@@ -101,10 +99,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let mut collectors = Collectors::start(
         maps,
         SocketOptions {
-            netns: (!args.all_namespaces).then_some(own_netns),
+            all_namespaces: args.all_namespaces,
             interval_connections: args.interval_connections,
         },
-        own_netns,
         settings.metrics.clone(),
     )?;
     // Loading read the kernel's BTF (megabytes) and the eBPF object; give the freed heap and

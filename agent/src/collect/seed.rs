@@ -13,7 +13,7 @@ use tern_common::sockets::{SEEDED, TCP_CONNECTION, TCP_LISTENER, TcpSock, TcpSta
 
 use crate::{
     host::sockdiag::{self, DiagSocket},
-    kernel::maps::{TcpMaps, UdpMaps},
+    kernel::maps::{NetnsNames, TcpMaps, UdpMaps},
 };
 
 /// bpf_map_update_elem flag: only if the key is absent.
@@ -35,21 +35,21 @@ impl std::ops::AddAssign for Seeded {
     }
 }
 
-/// Puts the sockets of this thread's namespace (cookie `netns`) into the kernel maps. A
+/// Puts the sockets of this thread's namespace (named `names`) into the kernel maps. A
 /// socket that closes between the snapshot and its insertion would stay forever, so a
 /// second snapshot afterwards removes seeded sockets it no longer lists.
-pub fn seed(tcp_maps: &mut TcpMaps, udp_maps: &mut UdpMaps, netns: u64) -> Result<Seeded> {
+pub fn seed(tcp_maps: &mut TcpMaps, udp_maps: &mut UdpMaps, names: NetnsNames) -> Result<Seeded> {
     let snapshot = || -> Result<_> {
         let tcp_states = [sockdiag::TCP_LISTEN, sockdiag::TCP_ESTABLISHED];
         let udp_states = [sockdiag::TCP_CLOSE];
         Ok((
             tcp_seeds(
                 &sockdiag::dump(sockdiag::IPPROTO_TCP, sockdiag::states(&tcp_states))?,
-                netns,
+                names.by_address.unwrap_or(0),
             ),
             udp_seeds(
                 &sockdiag::dump(sockdiag::IPPROTO_UDP, sockdiag::states(&udp_states))?,
-                netns,
+                names.by_cookie.unwrap_or(0),
             ),
         ))
     };

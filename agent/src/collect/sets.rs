@@ -10,10 +10,9 @@ use aya::{
 use tern_common::sockets::{Seen, TcpSock};
 
 /// Whether a socket of namespace `netns` is reported when following `own` (None: every
-/// namespace); 0 is a namespace the kernel program could not read. The user-space half of
-/// the kernel programs' `followed`.
+/// namespace). The user-space half of the kernel programs' `followed`.
 pub fn followed(own: Option<u64>, netns: u64) -> bool {
-    own.is_none_or(|own| netns == own || netns == 0)
+    own.is_none_or(|own| netns == own)
 }
 
 /// Takes and deletes the entries of past intervals from an interval set of `Seen` keys,

@@ -152,7 +152,7 @@ impl TcpCollector {
     }
 }
 
-fn connection(sock: &TcpSock, owners: &Owners) -> Connection {
+pub(super) fn connection(sock: &TcpSock, owners: &Owners) -> Connection {
     let remote = SocketAddr::new(ip(sock.family, &sock.remote_addr), sock.remote_port);
     Connection {
         remote_addr: remote.to_string(),

@@ -1,9 +1,14 @@
 //! The host outside eBPF: its networking as netlink and the namespace files show it
-//! (interfaces and their addresses, the socket snapshot, namespace cookies), and files that
-//! survive a crash. Knows no eBPF, no report and no setting.
+//! (interfaces and their addresses and counters, the socket snapshot, namespace cookies),
+//! the kernel's own counters, and files that survive a crash. Knows no eBPF, no report and
+//! no setting.
 
 pub mod durable;
 pub mod links;
+pub mod linkstats;
 pub mod netlink;
 pub mod netns;
+pub mod snmp;
 pub mod sockdiag;
+#[cfg(test)]
+pub mod test_netns;

@@ -1,5 +1,5 @@
-//! Network namespaces: the cookie of tern's own, as the kernel programs see it, and visits
-//! to every other one (to take their socket snapshots at start).
+//! Network namespaces: visits to every one but tern's own (to take their socket snapshots
+//! at start).
 
 use std::{
     collections::HashSet,
@@ -8,42 +8,6 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-
-/// The cookie of tern's own network namespace, as the kernel programs see it.
-pub fn own_netns_cookie() -> Result<u64> {
-    const SO_NETNS_COOKIE: libc::c_int = 71;
-    // An unbound socket is enough: the cookie is the namespace's, and nothing listens.
-    // SAFETY: socket() has no memory preconditions; a valid fd is owned right away.
-    let socket = unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            bail!(
-                "cannot open a socket to learn the namespace cookie: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
-    };
-    let mut cookie = 0u64;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: cookie and len describe a writable u64.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        bail!(
-            "cannot read this network namespace's cookie (SO_NETNS_COOKIE needs Linux 5.14): {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(cookie)
-}
 
 /// Runs `f` in every other network namespace (that a process is in, or named under
 /// /run/netns or Docker's directory), on this thread, and

@@ -1,6 +1,6 @@
-//! The start-up snapshot: the sockets of tern's namespace as NETLINK_SOCK_DIAG lists them,
-//! so sockets opened before tern started are known. Read-only; seeding the kernel maps
-//! with it is the collector's job.
+//! The socket snapshot: the sockets of tern's namespace as NETLINK_SOCK_DIAG lists them. At
+//! start, so sockets opened before tern started are known; at each report, where no kernel
+//! program follows sockets. Read-only; what the snapshot becomes is the collectors' job.
 
 use std::net::IpAddr;
 

@@ -9,7 +9,7 @@ use aya::{
 use tern_common::{
     names,
     signals::EXEC_PATH_LEN,
-    sockets::{Seen, TcpSock, TcpState, UdpSock},
+    sockets::{FOLLOWED_BY_ADDRESS, FOLLOWED_BY_COOKIE, Seen, TcpSock, TcpState, UdpSock},
     traffic::IfTraffic,
 };
 
@@ -47,10 +47,39 @@ pub struct SignalMaps {
     pub executed: HashMap<MapData, [u8; EXEC_PATH_LEN], u32>,
 }
 
-/// What every program shares: the event counters and the interval number.
+/// The names of one network namespace, as the programs give them: None for a family whose
+/// programs are not attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetnsNames {
+    /// As the TCP tracepoint and the signals name it (`FOLLOWED_BY_ADDRESS`).
+    pub by_address: Option<u64>,
+    /// As the UDP cgroup hooks name it (`FOLLOWED_BY_COOKIE`).
+    pub by_cookie: Option<u64>,
+}
+
+/// What every program shares: the event counters, the interval number and the namespace
+/// they follow.
 pub struct SharedMaps {
     pub counters: PerCpuArray<MapData, u64>,
     pub epoch: Array<MapData, u32>,
+    pub followed: Array<MapData, u64>,
+}
+
+impl SharedMaps {
+    /// Has the programs record namespace `names` only, in each naming they know.
+    pub fn follow(&mut self, names: NetnsNames) -> Result<()> {
+        for (slot, name) in [
+            (FOLLOWED_BY_ADDRESS, names.by_address),
+            (FOLLOWED_BY_COOKIE, names.by_cookie),
+        ] {
+            if let Some(name) = name {
+                self.followed
+                    .set(slot, name, 0)
+                    .context("telling the kernel programs which namespace to follow")?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Maps {
@@ -81,6 +110,7 @@ impl Maps {
             shared: SharedMaps {
                 counters: PerCpuArray::try_from(take(names::COUNTERS)?)?,
                 epoch: Array::try_from(take(names::EPOCH)?)?,
+                followed: Array::try_from(take(names::FOLLOWED)?)?,
             },
         })
     }

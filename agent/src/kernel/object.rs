@@ -80,6 +80,7 @@ mod tests {
                 names::EXECUTED,
                 names::COUNTERS,
                 names::EPOCH,
+                names::FOLLOWED,
             ])
         );
         // Patching, as the loader does, refuses a global that is missing or of another size.
@@ -88,11 +89,10 @@ mod tests {
             zeros(size_of::<SockStateOffsets>()),
             zeros(size_of::<SignalOffsets>()),
         );
-        let (netns_filter, record_connections) = (zeros(size_of::<u64>()), zeros(size_of::<u32>()));
+        let record_connections = zeros(size_of::<u32>());
         object
             .patch_map_data(HashMap::from([
                 (names::SOCK_STATE_OFFSETS, (&sock_state[..], true)),
-                (names::NETNS_FILTER, (&netns_filter[..], true)),
                 (names::RECORD_CONNECTIONS, (&record_connections[..], true)),
                 (names::SIGNAL_OFFSETS, (&signals[..], true)),
             ]))

@@ -1,12 +1,13 @@
 //! Where this kernel keeps what tern's programs read: the fields of the tracepoint
-//! `sock:inet_sock_set_state` (from its format file) and the namespace cookie behind a
-//! `struct sock` (from the kernel's BTF). Offsets differ between kernels and
-//! architectures, so none is compiled in.
+//! `sock:inet_sock_set_state` (from its format file) and the namespace of a `struct sock`
+//! (from the kernel's BTF, else from the layout of `struct sock_common`, which every kernel
+//! since 4.x shares). Tracepoint offsets differ between kernels and architectures, so none
+//! is compiled in.
 
 use std::{fs, path::Path};
 
 use anyhow::{Context, Result, bail};
-use log::warn;
+use log::debug;
 use tern_common::{signals::SignalOffsets, sockets::SockStateOffsets};
 
 /// The tracepoint of TCP state changes, "category/name".
@@ -22,31 +23,40 @@ pub fn tracepoint_format(event: &str) -> Option<String> {
         .find_map(|p| fs::read_to_string(p).ok())
 }
 
-pub fn read() -> Result<SockStateOffsets> {
+/// `skc_net` in `struct sock_common`: after two addresses, a hash, two ports, the family,
+/// state and flag bytes, the bound interface, a list node of two pointers and the protocol
+/// pointer. The same from 4.x to 7.x; tern checks it at start where no BTF confirms it.
+const SKC_NET_BY_LAYOUT: u32 = 24 + 3 * size_of::<usize>() as u32;
+
+/// Where the namespace of a socket was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockNet {
+    Btf,
+    Layout,
+}
+
+pub fn read() -> Result<(SockStateOffsets, SockNet)> {
     let text = tracepoint_format(SET_STATE).context(
         "the tracepoint sock:inet_sock_set_state is not visible: mount tracefs \
          (mount -t tracefs nodev /sys/kernel/tracing); it needs Linux 4.16 or later",
     )?;
     let mut offsets =
         tracepoint_offsets(&text).context("unexpected format of sock:inet_sock_set_state")?;
-    match fs::read(VMLINUX_BTF)
+    let from_btf = fs::read(VMLINUX_BTF)
         .map_err(anyhow::Error::from)
-        .and_then(|btf| {
-            Ok((
-                member_offset(&btf, "sock_common", "skc_net")?,
-                member_offset(&btf, "net", "net_cookie")?,
-            ))
-        }) {
-        Ok((sock_net, net_cookie)) => {
+        .and_then(|btf| member_offset(&btf, "sock_common", "skc_net"));
+    let found = match from_btf {
+        Ok(sock_net) => {
             offsets.sock_net = sock_net;
-            offsets.net_cookie = net_cookie;
+            SockNet::Btf
         }
-        Err(err) => warn!(
-            "cannot tell network namespaces apart for TCP ({VMLINUX_BTF}: {err:#}); \
-             TCP sockets of every namespace are reported"
-        ),
-    }
-    Ok(offsets)
+        Err(err) => {
+            debug!("no BTF for struct sock_common ({VMLINUX_BTF}: {err:#})");
+            offsets.sock_net = SKC_NET_BY_LAYOUT;
+            SockNet::Layout
+        }
+    };
+    Ok((offsets, found))
 }
 
 /// The tracepoints of resets sent and ICMP errors sent, "category/name".
@@ -310,13 +320,21 @@ format:
     }
 
     #[test]
+    fn the_layout_of_sock_common_matches_this_kernels_btf() {
+        let btf = fs::read(VMLINUX_BTF).expect("this machine's kernel has BTF");
+        assert_eq!(
+            member_offset(&btf, "sock_common", "skc_net").unwrap(),
+            SKC_NET_BY_LAYOUT
+        );
+    }
+
+    #[test]
     fn finds_struct_members_in_this_kernels_btf() {
         let Ok(btf) = fs::read(VMLINUX_BTF) else {
             panic!("{VMLINUX_BTF} is missing: this machine's kernel has BTF");
         };
         let net = member_offset(&btf, "sock_common", "skc_net").unwrap();
         assert!(net > 0 && net < 136, "skc_net at {net}");
-        assert!(member_offset(&btf, "net", "net_cookie").unwrap() > 0);
         // `dev` sits in an anonymous union of sk_buff, after next and prev.
         assert_eq!(member_offset(&btf, "sk_buff", "dev").unwrap(), 16);
         assert!(member_offset(&btf, "net_device", "nd_net").unwrap() > 0);

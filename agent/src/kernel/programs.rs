@@ -74,11 +74,10 @@ const CGROUP_SOCK_ADDR: &[&str] = &[
     names::UDP_CONNECT6,
 ];
 
-/// What to load: which namespace the socket programs follow (0: all of them), and whether
-/// they record every connection of an interval.
+/// What to load: whether loopback is counted, and whether the socket programs record every
+/// connection of an interval.
 pub struct LoadOptions {
     pub include_loopback: bool,
-    pub netns_filter: u64,
     pub record_connections: bool,
 }
 
@@ -127,12 +126,11 @@ pub struct Programs {
 
 impl Programs {
     pub fn load(options: &LoadOptions) -> Result<(Self, Maps)> {
-        let sock_state = super::offsets::read()?;
+        let (sock_state, _) = super::offsets::read()?;
         let signals = super::offsets::read_signals();
         let record_connections = u32::from(options.record_connections);
         let mut ebpf = EbpfLoader::new()
             .override_global(names::SOCK_STATE_OFFSETS, &sock_state, true)
-            .override_global(names::NETNS_FILTER, &options.netns_filter, true)
             .override_global(names::RECORD_CONNECTIONS, &record_connections, true)
             .override_global(names::SIGNAL_OFFSETS, &signals, true)
             .load(OBJECT)

@@ -71,6 +71,10 @@ pub const EXECUTIONS: Metric = count("interval_execs");
 pub const NEW_EXECUTABLES: Metric = set("interval_new_executables", Kind::StringList);
 pub const PORTS_CONTACTED: Metric = set("interval_remote_ports_contacted", Kind::NumberList);
 pub const ADDRESSES_CONTACTED: Metric = set("interval_remote_addresses_contacted", Kind::IpList);
+/// Datagrams that reached no socket, IPv4 and IPv6, as the kernel counts them (NoPorts).
+pub const CLOSED_UDP_PORTS: Metric = count("interval_udp_datagrams_to_closed_ports");
+/// Processes (and threads) created on the host, as the kernel counts them.
+pub const PROCESSES_CREATED: Metric = count("interval_processes_created");
 /// Readings at report time: the newer one stands when reports fold. The names AWS's own
 /// agents use.
 pub const CPU_USAGE: Metric = collected("cpu_usage", Kind::Number, Merge::Latest);
@@ -102,6 +106,8 @@ pub const CATALOG: &[Metric] = &[
     NEW_EXECUTABLES,
     PORTS_CONTACTED,
     ADDRESSES_CONTACTED,
+    CLOSED_UDP_PORTS,
+    PROCESSES_CREATED,
     CPU_USAGE,
     MEMORY_USED,
     REPORTS_ACCEPTED,
