@@ -206,8 +206,10 @@ pub mod signals {
     /// Longest executable path recorded; longer ones are cut.
     pub const EXEC_PATH_LEN: usize = 128;
 
-    /// Where the tracepoints of the security signals keep their fields, and where `struct
-    /// sk_buff` and `struct net_device` lead to a namespace (from BTF; 0 when unknown).
+    /// Where the tracepoints of the security signals keep their fields; where `struct
+    /// sk_buff` and `struct net_device` lead to a namespace, and `struct sk_buff` to the
+    /// TCP header (from BTF; 0 when unknown); and where the ICMP header sits in the kernel's
+    /// `struct icmp_bxm`, which the ICMP kprobe reads.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct SignalOffsets {
@@ -220,7 +222,9 @@ pub mod signals {
         pub exec_filename: u32,
         pub skb_dev: u32,
         pub dev_net: u32,
-        pub reserved: u32,
+        pub skb_head: u32,
+        pub skb_transport_header: u32,
+        pub icmp_param_header: u32,
     }
 
     #[cfg(feature = "user")]
@@ -312,7 +316,10 @@ pub mod names {
     pub const UDP_CONNECT6: &str = "udp_connect6";
     pub const UDP_RELEASE: &str = "udp_release";
     pub const TCP_SEND_RESET: &str = "tcp_send_reset";
+    pub const TCP_SEND_RESET_PROBE: &str = "tcp_send_reset_probe";
+    pub const TCP_ACTIVE_RESET_PROBE: &str = "tcp_active_reset_probe";
     pub const ICMP_SEND: &str = "icmp_send";
+    pub const ICMP_GLUE_BITS_PROBE: &str = "icmp_glue_bits_probe";
     pub const TCP_RETRANSMIT_SKB: &str = "tcp_retransmit_skb";
     pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
 }

@@ -1,6 +1,12 @@
 //! Security signals from kernel events, counted per event: TCP resets sent, probes of closed
 //! ports (TCP resets without a socket, ICMP port unreachable), TCP retransmissions, and
 //! process executions with the path of each executable.
+//!
+//! Resets and port unreachables come from tracepoints where the kernel's own see every one
+//! sent, and from kprobes on the functions that send them where they do not (user space
+//! attaches one set or the other): before 6.10 `tcp:tcp_send_reset` skips resets without a
+//! full socket, and before `icmp:icmp_send` existed there was none. Neither kind of hook
+//! is on the per-packet path.
 
 use core::ptr::read_volatile;
 
@@ -8,9 +14,9 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_ANY, BPF_F_NO_PREALLOC},
     helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes},
-    macros::{map, tracepoint},
+    macros::{kprobe, map, tracepoint},
     maps::HashMap,
-    programs::TracePointContext,
+    programs::{ProbeContext, TracePointContext},
 };
 use tern_common::{
     counters::Counter,
@@ -22,6 +28,9 @@ use crate::shared::{count, followed, read, sock_netns_of, sock_state_offsets};
 
 const ICMP_DEST_UNREACH: i32 = 3;
 const ICMP_PORT_UNREACH: i32 = 3;
+/// The RST bit in the flags byte, byte 13 of a TCP header.
+const TCP_FLAGS_BYTE: u64 = 13;
+const TCP_FLAG_RST: u8 = 0x04;
 
 #[unsafe(no_mangle)]
 static SIGNAL_OFFSETS: SignalOffsets = SignalOffsets {
@@ -34,7 +43,9 @@ static SIGNAL_OFFSETS: SignalOffsets = SignalOffsets {
     exec_filename: 0,
     skb_dev: 0,
     dev_net: 0,
-    reserved: 0,
+    skb_head: 0,
+    skb_transport_header: 0,
+    icmp_param_header: 0,
 };
 
 /// Paths executed during the interval; user space takes and deletes them at each report.
@@ -46,21 +57,56 @@ static EXECUTED: HashMap<[u8; EXEC_PATH_LEN], u32> =
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     let offsets = signal_offsets();
     let sk: u64 = read(&ctx, offsets.reset_sk).unwrap_or(0);
-    let followed = if sk != 0 {
+    let skb: u64 = read(&ctx, offsets.reset_skb).unwrap_or(0);
+    count_reset(reset_followed(sk, skb, &offsets), sk == 0);
+    0
+}
+
+/// `tcp_v4_send_reset` and `tcp_v6_send_reset` (sk, skb): a reset answering segment `skb`,
+/// which reached socket `sk` (a listener, a time-wait or request socket) or none. The kernel
+/// sends none in answer to a segment that carries RST itself.
+#[kprobe]
+pub fn tcp_send_reset_probe(ctx: ProbeContext) -> u32 {
+    let sk: u64 = ctx.arg(0).unwrap_or(0);
+    let skb: u64 = ctx.arg(1).unwrap_or(0);
+    let offsets = signal_offsets();
+    if !carries_reset(skb, &offsets) {
+        count_reset(reset_followed(sk, skb, &offsets), sk == 0);
+    }
+    0
+}
+
+/// `tcp_send_active_reset` (sk, ...): a reset a socket sends on its own (an abort, a close
+/// with unread data).
+#[kprobe]
+pub fn tcp_active_reset_probe(ctx: ProbeContext) -> u32 {
+    let sk: u64 = ctx.arg(0).unwrap_or(0);
+    count_reset(reset_followed(sk, 0, &signal_offsets()), false);
+    0
+}
+
+/// Whether a reset answering segment `skb` from socket `sk` (0: none) is in a followed
+/// namespace: the socket's, else the segment's device's.
+#[inline(always)]
+fn reset_followed(sk: u64, skb: u64, offsets: &SignalOffsets) -> bool {
+    if sk != 0 {
         followed(
             FOLLOWED_BY_ADDRESS,
             sock_netns_of(sk, &sock_state_offsets()),
         )
     } else {
-        packet_followed(read(&ctx, offsets.reset_skb).unwrap_or(0), &offsets)
-    };
+        packet_followed(skb, offsets)
+    }
+}
+
+#[inline(always)]
+fn count_reset(followed: bool, without_socket: bool) {
     if followed {
         count(Counter::ResetsSent);
-        if sk == 0 {
+        if without_socket {
             count(Counter::ClosedPortAttempts);
         }
     }
-    0
 }
 
 #[tracepoint]
@@ -69,11 +115,44 @@ pub fn icmp_send(ctx: TracePointContext) -> u32 {
     let kind: i32 = read(&ctx, offsets.icmp_type).unwrap_or(0);
     let code: i32 = read(&ctx, offsets.icmp_code).unwrap_or(0);
     if kind == ICMP_DEST_UNREACH && code == ICMP_PORT_UNREACH {
-        if packet_followed(read(&ctx, offsets.icmp_skb).unwrap_or(0), &offsets) {
-            count(Counter::ClosedPortAttempts);
-        }
+        count_port_unreachable(read(&ctx, offsets.icmp_skb).unwrap_or(0), &offsets);
     }
     0
+}
+
+/// `icmp_glue_bits` (param, to, offset, ...): copies an ICMP message's payload once its
+/// sending is decided (after the rate limits), in one call with offset 0 for a message
+/// the size of an error. `param` is the kernel's `struct icmp_bxm`: the offending packet
+/// first, the ICMP header at `icmp_param_header`.
+#[kprobe]
+pub fn icmp_glue_bits_probe(ctx: ProbeContext) -> u32 {
+    let param: u64 = ctx.arg(0).unwrap_or(0);
+    let offset: i32 = ctx.arg(2).unwrap_or(-1);
+    let offsets = signal_offsets();
+    if param == 0 || offset != 0 {
+        return 0;
+    }
+    // SAFETY: bpf_probe_read_kernel checks each address; a bad one gives an error.
+    let (header, skb) = unsafe {
+        (
+            bpf_probe_read_kernel((param + u64::from(offsets.icmp_param_header)) as *const [u8; 2]),
+            bpf_probe_read_kernel(param as *const u64),
+        )
+    };
+    if let (Ok([kind, code]), Ok(skb)) = (header, skb)
+        && i32::from(kind) == ICMP_DEST_UNREACH
+        && i32::from(code) == ICMP_PORT_UNREACH
+    {
+        count_port_unreachable(skb, &offsets);
+    }
+    0
+}
+
+#[inline(always)]
+fn count_port_unreachable(skb: u64, offsets: &SignalOffsets) {
+    if packet_followed(skb, offsets) {
+        count(Counter::ClosedPortAttempts);
+    }
 }
 
 #[tracepoint]
@@ -112,6 +191,29 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 fn signal_offsets() -> SignalOffsets {
     // SAFETY: set by user space before loading; volatile keeps the zeros from being folded.
     unsafe { read_volatile(&SIGNAL_OFFSETS) }
+}
+
+/// Whether the TCP segment `skb` carries RST; false when unknown (no BTF), so the reset is
+/// counted.
+#[inline(always)]
+fn carries_reset(skb: u64, offsets: &SignalOffsets) -> bool {
+    if skb == 0 || offsets.skb_head == 0 || offsets.skb_transport_header == 0 {
+        return false;
+    }
+    // SAFETY: bpf_probe_read_kernel checks each address; a bad one gives an error.
+    unsafe {
+        let Ok(head) = bpf_probe_read_kernel((skb + u64::from(offsets.skb_head)) as *const u64)
+        else {
+            return false;
+        };
+        let Ok(transport) =
+            bpf_probe_read_kernel((skb + u64::from(offsets.skb_transport_header)) as *const u16)
+        else {
+            return false;
+        };
+        let flags = head + u64::from(transport) + TCP_FLAGS_BYTE;
+        bpf_probe_read_kernel(flags as *const u8).is_ok_and(|f| f & TCP_FLAG_RST != 0)
+    }
 }
 
 /// Whether the packet at `skb` belongs to a followed namespace, by its device's. A packet

@@ -250,6 +250,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
     }
     info!("stopping after {sent} reports");
+    // The child holds what the kernel does not release with this process (netlink filters
+    // before 6.6): it lets go before this process ends.
+    if let Some(pid) = link_child_pid {
+        link_child::stop(pid);
+    }
     output.close();
     Ok(())
 }

@@ -3,11 +3,16 @@
 # It runs one scenario with tern in the root network namespace and a peer namespace across
 # a veth pair, records the ground truth with ss, ip and /proc/net/snmp, writes everything in
 # marked sections on the second serial port (the first carries the kernel's noise), and
-# powers off. Parameters come from the kernel command line: tern_interval, tern_count.
+# powers off. Two more runs of tern follow, one stopped with SIGTERM and one killed with
+# kill -9, each followed by the interfaces' TC state (tern must leave none of its own).
+# Parameters come from the kernel command line: tern_interval, tern_count, the probes of
+# closed ports the peer sends, tern_syns (TCP) and tern_probes (UDP), and tern_others, the
+# number of each kind of packet that tern's namespace does not answer (or not alone).
 
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 # busybox's shell prefers its own applets to PATH; the host's ip and kmod are meant.
 ip() { /usr/sbin/ip "$@"; }
+tc() { /usr/sbin/tc "$@"; }
 modprobe() { /sbin/modprobe "$@"; }
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -21,10 +26,16 @@ echo /sbin/modprobe > /proc/sys/kernel/modprobe
 
 interval=2
 count=5
+syns=0
+probes=0
+others=0
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         tern_interval=*) interval=${arg#tern_interval=} ;;
         tern_count=*) count=${arg#tern_count=} ;;
+        tern_syns=*) syns=${arg#tern_syns=} ;;
+        tern_probes=*) probes=${arg#tern_probes=} ;;
+        tern_others=*) others=${arg#tern_others=} ;;
     esac
 done
 
@@ -33,6 +44,47 @@ done
 exec 3> /dev/ttyS1
 stty -F /dev/ttyS1 raw -echo
 section() { echo "@@ $1" >&3; }
+
+# The TC state of the interfaces tern counts, one line per line of tc, prefixed with the
+# interface and what was asked: "DEV qdisc ...", "DEV ingress ...", "DEV egress ...".
+tc_state() {
+    for dev in veth0 other0 other1 late0; do
+        tc qdisc show dev "$dev" | sed "s/^/$dev qdisc /"
+        tc filter show dev "$dev" ingress | sed "s/^/$dev ingress /"
+        tc filter show dev "$dev" egress | sed "s/^/$dev egress /"
+    done
+}
+
+# Waits (bounded) until file $1 has a report or process $2 is gone.
+await_report() {
+    waited=0
+    while [ ! -s "$1" ] && kill -0 "$2" 2> /dev/null && [ $waited -lt 120 ]; do
+        sleep 0.5
+        waited=$((waited + 1))
+    done
+}
+
+# tern processes that are still running (zombies aside).
+terns_running() {
+    for stat in /proc/[0-9]*/stat; do
+        read -r line < "$stat" 2> /dev/null || continue
+        case "$line" in *"(tern) "[!Z]*) echo "$line" ;; esac
+    done | wc -l
+}
+
+# syn_probes NAMESPACE ADDR PORT COUNT: connection attempts to a closed TCP port from
+# NAMESPACE (empty: this one), each SYN answered with one reset.
+syn_probes() {
+    i=0
+    while [ $i -lt "$4" ]; do
+        if [ -n "$1" ]; then
+            ip netns exec "$1" nc "$2" "$3" < /dev/null > /dev/null 2>&1
+        else
+            nc "$2" "$3" < /dev/null > /dev/null 2>&1
+        fi
+        i=$((i + 1))
+    done
+}
 
 section "kernel $(uname -r) $(uname -m)"
 for module in $(cat /etc/tern-modules); do
@@ -53,6 +105,15 @@ ip link set veth0 up
 ip netns exec peer ip addr add 10.0.0.2/24 dev veth1
 ip netns exec peer ip link set veth1 up
 ip netns exec peer ip link set lo up
+# A second pair tern counts: other0 has a clsact qdisc with another program's filter (a
+# classic BPF program that matches nothing) from before tern, which must stay as it was.
+ip link add other0 type veth peer name other1
+ip link set other0 up
+ip link set other1 up
+tc qdisc add dev other0 clsact
+tc filter add dev other0 ingress pref 10 bpf bytecode '1,6 0 0 0,'
+# ICMP errors are rate-limited per peer; the scan's every datagram is to be answered.
+sysctl -qw net.ipv4.icmp_ratemask=0
 
 # Sockets older than tern: a TCP listener and a bound UDP socket here, and in the peer the
 # ends of this side's connection and datagrams. busybox's nc closes at the end of its input,
@@ -72,18 +133,34 @@ timeout $((interval * count + 60)) tern run --output stdout --interval "$interva
     --count "$count" > /tmp/reports 2> /tmp/tern.err &
 tern=$!
 # The traffic starts once tern has reported, so every packet falls inside its intervals.
-waited=0
-while [ ! -s /tmp/reports ] && kill -0 $tern 2> /dev/null && [ $waited -lt 120 ]; do
-    sleep 0.5
-    waited=$((waited + 1))
-done
+await_report /tmp/reports $tern
 
 if kill -0 $tern 2> /dev/null; then
+    # An interface that appears while tern runs: the link child attaches to it.
+    ip link add late0 type veth peer name late1
+    ip link set late0 up
+    ip link set late1 up
+    waited=0
+    while ! grep -q "counting traffic on late0" /tmp/tern.err && [ $waited -lt 100 ]; do
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    section tc-running
+    tc_state >&3
     # Connections held open both ways, datagrams of a known size, and a ping.
     (echo hello; sleep 600) | ip netns exec peer nc 10.0.0.1 8080 > /dev/null &
     (echo hello; sleep 600) | nc 10.0.0.2 9090 > /dev/null &
     xtask guest-udp send 10.0.0.2:5000 20 512
     ping -c 3 10.0.0.2 > /dev/null
+    # A scan of closed ports of this namespace from the peer, TCP and UDP; datagrams to an
+    # open port and bare resets to a closed one, which this namespace does not answer.
+    syn_probes peer 10.0.0.1 7000 "$syns"
+    ip netns exec peer xtask guest-udp send 10.0.0.1:7001 "$probes" 32
+    ip netns exec peer xtask guest-udp send 10.0.0.1:5353 "$others" 32
+    ip netns exec peer xtask guest-udp reset 10.0.0.2 10.0.0.1:7002 "$others"
+    # The same from here to the peer: its answers are the peer namespace's, not tern's.
+    syn_probes "" 10.0.0.2 7000 "$others"
+    xtask guest-udp send 10.0.0.2:7001 "$others" 32
     sleep 1
     section ss-listening
     ss -H -tlnu >&3
@@ -92,6 +169,8 @@ if kill -0 $tern 2> /dev/null; then
 fi
 wait $tern
 status=$?
+section tc-after-count
+tc_state >&3
 
 section link-after
 ip -j -s link show dev veth0 >&3
@@ -102,6 +181,32 @@ cat /tmp/reports >&3
 section tern-stderr
 cat /tmp/tern.err >&3
 section "exit $status"
+
+# A second run stopped with SIGTERM: its filters must be gone when the main process is.
+tern run --output stdout --interval "$interval" > /tmp/reports-term 2> /tmp/tern-term.err &
+tern=$!
+await_report /tmp/reports-term $tern
+kill -TERM $tern 2> /dev/null
+wait $tern
+status=$?
+section "sigterm-run $(wc -l < /tmp/reports-term) reports, exit $status"
+tc_state >&3
+
+# A third killed with kill -9: the link child notices and releases what tern held.
+tern run --output stdout --interval "$interval" > /tmp/reports-kill 2> /tmp/tern-kill.err &
+tern=$!
+await_report /tmp/reports-kill $tern
+kill -KILL $tern 2> /dev/null
+wait $tern 2> /dev/null
+waited=0
+while [ "$(terns_running)" -gt 0 ] && [ $waited -lt 100 ]; do
+    sleep 0.1
+    waited=$((waited + 1))
+done
+section "kill-run $(wc -l < /tmp/reports-kill) reports, $(terns_running) running after"
+tc_state >&3
+section tern-stderr-runs
+cat /tmp/tern-term.err /tmp/tern-kill.err >&3
 section end
 exec 3>&-
 poweroff -f

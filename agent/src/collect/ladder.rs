@@ -59,12 +59,16 @@ impl Ladder {
     /// The ladder for programs attached as `attached` (None: no eBPF is usable at all);
     /// `tcp_unusable` says why the TCP tracepoint, though attached, cannot be used.
     pub fn decide(attached: Option<&Attached>, tcp_unusable: Option<String>) -> Self {
-        let ok = |outcome: Option<&Result<(), String>>| outcome.is_some_and(Result::is_ok);
-        let why = |outcome: Option<&Result<(), String>>| match outcome {
-            Some(Err(why)) if !why.is_empty() => why.clone(),
-            Some(_) => "not attached".to_owned(),
-            None => "no eBPF".to_owned(),
-        };
+        fn ok<T>(outcome: Option<&Result<T, String>>) -> bool {
+            outcome.is_some_and(Result::is_ok)
+        }
+        fn why<T>(outcome: Option<&Result<T, String>>) -> String {
+            match outcome {
+                Some(Err(why)) => why.clone(),
+                Some(Ok(_)) => "attached".to_owned(),
+                None => "no eBPF".to_owned(),
+            }
+        }
         let traffic = attached.map(|a| &a.traffic);
         let unusable = tcp_unusable.map(Err);
         let tcp = unusable.as_ref().or(attached.map(|a| &a.tcp));
@@ -180,15 +184,15 @@ impl Ladder {
             ),
         ] {
             let program = name.split_once(':').map_or(name, |(_, p)| p);
-            if ok(outcome) {
-                ladder.sources.push(format!("{program}:tracepoint"));
+            if let Some(Ok(kind)) = outcome {
+                ladder.sources.push(format!("{program}:{kind}"));
             } else {
                 ladder.sources.push(format!("{program}:none"));
                 // Without eBPF at all, the one line above says it for every signal.
                 if attached.is_some() {
                     warn!(
-                        "degraded: no tracepoint program on {name} ({}); {costs}; brought back \
-                         by {BPF_EVENTS}",
+                        "degraded: no program counts {name} ({}); {costs}; brought back by \
+                         {BPF_EVENTS}",
                         why(outcome)
                     );
                 }

@@ -5,7 +5,7 @@
 use std::io::{Error, ErrorKind, Result};
 
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkDeserializable, NetlinkHeader, NetlinkMessage,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkDeserializable, NetlinkHeader, NetlinkMessage,
     NetlinkPayload, NetlinkSerializable,
 };
 use netlink_sys::Socket;
@@ -15,14 +15,7 @@ pub fn dump<I>(socket: &Socket, buf: &mut Vec<u8>, request: I) -> Result<Vec<I>>
 where
     I: NetlinkSerializable + NetlinkDeserializable,
 {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    header.sequence_number = 1;
-    let mut request = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
-    request.finalize();
-    let mut bytes = vec![0; request.buffer_len()];
-    request.serialize(&mut bytes);
-    socket.send(&bytes, 0)?;
+    send(socket, request, NLM_F_REQUEST | NLM_F_DUMP)?;
     let mut messages = Vec::new();
     // A dump ends with NLMSG_DONE; the bound keeps a misbehaving kernel from holding us.
     for _ in 0..1_000_000 {
@@ -34,6 +27,43 @@ where
         ErrorKind::InvalidData,
         "the kernel's netlink dump did not end",
     ))
+}
+
+/// Sends a request that changes something and waits for the kernel's acknowledgement.
+pub fn acknowledged<I>(socket: &Socket, buf: &mut Vec<u8>, request: I) -> Result<()>
+where
+    I: NetlinkSerializable + NetlinkDeserializable,
+{
+    send(socket, request, NLM_F_REQUEST | NLM_F_ACK)?;
+    let mut messages = Vec::<I>::new();
+    // The acknowledgement is an error message with error number 0; nothing else is expected
+    // before it, and the bound keeps a misbehaving kernel from holding us.
+    for _ in 0..16 {
+        match receive(socket, buf, 0, &mut messages) {
+            Err(err) if err.raw_os_error() == Some(0) => return Ok(()),
+            Err(err) => return Err(err),
+            Ok(_) => {}
+        }
+    }
+    Err(Error::new(
+        ErrorKind::InvalidData,
+        "the kernel did not acknowledge a netlink request",
+    ))
+}
+
+fn send<I>(socket: &Socket, request: I, flags: u16) -> Result<()>
+where
+    I: NetlinkSerializable,
+{
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    header.sequence_number = 1;
+    let mut request = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(request));
+    request.finalize();
+    let mut bytes = vec![0; request.buffer_len()];
+    request.serialize(&mut bytes);
+    socket.send(&bytes, 0)?;
+    Ok(())
 }
 
 /// Reads one datagram into `messages`; true when it held the end of a dump.

@@ -50,7 +50,10 @@ mod tests {
                 names::UDP_CONNECT6,
                 names::UDP_RELEASE,
                 names::TCP_SEND_RESET,
+                names::TCP_SEND_RESET_PROBE,
+                names::TCP_ACTIVE_RESET_PROBE,
                 names::ICMP_SEND,
+                names::ICMP_GLUE_BITS_PROBE,
                 names::TCP_RETRANSMIT_SKB,
                 names::SCHED_PROCESS_EXEC,
             ])

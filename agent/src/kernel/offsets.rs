@@ -58,8 +58,22 @@ pub fn read() -> Result<(SockStateOffsets, SockNet)> {
     Ok((offsets, found))
 }
 
+/// The tracepoints of resets sent and ICMP errors sent, "category/name".
+pub const SEND_RESET: &str = "tcp/tcp_send_reset";
+pub const ICMP_SEND: &str = "icmp/icmp_send";
+
+/// Whether `tcp:tcp_send_reset` fires for every reset the kernel sends, those answering
+/// segments that reached no socket included: from 6.10 on, where it also gained its
+/// `reason` field (before, it skips every reset without a full socket).
+pub fn reset_tracepoint_complete() -> bool {
+    tracepoint_format(SEND_RESET).is_some_and(|f| field_offset(&f, "reason").is_ok())
+}
+
 /// Where the security signals' tracepoints keep their fields; a tracepoint this kernel lacks
-/// keeps zeros, and its program is not attached.
+/// keeps zeros, and its program is not attached. Without BTF the namespace and TCP header
+/// offsets stay 0 (every namespace's events count, and so do resets the kernel does not
+/// send because the segment carried RST itself), and `struct icmp_bxm` is taken to have
+/// the layout it has had since Linux 2.6: a pointer and two ints before the ICMP header.
 pub fn read_signals() -> SignalOffsets {
     let field = |event: &str, name: &str| {
         tracepoint_format(event)
@@ -72,17 +86,23 @@ pub fn read_signals() -> SignalOffsets {
             .and_then(|b| member_offset(b, name, member).ok())
             .unwrap_or(0)
     };
+    let icmp_param_header = match member("icmp_bxm", "data") {
+        0 => (size_of::<usize>() + 2 * size_of::<u32>()) as u32,
+        offset => offset,
+    };
     SignalOffsets {
-        reset_skb: field("tcp/tcp_send_reset", "skbaddr"),
-        reset_sk: field("tcp/tcp_send_reset", "skaddr"),
+        reset_skb: field(SEND_RESET, "skbaddr"),
+        reset_sk: field(SEND_RESET, "skaddr"),
         retransmit_sk: field("tcp/tcp_retransmit_skb", "skaddr"),
-        icmp_skb: field("icmp/icmp_send", "skbaddr"),
-        icmp_type: field("icmp/icmp_send", "type"),
-        icmp_code: field("icmp/icmp_send", "code"),
+        icmp_skb: field(ICMP_SEND, "skbaddr"),
+        icmp_type: field(ICMP_SEND, "type"),
+        icmp_code: field(ICMP_SEND, "code"),
         exec_filename: field("sched/sched_process_exec", "filename"),
         skb_dev: member("sk_buff", "dev"),
         dev_net: member("net_device", "nd_net"),
-        reserved: 0,
+        skb_head: member("sk_buff", "head"),
+        skb_transport_header: member("sk_buff", "transport_header"),
+        icmp_param_header,
     }
 }
 
@@ -317,6 +337,13 @@ format:
         // `dev` sits in an anonymous union of sk_buff, after next and prev.
         assert_eq!(member_offset(&btf, "sk_buff", "dev").unwrap(), 16);
         assert!(member_offset(&btf, "net_device", "nd_net").unwrap() > 0);
+        // The TCP header of a segment, and the ICMP header of a message being built.
+        assert!(member_offset(&btf, "sk_buff", "head").unwrap() > 16);
+        assert!(member_offset(&btf, "sk_buff", "transport_header").unwrap() > 16);
+        assert_eq!(
+            member_offset(&btf, "icmp_bxm", "data").unwrap() as usize,
+            size_of::<usize>() + 8
+        );
         assert!(member_offset(&btf, "net", "no_such_member").is_err());
         assert!(member_offset(&btf, "no_such_struct", "x").is_err());
         assert!(member_offset(&btf[..10], "net", "ns").is_err());

@@ -6,22 +6,31 @@
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
+    io,
+    path::Path,
 };
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
-        TracePoint,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, KProbe, LinkOrder, ProgramType,
+        SchedClassifier, TcAttachType, TracePoint,
+        kprobe::KProbeLinkId,
         tc::{
             NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError, qdisc_add_clsact,
             qdisc_detach_program,
         },
     },
+    sys::is_program_supported,
     util::KernelVersion,
 };
 use log::{debug, info, warn};
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    tc::{TcAttribute, TcHandle, TcMessage},
+};
+use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
 use tern_common::names;
 
 use super::{
@@ -29,15 +38,32 @@ use super::{
     object::OBJECT,
     offsets::{SET_STATE, SockNet},
 };
-use crate::host::links::{Interface, LinkEvent};
+use crate::host::{
+    links::{Interface, LinkEvent},
+    netlink::{acknowledged, dump},
+};
 
-/// The security signals' programs and their tracepoints ("category/name").
+/// The security signals' programs that have only a tracepoint ("category/name").
 const SIGNALS: &[(&str, &str)] = &[
-    (names::TCP_SEND_RESET, "tcp/tcp_send_reset"),
-    (names::ICMP_SEND, "icmp/icmp_send"),
     (names::TCP_RETRANSMIT_SKB, "tcp/tcp_retransmit_skb"),
     (names::SCHED_PROCESS_EXEC, "sched/sched_process_exec"),
 ];
+
+/// The kprobes that count resets where `tcp:tcp_send_reset` misses some: program, kernel
+/// function, and whether the function exists only with IPv6.
+const RESET_PROBES: &[(&str, &str, bool)] = &[
+    (names::TCP_SEND_RESET_PROBE, "tcp_v4_send_reset", false),
+    (names::TCP_SEND_RESET_PROBE, "tcp_v6_send_reset", true),
+    (
+        names::TCP_ACTIVE_RESET_PROBE,
+        "tcp_send_active_reset",
+        false,
+    ),
+];
+
+/// The kprobe that counts ICMP port unreachables where `icmp:icmp_send` is missing.
+const PORT_UNREACHABLE_PROBES: &[(&str, &str, bool)] =
+    &[(names::ICMP_GLUE_BITS_PROBE, "icmp_glue_bits", false)];
 
 const CGROUP_SOCK: &[&str] = &[
     names::UDP_POST_BIND4,
@@ -77,7 +103,16 @@ pub enum NewInterfaces {
 struct Attachment {
     name: String,
     /// None when the link child holds the links.
-    links: Option<(SchedClassifierLinkId, SchedClassifierLinkId)>,
+    links: Option<TcLinks>,
+}
+
+/// tern's hold on one interface's TC hooks.
+struct TcLinks {
+    ingress: SchedClassifierLinkId,
+    egress: SchedClassifierLinkId,
+    /// Whether tern added the interface's clsact qdisc (kernels without TCX); it removes it
+    /// again when it lets go, unless another program's filter is on it by then.
+    added_clsact: bool,
 }
 
 pub struct Programs {
@@ -106,15 +141,16 @@ pub struct Attached {
     pub tcp: Outcome,
     /// The UDP socket hooks on the cgroup-v2 root.
     pub udp: Outcome,
-    /// Each signal's program, by name.
-    pub signals: Vec<(&'static str, Outcome)>,
+    /// Each signal, by its tracepoint program's name: the kind of program counting it
+    /// ("tracepoint", "kprobe"), or why none does.
+    pub signals: Vec<(&'static str, Result<&'static str, String>)>,
     /// Whether the kernel's BTF described `struct sock` and the packets' devices (else the
     /// socket's namespace is found by layout, and a packet's not at all).
     pub btf: bool,
 }
 
 impl Attached {
-    pub fn signal(&self, name: &str) -> Option<&Outcome> {
+    pub fn signal(&self, name: &str) -> Option<&Result<&'static str, String>> {
         self.signals
             .iter()
             .find_map(|(n, outcome)| (*n == name).then_some(outcome))
@@ -159,21 +195,18 @@ impl Programs {
             attach_tracepoint(&mut ebpf, names::INET_SOCK_SET_STATE, SET_STATE)
                 .map_err(|e| format!("{e:#}"))
         });
-        let signals = SIGNALS
-            .iter()
-            .map(|&(name_of_program, event)| {
-                let outcome = match &tracefs {
-                    Err(err) => Err(err.clone()),
-                    Ok(()) if super::offsets::tracepoint_format(event).is_none() => Err(format!(
-                        "this kernel has no tracepoint {}",
-                        event.replace('/', ":")
-                    )),
-                    Ok(()) => attach_tracepoint(&mut ebpf, name_of_program, event)
-                        .map_err(|e| format!("{e:#}")),
-                };
-                (name_of_program, outcome)
-            })
-            .collect();
+        let signals = match &tracefs {
+            Ok(()) => attach_signals(&mut ebpf),
+            Err(err) => [
+                names::TCP_SEND_RESET,
+                names::ICMP_SEND,
+                names::TCP_RETRANSMIT_SKB,
+                names::SCHED_PROCESS_EXEC,
+            ]
+            .into_iter()
+            .map(|name| (name, Err(err.clone())))
+            .collect(),
+        };
         let udp = attach_udp_hooks(&mut ebpf).map_err(|e| format!("{e:#}"));
         let maps = Maps::take(&mut ebpf)?;
         let programs = Self {
@@ -203,6 +236,14 @@ impl Programs {
     /// Decides who attaches to interfaces seen from now on.
     pub fn set_new_interfaces(&mut self, mode: NewInterfaces) {
         self.new_interfaces = mode;
+        let holds_filters = self.attached.values().any(|a| a.links.is_some());
+        if mode == NewInterfaces::Ignore && holds_filters && !tcx_available() {
+            warn!(
+                "no process keeps CAP_NET_ADMIN to remove tern's TC filters on this kernel \
+                 (TCX needs 6.6): they stay attached after tern exits, until its next start \
+                 replaces them"
+            );
+        }
     }
 
     /// Follows one link change. A failure concerns that interface only: it is logged and
@@ -291,16 +332,14 @@ impl Programs {
         names
     }
 
-    fn attach(
-        &mut self,
-        interface: &Interface,
-    ) -> Result<(SchedClassifierLinkId, SchedClassifierLinkId)> {
+    fn attach(&mut self, interface: &Interface) -> Result<TcLinks> {
         // TCX (6.6+) links die with tern's fds and run before legacy filters; either way tern
         // goes first and returns "unspecified", so every other program still sees the packet.
         let tcx = tcx_available();
+        let mut added_clsact = false;
         if !tcx {
             match qdisc_add_clsact(&interface.name) {
-                Ok(()) => {}
+                Ok(()) => added_clsact = true,
                 // Another program's, or one a previous tern added: tern shares it.
                 Err(TcError::NetlinkError(err)) if err.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(err) => return Err(err).context("adding the clsact qdisc"),
@@ -313,7 +352,10 @@ impl Programs {
                 match qdisc_detach_program(&interface.name, kind, name) {
                     Ok(()) => info!("removed a stale {name} filter from {}", interface.name),
                     Err(TcError::IoError(err)) if err.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(err) => return Err(err).context("removing a stale filter"),
+                    Err(err) => {
+                        release_clsact(interface.index, &interface.name, added_clsact);
+                        return Err(err).context("removing a stale filter");
+                    }
                 }
             }
         }
@@ -324,10 +366,17 @@ impl Programs {
                 TcAttachOptions::Netlink(NlOptions::default())
             }
         };
-        let ingress = self
-            .program(names::TC_INGRESS)?
-            .attach_with_options(&interface.name, TcAttachType::Ingress, options())
-            .context("attaching to TC ingress")?;
+        let ingress = match self.program(names::TC_INGRESS)?.attach_with_options(
+            &interface.name,
+            TcAttachType::Ingress,
+            options(),
+        ) {
+            Ok(ingress) => ingress,
+            Err(err) => {
+                release_clsact(interface.index, &interface.name, added_clsact);
+                return Err(err).context("attaching to TC ingress");
+            }
+        };
         let egress = match self.program(names::TC_EGRESS)?.attach_with_options(
             &interface.name,
             TcAttachType::Egress,
@@ -336,24 +385,114 @@ impl Programs {
             Ok(egress) => egress,
             Err(err) => {
                 let _ = self.program(names::TC_INGRESS)?.detach(ingress);
+                release_clsact(interface.index, &interface.name, added_clsact);
                 return Err(err).context("attaching to TC egress");
             }
         };
-        Ok((ingress, egress))
+        Ok(TcLinks {
+            ingress,
+            egress,
+            added_clsact,
+        })
     }
 
-    fn detach(&mut self, (ingress, egress): (SchedClassifierLinkId, SchedClassifierLinkId)) {
-        // The kernel already released the hooks of a deleted device; this frees tern's side.
-        for (name, link) in [(names::TC_INGRESS, ingress), (names::TC_EGRESS, egress)] {
-            if let Ok(program) = self.program(name) {
-                let _ = program.detach(link);
+    /// Detaches tern's programs from one interface. On a deleted device the kernel already
+    /// released the hooks and the qdisc; this frees tern's side.
+    fn detach(&mut self, links: TcLinks) {
+        for (name, link) in [
+            (names::TC_INGRESS, links.ingress),
+            (names::TC_EGRESS, links.egress),
+        ] {
+            if let Ok(program) = self.program(name)
+                && let Err(err) = program.detach(link)
+            {
+                debug!("detaching {name}: {err}");
             }
+        }
+    }
+
+    /// Lets go of every interface this process attached to: its filters (which, unlike TCX
+    /// links, would outlive it) and the clsact qdiscs it added that nothing else uses.
+    fn release_all(&mut self) {
+        let held: Vec<(u32, Attachment)> = self.attached.drain().collect();
+        for (index, attachment) in held {
+            let Some(links) = attachment.links else {
+                continue;
+            };
+            let added_clsact = links.added_clsact;
+            self.detach(links);
+            release_clsact(index, &attachment.name, added_clsact);
+            debug!("let go of {}", attachment.name);
         }
     }
 
     fn program(&mut self, name: &str) -> Result<&mut SchedClassifier> {
         program(&mut self.ebpf, name)
     }
+}
+
+impl Drop for Programs {
+    /// The process that attaches lets go when it ends: the link child, or this process
+    /// before the fork (a start that failed). After the fork the main process holds no
+    /// CAP_NET_ADMIN and leaves that to the child.
+    fn drop(&mut self) {
+        if self.new_interfaces == NewInterfaces::Attach {
+            self.release_all();
+        }
+    }
+}
+
+/// Removes the clsact qdisc of interface `index` (`name`) if tern `added` it and no other
+/// program's filter is on it; a qdisc that was there before tern is never touched.
+fn release_clsact(index: u32, name: &str, added: bool) {
+    if !added {
+        return;
+    }
+    match remove_unused_clsact(index) {
+        Ok(true) => debug!("removed the clsact qdisc of {name}"),
+        Ok(false) => info!("left the clsact qdisc on {name}: another program's filter is on it"),
+        Err(err) => warn!("cannot remove the clsact qdisc tern added to {name}: {err}"),
+    }
+}
+
+/// Deletes the clsact qdisc of interface `index` if neither of its hooks holds a filter;
+/// true when deleted.
+fn remove_unused_clsact(index: u32) -> io::Result<bool> {
+    let index = i32::try_from(index).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    let mut buf = Vec::with_capacity(16 * 1024);
+    for hook in [TcHandle::MIN_INGRESS, TcHandle::MIN_EGRESS] {
+        let mut request = TcMessage::with_index(index);
+        request.header.parent = TcHandle {
+            major: u16::MAX,
+            minor: hook,
+        };
+        let filters = dump(
+            &socket,
+            &mut buf,
+            RouteNetlinkMessage::GetTrafficFilter(request),
+        )?;
+        if !filters.is_empty() {
+            return Ok(false);
+        }
+    }
+    let mut request = TcMessage::with_index(index);
+    request.header.parent = TcHandle::CLSACT;
+    request.header.handle = TcHandle {
+        major: u16::MAX,
+        minor: 0,
+    };
+    // The kind makes the kernel refuse to delete anything but a clsact qdisc.
+    request
+        .attributes
+        .push(TcAttribute::Kind("clsact".to_owned()));
+    acknowledged(
+        &socket,
+        &mut buf,
+        RouteNetlinkMessage::DelQueueDiscipline(request),
+    )?;
+    Ok(true)
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
@@ -364,6 +503,95 @@ where
         .program_mut(name)
         .with_context(|| format!("program {name} missing from the eBPF object"))?;
     Ok(program.try_into()?)
+}
+
+/// Attaches the security signals' programs: each to its tracepoint, and the resets' and
+/// port unreachables' to kprobes where their tracepoint misses some or is missing. A signal
+/// this kernel offers no hook for stays 0, said in one warning line.
+fn attach_signals(ebpf: &mut Ebpf) -> Vec<(&'static str, Result<&'static str, String>)> {
+    use super::offsets::{ICMP_SEND, SEND_RESET, reset_tracepoint_complete, tracepoint_format};
+
+    let traced = |ebpf: &mut Ebpf, name: &str, event: &str| {
+        attach_tracepoint(ebpf, name, event)
+            .map(|()| "tracepoint")
+            .map_err(|e| format!("{e:#}"))
+    };
+    let probed = |ebpf: &mut Ebpf, probes| {
+        attach_kprobes(ebpf, probes)
+            .map(|()| "kprobe")
+            .map_err(|e| format!("{e:#}"))
+    };
+    // A reset tracepoint without the resets no socket sent would undercount: the kprobes
+    // stand in, else the kernel's counter does (collect).
+    let resets = if reset_tracepoint_complete() {
+        traced(ebpf, names::TCP_SEND_RESET, SEND_RESET)
+    } else {
+        probed(ebpf, RESET_PROBES).map_err(|err| {
+            let tracepoint = match tracepoint_format(SEND_RESET) {
+                Some(_) => "the tracepoint tcp:tcp_send_reset misses resets no socket sent",
+                None => "this kernel has no tracepoint tcp:tcp_send_reset",
+            };
+            format!("{tracepoint}, and {err}")
+        })
+    };
+    let icmp = match tracepoint_format(ICMP_SEND) {
+        Some(_) => traced(ebpf, names::ICMP_SEND, ICMP_SEND),
+        None => probed(ebpf, PORT_UNREACHABLE_PROBES)
+            .map_err(|err| format!("this kernel has no tracepoint icmp:icmp_send, and {err}")),
+    };
+    let mut outcomes = vec![(names::TCP_SEND_RESET, resets), (names::ICMP_SEND, icmp)];
+    for &(name_of_program, event) in SIGNALS {
+        let outcome = match tracepoint_format(event) {
+            Some(_) => traced(ebpf, name_of_program, event),
+            None => Err(format!(
+                "this kernel has no tracepoint {}",
+                event.replace('/', ":")
+            )),
+        };
+        outcomes.push((name_of_program, outcome));
+    }
+    outcomes
+}
+
+/// Loads the programs of `probes` (program, kernel function, IPv6 only) and attaches each
+/// to its function, all or none: on a failure the ones attached are detached again.
+fn attach_kprobes(ebpf: &mut Ebpf, probes: &[(&str, &str, bool)]) -> Result<()> {
+    if !is_program_supported(ProgramType::KProbe).unwrap_or(false) {
+        bail!("this kernel has no kprobe programs (CONFIG_KPROBES, CONFIG_BPF_EVENTS)");
+    }
+    let ipv6 = Path::new("/proc/net/if_inet6").exists();
+    let mut attached = Vec::new();
+    for &(name_of_program, function, needs_ipv6) in probes {
+        if needs_ipv6 && !ipv6 {
+            continue;
+        }
+        match attach_kprobe(ebpf, name_of_program, function) {
+            Ok(link) => attached.push((name_of_program, link)),
+            Err(err) => {
+                for (name_of_program, link) in attached {
+                    if let Ok(probe) = program::<KProbe>(ebpf, name_of_program) {
+                        let _ = probe.detach(link);
+                    }
+                }
+                return Err(err);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Attaches program `name_of_program` (loaded on its first use) to kernel function
+/// `function`.
+fn attach_kprobe(ebpf: &mut Ebpf, name_of_program: &str, function: &str) -> Result<KProbeLinkId> {
+    let probe: &mut KProbe = program(ebpf, name_of_program)?;
+    if probe.fd().is_err() {
+        probe
+            .load()
+            .with_context(|| format!("the kernel refused program {name_of_program}"))?;
+    }
+    probe
+        .attach(function, 0)
+        .with_context(|| format!("cannot probe the kernel function {function}"))
 }
 
 /// Loads program `name_of_program` and attaches it to tracepoint `event` ("category/name").

@@ -5,7 +5,15 @@
 //! The child runs as the agent user with no_new_privs, keeps only what [`child_keeps`] names,
 //! under a seccomp filter that allows only the system calls it makes and no network socket;
 //! it reads nothing but the kernel's rtnetlink link messages, opens no file, and
-//! dies with the main process (PR_SET_PDEATHSIG), detaching what it attached.
+//! ends with the main process: asked by it ([`stop`]), or on its death (PR_SET_PDEATHSIG,
+//! `kill -9` included). Before it goes it detaches everything tern attached, before the fork
+//! and since, and removes the clsact qdiscs tern added: on kernels without TCX, netlink
+//! filters outlive their process, and the child is the one that keeps CAP_NET_ADMIN.
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Result, ensure};
 use caps::CapsHashSet;
@@ -16,6 +24,12 @@ use crate::{
     host::links::LinkWatch,
     kernel::programs::{NewInterfaces, Programs},
 };
+
+/// The longest a stop request can wait to be seen, when it arrives while the child is
+/// applying link changes.
+const STOP_CHECK: Duration = Duration::from_secs(1);
+/// How long the main process waits for the child to release the interfaces.
+const RELEASE_LIMIT: Duration = Duration::from_secs(5);
 
 /// What the child keeps: see [`super::START`] (attaching to new interfaces).
 pub fn child_keeps() -> CapsHashSet {
@@ -75,12 +89,14 @@ pub fn serve(mut programs: Programs, mut watch: LinkWatch, account: &Account, pa
         }
     );
     loop {
-        watch.wait(None);
-        if stop::stop_requested() {
-            // Dropping the programs detaches every link they hold; exit() would skip it.
+        if stop::stop_requested() || std::os::unix::process::parent_id() != parent {
+            // Dropping the programs releases every interface; exit() would skip it.
             drop(programs);
             std::process::exit(0);
         }
+        // A stop that lands between the check above and the poll does not interrupt it: the
+        // bound makes the child see it within that time.
+        watch.wait(Some(STOP_CHECK));
         match watch.changes() {
             Ok(events) => events.into_iter().for_each(|e| programs.apply(e)),
             Err(err) => error!("link child: reading link changes: {err:#}"),
@@ -99,4 +115,23 @@ pub fn alive(pid: libc::pid_t) -> bool {
     let mut status = 0;
     // SAFETY: waitpid on our own child with a valid status pointer.
     unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) == 0 }
+}
+
+/// Asks the child `pid` to release the interfaces and waits until it has exited, so that no
+/// filter of tern's outlives the main process.
+pub fn stop(pid: libc::pid_t) {
+    // SAFETY: kill with a pid this process forked and has not reaped.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + RELEASE_LIMIT;
+    while alive(pid) {
+        if Instant::now() > deadline {
+            error!(
+                "the link child did not exit within {} s; tern's TC filters may stay \
+                 attached until its next start",
+                RELEASE_LIMIT.as_secs()
+            );
+            return;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -1,5 +1,6 @@
 //! A kernel made ready to boot: its image, the few modules the scenario needs, and the
-//! initramfs archives (busybox, the release tern, the host's ip and ss with their libraries).
+//! initramfs archives (busybox, the release tern, the host's ip, ss and tc with their
+//! libraries).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -13,7 +14,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use super::{
-    BOOT_LIMIT, COUNT, GUEST_INIT, HOST_TOOLS, INTERVAL_S, MODULES,
+    BOOT_LIMIT, COUNT, GUEST_INIT, HOST_TOOLS, INTERVAL_S, MODULES, OTHERS, PROBES, SYNS,
     apt::{Apt, kernel_packages},
     truth::{Sections, compare},
 };
@@ -125,7 +126,8 @@ impl Kernel {
         .arg(&initrd)
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 panic=-1 rdinit=/init tern_interval={INTERVAL_S} tern_count={COUNT}"
+            "console=ttyS0 panic=-1 rdinit=/init tern_interval={INTERVAL_S} tern_count={COUNT} \
+             tern_syns={SYNS} tern_probes={PROBES} tern_others={OTHERS}"
         ))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -277,7 +279,7 @@ fn cpio(root: &Path, archive: &Path) -> Result<()> {
 }
 
 /// The part of every initramfs that does not depend on the kernel: busybox, init, tern,
-/// the xtask as UDP helper, ip, ss, kmod, and their libraries.
+/// the xtask as UDP helper, ip, ss, tc, kmod, and their libraries.
 pub(super) fn common_archive(work: &Path, tern: &Path) -> Result<PathBuf> {
     let root = work.join("initramfs");
     if root.exists() {

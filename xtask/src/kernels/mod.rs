@@ -1,16 +1,19 @@
 //! `cargo xtask test-kernels`: tern on other kernels than this machine's. Debian's kernels
 //! come through a private apt configuration under target/kernels (the system's sources stay
 //! untouched), each boots under QEMU with an initramfs of busybox, the release tern and the
-//! host's ip and ss, and runs `guest/init.sh`. The guest's ground truth (ss, ip -s link,
-//! /proc/net/snmp) is compared here with tern's reports: one table row per kernel.
+//! host's ip, ss and tc, and runs `guest/init.sh`. The guest's ground truth (ss, ip -s link,
+//! /proc/net/snmp, tc) is compared here with tern's reports: one table row per kernel.
+//! What each run builds (the initramfs, the logs) goes to target/kernel-runs, apart from the
+//! downloads, which worktrees may share.
 
 use std::{
     io::ErrorKind,
-    net::{SocketAddr, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use clap::Subcommand;
 
 mod apt;
@@ -48,15 +51,27 @@ const MODULES: &[&str] = &[
 const HOST_TOOLS: &[(&str, &str)] = &[
     ("/usr/sbin/ip", "usr/sbin/ip"),
     ("/usr/bin/ss", "usr/bin/ss"),
+    ("/usr/sbin/tc", "usr/sbin/tc"),
     ("/usr/bin/kmod", "sbin/modprobe"),
 ];
 
 const GUEST_INIT: &str = include_str!("../../guest/init.sh");
 
 const INTERVAL_S: u64 = 2;
-const COUNT: u64 = 5;
-/// Datagrams the guest sends, as `init.sh` says: checks that the scenario happened.
+const COUNT: u64 = 8;
+/// Datagrams the guest sends to the peer's open port, as `init.sh` says: checks that the
+/// scenario happened.
 const DATAGRAMS: u64 = 20;
+/// Connection attempts the peer makes to a closed TCP port of tern's namespace: each is
+/// one reset sent and one closed-port attempt.
+const SYNS: u64 = 8;
+/// Datagrams the peer sends to a closed UDP port of tern's namespace: each is one ICMP port
+/// unreachable and one closed-port attempt.
+const PROBES: u64 = 6;
+/// How many of each the guest sends that tern must not count: datagrams to an open port,
+/// bare resets to a closed port (never answered), and the same scan towards the peer
+/// (answered from the peer's namespace).
+const OTHERS: u64 = 3;
 /// The connections it holds open: one to each side.
 const CONNECTIONS: usize = 2;
 /// A whole boot under TCG takes about 20 s, the guest's own limits about 80 s; this
@@ -73,6 +88,13 @@ pub enum Udp {
         addr: SocketAddr,
         count: u64,
         size: usize,
+    },
+    /// Send COUNT bare TCP segments with RST set from FROM to ADDR through a raw socket: a
+    /// reset that reaches no socket, which the kernel must not answer.
+    Reset {
+        from: Ipv4Addr,
+        addr: SocketAddrV4,
+        count: u64,
     },
 }
 
@@ -100,18 +122,110 @@ pub fn udp(udp: &Udp) -> Result<()> {
             }
             Ok(())
         }
+        Udp::Reset { from, addr, count } => send_resets(*from, *addr, *count),
     }
+}
+
+/// Source port of the bare resets.
+const RESET_PORT: u16 = 40_000;
+const TCP_RST: u8 = 0x04;
+
+fn send_resets(from: Ipv4Addr, to: SocketAddrV4, count: u64) -> Result<()> {
+    // SAFETY: socket() with constant arguments; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP) };
+    ensure!(
+        fd >= 0,
+        "opening a raw TCP socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: fd is a fresh descriptor this function owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let address = |ip: Ipv4Addr| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // The source the checksum covers is the one the segments leave with.
+    let local = address(from);
+    // SAFETY: a valid sockaddr_in of the length given, alive for the call.
+    let rc = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&raw const local).cast::<libc::sockaddr>(),
+            len,
+        )
+    };
+    ensure!(
+        rc == 0,
+        "binding the raw socket to {from}: {}",
+        std::io::Error::last_os_error()
+    );
+    let segment = reset_segment(from, to);
+    let remote = address(*to.ip());
+    for _ in 0..count {
+        // SAFETY: the segment and the address are valid for the call's lengths.
+        let sent = unsafe {
+            libc::sendto(
+                socket.as_raw_fd(),
+                segment.as_ptr().cast::<libc::c_void>(),
+                segment.len(),
+                0,
+                (&raw const remote).cast::<libc::sockaddr>(),
+                len,
+            )
+        };
+        if sent < 0 {
+            return Err(std::io::Error::last_os_error()).context("sending a bare reset");
+        }
+    }
+    Ok(())
+}
+
+/// A 20-byte TCP header with only RST set, its checksum over the IPv4 pseudo-header.
+fn reset_segment(from: Ipv4Addr, to: SocketAddrV4) -> [u8; 20] {
+    let mut segment = [0u8; 20];
+    segment[0..2].copy_from_slice(&RESET_PORT.to_be_bytes());
+    segment[2..4].copy_from_slice(&to.port().to_be_bytes());
+    segment[4..8].copy_from_slice(&1u32.to_be_bytes());
+    segment[12] = 5 << 4;
+    segment[13] = TCP_RST;
+    let checksum = tcp_checksum(from, *to.ip(), &segment);
+    segment[16..18].copy_from_slice(&checksum.to_be_bytes());
+    segment
+}
+
+/// The Internet checksum of `segment` (its checksum field zero) and the pseudo-header.
+fn tcp_checksum(from: Ipv4Addr, to: Ipv4Addr, segment: &[u8; 20]) -> u16 {
+    let mut pseudo = Vec::with_capacity(12 + segment.len());
+    pseudo.extend_from_slice(&from.octets());
+    pseudo.extend_from_slice(&to.octets());
+    pseudo.extend_from_slice(&[0, libc::IPPROTO_TCP as u8]);
+    pseudo.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(segment);
+    let mut sum: u32 = pseudo
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 pub fn run() -> Result<()> {
     setup::packages(HOST_PACKAGES)?;
-    let work = root_dir().join("target/kernels");
-    let apt = Apt::new(&work.join("apt"))?;
+    let downloads = root_dir().join("target/kernels");
+    let apt = Apt::new(&downloads.join("apt"))?;
     let mut kernels = Vec::new();
     for suite in SUITES {
-        kernels.push(Kernel::fetch(&apt, suite, &work)?);
+        kernels.push(Kernel::fetch(&apt, suite, &downloads)?);
     }
     let tern = build_agent()?;
+    let work = root_dir().join("target/kernel-runs");
     let common = common_archive(&work, &tern)?;
     println!("| kernel | arch | result | seconds |\n|---|---|---|---|");
     let mut failed = 0;
@@ -133,4 +247,26 @@ pub fn run() -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_reset_carries_rst_alone_and_a_checksum_that_sums_to_ones() {
+        let (from, to) = (
+            Ipv4Addr::new(10, 0, 0, 2),
+            SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7002),
+        );
+        let segment = reset_segment(from, to);
+        assert_eq!(segment[13], TCP_RST);
+        assert_eq!(u16::from_be_bytes([segment[2], segment[3]]), 7002);
+        // A receiver sums the segment with its checksum and the pseudo-header: all ones.
+        let mut zeroed = segment;
+        zeroed[16..18].copy_from_slice(&[0, 0]);
+        let checksum = tcp_checksum(from, *to.ip(), &zeroed);
+        assert_eq!(checksum.to_be_bytes(), [segment[16], segment[17]]);
+        assert_eq!(tcp_checksum(from, *to.ip(), &segment), 0);
+    }
 }

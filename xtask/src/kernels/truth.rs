@@ -1,10 +1,18 @@
-//! The guest's ground truth (ss, ip -s link, /proc/net/snmp) against tern's reports.
+//! The guest's ground truth (ss, ip -s link, /proc/net/snmp, tc) against tern's reports,
+//! and the TC state tern leaves behind on kernels where it attaches netlink filters.
 
 use std::collections::{BTreeSet, HashMap};
 
 use serde_json::Value;
 
-use super::{CONNECTIONS, COUNT, DATAGRAMS};
+use super::{CONNECTIONS, COUNT, DATAGRAMS, OTHERS, PROBES, SYNS};
+
+/// The interfaces whose TC state the guest records: tern adds a clsact qdisc to all but
+/// `other0`, which had one before tern, with another program's filter.
+const TERNS_OWN: [&str; 3] = ["veth0", "other1", "late0"];
+const OTHER: &str = "other0";
+/// What `tc filter show` names tern's filters by (its programs' names).
+const TERN_FILTERS: [&str; 2] = ["tc_ingress", "tc_egress"];
 
 /// The guest's result channel, split at its `@@ NAME` lines.
 pub(super) struct Sections {
@@ -29,6 +37,13 @@ impl Sections {
 
     fn get(&self, name: &str) -> &str {
         self.sections.get(name).map_or("", String::as_str)
+    }
+
+    /// The section whose name starts with `prefix`: the rest of its name, and its body.
+    fn find(&self, prefix: &str) -> Option<(&str, &str)> {
+        self.sections
+            .iter()
+            .find_map(|(k, v)| Some((k.strip_prefix(prefix)?, v.as_str())))
     }
 
     /// tern's exit status, from the `exit N` section's name.
@@ -67,11 +82,15 @@ pub(super) fn compare(s: &Sections) -> String {
     if reports.len() as u64 != COUNT {
         differs.push(format!("{} reports of {COUNT}", reports.len()));
     }
-    let sent = snmp(s.get("snmp-after"), "Udp", "OutDatagrams")
-        - snmp(s.get("snmp-before"), "Udp", "OutDatagrams");
-    if sent != DATAGRAMS as i64 {
-        differs.push(format!("scenario sent {sent} datagrams, not {DATAGRAMS}"));
+    // Datagrams to the peer: to its open port, and the probes of its closed one.
+    let sent = snmp_delta(s, "Udp", "OutDatagrams");
+    if sent != (DATAGRAMS + OTHERS) as i64 {
+        differs.push(format!(
+            "scenario sent {sent} datagrams, not {}",
+            DATAGRAMS + OTHERS
+        ));
     }
+    differs.extend(port_scan(s, &reports));
     let last = &reports[reports.len() - 1]["metrics"];
     let listening = ss_listening(s.get("ss-listening"));
     for (proto, key) in [
@@ -132,11 +151,172 @@ pub(super) fn compare(s: &Sections) -> String {
             differs.push(format!("{key} {tern} vs ip {truth}"));
         }
     }
+    differs.extend(tc_left(s));
     if differs.is_empty() {
         "exact".into()
     } else {
         format!("differs: {}", differs.join("; "))
     }
+}
+
+/// The port-scan signals summed over the reports against what the peer sent, with the
+/// kernel's own counters of what tern's namespace answered as the check that it happened.
+fn port_scan(s: &Sections, reports: &[Value]) -> Vec<String> {
+    let mut differs = Vec::new();
+    let answered = [
+        ("Tcp", "OutRsts", SYNS, "resets"),
+        ("Icmp", "OutDestUnreachs", PROBES, "port unreachables"),
+    ];
+    for (proto, name, expected, what) in answered {
+        let sent = snmp_delta(s, proto, name);
+        if sent != expected as i64 {
+            differs.push(format!(
+                "scenario: the kernel sent {sent} {what}, not {expected}"
+            ));
+        }
+    }
+    let total = |name: &str| -> u64 {
+        reports
+            .iter()
+            .filter_map(|r| r["custom_metrics"][name][0]["number"].as_u64())
+            .sum()
+    };
+    for (name, expected) in [
+        ("interval_tcp_resets_sent", SYNS),
+        ("interval_closed_port_attempts", SYNS + PROBES),
+    ] {
+        let tern = total(name);
+        if tern != expected {
+            differs.push(format!("{name} {tern} vs {expected} sent"));
+        }
+    }
+    differs
+}
+
+/// What tern left on the interfaces after each run (its exit after --count, SIGTERM, and
+/// kill -9 of the main process), and the proof that it had attached there while it ran.
+fn tc_left(s: &Sections) -> Vec<String> {
+    let mut differs = Vec::new();
+    let tcx = s
+        .find("kernel ")
+        .and_then(|(release, _)| kernel_version(release))
+        .is_some_and(|version| version >= (6, 6));
+    differs.extend(tc_running(s.get("tc-running"), tcx));
+    differs.extend(
+        tc_after(s.get("tc-after-count"))
+            .into_iter()
+            .map(|d| format!("after --count: {d}")),
+    );
+    match s.find("sigterm-run ") {
+        Some((run, state)) => {
+            let words: Vec<&str> = run.split_whitespace().collect();
+            if words.first().is_none_or(|n| *n == "0") || words.last() != Some(&"0") {
+                differs.push(format!("the SIGTERM run: {run}"));
+            }
+            differs.extend(
+                tc_after(state)
+                    .into_iter()
+                    .map(|d| format!("after SIGTERM: {d}")),
+            );
+        }
+        None => differs.push("no SIGTERM run".into()),
+    }
+    match s.find("kill-run ") {
+        Some((run, state)) => {
+            let words: Vec<&str> = run.split_whitespace().collect();
+            if words.first().is_none_or(|n| *n == "0") || words.get(2) != Some(&"0") {
+                differs.push(format!("the kill -9 run: {run}"));
+            }
+            differs.extend(
+                tc_after(state)
+                    .into_iter()
+                    .map(|d| format!("after kill -9: {d}")),
+            );
+        }
+        None => differs.push("no kill -9 run".into()),
+    }
+    differs
+}
+
+/// Lines of the guest's `tc_state` for one interface and one question (qdisc, ingress,
+/// egress).
+fn tc_lines<'a>(state: &'a str, dev: &str, kind: &str) -> Vec<&'a str> {
+    state
+        .lines()
+        .filter_map(|line| {
+            let (d, rest) = line.split_once(' ')?;
+            let (k, rest) = rest.split_once(' ')?;
+            (d == dev && k == kind).then_some(rest)
+        })
+        .collect()
+}
+
+fn has_clsact(state: &str, dev: &str) -> bool {
+    tc_lines(state, dev, "qdisc")
+        .iter()
+        .any(|l| l.starts_with("qdisc clsact"))
+}
+
+fn names_filter(lines: &[&str], name: &str) -> bool {
+    lines
+        .iter()
+        .any(|l| l.split_whitespace().any(|w| w == name))
+}
+
+/// While tern ran: netlink filters on a clsact qdisc before 6.6, TCX links (no qdisc of
+/// tern's) from 6.6 on. Without this the checks of what is left could not fail.
+fn tc_running(state: &str, tcx: bool) -> Vec<String> {
+    let mut differs = Vec::new();
+    for dev in TERNS_OWN.iter().chain([&OTHER]) {
+        let attached = has_clsact(state, dev)
+            && names_filter(&tc_lines(state, dev, "ingress"), TERN_FILTERS[0])
+            && names_filter(&tc_lines(state, dev, "egress"), TERN_FILTERS[1]);
+        if tcx && *dev != OTHER && has_clsact(state, dev) {
+            differs.push(format!("{dev} had a clsact qdisc while tern ran on TCX"));
+        }
+        if !tcx && !attached {
+            differs.push(format!("{dev} had no filter of tern's while it ran"));
+        }
+    }
+    differs
+}
+
+/// After tern: none of its filters anywhere, none of the qdiscs it added, and `other0` as
+/// it was before tern (its clsact qdisc, and the one filter on its ingress).
+fn tc_after(state: &str) -> Vec<String> {
+    let mut differs = Vec::new();
+    for dev in TERNS_OWN {
+        if has_clsact(state, dev) {
+            differs.push(format!("{dev} keeps the clsact qdisc tern added"));
+        }
+    }
+    for dev in TERNS_OWN.iter().chain([&OTHER]) {
+        for hook in ["ingress", "egress"] {
+            let lines = tc_lines(state, dev, hook);
+            if TERN_FILTERS.iter().any(|name| names_filter(&lines, name)) {
+                differs.push(format!("a filter of tern's is left on {dev} {hook}"));
+            }
+        }
+    }
+    if !has_clsact(state, OTHER) {
+        differs.push(format!("{OTHER} lost the clsact qdisc it had before tern"));
+    }
+    let theirs = tc_lines(state, OTHER, "ingress");
+    if !theirs.iter().any(|l| l.contains("bytecode")) {
+        differs.push(format!("{OTHER} lost the filter it had before tern"));
+    }
+    differs
+}
+
+/// (major, minor) of a release such as "6.1.0-50-amd64 x86_64".
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(['.', '-', ' ']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// How much a counter of /proc/net/snmp grew over tern's first run.
+fn snmp_delta(s: &Sections, proto: &str, name: &str) -> i64 {
+    snmp(s.get("snmp-after"), proto, name) - snmp(s.get("snmp-before"), proto, name)
 }
 
 /// A counter of /proc/net/snmp: a header line and a value line per protocol.
