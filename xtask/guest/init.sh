@@ -2,15 +2,18 @@
 # The kernel matrix's guest: PID 1 of the initramfs that `cargo xtask test-kernels` boots.
 # It runs one scenario with tern in the root network namespace and a peer namespace across
 # a veth pair, records the ground truth with ss, ip and /proc/net/snmp, writes everything in
-# marked sections on the second serial port (the first carries the kernel's noise), and
-# powers off. Two more runs of tern follow, one stopped with SIGTERM and one killed with
+# marked sections on the results channel (tern_results: a second serial port, or a virtio
+# console where the machine has one serial port; the console carries the kernel's noise),
+# and powers off. Two more runs of tern follow, one stopped with SIGTERM and one killed with
 # kill -9, each followed by the interfaces' TC state (tern must leave none of its own).
 # Parameters come from the kernel command line: tern_interval, tern_count, the probes of
 # closed ports the peer sends, tern_syns (TCP) and tern_probes (UDP), and tern_others, the
 # number of each kind of packet that tern's namespace does not answer (or not alone).
 
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
-# busybox's shell prefers its own applets to PATH; the host's ip and kmod are meant.
+# The initramfs has busybox alone; its applets' links are made here, where it can run.
+/bin/busybox --install -s /bin
+# busybox's shell prefers its own applets to PATH; iproute2's ip and tc and kmod are meant.
 ip() { /usr/sbin/ip "$@"; }
 tc() { /usr/sbin/tc "$@"; }
 modprobe() { /sbin/modprobe "$@"; }
@@ -24,6 +27,7 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 echo /sbin/modprobe > /proc/sys/kernel/modprobe
 
+results=ttyS1
 interval=2
 count=5
 syns=0
@@ -31,6 +35,7 @@ probes=0
 others=0
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
+        tern_results=*) results=${arg#tern_results=} ;;
         tern_interval=*) interval=${arg#tern_interval=} ;;
         tern_count=*) count=${arg#tern_count=} ;;
         tern_syns=*) syns=${arg#tern_syns=} ;;
@@ -39,10 +44,16 @@ for arg in $(cat /proc/cmdline); do
     esac
 done
 
+# A virtio console's device appears once the host has announced its port.
+waited=0
+while [ ! -c "/dev/$results" ] && [ $waited -lt 100 ]; do
+    sleep 0.1
+    waited=$((waited + 1))
+done
 # One descriptor for the whole run: lines written through short-lived opens of the port
 # were seen lost. Closing it at the end waits until the port has sent everything.
-exec 3> /dev/ttyS1
-stty -F /dev/ttyS1 raw -echo
+exec 3> "/dev/$results"
+stty -F "/dev/$results" raw -echo
 section() { echo "@@ $1" >&3; }
 
 # The TC state of the interfaces tern counts, one line per line of tc, prefixed with the

@@ -36,8 +36,8 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every test: format, lints, unit tests, the kernel tests (root) and
-    /// the smallest case of every benchmark once.
+    /// Set up, then run every test: format, lints, unit tests, the kernel tests (root), the
+    /// kernel matrix (QEMU) and the smallest case of every benchmark once.
     Test,
     /// Set up, then run the benchmarks (root): bench/results.json, bench/results.md and the
     /// README's table.
@@ -46,8 +46,9 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
-    /// Boot Debian's kernels (5.10, 6.1, 6.12, the newest backport) under QEMU and compare
-    /// tern's reports in each with the guest's own ss and ip: one row per kernel.
+    /// Boot Debian's kernels (amd64: 5.10, 6.1, 6.12, the newest backport; arm64: 6.12) under
+    /// QEMU and compare tern's reports in each with the guest's own ss and ip: one row per
+    /// kernel, each to be exact.
     TestKernels,
     /// The UDP sockets of test-kernels' guest (it runs inside the guest).
     #[command(hide = true)]
@@ -132,11 +133,15 @@ fn build_ebpf() -> Result<()> {
     Ok(())
 }
 
+/// Cargo's own rule: CARGO_TARGET_DIR, relative to the workspace, else target/.
+fn target_dir() -> PathBuf {
+    let target = env::var_os("CARGO_TARGET_DIR").map_or_else(|| "target".into(), PathBuf::from);
+    root_dir().join(target)
+}
+
 fn build_agent() -> Result<PathBuf> {
     status(cmd("cargo", &["build", "--release", "--package", "tern"]))?;
-    // Cargo's own rule: CARGO_TARGET_DIR, relative to the workspace, else target/.
-    let target = env::var_os("CARGO_TARGET_DIR").map_or_else(|| "target".into(), PathBuf::from);
-    Ok(root_dir().join(target).join("release/tern"))
+    Ok(target_dir().join("release/tern"))
 }
 
 fn require_root(what: &str) -> Result<()> {
@@ -202,6 +207,7 @@ fn test() -> Result<()> {
     );
     kernel.env("TERN_BIN", &tern);
     status(kernel)?;
+    kernels::run()?;
     // The smallest case of every benchmark once, so the bench cannot rot unnoticed.
     let out = root_dir().join("target/bench-smoke");
     bench::run_tests(&tern, bench::Size::Smoke, &out)?;

@@ -27,6 +27,26 @@ const PACKAGES: &[&str] = &[
     "python3-venv",
 ];
 
+/// What the kernel matrix (`cargo xtask test-kernels`, part of `cargo xtask test`) adds:
+/// QEMU for both architectures, busybox, cpio and kmod for the amd64 guests' initramfs, readelf
+/// for the guests' libraries, and the cross compiler and C library for the arm64 tern (ring's
+/// C code and the link).
+pub const MATRIX_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "qemu-system-arm",
+    "busybox-static",
+    "cpio",
+    "kmod",
+    "binutils",
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+];
+/// The Rust target of the arm64 guests' tern: glibc's, as tern's own (it trims glibc's heap
+/// with malloc_trim, which musl lacks); the guest's libc comes from Debian's arm64 packages.
+pub const CROSS_TARGET: &str = "aarch64-unknown-linux-gnu";
+/// The compiler and linker for CROSS_TARGET, from gcc-aarch64-linux-gnu.
+pub const CROSS_GCC: &str = "aarch64-linux-gnu-gcc";
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -44,7 +64,13 @@ pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     tracefs()?;
-    Ok(())
+    matrix()
+}
+
+/// What the kernel matrix needs: its packages and the Rust target of the arm64 tern.
+pub fn matrix() -> Result<()> {
+    packages(MATRIX_PACKAGES)?;
+    rust_target(CROSS_TARGET)
 }
 
 /// The nightly toolchain and bpf-linker, without installing anything.
@@ -133,6 +159,37 @@ fn rust_src() -> Result<()> {
         .context("running rustup")?;
     if !status.success() {
         bail!("rustup component add rust-src --toolchain nightly failed: {status}");
+    }
+    Ok(())
+}
+
+/// Adds `target` to the toolchain cargo uses in the workspace, unless it is there.
+fn rust_target(target: &str) -> Result<()> {
+    let output = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .current_dir(crate::root_dir())
+        .output()
+        .context("running rustup")?;
+    if !output.status.success() {
+        bail!(
+            "rustup target list failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    if String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .any(|l| l.trim() == target)
+    {
+        return Ok(());
+    }
+    eprintln!("setup: adding the Rust target {target}");
+    let status = Command::new("rustup")
+        .args(["target", "add", target])
+        .current_dir(crate::root_dir())
+        .status()
+        .context("running rustup")?;
+    if !status.success() {
+        bail!("rustup target add {target} failed: {status}");
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! Debian's kernel packages through apt with its own sources, lists and cache under
-//! target/kernels: the system's sources stay untouched.
+//! Debian's packages through apt with its own sources, lists and cache under
+//! target/kernels, for every architecture the matrix boots: the system's sources stay
+//! untouched.
 
 use std::{
     fs,
@@ -9,13 +10,15 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::{LISTS_MAX_AGE, MIRROR, SUITES};
+use super::{LISTS_MAX_AGE, MIRROR, SUITES, arch::Arch};
 use crate::status;
 
 /// apt with its own sources, lists and cache.
 pub(super) struct Apt {
     options: Vec<String>,
     lists: PathBuf,
+    /// What the lists were fetched for: sources and architectures.
+    configuration: String,
 }
 
 impl Apt {
@@ -30,34 +33,42 @@ impl Apt {
             .map(|s| format!("deb {MIRROR} {s} main\n"))
             .collect();
         if fs::read_to_string(&sources).ok().as_deref() != Some(text.as_str()) {
-            fs::write(&sources, text)?;
+            fs::write(&sources, &text)?;
         }
+        let mut options = vec![
+            format!("Dir::Etc::sourcelist={}", sources.display()),
+            "Dir::Etc::sourceparts=-".into(),
+            format!("Dir::State::Lists={}", lists.display()),
+            format!("Dir::Cache={}", cache.display()),
+        ];
+        let architectures: Vec<&str> = Arch::ALL.iter().map(|a| a.debian()).collect();
+        options.extend(
+            architectures
+                .iter()
+                .map(|a| format!("APT::Architectures::={a}")),
+        );
         Ok(Self {
-            options: vec![
-                format!("Dir::Etc::sourcelist={}", sources.display()),
-                "Dir::Etc::sourceparts=-".into(),
-                format!("Dir::State::Lists={}", lists.display()),
-                format!("Dir::Cache={}", cache.display()),
-                "APT::Architectures::=amd64".into(),
-            ],
+            options,
             lists,
+            configuration: format!("{text}{}\n", architectures.join(" ")),
         })
     }
 
-    /// Updates the lists unless an update succeeded within a day: the archive drops the
-    /// packages its newer lists no longer name.
+    /// Updates the lists unless an update for the same sources and architectures succeeded
+    /// within a day: the archive drops the packages its newer lists no longer name.
     pub(super) fn refresh(&self) -> Result<()> {
         let stamp = self.lists.join("tern-updated");
         let fresh = fs::metadata(&stamp)
             .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < LISTS_MAX_AGE));
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < LISTS_MAX_AGE))
+            && fs::read_to_string(&stamp).ok().as_deref() == Some(self.configuration.as_str());
         if !fresh {
             eprintln!(
                 "test-kernels: apt update (private lists in {})",
                 self.lists.display()
             );
             status(self.command("apt-get", &["-q", "update"]))?;
-            fs::write(&stamp, "")?;
+            fs::write(&stamp, &self.configuration)?;
         }
         Ok(())
     }
@@ -85,6 +96,32 @@ impl Apt {
             .filter(|s| output.status.success() && s.starts_with("Package:"))
             .map(str::to_owned))
     }
+
+    /// The .deb of `package` for `arch` in `debs`, downloaded unless an earlier run left it
+    /// there.
+    pub(super) fn deb(&self, debs: &Path, package: &str, arch: &str) -> Result<PathBuf> {
+        if let Some(deb) = find_deb(debs, package, arch)? {
+            return Ok(deb);
+        }
+        let spec = format!("{package}:{arch}");
+        let mut download = self.command("apt-get", &["-q", "download", &spec]);
+        download.current_dir(debs);
+        status(download)?;
+        find_deb(debs, package, arch)?
+            .with_context(|| format!("apt-get download left no {spec} deb in {}", debs.display()))
+    }
+}
+
+/// A .deb named as apt-get download names it: PACKAGE_VERSION_ARCH.deb.
+fn find_deb(debs: &Path, package: &str, arch: &str) -> Result<Option<PathBuf>> {
+    let prefix = format!("{package}_");
+    let suffix = format!("_{arch}.deb");
+    Ok(fs::read_dir(debs)?.flatten().map(|e| e.path()).find(|p| {
+        p.file_name().is_some_and(|n| {
+            let n = n.to_string_lossy();
+            n.starts_with(&prefix) && n.ends_with(&suffix)
+        })
+    }))
 }
 
 fn field<'a>(stanza: &'a str, name: &str) -> Option<&'a str> {
@@ -109,13 +146,13 @@ fn kernel_depends(stanza: &str) -> Vec<String> {
         .collect()
 }
 
-/// The packages that hold a suite's newest amd64 kernel and its modules, found from the
-/// `linux-image-amd64` metapackage: the unsigned image where there is one (7.x splits the
-/// kernel into linux-binary and linux-modules packages).
-pub(super) fn kernel_packages(apt: &Apt, suite: &str) -> Result<Vec<String>> {
+/// The packages that hold a suite's newest kernel for `arch` and its modules, found from
+/// the `linux-image-ARCH` metapackage: the unsigned image where there is one (7.x splits
+/// the kernel into linux-binary and linux-modules packages).
+pub(super) fn kernel_packages(apt: &Apt, suite: &str, arch: &str) -> Result<Vec<String>> {
     let meta = apt
-        .show(&format!("linux-image-amd64/{suite}"))?
-        .with_context(|| format!("apt has no linux-image-amd64 in {suite}"))?;
+        .show(&format!("linux-image-{arch}:{arch}/{suite}"))?
+        .with_context(|| format!("apt has no linux-image-{arch} in {suite}"))?;
     let mut queue = kernel_depends(&meta);
     let mut found: Vec<String> = Vec::new();
     while let Some(name) = queue.pop() {
@@ -123,12 +160,12 @@ pub(super) fn kernel_packages(apt: &Apt, suite: &str) -> Result<Vec<String>> {
             bail!("{suite}: the kernel's dependencies do not end: {found:?}");
         }
         let unsigned = format!("{name}-unsigned");
-        let (name, stanza) = match apt.show(&unsigned)? {
+        let (name, stanza) = match apt.show(&format!("{unsigned}:{arch}"))? {
             Some(stanza) => (unsigned, stanza),
             None => {
                 let stanza = apt
-                    .show(&name)?
-                    .with_context(|| format!("apt has no {name}"))?;
+                    .show(&format!("{name}:{arch}"))?
+                    .with_context(|| format!("apt has no {name} for {arch}"))?;
                 (name, stanza)
             }
         };
@@ -138,4 +175,81 @@ pub(super) fn kernel_packages(apt: &Apt, suite: &str) -> Result<Vec<String>> {
         }
     }
     Ok(found)
+}
+
+/// The packages a stanza depends on (Pre-Depends and Depends, first alternatives, names
+/// only).
+fn depends(stanza: &str) -> Vec<String> {
+    ["Pre-Depends", "Depends"]
+        .iter()
+        .filter_map(|f| field(stanza, f))
+        .flat_map(|list| list.split(','))
+        .filter_map(|d| d.split('|').next()?.split_whitespace().next())
+        .map(|n| n.split(':').next().unwrap_or(n).to_owned())
+        .collect()
+}
+
+/// The packages `roots` in `suite` for `arch` and, transitively, the shared libraries they
+/// depend on (the packages that are `Multi-Arch: same`; the tools a package's installation
+/// scripts need, debconf and the like, are not).
+pub(super) fn userland_packages(
+    apt: &Apt,
+    suite: &str,
+    arch: &str,
+    roots: &[&str],
+) -> Result<Vec<String>> {
+    /// A guest's few tools need a few dozen libraries at most.
+    const MAX: usize = 64;
+    let mut queue: Vec<(String, bool)> = roots.iter().map(|r| ((*r).to_owned(), true)).collect();
+    let mut seen: Vec<String> = Vec::new();
+    let mut found = Vec::new();
+    while let Some((name, root)) = queue.pop() {
+        if seen.contains(&name) {
+            continue;
+        }
+        if seen.len() >= MAX {
+            bail!("{suite}/{arch}: more than {MAX} packages for the guest's tools: {seen:?}");
+        }
+        seen.push(name.clone());
+        let Some(stanza) = apt.show(&format!("{name}:{arch}/{suite}"))? else {
+            if root {
+                bail!("apt has no {name} for {arch} in {suite}");
+            }
+            // Packages for all architectures and virtual ones have none; no library is lost
+            // unnoticed, as the guest's binaries' NEEDED names are checked after.
+            continue;
+        };
+        if !root && field(&stanza, "Multi-Arch") != Some("same") {
+            continue;
+        }
+        queue.extend(depends(&stanza).into_iter().map(|d| (d, false)));
+        found.push(name);
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depends_takes_first_alternatives_without_versions_or_qualifiers() {
+        let stanza = "Package: iproute2\nPre-Depends: libc6 (>= 2.38)\nDepends: debconf \
+                      (>= 0.5) | debconf-2.0, libbpf1 (>= 1:0.6.0), python3:any\n";
+        assert_eq!(depends(stanza), ["libc6", "debconf", "libbpf1", "python3"]);
+    }
+
+    #[test]
+    fn a_deb_is_found_by_its_whole_name_and_architecture() -> Result<()> {
+        let debs = std::env::temp_dir().join(format!("tern-debs-{}", std::process::id()));
+        fs::create_dir_all(&debs)?;
+        fs::write(debs.join("libc6_2.41-12_amd64.deb"), "")?;
+        fs::write(debs.join("libc6-dev_2.41-12_amd64.deb"), "")?;
+        let amd64 = find_deb(&debs, "libc6", "amd64")?;
+        let arm64 = find_deb(&debs, "libc6", "arm64")?;
+        fs::remove_dir_all(&debs)?;
+        assert_eq!(amd64, Some(debs.join("libc6_2.41-12_amd64.deb")));
+        assert_eq!(arm64, None);
+        Ok(())
+    }
 }

@@ -1,6 +1,6 @@
 //! A kernel made ready to boot: its image, the few modules the scenario needs, and the
-//! initramfs archives (busybox, the release tern, the host's ip, ss and tc with their
-//! libraries).
+//! initramfs archives (the guest's userland, the release tern built for the kernel's
+//! architecture, the scenario).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -14,34 +14,46 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use super::{
-    BOOT_LIMIT, COUNT, GUEST_INIT, HOST_TOOLS, INTERVAL_S, MODULES, OTHERS, PROBES, SYNS,
+    BOOT_LIMIT, COUNT, GUEST_INIT, INTERVAL_S, MODULES, OTHERS, PROBES, SYNS,
     apt::{Apt, kernel_packages},
+    arch::Arch,
     truth::{Sections, compare},
+    userland::Userland,
 };
 use crate::status;
 
 /// A kernel ready to boot: its image and the few modules the scenario needs.
 pub(super) struct Kernel {
     pub(super) release: String,
+    pub(super) arch: Arch,
     vmlinuz: PathBuf,
     modules: PathBuf,
 }
 
 impl Kernel {
-    /// Downloads, extracts and trims a suite's kernel, or finds it done before.
-    pub(super) fn fetch(apt: &Apt, suite: &str, work: &Path) -> Result<Self> {
-        let dir = work.join(suite);
+    /// Downloads, extracts and trims a suite's kernel for `arch`, or finds it done before.
+    pub(super) fn fetch(apt: &Apt, suite: &str, arch: Arch, work: &Path) -> Result<Self> {
+        // amd64 kernels keep the folders named by suite alone that earlier runs filled.
+        let dir = match arch {
+            Arch::Amd64 => work.join(suite),
+            _ => work.join(format!("{suite}-{}", arch.debian())),
+        };
         let done = dir.join("release");
         if let Ok(release) = fs::read_to_string(&done) {
             return Ok(Self {
                 release: release.trim().to_owned(),
+                arch,
                 vmlinuz: dir.join("vmlinuz"),
                 modules: dir.join("modules.cpio"),
             });
         }
         apt.refresh()?;
-        let packages = kernel_packages(apt, suite)?;
-        eprintln!("test-kernels: {suite}: {}", packages.join(" "));
+        let packages = kernel_packages(apt, suite, arch.debian())?;
+        eprintln!(
+            "test-kernels: {suite} {}: {}",
+            arch.debian(),
+            packages.join(" ")
+        );
         let debs = work.join("debs");
         fs::create_dir_all(&debs)?;
         let tree = dir.join("tree");
@@ -50,16 +62,7 @@ impl Kernel {
         }
         fs::create_dir_all(&tree)?;
         for package in &packages {
-            let deb = match find_deb(&debs, package)? {
-                Some(deb) => deb,
-                None => {
-                    let mut download = apt.command("apt-get", &["-q", "download", package]);
-                    download.current_dir(&debs);
-                    status(download)?;
-                    find_deb(&debs, package)?
-                        .with_context(|| format!("apt-get download left no {package} deb"))?
-                }
-            };
+            let deb = apt.deb(&debs, package, arch.debian())?;
             let mut extract = Command::new("dpkg-deb");
             extract.arg("-x").arg(&deb).arg(&tree);
             status(extract)?;
@@ -78,6 +81,7 @@ impl Kernel {
         fs::write(&done, &release)?;
         Ok(Self {
             release,
+            arch,
             vmlinuz: dir.join("vmlinuz"),
             modules: dir.join("modules.cpio"),
         })
@@ -99,40 +103,23 @@ impl Kernel {
                 fs::remove_file(log)?;
             }
         }
-        let mut qemu = Command::new("qemu-system-x86_64");
-        qemu.args([
-            "-accel",
-            "tcg,thread=multi",
-            "-cpu",
-            "max",
-            "-smp",
-            "2",
-            "-m",
-            "1024",
-            "-M",
-            "pc",
-            "-nodefaults",
-            "-no-reboot",
-            "-display",
-            "none",
-        ])
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .arg("-serial")
-        .arg(format!("file:{}", results.display()))
-        .arg("-kernel")
-        .arg(&self.vmlinuz)
-        .arg("-initrd")
-        .arg(&initrd)
-        .arg("-append")
-        .arg(format!(
-            "console=ttyS0 panic=-1 rdinit=/init tern_interval={INTERVAL_S} tern_count={COUNT} \
-             tern_syns={SYNS} tern_probes={PROBES} tern_others={OTHERS}"
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        let mut child = qemu.spawn().context("starting qemu-system-x86_64")?;
+        let mut qemu = self.arch.qemu(&console, &results)?;
+        qemu.arg("-kernel")
+            .arg(&self.vmlinuz)
+            .arg("-initrd")
+            .arg(&initrd)
+            .arg("-append")
+            .arg(format!(
+                "console={} panic=-1 rdinit=/init tern_results={} tern_interval={INTERVAL_S} \
+                 tern_count={COUNT} tern_syns={SYNS} tern_probes={PROBES} tern_others={OTHERS}",
+                self.arch.console(),
+                self.arch.results_device()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let shown = format!("{:?}", qemu.get_program());
+        let mut child = qemu.spawn().with_context(|| format!("starting {shown}"))?;
         let deadline = Instant::now() + BOOT_LIMIT;
         while child.try_wait()?.is_none() {
             if Instant::now() > deadline {
@@ -150,14 +137,6 @@ impl Kernel {
             .with_context(|| format!("no results; see {}", console.display()))?;
         Ok(compare(&Sections::parse(&text.replace('\r', ""))))
     }
-}
-
-fn find_deb(debs: &Path, package: &str) -> Result<Option<PathBuf>> {
-    let prefix = format!("{package}_");
-    Ok(fs::read_dir(debs)?.flatten().map(|e| e.path()).find(|p| {
-        p.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-    }))
 }
 
 /// The kernel release and its modules folder in an extracted tree.
@@ -278,41 +257,32 @@ fn cpio(root: &Path, archive: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The part of every initramfs that does not depend on the kernel: busybox, init, tern,
-/// the xtask as UDP helper, ip, ss, tc, kmod, and their libraries.
-pub(super) fn common_archive(work: &Path, tern: &Path) -> Result<PathBuf> {
+/// The part of every initramfs of one architecture that does not depend on the kernel:
+/// busybox (its applets linked by init), init, tern and `helper` (the xtask, for the UDP
+/// sockets) built for the guest, ip, ss, tc, kmod, and their libraries.
+pub(super) fn common_archive(
+    work: &Path,
+    userland: &Userland,
+    tern: &Path,
+    helper: &Path,
+) -> Result<PathBuf> {
     let root = work.join("initramfs");
     if root.exists() {
         fs::remove_dir_all(&root)?;
     }
     for dir in [
-        "bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "lib64", "var/lib",
+        "bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "var/lib",
     ] {
         fs::create_dir_all(root.join(dir))?;
     }
-    let busybox = Path::new("/bin/busybox");
-    install(busybox, &root.join("bin/busybox"))?;
-    let applets = Command::new(busybox)
-        .arg("--list")
-        .output()
-        .context("running busybox --list")?;
-    for applet in String::from_utf8_lossy(&applets.stdout).lines() {
-        if applet == "busybox" {
-            continue;
-        }
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
-    }
-    let xtask = std::env::current_exe()?;
-    let mut binaries = vec![(tern.to_path_buf(), "bin/tern"), (xtask, "bin/xtask")];
-    binaries.extend(HOST_TOOLS.iter().map(|(f, t)| (PathBuf::from(f), *t)));
-    for (from, to) in &binaries {
-        let to = root.join(to);
-        if to.exists() {
-            fs::remove_file(&to)?;
-        }
-        install(from, &to)?;
-        libraries(from, &root)?;
-    }
+    userland.install(
+        &root,
+        &[
+            (tern.to_path_buf(), "bin/tern"),
+            (helper.to_path_buf(), "bin/xtask"),
+        ],
+    )?;
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh"))?;
     fs::write(root.join("init"), GUEST_INIT)?;
     set_mode(&root.join("init"), 0o755)?;
     // tern drops to `nobody` once attached.
@@ -330,33 +300,5 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
     let mut permissions = fs::metadata(path)?.permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, mode);
     fs::set_permissions(path, permissions)?;
-    Ok(())
-}
-
-/// Copies a file, following links, keeping its mode.
-fn install(from: &Path, to: &Path) -> Result<()> {
-    fs::create_dir_all(to.parent().expect("a file in a folder"))?;
-    fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
-    Ok(())
-}
-
-/// Copies the shared libraries `ldd` names for `binary` to the same paths under `root`.
-fn libraries(binary: &Path, root: &Path) -> Result<()> {
-    let output = Command::new("ldd")
-        .arg(binary)
-        .output()
-        .context("running ldd")?;
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let path = line
-            .split_whitespace()
-            .find(|w| w.starts_with('/'))
-            .map(Path::new);
-        if let Some(path) = path {
-            let to = root.join(path.strip_prefix("/")?);
-            if !to.exists() {
-                install(path, &to)?;
-            }
-        }
-    }
     Ok(())
 }
