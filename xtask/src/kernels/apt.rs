@@ -40,6 +40,9 @@ impl Apt {
             "Dir::Etc::sourceparts=-".into(),
             format!("Dir::State::Lists={}", lists.display()),
             format!("Dir::Cache={}", cache.display()),
+            // Kept even where the system's configuration turns it off (container images):
+            // without it every apt call parses all the lists again, seconds each.
+            "Dir::Cache::pkgcache=pkgcache.bin".into(),
         ];
         let architectures: Vec<&str> = Arch::ALL.iter().map(|a| a.debian()).collect();
         options.extend(
