@@ -303,6 +303,10 @@ pub mod names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const EPOCH: &str = "EPOCH";
     pub const FOLLOWED: &str = "FOLLOWED";
+    /// The programs' own log: aya-log's ring buffer (read by aya-log, which names it so),
+    /// and when each kind of trouble last went into it, per CPU (the programs' alone).
+    pub const AYA_LOGS: &str = "AYA_LOGS";
+    pub const TROUBLE_THROTTLE: &str = "TROUBLE_THROTTLE";
 
     /// Programs.
     pub const TC_INGRESS: &str = "tc_ingress";

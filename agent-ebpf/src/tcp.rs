@@ -24,7 +24,10 @@ use tern_common::{
     },
 };
 
-use crate::shared::{count, epoch, followed, read, remember, sock_netns_of, sock_state_offsets};
+use crate::{
+    shared::{count, epoch, followed, read, remember, sock_netns_of, sock_state_offsets},
+    trouble::{Trouble, report},
+};
 
 /// The tracepoint's `protocol` field of a TCP socket.
 const IPPROTO_TCP: u16 = 6;
@@ -67,12 +70,12 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn on_state_change(ctx: &TracePointContext) -> Option<()> {
     let offsets = sock_state_offsets();
-    let protocol: u16 = read(ctx, offsets.protocol)?;
+    let protocol: u16 = field(ctx, offsets.protocol, Trouble::StateProtocol)?;
     if protocol != IPPROTO_TCP {
         return None;
     }
-    let old: u32 = read(ctx, offsets.oldstate)?;
-    let new: u32 = read(ctx, offsets.newstate)?;
+    let old: u32 = field(ctx, offsets.oldstate, Trouble::StateOldstate)?;
+    let new: u32 = field(ctx, offsets.newstate, Trouble::StateNewstate)?;
     // A listener closes with LISTEN -> CLOSE. LISTEN -> SYN_RECV is a new connection's socket
     // cloned from its listener, which leaves the listener as it was.
     let kind = if new == BPF_TCP_LISTEN || (old == BPF_TCP_LISTEN && new == BPF_TCP_CLOSE) {
@@ -90,23 +93,23 @@ fn on_state_change(ctx: &TracePointContext) -> Option<()> {
     if !followed(FOLLOWED_BY_ADDRESS, netns) {
         return None;
     }
-    let family: u16 = read(ctx, offsets.family)?;
+    let family: u16 = field(ctx, offsets.family, Trouble::StateFamily)?;
     let mut sock = TcpSock {
         netns,
         family,
         kind,
-        local_port: read(ctx, offsets.sport)?,
-        remote_port: read(ctx, offsets.dport)?,
+        local_port: field(ctx, offsets.sport, Trouble::StateSport)?,
+        remote_port: field(ctx, offsets.dport, Trouble::StateDport)?,
         ..TcpSock::default()
     };
     if family == AF_INET {
-        let local: [u8; 4] = read(ctx, offsets.saddr)?;
-        let remote: [u8; 4] = read(ctx, offsets.daddr)?;
+        let local: [u8; 4] = field(ctx, offsets.saddr, Trouble::StateSaddr)?;
+        let remote: [u8; 4] = field(ctx, offsets.daddr, Trouble::StateDaddr)?;
         sock.local_addr[..4].copy_from_slice(&local);
         sock.remote_addr[..4].copy_from_slice(&remote);
     } else if family == AF_INET6 {
-        sock.local_addr = read(ctx, offsets.saddr_v6)?;
-        sock.remote_addr = read(ctx, offsets.daddr_v6)?;
+        sock.local_addr = field(ctx, offsets.saddr_v6, Trouble::StateSaddrV6)?;
+        sock.remote_addr = field(ctx, offsets.daddr_v6, Trouble::StateDaddrV6)?;
     } else {
         return None;
     }
@@ -120,7 +123,7 @@ fn on_state_change(ctx: &TracePointContext) -> Option<()> {
                 port: sock.remote_port,
                 family,
             };
-            remember(&CONTACTED, &contacted);
+            remember(&CONTACTED, &contacted, Trouble::ContactedFull);
         } else {
             count(Counter::FailedConnects);
         }
@@ -145,10 +148,21 @@ fn on_state_change(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
+/// Field `offset` of the tracepoint's record; a read that fails is reported as `trouble`.
+#[inline(always)]
+fn field<T>(ctx: &TracePointContext, offset: u32, trouble: Trouble) -> Option<T> {
+    let value = read(ctx, offset);
+    if value.is_none() {
+        report(trouble);
+    }
+    value
+}
+
 /// The namespace of the tracepoint's socket, by address; 0 when unknown.
 #[inline(always)]
 fn sock_netns(ctx: &TracePointContext, offsets: &SockStateOffsets) -> u64 {
-    read::<u64>(ctx, offsets.skaddr).map_or(0, |sk| sock_netns_of(sk, offsets))
+    field::<u64>(ctx, offsets.skaddr, Trouble::StateSkaddr)
+        .map_or(0, |sk| sock_netns_of(sk, offsets))
 }
 
 #[inline(always)]
@@ -168,7 +182,10 @@ fn listener_opened(sock: &TcpSock, epoch: u32) {
             // atomics in core): two sockets of one reuse group changing state on two CPUs
             // in the same instant could miss one count.
             Some(existing) => unsafe { (*existing).count += 1 },
-            None => count(Counter::DetailsDropped),
+            None => {
+                count(Counter::DetailsDropped);
+                report(Trouble::TcpSocksFull);
+            }
         }
     }
     let seen = Seen {
@@ -178,7 +195,7 @@ fn listener_opened(sock: &TcpSock, epoch: u32) {
         port: sock.local_port,
         family: sock.family,
     };
-    remember(&TCP_LISTENED, &seen);
+    remember(&TCP_LISTENED, &seen, Trouble::TcpListenedFull);
 }
 
 #[inline(always)]
@@ -209,6 +226,7 @@ fn connection_opened(sock: &TcpSock, flags: u32, epoch: u32) {
     };
     if TCP_SOCKS.insert(sock, &state, u64::from(BPF_ANY)).is_err() {
         count(Counter::DetailsDropped);
+        report(Trouble::TcpSocksFull);
     }
     let remote = Seen {
         netns: sock.netns,
@@ -217,13 +235,14 @@ fn connection_opened(sock: &TcpSock, flags: u32, epoch: u32) {
         port: 0,
         family: sock.family,
     };
-    remember(&REMOTES_SEEN, &remote);
+    remember(&REMOTES_SEEN, &remote, Trouble::RemotesSeenFull);
     if record_connections()
         && CONNECTIONS_SEEN
             .insert(sock, &epoch, u64::from(BPF_ANY))
             .is_err()
     {
         count(Counter::DetailsDropped);
+        report(Trouble::ConnectionsSeenFull);
     }
 }
 

@@ -81,6 +81,8 @@ mod tests {
                 names::COUNTERS,
                 names::EPOCH,
                 names::FOLLOWED,
+                names::AYA_LOGS,
+                names::TROUBLE_THROTTLE,
             ])
         );
         // Patching, as the loader does, refuses a global that is missing or of another size.

@@ -181,6 +181,7 @@ impl Programs {
             .override_global(names::SIGNAL_OFFSETS, &signals, true)
             .load(OBJECT)
             .context("loading tern's eBPF object into the kernel")?;
+        super::log::start(&mut ebpf);
         let traffic = [names::TC_INGRESS, names::TC_EGRESS]
             .into_iter()
             .try_for_each(|name| -> Result<()> {
