@@ -314,7 +314,7 @@ mod tests {
                 names::TCP_RETRANSMIT_SKB,
                 names::SCHED_PROCESS_EXEC,
             ]
-            .map(|name| (name, Ok(())))
+            .map(|name| (name, Ok("tracepoint")))
             .to_vec(),
             btf: true,
         }
