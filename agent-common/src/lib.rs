@@ -52,9 +52,12 @@ pub mod sockets {
     pub const TCP_CONNECTION: u16 = 2;
 
     /// Slots of `FOLLOWED`, the namespace the programs record (0 in a slot: every
-    /// namespace), one per way the programs name a namespace. The tracepoint programs name
-    /// it by the address of its `struct net`, read through the socket (which needs no
-    /// cookie, so no Linux 5.12 and no BTF); the cgroup hooks by its cookie, from a helper.
+    /// namespace), one per way the programs name a namespace. `FOLLOWED_BY_ADDRESS` holds
+    /// it as the TCP programs name it, and the signals' tracepoints with them: by the
+    /// address of its `struct net`, read through the socket (which needs no cookie, so no
+    /// Linux 5.12 and no BTF), or by its cookie where the TCP sock_ops program stands in
+    /// for the TCP tracepoint. `FOLLOWED_BY_COOKIE` holds it as the UDP cgroup hooks name
+    /// it: by its cookie, from a helper.
     pub const FOLLOWED_BY_ADDRESS: u32 = 0;
     pub const FOLLOWED_BY_COOKIE: u32 = 1;
     pub const FOLLOWED_SLOTS: u32 = 2;
@@ -65,7 +68,7 @@ pub mod sockets {
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
     pub struct TcpSock {
-        /// Network namespace, by address (`FOLLOWED_BY_ADDRESS`).
+        /// Network namespace, as the TCP programs name it (`FOLLOWED_BY_ADDRESS`).
         pub netns: u64,
         pub local_addr: [u8; 16],
         pub remote_addr: [u8; 16],
@@ -303,11 +306,16 @@ pub mod names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const EPOCH: &str = "EPOCH";
     pub const FOLLOWED: &str = "FOLLOWED";
+    /// The programs' own log: aya-log's ring buffer (read by aya-log, which names it so),
+    /// and when each kind of trouble last went into it, per CPU (the programs' alone).
+    pub const AYA_LOGS: &str = "AYA_LOGS";
+    pub const TROUBLE_THROTTLE: &str = "TROUBLE_THROTTLE";
 
     /// Programs.
     pub const TC_INGRESS: &str = "tc_ingress";
     pub const TC_EGRESS: &str = "tc_egress";
     pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
+    pub const TCP_SOCK_OPS: &str = "tcp_sock_ops";
     pub const UDP_POST_BIND4: &str = "udp_post_bind4";
     pub const UDP_POST_BIND6: &str = "udp_post_bind6";
     pub const UDP_SENDMSG4: &str = "udp_sendmsg4";

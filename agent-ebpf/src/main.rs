@@ -14,6 +14,8 @@ mod tcp;
 #[cfg(target_arch = "bpf")]
 mod traffic;
 #[cfg(target_arch = "bpf")]
+mod trouble;
+#[cfg(target_arch = "bpf")]
 mod udp;
 
 #[cfg(target_arch = "bpf")]

@@ -18,6 +18,8 @@ use tern_common::{
     sockets::{FOLLOWED_SLOTS, Seen, SockStateOffsets},
 };
 
+use crate::trouble::{Trouble, report};
+
 /// Where `sock:inet_sock_set_state` keeps its fields and `struct sock` its namespace cookie;
 /// user space reads them from the tracepoint's format and the BTF.
 #[unsafe(no_mangle)]
@@ -68,7 +70,13 @@ pub(crate) fn sock_netns_of(sk: u64, offsets: &SockStateOffsets) -> u64 {
     }
     // SAFETY: bpf_probe_read_kernel checks the address; a bad one yields an error, not a
     // fault.
-    unsafe { bpf_probe_read_kernel((sk + u64::from(offsets.sock_net)) as *const u64) }.unwrap_or(0)
+    let Ok(net) =
+        (unsafe { bpf_probe_read_kernel((sk + u64::from(offsets.sock_net)) as *const u64) })
+    else {
+        report(Trouble::SockNetns);
+        return 0;
+    };
+    net
 }
 
 /// Whether to record what happens in namespace `netns`, named as slot `naming` of
@@ -85,9 +93,10 @@ pub(crate) fn epoch() -> u32 {
 }
 
 #[inline(always)]
-pub(crate) fn remember(set: &HashMap<Seen, u32>, seen: &Seen) {
+pub(crate) fn remember(set: &HashMap<Seen, u32>, seen: &Seen, full: Trouble) {
     if set.insert(seen, &0, u64::from(BPF_ANY)).is_err() {
         count(Counter::DetailsDropped);
+        report(full);
     }
 }
 

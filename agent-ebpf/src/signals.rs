@@ -24,7 +24,10 @@ use tern_common::{
     sockets::{FOLLOWED_BY_ADDRESS, SEEN_MAX_ENTRIES},
 };
 
-use crate::shared::{count, followed, read, sock_netns_of, sock_state_offsets};
+use crate::{
+    shared::{count, followed, read, sock_netns_of, sock_state_offsets},
+    trouble::{Trouble, report},
+};
 
 const ICMP_DEST_UNREACH: i32 = 3;
 const ICMP_PORT_UNREACH: i32 = 3;
@@ -176,13 +179,16 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let offsets = signal_offsets();
     // A __data_loc field: the data's offset in the record in the low 16 bits.
     let Some(loc) = read::<u32>(&ctx, offsets.exec_filename) else {
+        report(Trouble::ExecFilename);
         return 0;
     };
     let mut path = [0u8; EXEC_PATH_LEN];
     let src = (ctx.as_ptr() as usize + (loc & 0xffff) as usize) as *const u8;
     // SAFETY: the helper checks the source address and bounds the copy to `path`.
-    if unsafe { bpf_probe_read_kernel_str_bytes(src, &mut path) }.is_ok() {
-        let _ = EXECUTED.insert(&path, &0, u64::from(BPF_ANY));
+    if unsafe { bpf_probe_read_kernel_str_bytes(src, &mut path) }.is_err() {
+        report(Trouble::ExecPath);
+    } else if EXECUTED.insert(&path, &0, u64::from(BPF_ANY)).is_err() {
+        report(Trouble::ExecutedFull);
     }
     0
 }
@@ -236,11 +242,17 @@ fn skb_netns(skb: u64, offsets: &SignalOffsets) -> u64 {
     unsafe {
         let Ok(dev) = bpf_probe_read_kernel((skb + u64::from(offsets.skb_dev)) as *const u64)
         else {
+            report(Trouble::SkbNetns);
             return 0;
         };
         if dev == 0 {
             return 0;
         }
-        bpf_probe_read_kernel((dev + u64::from(offsets.dev_net)) as *const u64).unwrap_or(0)
+        let Ok(net) = bpf_probe_read_kernel((dev + u64::from(offsets.dev_net)) as *const u64)
+        else {
+            report(Trouble::SkbNetns);
+            return 0;
+        };
+        net
     }
 }

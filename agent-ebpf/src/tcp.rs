@@ -4,17 +4,26 @@
 //! The tracepoint `sock:inet_sock_set_state` sees every state change of every TCP socket.
 //! Its field offsets and the offset of the namespace in `struct sock` come from user space
 //! (`SOCK_STATE_OFFSETS`), which reads them from the tracepoint's format and the BTF.
+//!
+//! Where tracepoint programs cannot run, a sock_ops program on the cgroup-v2 root stands in
+//! (never both: each would count every socket). It is called as a socket connects, is
+//! established or listens, and asks then for that socket's state changes, which give its
+//! close. It names a namespace by its cookie (Linux 5.15 for the helper in sock_ops).
+//! Both fill the same maps with the same meaning.
 
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
     bindings::{
-        BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_TCP_CLOSE, BPF_TCP_ESTABLISHED,
-        BPF_TCP_LISTEN, BPF_TCP_SYN_SENT,
+        BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_CLOSE,
+        BPF_TCP_ESTABLISHED, BPF_TCP_LISTEN, BPF_TCP_SYN_SENT,
     },
-    macros::{map, tracepoint},
+    helpers::bpf_get_netns_cookie,
+    macros::{map, sock_ops, tracepoint},
     maps::HashMap,
-    programs::TracePointContext,
+    programs::{SockOpsContext, TracePointContext},
 };
 use tern_common::{
     counters::Counter,
@@ -24,12 +33,13 @@ use tern_common::{
     },
 };
 
-use crate::shared::{count, epoch, followed, read, remember, sock_netns_of, sock_state_offsets};
+use crate::{
+    shared::{count, epoch, followed, read, remember, sock_netns_of, sock_state_offsets},
+    trouble::{Trouble, report},
+};
 
 /// The tracepoint's `protocol` field of a TCP socket.
 const IPPROTO_TCP: u16 = 6;
-/// An outbound connection attempt: entering SYN_SENT, or leaving it for CLOSE.
-const ATTEMPT: u16 = 0;
 
 /// Non-zero when user space lists every connection of an interval, which then costs one
 /// more map update per connection.
@@ -58,6 +68,45 @@ static REMOTES_SEEN: HashMap<Seen, u32> =
 static CONNECTIONS_SEEN: HashMap<TcpSock, u32> =
     HashMap::with_max_entries(SEEN_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
+/// What a change of a TCP socket means to tern.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// An outbound connection attempt: its SYN is about to leave.
+    Attempt,
+    /// An outbound attempt closed without being established.
+    Failed,
+    ListenerOpened,
+    ListenerClosed,
+    /// A connection established, opened as `OPENED_*` says.
+    Opened(u32),
+    Closed,
+}
+
+/// What a move from state `old` to `new` means, if anything. LISTEN -> SYN_RECV is a new
+/// connection's socket cloned from its listener, which leaves the listener as it was.
+#[inline(always)]
+fn change(old: u32, new: u32) -> Option<Change> {
+    if new == BPF_TCP_LISTEN {
+        Some(Change::ListenerOpened)
+    } else if old == BPF_TCP_LISTEN {
+        (new == BPF_TCP_CLOSE).then_some(Change::ListenerClosed)
+    } else if new == BPF_TCP_ESTABLISHED {
+        Some(Change::Opened(if old == BPF_TCP_SYN_SENT {
+            OPENED_OUTBOUND
+        } else {
+            OPENED_INBOUND
+        }))
+    } else if old == BPF_TCP_ESTABLISHED {
+        Some(Change::Closed)
+    } else if new == BPF_TCP_SYN_SENT {
+        Some(Change::Attempt)
+    } else if old == BPF_TCP_SYN_SENT && new == BPF_TCP_CLOSE {
+        Some(Change::Failed)
+    } else {
+        None
+    }
+}
+
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let _ = on_state_change(&ctx);
@@ -67,88 +116,211 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn on_state_change(ctx: &TracePointContext) -> Option<()> {
     let offsets = sock_state_offsets();
-    let protocol: u16 = read(ctx, offsets.protocol)?;
+    let protocol: u16 = field(ctx, offsets.protocol, Trouble::StateProtocol)?;
     if protocol != IPPROTO_TCP {
         return None;
     }
-    let old: u32 = read(ctx, offsets.oldstate)?;
-    let new: u32 = read(ctx, offsets.newstate)?;
-    // A listener closes with LISTEN -> CLOSE. LISTEN -> SYN_RECV is a new connection's socket
-    // cloned from its listener, which leaves the listener as it was.
-    let kind = if new == BPF_TCP_LISTEN || (old == BPF_TCP_LISTEN && new == BPF_TCP_CLOSE) {
-        TCP_LISTENER
-    } else if old == BPF_TCP_LISTEN {
-        return None;
-    } else if new == BPF_TCP_ESTABLISHED || old == BPF_TCP_ESTABLISHED {
-        TCP_CONNECTION
-    } else if new == BPF_TCP_SYN_SENT || (old == BPF_TCP_SYN_SENT && new == BPF_TCP_CLOSE) {
-        ATTEMPT
-    } else {
-        return None;
-    };
+    let change = change(
+        field(ctx, offsets.oldstate, Trouble::StateOldstate)?,
+        field(ctx, offsets.newstate, Trouble::StateNewstate)?,
+    )?;
     let netns = sock_netns(ctx, &offsets);
     if !followed(FOLLOWED_BY_ADDRESS, netns) {
         return None;
     }
-    let family: u16 = read(ctx, offsets.family)?;
+    let family: u16 = field(ctx, offsets.family, Trouble::StateFamily)?;
     let mut sock = TcpSock {
         netns,
         family,
-        kind,
-        local_port: read(ctx, offsets.sport)?,
-        remote_port: read(ctx, offsets.dport)?,
+        local_port: field(ctx, offsets.sport, Trouble::StateSport)?,
+        remote_port: field(ctx, offsets.dport, Trouble::StateDport)?,
         ..TcpSock::default()
     };
     if family == AF_INET {
-        let local: [u8; 4] = read(ctx, offsets.saddr)?;
-        let remote: [u8; 4] = read(ctx, offsets.daddr)?;
+        let local: [u8; 4] = field(ctx, offsets.saddr, Trouble::StateSaddr)?;
+        let remote: [u8; 4] = field(ctx, offsets.daddr, Trouble::StateDaddr)?;
         sock.local_addr[..4].copy_from_slice(&local);
         sock.remote_addr[..4].copy_from_slice(&remote);
     } else if family == AF_INET6 {
-        sock.local_addr = read(ctx, offsets.saddr_v6)?;
-        sock.remote_addr = read(ctx, offsets.daddr_v6)?;
+        sock.local_addr = field(ctx, offsets.saddr_v6, Trouble::StateSaddrV6)?;
+        sock.remote_addr = field(ctx, offsets.daddr_v6, Trouble::StateDaddrV6)?;
     } else {
         return None;
     }
+    record(&mut sock, change);
+    Some(())
+}
+
+/// Where the tracepoint cannot run. Returns 1: the operation goes on as it would without
+/// tern.
+#[sock_ops]
+pub fn tcp_sock_ops(ctx: SockOpsContext) -> u32 {
+    let _ = on_sock_op(&ctx);
+    1
+}
+
+#[inline(always)]
+fn on_sock_op(ctx: &SockOpsContext) -> Option<()> {
+    let ops = ctx.ops.cast_const();
+    // SAFETY: the context is valid for the program run, here and in every read of it below.
+    let op = unsafe { whole(&raw const (*ops).op) };
+    let change = match op {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => Change::Attempt,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => Change::Opened(OPENED_OUTBOUND),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => Change::Opened(OPENED_INBOUND),
+        BPF_SOCK_OPS_TCP_LISTEN_CB => Change::ListenerOpened,
+        BPF_SOCK_OPS_STATE_CB => {
+            // SAFETY: as above; a state change's arguments are the old and new states.
+            let (old, new) = unsafe {
+                (
+                    whole(&raw const (*ops).__bindgen_anon_1.args[0]),
+                    whole(&raw const (*ops).__bindgen_anon_1.args[1]),
+                )
+            };
+            // Attempts, listeners and connections open through their own callbacks above;
+            // state changes give only their ends.
+            match change(old, new)? {
+                end @ (Change::Failed | Change::ListenerClosed | Change::Closed) => end,
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
+    // SAFETY: the helper takes the program's context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.ops.cast()) };
+    if !followed(FOLLOWED_BY_ADDRESS, netns) {
+        return None;
+    }
+    if op != BPF_SOCK_OPS_STATE_CB {
+        // The kernel calls this program on the socket's state changes only once asked; the
+        // flags of other programs on the hook stay as they are.
+        // SAFETY: as above.
+        let flags = unsafe { whole(&raw const (*ops).bpf_sock_ops_cb_flags) };
+        let _ = ctx.set_cb_flags((flags | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    }
+    // SAFETY: as above.
+    let (family, local_port, remote_port) = unsafe {
+        (
+            whole(&raw const (*ops).family),
+            whole(&raw const (*ops).local_port),
+            whole(&raw const (*ops).remote_port),
+        )
+    };
+    let family = family as u16;
+    let mut sock = TcpSock {
+        netns,
+        family,
+        // In host order already.
+        local_port: local_port as u16,
+        // The port as a 32-bit number in network order (the kernel shifts the 16-bit port up
+        // on little-endian machines), whatever the byte order of the machine.
+        remote_port: u32::from_be(remote_port) as u16,
+        ..TcpSock::default()
+    };
+    if family == AF_INET {
+        // SAFETY: as above.
+        let (local, remote) = unsafe {
+            (
+                whole(&raw const (*ops).local_ip4),
+                whole(&raw const (*ops).remote_ip4),
+            )
+        };
+        sock.local_addr[..4].copy_from_slice(&local.to_ne_bytes());
+        sock.remote_addr[..4].copy_from_slice(&remote.to_ne_bytes());
+    } else if family == AF_INET6 {
+        // SAFETY: as above.
+        unsafe {
+            sock.local_addr = address6(&raw const (*ops).local_ip6);
+            sock.remote_addr = address6(&raw const (*ops).remote_ip6);
+        }
+    } else {
+        return None;
+    }
+    record(&mut sock, change);
+    Some(())
+}
+
+/// A field of the sock_ops context, read whole: the kernel refuses a narrower load, which the
+/// compiler would otherwise be free to make.
+///
+/// # Safety
+/// `field` points into the program's context.
+#[inline(always)]
+unsafe fn whole(field: *const u32) -> u32 {
+    // SAFETY: the caller's.
+    unsafe { read_volatile(field) }
+}
+
+/// An IPv6 address of the sock_ops context, as on the wire.
+///
+/// # Safety
+/// `words` points into the program's context.
+#[inline(always)]
+unsafe fn address6(words: *const [u32; 4]) -> [u8; 16] {
+    let words = words.cast::<u32>();
+    let mut addr = [0; 16];
+    // SAFETY: the caller's; four words, each read whole.
+    unsafe {
+        addr[..4].copy_from_slice(&whole(words).to_ne_bytes());
+        addr[4..8].copy_from_slice(&whole(words.add(1)).to_ne_bytes());
+        addr[8..12].copy_from_slice(&whole(words.add(2)).to_ne_bytes());
+        addr[12..].copy_from_slice(&whole(words.add(3)).to_ne_bytes());
+    }
+    addr
+}
+
+/// Records `change` of `sock`, whose namespace, family, addresses and ports are filled in.
+#[inline(always)]
+fn record(sock: &mut TcpSock, change: Change) {
     let epoch = epoch();
-    if kind == ATTEMPT {
-        if new == BPF_TCP_SYN_SENT {
+    match change {
+        Change::Attempt => {
             let contacted = Seen {
-                netns,
+                netns: sock.netns,
                 addr: sock.remote_addr,
                 epoch,
                 port: sock.remote_port,
-                family,
+                family: sock.family,
             };
-            remember(&CONTACTED, &contacted);
-        } else {
-            count(Counter::FailedConnects);
+            remember(&CONTACTED, &contacted, Trouble::ContactedFull);
         }
-    } else if kind == TCP_LISTENER {
-        sock.remote_addr = [0; 16];
-        sock.remote_port = 0;
-        if new == BPF_TCP_LISTEN {
-            listener_opened(&sock, epoch);
-        } else {
-            listener_closed(&sock);
+        Change::Failed => count(Counter::FailedConnects),
+        Change::ListenerOpened | Change::ListenerClosed => {
+            sock.kind = TCP_LISTENER;
+            sock.remote_addr = [0; 16];
+            sock.remote_port = 0;
+            if change == Change::ListenerOpened {
+                listener_opened(sock, epoch);
+            } else {
+                listener_closed(sock);
+            }
         }
-    } else if new == BPF_TCP_ESTABLISHED {
-        let flags = if old == BPF_TCP_SYN_SENT {
-            OPENED_OUTBOUND
-        } else {
-            OPENED_INBOUND
-        };
-        connection_opened(&sock, flags, epoch);
-    } else {
-        connection_closed(&sock, epoch);
+        Change::Opened(flags) => {
+            sock.kind = TCP_CONNECTION;
+            connection_opened(sock, flags, epoch);
+        }
+        Change::Closed => {
+            sock.kind = TCP_CONNECTION;
+            connection_closed(sock, epoch);
+        }
     }
-    Some(())
+}
+
+/// Field `offset` of the tracepoint's record; a read that fails is reported as `trouble`.
+#[inline(always)]
+fn field<T>(ctx: &TracePointContext, offset: u32, trouble: Trouble) -> Option<T> {
+    let value = read(ctx, offset);
+    if value.is_none() {
+        report(trouble);
+    }
+    value
 }
 
 /// The namespace of the tracepoint's socket, by address; 0 when unknown.
 #[inline(always)]
 fn sock_netns(ctx: &TracePointContext, offsets: &SockStateOffsets) -> u64 {
-    read::<u64>(ctx, offsets.skaddr).map_or(0, |sk| sock_netns_of(sk, offsets))
+    field::<u64>(ctx, offsets.skaddr, Trouble::StateSkaddr)
+        .map_or(0, |sk| sock_netns_of(sk, offsets))
 }
 
 #[inline(always)]
@@ -168,7 +340,10 @@ fn listener_opened(sock: &TcpSock, epoch: u32) {
             // atomics in core): two sockets of one reuse group changing state on two CPUs
             // in the same instant could miss one count.
             Some(existing) => unsafe { (*existing).count += 1 },
-            None => count(Counter::DetailsDropped),
+            None => {
+                count(Counter::DetailsDropped);
+                report(Trouble::TcpSocksFull);
+            }
         }
     }
     let seen = Seen {
@@ -178,7 +353,7 @@ fn listener_opened(sock: &TcpSock, epoch: u32) {
         port: sock.local_port,
         family: sock.family,
     };
-    remember(&TCP_LISTENED, &seen);
+    remember(&TCP_LISTENED, &seen, Trouble::TcpListenedFull);
 }
 
 #[inline(always)]
@@ -209,6 +384,7 @@ fn connection_opened(sock: &TcpSock, flags: u32, epoch: u32) {
     };
     if TCP_SOCKS.insert(sock, &state, u64::from(BPF_ANY)).is_err() {
         count(Counter::DetailsDropped);
+        report(Trouble::TcpSocksFull);
     }
     let remote = Seen {
         netns: sock.netns,
@@ -217,13 +393,14 @@ fn connection_opened(sock: &TcpSock, flags: u32, epoch: u32) {
         port: 0,
         family: sock.family,
     };
-    remember(&REMOTES_SEEN, &remote);
+    remember(&REMOTES_SEEN, &remote, Trouble::RemotesSeenFull);
     if record_connections()
         && CONNECTIONS_SEEN
             .insert(sock, &epoch, u64::from(BPF_ANY))
             .is_err()
     {
         count(Counter::DetailsDropped);
+        report(Trouble::ConnectionsSeenFull);
     }
 }
 

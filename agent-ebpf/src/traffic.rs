@@ -13,6 +13,8 @@ use aya_ebpf::{
 };
 use tern_common::traffic::{IF_TRAFFIC_MAX_ENTRIES, IF_TRAFFIC_SLOTS, IfTraffic};
 
+use crate::trouble::{Trouble, report};
+
 /// Interfaces with an index under `IF_TRAFFIC_SLOTS`, the common case, by index: an array
 /// lookup, which the verifier inlines, instead of hashing on every packet. Slot 0, which no
 /// interface has, takes the traffic of interfaces that found `IF_TRAFFIC` full, so totals
@@ -139,9 +141,11 @@ fn entry(ifindex: u32) -> Option<*mut IfTraffic> {
     if let Some(entry) = IF_TRAFFIC.get_ptr_mut(ifindex) {
         return Some(entry);
     }
-    // Another CPU may have created the entry meanwhile; either way it exists.
+    // Another CPU may have created the entry meanwhile; either way it exists, unless the
+    // map is full.
     let _ = IF_TRAFFIC.insert(ifindex, IfTraffic::default(), u64::from(BPF_NOEXIST));
-    IF_TRAFFIC
-        .get_ptr_mut(ifindex)
-        .or_else(|| IF_TRAFFIC_BY_INDEX.get_ptr_mut(0))
+    IF_TRAFFIC.get_ptr_mut(ifindex).or_else(|| {
+        report(Trouble::IfTrafficFull);
+        IF_TRAFFIC_BY_INDEX.get_ptr_mut(0)
+    })
 }

@@ -17,7 +17,10 @@ use tern_common::{
     sockets::{FOLLOWED_BY_COOKIE, SEEN_MAX_ENTRIES, SOCKS_MAX_ENTRIES, Seen, UdpSock},
 };
 
-use crate::shared::{count, epoch, followed, remember};
+use crate::{
+    shared::{count, epoch, followed, remember},
+    trouble::{Trouble, report},
+};
 
 /// `bpf_sock::protocol` of a UDP socket.
 const IPPROTO_UDP: u32 = 17;
@@ -128,6 +131,7 @@ fn udp_listening<const V6: bool>(cookie: u64, netns: u64, sk: *const bpf_sock) {
         .is_err()
     {
         count(Counter::DetailsDropped);
+        report(Trouble::UdpSocksFull);
     }
     let seen = Seen {
         netns,
@@ -136,7 +140,7 @@ fn udp_listening<const V6: bool>(cookie: u64, netns: u64, sk: *const bpf_sock) {
         port,
         family,
     };
-    remember(&UDP_LISTENED, &seen);
+    remember(&UDP_LISTENED, &seen, Trouble::UdpListenedFull);
 }
 
 /// A connected UDP socket is not listening.

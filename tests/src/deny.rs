@@ -1,11 +1,24 @@
-//! A seccomp filter that denies a process bpf() and perf_event_open, as a locked-down
-//! container or a kernel built without them would: the process sees EPERM (or ENOSYS) and
-//! must do without. Installed in the child between fork and exec; inherited by what it execs.
+//! A seccomp filter that denies a process system calls, as a locked-down container or a
+//! kernel built without them would: bpf() and perf_event_open (no eBPF at all), or
+//! perf_event_open alone (eBPF, but no tracepoint programs). The process sees EPERM and must
+//! do without. Installed in the child between fork and exec; inherited by what it execs.
 
 use std::{io, os::unix::process::CommandExt, process::Command};
 
 /// Makes `command`'s process unable to call bpf() or perf_event_open.
 pub fn deny_bpf(command: &mut Command) {
+    deny(command, &[libc::SYS_bpf, libc::SYS_perf_event_open]);
+}
+
+/// Makes `command`'s process unable to call perf_event_open, which attaching a tracepoint
+/// program takes; bpf() stays.
+pub fn deny_perf_events(command: &mut Command) {
+    deny(command, &[libc::SYS_perf_event_open]);
+}
+
+/// Makes `command`'s process unable to call any of `calls` (at most 8).
+fn deny(command: &mut Command, calls: &'static [libc::c_long]) {
+    assert!(calls.len() <= 8, "a filter of at most 8 system calls");
     // SAFETY: the closure runs between fork and exec and calls only prctl, which is
     // async-signal-safe, on memory of its own stack.
     unsafe {
@@ -15,39 +28,24 @@ pub fn deny_bpf(command: &mut Command) {
                 SECCOMP_RET_ERRNO, sock_filter, sock_fprog,
             };
             let denied = SECCOMP_RET_ERRNO | libc::EPERM as u32;
-            // struct seccomp_data starts with the system call's number.
-            let filter = [
-                sock_filter {
-                    code: (BPF_LD | BPF_W | BPF_ABS) as u16,
-                    jt: 0,
-                    jf: 0,
-                    k: 0,
-                },
-                sock_filter {
-                    code: (BPF_JMP | BPF_JEQ | BPF_K) as u16,
-                    jt: 2,
-                    jf: 0,
-                    k: libc::SYS_bpf as u32,
-                },
-                sock_filter {
-                    code: (BPF_JMP | BPF_JEQ | BPF_K) as u16,
-                    jt: 1,
-                    jf: 0,
-                    k: libc::SYS_perf_event_open as u32,
-                },
-                sock_filter {
-                    code: (BPF_RET | BPF_K) as u16,
-                    jt: 0,
-                    jf: 0,
-                    k: SECCOMP_RET_ALLOW,
-                },
-                sock_filter {
-                    code: (BPF_RET | BPF_K) as u16,
-                    jt: 0,
-                    jf: 0,
-                    k: denied,
-                },
-            ];
+            let instruction = |code: u32, jt: u8, jf: u8, k: u32| sock_filter {
+                code: code as u16,
+                jt,
+                jf,
+                k,
+            };
+            // struct seccomp_data starts with the system call's number. Each call denied is
+            // one comparison that jumps to the last instruction; the one before allows.
+            let count = calls.len();
+            let mut filter = [instruction(0, 0, 0, 0); 11];
+            filter[0] = instruction(BPF_LD | BPF_W | BPF_ABS, 0, 0, 0);
+            for (i, &call) in calls.iter().enumerate() {
+                let to_denied = (count - i) as u8;
+                filter[1 + i] = instruction(BPF_JMP | BPF_JEQ | BPF_K, to_denied, 0, call as u32);
+            }
+            filter[1 + count] = instruction(BPF_RET | BPF_K, 0, 0, SECCOMP_RET_ALLOW);
+            filter[2 + count] = instruction(BPF_RET | BPF_K, 0, 0, denied);
+            let filter = &filter[..3 + count];
             let program = sock_fprog {
                 len: filter.len() as u16,
                 filter: filter.as_ptr().cast_mut(),

@@ -9,10 +9,9 @@
 //! process under test; `traffic` makes the traffic a test counts itself; `truth` reads what
 //! tern is compared with; `schema` holds the document rules every report is checked against
 //! and `metrics` reads custom metrics out of a report; `temp` and `wait` are the temporary
-//! directory and the bounded wait; `deny` takes bpf() away from a process. `broker` holds
-//! the MQTT side (PKI, mosquitto, a responder
-//! playing the cloud, and a proxy) and `bench` the benchmarks' helpers. The items tests use
-//! are re-exported here.
+//! directory and the bounded wait; `deny` takes bpf() or perf_event_open away from a
+//! process. `broker` holds the MQTT side (PKI, mosquitto, a responder playing the cloud, and
+//! a proxy) and `bench` the benchmarks' helpers. The items tests use are re-exported here.
 
 pub mod bench;
 pub mod broker;

@@ -16,7 +16,11 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{Netns, deny::deny_bpf, schema, wait_until};
+use crate::{
+    Netns,
+    deny::{deny_bpf, deny_perf_events},
+    schema, wait_until,
+};
 
 /// How tern enters its namespace, and what it has to do without.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +32,9 @@ pub enum Launch {
     IpNetnsExec,
     /// bpf() and perf_event_open denied by a seccomp filter.
     DenyBpf,
+    /// perf_event_open alone denied by a seccomp filter: bpf() works, but no tracepoint
+    /// program can be attached.
+    DenyPerfEvents,
     /// The kernel's BTF hidden: an empty tmpfs over /sys/kernel/btf, in a mount namespace of
     /// tern's.
     HideBtf,
@@ -157,14 +164,16 @@ impl Tern {
                 ]);
                 command
             }
-            Launch::Nsenter | Launch::DenyBpf => {
+            Launch::Nsenter | Launch::DenyBpf | Launch::DenyPerfEvents => {
                 let mut command = Command::new("nsenter");
                 command.arg(format!("--net={}", ns.path()));
                 command
             }
         };
-        if launch == Launch::DenyBpf {
-            deny_bpf(&mut command);
+        match launch {
+            Launch::DenyBpf => deny_bpf(&mut command),
+            Launch::DenyPerfEvents => deny_perf_events(&mut command),
+            Launch::Nsenter | Launch::IpNetnsExec | Launch::HideBtf => {}
         }
         let mut child = command
             .arg(tern_bin())

@@ -1,7 +1,8 @@
 //! The capability ladder on this kernel: tern denied bpf() and perf_event_open (the netlink
-//! floor), started under `ip netns exec` (no tracefs or cgroup2 under its /sys), and without
-//! the kernel's BTF beside a busy namespace. Each time the standard metrics must equal `ss`,
-//! `ip -s link` and the traffic the test sent.
+//! floor), denied perf_event_open alone (no tracepoint programs: TCP from the sock_ops
+//! program), started under `ip netns exec` (no tracefs or cgroup2 under its /sys), and
+//! without the kernel's BTF beside a busy namespace. Each time the standard metrics must
+//! equal `ss`, `ip -s link` and the traffic the test sent.
 
 use std::{
     collections::BTreeSet,
@@ -11,8 +12,8 @@ use std::{
 
 use serde_json::Value;
 use tern_tests::{
-    ADDR_A, ADDR_B, DEV_A, Launch, LinkStats, Netns, Pair, Tern, UDP_OVERHEAD, custom_list,
-    custom_names, custom_number, ss, transfer,
+    ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, DEV_A, Launch, LinkStats, Netns, Pair, Tern, UDP_OVERHEAD,
+    custom_list, custom_names, custom_number, ss, transfer, wait_until,
 };
 
 const REPORT_WAIT: Duration = Duration::from_secs(15);
@@ -269,4 +270,159 @@ fn without_btf_tern_follows_its_own_namespace_beside_a_busy_one() {
         .collect();
     assert_eq!(listened, BTreeSet::from([7701]), "b's listeners stay b's");
     drop((busy, accepted));
+}
+
+#[test]
+fn without_tracepoints_the_sock_ops_program_follows_tcp_beside_a_busy_namespace() {
+    let pair = Pair::dual_stack();
+    let (a, b) = (&pair.a, &pair.b);
+    let peer4 = b.enter(|| TcpListener::bind((ADDR_B, 7903)).unwrap());
+    let peer6 = b.enter(|| TcpListener::bind((ADDR6_B, 7904)).unwrap());
+    // Older than tern: the program never sees these open, nor close the two that close.
+    let (older_listener, older_closing, older_out, older_out_closing) = a.enter(|| {
+        (
+            TcpListener::bind(("0.0.0.0", 7901)).unwrap(),
+            TcpListener::bind(("::", 7902)).unwrap(),
+            TcpStream::connect((ADDR_B, 7903)).unwrap(),
+            TcpStream::connect((ADDR6_B, 7904)).unwrap(),
+        )
+    });
+    let older_served = (peer4.accept().unwrap(), peer6.accept().unwrap());
+    // One interval from start to stop: the final report holds every count.
+    let (tern, started) = Tern::start_launched(a, Launch::DenyPerfEvents, &["--interval", "3600"]);
+    assert!(
+        started
+            .iter()
+            .any(|l| l.contains("degraded: TCP sockets followed by a sock_ops program")),
+        "the start-up line says what the sock_ops program costs: {started:?}"
+    );
+
+    // b is busy with its own: listeners, connections to itself, refused connects.
+    let busy = b.enter(|| {
+        let own = (7910..7915)
+            .map(|port| TcpListener::bind(("0.0.0.0", port)).unwrap())
+            .collect::<Vec<_>>();
+        let local = TcpListener::bind(("127.0.0.1", 7920)).unwrap();
+        for _ in 0..10 {
+            drop(TcpStream::connect(("127.0.0.1", 7920)).unwrap());
+        }
+        let held = TcpStream::connect(("127.0.0.1", 7920)).unwrap();
+        let served = (0..11).map(|_| local.accept().unwrap()).collect::<Vec<_>>();
+        (own, local, held, served)
+    });
+    refused(b, "127.0.0.1", 7999, 4);
+
+    // a: two listeners; five connections in from b (four closed at once), three out to b
+    // (two closed at once), five refused connects; one older listener and one older
+    // connection closed.
+    let (in4, in6) = a.enter(|| {
+        (
+            TcpListener::bind((ADDR_A, 7931)).unwrap(),
+            TcpListener::bind((ADDR6_A, 7932)).unwrap(),
+        )
+    });
+    let held_in = b.enter(|| {
+        for _ in 0..3 {
+            drop(TcpStream::connect((ADDR_A, 7931)).unwrap());
+        }
+        drop(TcpStream::connect((ADDR6_A, 7932)).unwrap());
+        TcpStream::connect((ADDR6_A, 7932)).unwrap()
+    });
+    let accepted = (0..3)
+        .map(|_| in4.accept().unwrap())
+        .chain((0..2).map(|_| in6.accept().unwrap()))
+        .collect::<Vec<_>>();
+    let held_out = a.enter(|| {
+        drop(TcpStream::connect((ADDR_B, 7903)).unwrap());
+        drop(TcpStream::connect((ADDR6_B, 7904)).unwrap());
+        TcpStream::connect((ADDR_B, 7903)).unwrap()
+    });
+    let served = (
+        peer4.accept().unwrap(),
+        peer6.accept().unwrap(),
+        peer4.accept().unwrap(),
+    );
+    refused(a, ADDR_B, 7998, 3);
+    refused(a, ADDR6_B, 7997, 2);
+    drop((older_closing, older_out_closing));
+
+    // Established now in a: the older connection out, and the ones held in and out.
+    wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || match ss::established(a).len() {
+            3 => Ok(()),
+            _ => Err(()),
+        },
+    )
+    .unwrap_or_else(|()| panic!("a's connections did not settle: {:?}", ss::established(a)));
+    let (listening, established) = (ss::listening(a, 't'), ss::established(a));
+    let stopped = tern.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+    let [report] = stopped.reports.as_slice() else {
+        panic!("one final report expected: {:?}", stopped.reports);
+    };
+    assert_eq!(
+        ports(report, "listening_tcp_ports"),
+        listening,
+        "TCP listeners against ss"
+    );
+    assert_eq!(
+        connections(report),
+        established,
+        "established connections against ss"
+    );
+    let sources = sources(report);
+    assert!(
+        sources.contains("tcp:sock_ops") && !sources.contains("tcp:tracepoint"),
+        "{sources:?}"
+    );
+    for (name, made) in [
+        ("interval_tcp_connections_opened_inbound", 5),
+        ("interval_tcp_connections_opened_outbound", 3),
+        ("interval_tcp_connections_opened", 8),
+        ("interval_tcp_connections_short_lived", 6),
+        ("interval_tcp_failed_connects", 5),
+        ("interval_details_dropped", 0),
+    ] {
+        assert_eq!(custom_number(report, name), made, "{name}: a's alone");
+    }
+    let numbers = |name: &str| -> BTreeSet<u64> {
+        custom_list(report, name, "number_list")
+            .iter()
+            .map(|p| p.as_u64().unwrap())
+            .collect()
+    };
+    let addresses = |name: &str| -> BTreeSet<String> {
+        custom_list(report, name, "ip_list")
+            .iter()
+            .map(|p| p.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        numbers("interval_listening_tcp_ports"),
+        BTreeSet::from([7901, 7902, 7931, 7932]),
+        "a's listeners of the interval, none of b's"
+    );
+    assert_eq!(
+        numbers("interval_remote_ports_contacted"),
+        BTreeSet::from([7903, 7904, 7997, 7998]),
+        "the ports a connected to"
+    );
+    let b_addresses = BTreeSet::from([ADDR_B.to_owned(), ADDR6_B.to_owned()]);
+    assert_eq!(
+        addresses("interval_remote_addresses_contacted"),
+        b_addresses
+    );
+    assert_eq!(addresses("interval_remote_addresses"), b_addresses);
+    drop((
+        older_listener,
+        older_out,
+        older_served,
+        busy,
+        held_in,
+        accepted,
+        held_out,
+        served,
+    ));
 }

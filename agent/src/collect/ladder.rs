@@ -1,6 +1,7 @@
 //! The capability ladder: for each group of metrics, the best source this kernel gives
-//! (the kernel programs, else netlink and the kernel's own counters), what a weaker source
-//! costs, and what would bring the better one back. Decided once at start from what could be
+//! (the kernel programs, else netlink and the kernel's own counters; for TCP sockets, the
+//! tracepoint, else the sock_ops program, else sock_diag), what a weaker source costs, and
+//! what would bring the better one back. Decided once at start from what could be
 //! attached; said in one start-up line per degraded source, and in the `collection_sources`
 //! metric, so a fleet can find its blind devices.
 
@@ -30,8 +31,11 @@ pub enum Source {
 pub struct Ladder {
     /// TC programs count the traffic (else the links' 64-bit counters do).
     pub traffic: bool,
-    /// The TCP tracepoint follows the TCP sockets (else sock_diag lists them).
+    /// The TCP programs follow the TCP sockets (else sock_diag lists them).
     pub tcp: bool,
+    /// The program that follows them is the sock_ops program, not the tracepoint: it sees no
+    /// close of a socket older than tern.
+    pub tcp_hooks: bool,
     /// The cgroup hooks follow the UDP sockets (else sock_diag lists them).
     pub udp: bool,
     /// Where each metric that has more than one source comes from.
@@ -40,7 +44,7 @@ pub struct Ladder {
     sources: Vec<String>,
 }
 
-/// The TCP tracepoint's interval metrics, which only its events give.
+/// The TCP programs' interval metrics, which only their events give.
 const TCP_EVENTS: &[Metric] = &[
     catalog::OPENED,
     catalog::OPENED_INBOUND,
@@ -57,7 +61,8 @@ const BPF_EVENTS: &str = "a kernel with CONFIG_BPF_EVENTS (tracepoint programs),
 
 impl Ladder {
     /// The ladder for programs attached as `attached` (None: no eBPF is usable at all);
-    /// `tcp_unusable` says why the TCP tracepoint, though attached, cannot be used.
+    /// `tcp_unusable` says why the TCP tracepoint, though attached, cannot be used (the
+    /// sock_ops program was then not tried).
     pub fn decide(attached: Option<&Attached>, tcp_unusable: Option<String>) -> Self {
         fn ok<T>(outcome: Option<&Result<T, String>>) -> bool {
             outcome.is_some_and(Result::is_ok)
@@ -71,15 +76,34 @@ impl Ladder {
         }
         let traffic = attached.map(|a| &a.traffic);
         let unusable = tcp_unusable.map(Err);
-        let tcp = unusable.as_ref().or(attached.map(|a| &a.tcp));
+        let tracepoint = unusable.as_ref().or(attached.map(|a| &a.tcp));
+        let hooks = attached.and_then(|a| a.tcp_hooks.as_ref());
+        let tcp = ok(tracepoint) || ok(hooks);
         let udp = attached.map(|a| &a.udp);
-        let signal = |name| attached.and_then(|a| a.signal(name));
         let mut ladder = Self {
             traffic: ok(traffic),
-            tcp: ok(tcp),
+            tcp,
+            tcp_hooks: !ok(tracepoint) && ok(hooks),
             udp: ok(udp),
             choices: Vec::new(),
             sources: Vec::new(),
+        };
+        // The signals' tracepoints name a socket's namespace as the TCP tracepoint does,
+        // from which tern learns its own: where that is not in use, what they count cannot be
+        // told apart by namespace.
+        let namespaces_unknown: Result<&str, String> = Err(format!(
+            "attached, but it names a socket's namespace as the TCP tracepoint does, which is \
+             not in use: {}",
+            why(tracepoint)
+        ));
+        let signal = |name| {
+            let outcome = attached.and_then(|a| a.signal(name));
+            match outcome {
+                Some(Ok(_)) if !ok(tracepoint) && name != names::SCHED_PROCESS_EXEC => {
+                    Some(&namespaces_unknown)
+                }
+                _ => outcome,
+            }
         };
 
         ladder.group(ok(traffic), "traffic:tc", "traffic:link_counters", || {
@@ -91,19 +115,42 @@ impl Ladder {
                 why(traffic)
             )
         });
-        ladder.group(ok(tcp), "tcp:tracepoint", "tcp:sock_diag", || {
-            format!(
-                "TCP sockets listed by sock_diag at each report, not followed by the tracepoint \
-                 sock:inet_sock_set_state ({}); left out: {}; failed connects from the kernel's \
-                 counter; brought back by {BPF_EVENTS}",
-                why(tcp),
+        if ok(tracepoint) {
+            ladder.sources.push("tcp:tracepoint".to_owned());
+        } else if ok(hooks) {
+            ladder.sources.push("tcp:sock_ops".to_owned());
+            warn!(
+                "degraded: TCP sockets followed by a sock_ops program on the cgroup-v2 root, \
+                 not the tracepoint sock:inet_sock_set_state ({}); every TCP metric is kept, \
+                 but the program sees no close of a socket older than tern: those are checked \
+                 against sock_diag at each report, and with --all-namespaces those of other \
+                 namespaces are left out; a connect the kernel refuses before its SYN (no \
+                 local port free) is not counted as failed; brought back by {BPF_EVENTS}",
+                why(tracepoint)
+            );
+        } else {
+            ladder.sources.push("tcp:sock_diag".to_owned());
+            // The sock_ops program is tried only where the tracepoint could not be attached.
+            let (hooks_why, hooks_back) = match hooks {
+                Some(_) => (
+                    format!("; sock_ops program: {}", why(hooks)),
+                    ", or for the sock_ops program by Linux 5.15 or later with CONFIG_CGROUP_BPF \
+                     and a cgroup v2 hierarchy",
+                ),
+                None => (String::new(), ""),
+            };
+            warn!(
+                "degraded: TCP sockets listed by sock_diag at each report, not followed by the \
+                 tracepoint sock:inet_sock_set_state ({}{hooks_why}); left out: {}; failed \
+                 connects from the kernel's counter; brought back by {BPF_EVENTS}{hooks_back}",
+                why(tracepoint),
                 metric_names(TCP_EVENTS)
-            )
-        });
+            );
+        }
         for &metric in TCP_EVENTS {
             ladder.choose(
                 metric,
-                if ok(tcp) {
+                if tcp {
                     Source::Programs
                 } else {
                     Source::Absent
@@ -138,7 +185,7 @@ impl Ladder {
         let retransmits = signal(names::TCP_RETRANSMIT_SKB);
         let execs = signal(names::SCHED_PROCESS_EXEC);
         ladder.choose(catalog::RESETS, counted(ok(resets)));
-        ladder.choose(catalog::FAILED, counted(ok(tcp)));
+        ladder.choose(catalog::FAILED, counted(tcp));
         ladder.choose(catalog::RETRANSMITTED, counted(ok(retransmits)));
         let scans = ok(resets) && ok(icmp);
         ladder.choose(
@@ -198,7 +245,7 @@ impl Ladder {
                 }
             }
         }
-        if attached.is_some_and(|a| !a.btf && a.tcp.is_ok()) {
+        if attached.is_some_and(|a| !a.btf) && ok(tracepoint) {
             ladder.sources.push("namespaces:layout".to_owned());
             warn!(
                 "degraded: no BTF; a socket's namespace is found by the layout of struct \
@@ -248,4 +295,83 @@ fn metric_names(metrics: &[Metric]) -> String {
         .map(|m| m.name)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::programs::Outcome;
+
+    fn attached(tracepoint: Outcome, hooks: Option<Outcome>) -> Attached {
+        Attached {
+            traffic: Ok(()),
+            tcp: tracepoint,
+            tcp_hooks: hooks,
+            udp: Ok(()),
+            signals: [
+                names::TCP_SEND_RESET,
+                names::ICMP_SEND,
+                names::TCP_RETRANSMIT_SKB,
+                names::SCHED_PROCESS_EXEC,
+            ]
+            .map(|name| (name, Ok("tracepoint")))
+            .to_vec(),
+            btf: true,
+        }
+    }
+
+    fn sources(ladder: &Ladder) -> Vec<&str> {
+        ladder.sources.iter().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn tcp_comes_from_the_tracepoint_else_the_sock_ops_program_else_sock_diag() {
+        let refused = || Err("refused".to_owned());
+        let tracepoint = Ladder::decide(Some(&attached(Ok(()), None)), None);
+        assert!(tracepoint.tcp && !tracepoint.tcp_hooks);
+        assert!(sources(&tracepoint).contains(&"tcp:tracepoint"));
+
+        let hooks = Ladder::decide(Some(&attached(refused(), Some(Ok(())))), None);
+        assert!(hooks.tcp && hooks.tcp_hooks);
+        assert!(sources(&hooks).contains(&"tcp:sock_ops"));
+        for metric in TCP_EVENTS.iter().chain([&catalog::FAILED]) {
+            assert_eq!(
+                hooks.source(metric),
+                Some(Source::Programs),
+                "{}",
+                metric.name
+            );
+        }
+
+        let neither = Ladder::decide(Some(&attached(refused(), Some(refused()))), None);
+        assert!(!neither.tcp && !neither.tcp_hooks);
+        assert!(sources(&neither).contains(&"tcp:sock_diag"));
+        assert_eq!(neither.source(&catalog::OPENED), Some(Source::Absent));
+        assert_eq!(neither.source(&catalog::FAILED), Some(Source::Counters));
+
+        // A tracepoint attached but of no use is not made up for.
+        let unusable = Ladder::decide(Some(&attached(Ok(()), None)), Some("layout".to_owned()));
+        assert!(!unusable.tcp && sources(&unusable).contains(&"tcp:sock_diag"));
+    }
+
+    #[test]
+    fn signals_named_by_the_tcp_tracepoint_need_it() {
+        let hooks = Ladder::decide(
+            Some(&attached(Err("refused".to_owned()), Some(Ok(())))),
+            None,
+        );
+        for metric in [catalog::RESETS, catalog::RETRANSMITTED] {
+            assert_eq!(
+                hooks.source(&metric),
+                Some(Source::Counters),
+                "{}",
+                metric.name
+            );
+        }
+        assert_eq!(hooks.source(&catalog::CLOSED_PORTS), Some(Source::Absent));
+        // Executions belong to no namespace.
+        assert_eq!(hooks.source(&catalog::EXECUTIONS), Some(Source::Programs));
+        let tracepoint = Ladder::decide(Some(&attached(Ok(()), None)), None);
+        assert_eq!(tracepoint.source(&catalog::RESETS), Some(Source::Programs));
+    }
 }

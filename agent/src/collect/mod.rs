@@ -247,10 +247,10 @@ impl Programs {
         ladder: &Ladder,
         options: &SocketOptions,
     ) -> Result<Self> {
-        let learn = |tcp: &mut TcpMaps, udp: &mut UdpMaps| {
-            names::learn(ladder.tcp.then_some(tcp), ladder.udp.then_some(udp))
+        let learn = |tcp: &mut TcpMaps, udp: &mut UdpMaps, tcp_followed: bool| {
+            names::learn(tcp_followed.then_some(tcp), ladder.udp.then_some(udp))
         };
-        let own = learn(&mut tcp, &mut udp)
+        let own = learn(&mut tcp, &mut udp, ladder.tcp)
             .context("learning how the kernel programs name tern's network namespace")?;
         if !options.all_namespaces {
             shared.follow(own)?;
@@ -262,7 +262,11 @@ impl Programs {
         let mut seeded = seed::seed(&mut tcp, &mut udp, own)?;
         if options.all_namespaces {
             for other in netns::in_other_namespaces(|| {
-                let names = learn(&mut tcp, &mut udp)?;
+                // The sock_ops program sees no close of an older socket, and sock_diag answers
+                // only for tern's own namespace once privileges are dropped: another
+                // namespace's older TCP sockets are not seeded, as they would stay listed
+                // after they close.
+                let names = learn(&mut tcp, &mut udp, ladder.tcp && !ladder.tcp_hooks)?;
                 seed::seed(&mut tcp, &mut udp, names)
             })? {
                 seeded += other;
@@ -286,6 +290,7 @@ impl Programs {
                     tcp,
                     by_address,
                     options.interval_connections,
+                    own.by_address.filter(|_| ladder.tcp_hooks),
                 )?),
                 false => None,
             },

@@ -1,10 +1,11 @@
 //! The start-up seed: sockets that existed before the programs were attached, taken from
 //! the sock_diag snapshot and put into the kernel maps, so sockets older than tern are
-//! known too.
+//! known too. Where the programs see no close of theirs (the TCP sock_ops program), their
+//! closes are found by sock_diag at each report.
 
 use std::{collections::HashMap, hash::Hash};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use aya::{
     Pod,
     maps::{HashMap as BpfHashMap, MapData},
@@ -35,23 +36,29 @@ impl std::ops::AddAssign for Seeded {
     }
 }
 
-/// Puts the sockets of this thread's namespace (named `names`) into the kernel maps. A
-/// socket that closes between the snapshot and its insertion would stay forever, so a
-/// second snapshot afterwards removes seeded sockets it no longer lists.
+/// Puts the sockets of this thread's namespace (named `names`) into the kernel maps; a family
+/// without a name there is not followed by its programs, and not seeded. A socket that
+/// closes between the snapshot and its insertion would stay forever, so a second snapshot
+/// afterwards removes seeded sockets it no longer lists.
 pub fn seed(tcp_maps: &mut TcpMaps, udp_maps: &mut UdpMaps, names: NetnsNames) -> Result<Seeded> {
     let snapshot = || -> Result<_> {
         let tcp_states = [sockdiag::TCP_LISTEN, sockdiag::TCP_ESTABLISHED];
         let udp_states = [sockdiag::TCP_CLOSE];
-        Ok((
-            tcp_seeds(
+        let tcp = match names.by_address {
+            Some(netns) => tcp_seeds(
                 &sockdiag::dump(sockdiag::IPPROTO_TCP, sockdiag::states(&tcp_states))?,
-                names.by_address.unwrap_or(0),
+                netns,
             ),
-            udp_seeds(
+            None => HashMap::new(),
+        };
+        let udp = match names.by_cookie {
+            Some(netns) => udp_seeds(
                 &sockdiag::dump(sockdiag::IPPROTO_UDP, sockdiag::states(&udp_states))?,
-                names.by_cookie.unwrap_or(0),
+                netns,
             ),
-        ))
+            None => HashMap::new(),
+        };
+        Ok((tcp, udp))
     };
     let (tcp, udp) = snapshot()?;
     for (key, state) in &tcp {
@@ -70,6 +77,36 @@ pub fn seed(tcp_maps: &mut TcpMaps, udp_maps: &mut UdpMaps, names: NetnsNames) -
         connections: tcp.len() - listeners,
         udp: udp.len(),
     })
+}
+
+/// Removes the seeded TCP sockets of this thread's namespace (named `netns`) that sock_diag
+/// no longer lists: they closed. For programs that see no close of a socket older than
+/// them; those they follow are left to them.
+pub fn forget_closed(socks: &mut BpfHashMap<MapData, TcpSock, TcpState>, netns: u64) -> Result<()> {
+    let open = tcp_seeds(
+        &sockdiag::dump(
+            sockdiag::IPPROTO_TCP,
+            sockdiag::states(&[sockdiag::TCP_LISTEN, sockdiag::TCP_ESTABLISHED]),
+        )?,
+        netns,
+    );
+    // Keys only, then the value of the few not listed: one syscall per socket, not two.
+    let unlisted: Vec<TcpSock> = socks
+        .keys()
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading the TCP_SOCKS map")?
+        .into_iter()
+        .filter(|key| key.netns == netns && !open.contains_key(key))
+        .collect();
+    for key in &unlisted {
+        if socks
+            .get(key, 0)
+            .is_ok_and(|state| state.flags & SEEDED != 0)
+        {
+            let _ = socks.remove(key);
+        }
+    }
+    Ok(())
 }
 
 /// Removes from `map` the seeded entries that the second snapshot (`again`) no longer lists.

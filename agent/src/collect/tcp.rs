@@ -17,7 +17,7 @@ use tern_common::{
 use super::{
     Growth,
     ports::{self, Owners},
-    sets,
+    seed, sets,
 };
 use crate::{
     kernel::maps::TcpMaps,
@@ -56,16 +56,26 @@ pub struct TcpCollector {
     /// List every connection of the interval in `established_connections`, not only the
     /// ones established at report time.
     interval_connections: bool,
+    /// Where the programs see no close of a socket older than tern (the sock_ops program),
+    /// the name of tern's namespace: its seeded sockets are checked against sock_diag at
+    /// each report.
+    unwatched_seeds: Option<u64>,
     previous: Snapshot,
 }
 
 impl TcpCollector {
     /// Takes the first snapshot; the maps are seeded already.
-    pub fn start(maps: TcpMaps, netns: Option<u64>, interval_connections: bool) -> Result<Self> {
+    pub fn start(
+        maps: TcpMaps,
+        netns: Option<u64>,
+        interval_connections: bool,
+        unwatched_seeds: Option<u64>,
+    ) -> Result<Self> {
         let mut collector = Self {
             maps,
             netns,
             interval_connections,
+            unwatched_seeds,
             previous: Snapshot::default(),
         };
         let (now, _) = collector.current(&Owners::new())?;
@@ -76,6 +86,9 @@ impl TcpCollector {
     /// The sockets now and those of the interval before `epoch`, whose counters grew by
     /// `growth`.
     pub fn collect(&mut self, epoch: u32, growth: &Growth, owners: &Owners) -> Result<Tcp> {
+        if let Some(own) = self.unwatched_seeds {
+            seed::forget_closed(&mut self.maps.socks, own)?;
+        }
         let (now, current) = self.current(owners)?;
         let netns = self.netns;
         let listened = sets::drain_seen(&mut self.maps.listened, epoch, netns)?;

@@ -1,8 +1,18 @@
 //! Network interfaces of tern's namespace, as rtnetlink tells them: a dump at start, then
 //! every link that appears or goes away; and which interface holds which local address.
 //! Owns the NETLINK_ROUTE sockets; knows nothing of eBPF or reports.
+//!
+//! The main loop sleeps in [`LinkWatch::wait`], so one other descriptor can be served there
+//! too ([`wake_also_for`]) without a thread of its own.
 
-use std::{collections::HashMap, io::ErrorKind, net::IpAddr, os::fd::AsRawFd, time::Duration};
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    io::ErrorKind,
+    net::IpAddr,
+    os::fd::{AsFd, AsRawFd},
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use netlink_packet_route::{
@@ -36,6 +46,24 @@ pub struct LinkWatch {
     buf: Vec<u8>,
 }
 
+/// A descriptor the wait also wakes for, and what reads it.
+pub trait AlsoWatched: AsFd {
+    /// Reads what is ready, without blocking.
+    fn readable(&mut self);
+}
+
+thread_local! {
+    /// What [`wake_also_for`] set, with the process that set it: a child forked later
+    /// inherits the memory but must leave the descriptor to its parent.
+    static ALSO: RefCell<Option<(u32, Box<dyn AlsoWatched>)>> = const { RefCell::new(None) };
+}
+
+/// Makes [`LinkWatch::wait`] on this thread, in this process, also wake when `watched` is
+/// readable, and read it then.
+pub fn wake_also_for(watched: Box<dyn AlsoWatched>) {
+    ALSO.set(Some((std::process::id(), watched)));
+}
+
 impl LinkWatch {
     /// Subscribes to link changes first, so nothing created during the initial dump is missed.
     pub fn open() -> Result<Self> {
@@ -63,18 +91,34 @@ impl LinkWatch {
         Ok(messages.into_iter().filter_map(link_event).collect())
     }
 
-    /// Sleeps until a change arrives, `timeout` passes (None: no limit) or a signal arrives.
+    /// Sleeps until a change arrives, `timeout` passes (None: no limit) or a signal arrives;
+    /// or until what [`wake_also_for`] set is readable, which is then read.
     pub fn wait(&self, timeout: Option<Duration>) {
-        let mut poll = libc::pollfd {
-            fd: self.socket.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
         let millis = timeout.map_or(-1, |t| {
             libc::c_int::try_from(t.as_millis().saturating_add(1)).unwrap_or(libc::c_int::MAX)
         });
-        // SAFETY: one valid pollfd for the duration of the call.
-        unsafe { libc::poll(&mut poll, 1, millis) };
+        ALSO.with_borrow_mut(|also| {
+            let also = also
+                .as_mut()
+                .filter(|(owner, _)| *owner == std::process::id())
+                .map(|(_, watched)| watched);
+            // poll skips a negative descriptor.
+            let also_fd = also
+                .as_ref()
+                .map_or(-1, |watched| watched.as_fd().as_raw_fd());
+            let mut polls = [self.socket.as_raw_fd(), also_fd].map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            // SAFETY: valid pollfds, as many as passed, for the duration of the call.
+            unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, millis) };
+            if polls[1].revents & libc::POLLIN != 0
+                && let Some(watched) = also
+            {
+                watched.readable();
+            }
+        });
     }
 
     /// Changes that arrived since the last call; never blocks.

@@ -1,7 +1,8 @@
 //! Everything that goes through bpf(): the preflight check, the file systems the programs
-//! need, this kernel's offsets, the programs tern loads and attaches, and the maps handed to
-//! collection.
+//! need, this kernel's offsets, the programs tern loads and attaches, the maps handed to
+//! collection, and the programs' own log.
 
+pub mod log;
 pub mod maps;
 pub mod mounts;
 pub mod object;

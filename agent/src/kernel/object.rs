@@ -42,6 +42,7 @@ mod tests {
                 names::TC_INGRESS,
                 names::TC_EGRESS,
                 names::INET_SOCK_SET_STATE,
+                names::TCP_SOCK_OPS,
                 names::UDP_POST_BIND4,
                 names::UDP_POST_BIND6,
                 names::UDP_SENDMSG4,
@@ -81,6 +82,8 @@ mod tests {
                 names::COUNTERS,
                 names::EPOCH,
                 names::FOLLOWED,
+                names::AYA_LOGS,
+                names::TROUBLE_THROTTLE,
             ])
         );
         // Patching, as the loader does, refuses a global that is missing or of another size.

@@ -1,7 +1,7 @@
 //! Kernel programs: loads tern's eBPF object (`object`), attaches the traffic counters to
 //! TC ingress and egress of every interface tern counts (following interfaces as they come
-//! and go), the TCP state tracepoint, the signals' tracepoints, and the UDP socket hooks on
-//! the cgroup-v2 root. Reads no map itself.
+//! and go), the TCP state tracepoint (else the TCP sock_ops program), the signals'
+//! tracepoints, and the UDP socket hooks on the cgroup-v2 root. Reads no map itself.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -10,12 +10,12 @@ use std::{
     path::Path,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, KProbe, LinkOrder, ProgramType,
-        SchedClassifier, TcAttachType, TracePoint,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, KProbe, LinkOrder, ProgramError, ProgramType,
+        SchedClassifier, SockOps, TcAttachType, TracePoint,
         kprobe::KProbeLinkId,
         tc::{
             NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError, qdisc_add_clsact,
@@ -139,6 +139,9 @@ pub struct Attached {
     pub traffic: Outcome,
     /// The TCP state tracepoint.
     pub tcp: Outcome,
+    /// The TCP sock_ops program on the cgroup-v2 root, tried only where the tracepoint could
+    /// not be attached (both would count every socket twice); None where it was not tried.
+    pub tcp_hooks: Option<Outcome>,
     /// The UDP socket hooks on the cgroup-v2 root.
     pub udp: Outcome,
     /// Each signal, by its tracepoint program's name: the kind of program counting it
@@ -181,6 +184,7 @@ impl Programs {
             .override_global(names::SIGNAL_OFFSETS, &signals, true)
             .load(OBJECT)
             .context("loading tern's eBPF object into the kernel")?;
+        super::log::start(&mut ebpf);
         let traffic = [names::TC_INGRESS, names::TC_EGRESS]
             .into_iter()
             .try_for_each(|name| -> Result<()> {
@@ -195,6 +199,9 @@ impl Programs {
             attach_tracepoint(&mut ebpf, names::INET_SOCK_SET_STATE, SET_STATE)
                 .map_err(|e| format!("{e:#}"))
         });
+        let tcp_hooks = tcp
+            .is_err()
+            .then(|| attach_tcp_hooks(&mut ebpf).map_err(|e| format!("{e:#}")));
         let signals = match &tracefs {
             Ok(()) => attach_signals(&mut ebpf),
             Err(err) => [
@@ -221,6 +228,7 @@ impl Programs {
         let attached = Attached {
             traffic,
             tcp,
+            tcp_hooks,
             udp,
             signals,
             btf,
@@ -609,12 +617,65 @@ fn attach_tracepoint(ebpf: &mut Ebpf, name_of_program: &str, event: &str) -> Res
     Ok(())
 }
 
+/// The cgroup-v2 root, where the socket hooks attach.
+fn cgroup2_root() -> Result<File> {
+    let root = super::mounts::cgroup2_root()?;
+    File::open(&root).with_context(|| format!("opening the cgroup-v2 root {root}"))
+}
+
+/// The TCP sock_ops program, through a bpf_link like the UDP hooks. The kernel's verifier
+/// refuses it where sock_ops programs lack a helper or callback it uses (Linux 5.15 for the
+/// namespace cookie); that refusal is the answer, and nothing is left attached.
+fn attach_tcp_hooks(ebpf: &mut Ebpf) -> Result<()> {
+    let name = names::TCP_SOCK_OPS;
+    let hook: &mut SockOps = program(ebpf, name)?;
+    let attached = (|| -> Result<()> {
+        let cgroup = cgroup2_root()?;
+        hook.load().map_err(|e| refused(name, e))?;
+        hook.attach(&cgroup, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {name} to the cgroup-v2 root"))?;
+        Ok(())
+    })();
+    if attached.is_err() {
+        let _ = hook.unload();
+    }
+    attached
+}
+
+/// Why the kernel refused program `name`, in one line: the verifier's verdict, the last line
+/// of its log (the whole log at debug level).
+fn refused(name: &str, err: ProgramError) -> anyhow::Error {
+    match err {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            debug!("the verifier's log of {name}:\n{log}");
+            match verdict(&log) {
+                Some(verdict) => {
+                    anyhow!("the kernel refused program {name} ({io_error}): {verdict}")
+                }
+                None => anyhow!("the kernel refused program {name} ({io_error})"),
+            }
+        }
+        other => anyhow::Error::from(other).context(format!("the kernel refused program {name}")),
+    }
+}
+
+/// The verifier's verdict in its log: the last line that is not one of its statistics.
+fn verdict(log: &str) -> Option<&str> {
+    const STATISTICS: &[&str] = &["verification time", "stack depth", "processed "];
+    log.lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| !line.is_empty() && !STATISTICS.iter().any(|s| line.starts_with(s)))
+}
+
 /// The UDP hooks, all or none: one that fails takes the others attached before it down.
 fn attach_udp_hooks(ebpf: &mut Ebpf) -> Result<()> {
     let attached = (|| -> Result<()> {
-        let root = super::mounts::cgroup2_root()?;
-        let cgroup =
-            File::open(&root).with_context(|| format!("opening the cgroup-v2 root {root}"))?;
+        let cgroup = cgroup2_root()?;
         // Through a bpf_link (Linux 5.7+), which dies with tern and always shares the hook
         // with other programs; the link takes no attach flags, hence "Single".
         for &name in CGROUP_SOCK {
@@ -646,4 +707,18 @@ fn attach_udp_hooks(ebpf: &mut Ebpf) -> Result<()> {
         }
     }
     attached
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verdict;
+
+    #[test]
+    fn a_refusal_is_said_by_the_verifiers_verdict() {
+        let log = "0: (bf) r6 = r1\n20: (85) call bpf_get_netns_cookie#122\n\
+                   unknown func bpf_get_netns_cookie#122\nverification time 1155 usec\n\
+                   stack depth 128+0\nprocessed 15 insns (limit 1000000) max_states_per_insn 0\n";
+        assert_eq!(verdict(log), Some("unknown func bpf_get_netns_cookie#122"));
+        assert_eq!(verdict("\n"), None);
+    }
 }
