@@ -25,7 +25,9 @@ mod traffic;
 mod truth;
 mod wait;
 
-pub use metrics::{custom_list, custom_metric, custom_names, custom_number};
+pub use metrics::{
+    custom_list, custom_metric, custom_names, custom_number, reported_connections, reported_ports,
+};
 pub use netns::{
     ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, DEV_A, DEV_B, LinkStats, Netns, Pair, UDP_OVERHEAD, spawn_in,
 };

@@ -13,42 +13,11 @@ use std::{
 use serde_json::Value;
 use tern_tests::{
     ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, DEV_A, Launch, LinkStats, Netns, Pair, Tern, UDP_OVERHEAD,
-    custom_list, custom_names, custom_number, ss, transfer, wait_until,
+    custom_list, custom_names, custom_number, reported_connections, reported_ports, ss, transfer,
+    wait_until,
 };
 
 const REPORT_WAIT: Duration = Duration::from_secs(15);
-
-fn ports(report: &Value, list: &str) -> BTreeSet<(u16, Option<String>)> {
-    report["metrics"][list]["ports"]
-        .as_array()
-        .expect("ports")
-        .iter()
-        .map(|p| {
-            (
-                p["port"].as_u64().unwrap() as u16,
-                p["interface"].as_str().map(str::to_owned),
-            )
-        })
-        .collect()
-}
-
-fn connections(report: &Value) -> Vec<(String, u16, Option<String>)> {
-    let mut all: Vec<_> =
-        report["metrics"]["tcp_connections"]["established_connections"]["connections"]
-            .as_array()
-            .expect("connections")
-            .iter()
-            .map(|c| {
-                (
-                    c["remote_addr"].as_str().unwrap().to_owned(),
-                    c["local_port"].as_u64().unwrap() as u16,
-                    c["local_interface"].as_str().map(str::to_owned),
-                )
-            })
-            .collect();
-    all.sort();
-    all
-}
 
 fn sources(report: &Value) -> BTreeSet<String> {
     custom_list(report, "collection_sources", "string_list")
@@ -63,17 +32,17 @@ fn check_sockets_against_ss(tern: &Tern, ns: &Netns, since: Instant) -> Vec<Valu
     let reports = tern.reports_through(since, REPORT_WAIT);
     let report = reports.last().expect("a report");
     assert_eq!(
-        ports(report, "listening_tcp_ports"),
+        reported_ports(report, "listening_tcp_ports").0,
         ss::listening(ns, 't'),
         "TCP listeners against ss"
     );
     assert_eq!(
-        ports(report, "listening_udp_ports"),
+        reported_ports(report, "listening_udp_ports").0,
         ss::listening(ns, 'u'),
         "UDP listeners against ss"
     );
     assert_eq!(
-        connections(report),
+        reported_connections(report).0,
         ss::established(ns),
         "established connections against ss"
     );
@@ -363,12 +332,12 @@ fn without_tracepoints_the_sock_ops_program_follows_tcp_beside_a_busy_namespace(
         panic!("one final report expected: {:?}", stopped.reports);
     };
     assert_eq!(
-        ports(report, "listening_tcp_ports"),
+        reported_ports(report, "listening_tcp_ports").0,
         listening,
         "TCP listeners against ss"
     );
     assert_eq!(
-        connections(report),
+        reported_connections(report).0,
         established,
         "established connections against ss"
     );

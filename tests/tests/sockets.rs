@@ -12,44 +12,11 @@ use std::{
 use serde_json::Value;
 use tern_tests::{
     ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, DEV_A, Netns, Pair, Tern, custom_list, custom_metric,
-    custom_names, custom_number, open_connections, ss, wait_until,
+    custom_names, custom_number, open_connections, reported_connections, reported_ports, ss,
+    wait_until,
 };
 
 const REPORT_WAIT: Duration = Duration::from_secs(15);
-
-fn ports(report: &Value, list: &str) -> (BTreeSet<(u16, Option<String>)>, u64) {
-    let l = &report["metrics"][list];
-    let ports = l["ports"]
-        .as_array()
-        .expect("ports")
-        .iter()
-        .map(|p| {
-            (
-                p["port"].as_u64().unwrap() as u16,
-                p["interface"].as_str().map(str::to_owned),
-            )
-        })
-        .collect();
-    (ports, l["total"].as_u64().unwrap())
-}
-
-fn connections(report: &Value) -> (Vec<(String, u16, Option<String>)>, u64) {
-    let ec = &report["metrics"]["tcp_connections"]["established_connections"];
-    let mut all: Vec<_> = ec["connections"]
-        .as_array()
-        .expect("connections")
-        .iter()
-        .map(|c| {
-            (
-                c["remote_addr"].as_str().unwrap().to_owned(),
-                c["local_port"].as_u64().unwrap() as u16,
-                c["local_interface"].as_str().map(str::to_owned),
-            )
-        })
-        .collect();
-    all.sort();
-    (all, ec["total"].as_u64().unwrap())
-}
 
 fn numbers(report: &Value, name: &str) -> BTreeSet<u64> {
     custom_list(report, name, "number_list")
@@ -133,9 +100,9 @@ fn listeners_and_connections_match_ss_for_sockets_old_and_new() {
     let udp_truth = ss::listening(a, 'u');
     let conn_truth = ss::established(a);
 
-    let (tcp, tcp_total) = ports(&report, "listening_tcp_ports");
-    let (udp, udp_total) = ports(&report, "listening_udp_ports");
-    let (conns, conn_total) = connections(&report);
+    let (tcp, tcp_total) = reported_ports(&report, "listening_tcp_ports");
+    let (udp, udp_total) = reported_ports(&report, "listening_udp_ports");
+    let (conns, conn_total) = reported_connections(&report);
     assert_eq!(tcp, tcp_truth, "TCP listeners against ss");
     assert_eq!(tcp_total, tcp_truth.len() as u64);
     assert_eq!(udp, udp_truth, "UDP listeners against ss");
@@ -251,9 +218,9 @@ fn churn_between_two_reports_is_counted_exactly() {
         "{remotes}"
     );
     // At report time all of it is gone.
-    let (now_tcp, _) = ports(report, "listening_tcp_ports");
+    let (now_tcp, _) = reported_ports(report, "listening_tcp_ports");
     assert!(!now_tcp.iter().any(|(p, _)| *p == 7301));
-    let (conns, total) = connections(report);
+    let (conns, total) = reported_connections(report);
     assert_eq!((conns.len(), total), (0, 0), "{conns:?}");
 }
 
@@ -307,7 +274,7 @@ fn with_interval_connections_every_connection_of_the_interval_is_listed() {
         drop(listener.accept().unwrap());
     }
     let report = tern.next_report(REPORT_WAIT);
-    let (conns, total) = connections(&report);
+    let (conns, total) = reported_connections(&report);
     let remotes: BTreeSet<String> = conns.iter().map(|c| c.0.clone()).collect();
     let expected: BTreeSet<String> = local_ports
         .iter()
@@ -329,15 +296,15 @@ fn other_namespaces_are_reported_only_when_asked_for() {
     let since = Instant::now();
     let own_report = report_after(&own, since);
     let all_report = report_after(&all, since);
-    let (own_tcp, _) = ports(&own_report, "listening_tcp_ports");
-    let (own_udp, _) = ports(&own_report, "listening_udp_ports");
+    let (own_tcp, _) = reported_ports(&own_report, "listening_tcp_ports");
+    let (own_udp, _) = reported_ports(&own_report, "listening_udp_ports");
     assert!(own_tcp.is_empty(), "{own_tcp:?}");
     assert!(own_udp.is_empty(), "{own_udp:?}");
     // Opened before start in another namespace: seeded from that namespace's snapshot.
-    let (all_tcp, _) = ports(&all_report, "listening_tcp_ports");
+    let (all_tcp, _) = reported_ports(&all_report, "listening_tcp_ports");
     assert!(all_tcp.contains(&(7600, None)), "{all_tcp:?}");
     // Opened after start: followed by the kernel programs.
-    let (all_udp, _) = ports(&all_report, "listening_udp_ports");
+    let (all_udp, _) = reported_ports(&all_report, "listening_udp_ports");
     assert!(all_udp.contains(&(7601, None)), "{all_udp:?}");
     drop((theirs, later));
 }
@@ -357,7 +324,7 @@ fn ten_thousand_connections_fit_the_budget_with_exact_totals() {
         let size = tern.encoded_sizes()[0];
         let truth = ss::established(&pair.a).len() as u64;
         assert_eq!(truth, N as u64);
-        let (conns, total) = connections(&report);
+        let (conns, total) = reported_connections(&report);
         assert_eq!(total, truth, "{args:?}");
         assert!(!conns.is_empty() && (conns.len() as u64) < truth);
         assert!(size <= 128 * 1024, "{args:?}: {size} bytes");
@@ -438,7 +405,7 @@ fn every_encoding_carries_the_same_document() {
         }
         assert_eq!(custom_names(report), custom_names(&firsts[0]), "{mode:?}");
     }
-    let (tcp, _) = ports(&firsts[0], "listening_tcp_ports");
+    let (tcp, _) = reported_ports(&firsts[0], "listening_tcp_ports");
     assert!(tcp.contains(&(7800, None)) && tcp.contains(&(7801, Some(DEV_A.to_owned()))));
     drop(sockets);
 }
