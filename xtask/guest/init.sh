@@ -8,7 +8,8 @@
 # kill -9, each followed by the interfaces' TC state (tern must leave none of its own).
 # Parameters come from the kernel command line: tern_interval, tern_count, the probes of
 # closed ports the peer sends, tern_syns (TCP) and tern_probes (UDP), and tern_others, the
-# number of each kind of packet that tern's namespace does not answer (or not alone).
+# number of each kind of packet that tern's namespace does not answer (or not alone), and
+# tern_execs, the executions of one program the scenario makes in a burst.
 
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 # The initramfs has busybox alone; its applets' links are made here, where it can run.
@@ -33,6 +34,7 @@ count=5
 syns=0
 probes=0
 others=0
+execs=0
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         tern_results=*) results=${arg#tern_results=} ;;
@@ -41,6 +43,7 @@ for arg in $(cat /proc/cmdline); do
         tern_syns=*) syns=${arg#tern_syns=} ;;
         tern_probes=*) probes=${arg#tern_probes=} ;;
         tern_others=*) others=${arg#tern_others=} ;;
+        tern_execs=*) execs=${arg#tern_execs=} ;;
     esac
 done
 
@@ -101,6 +104,16 @@ section "kernel $(uname -r) $(uname -m)"
 for module in $(cat /etc/tern-modules); do
     modprobe "$module" 2> /dev/null
 done
+# What this kernel offers the programs, as files show it: the checks expect tern to use each.
+section features
+{
+    [ -f /sys/kernel/btf/vmlinux ] && echo btf
+    [ -d /sys/module/cls_bpf ] && echo cls_bpf
+    grep -q '^cgroup2 /sys/fs/cgroup ' /proc/mounts && echo cgroup2
+    for event in sock/inet_sock_set_state tcp/tcp_retransmit_skb sched/sched_process_exec; do
+        [ -d "/sys/kernel/tracing/events/$event" ] && echo "$event"
+    done
+} >&3
 
 # No IPv6 on the pair, in either namespace (a moved interface takes its new namespace's
 # defaults): router solicitations and DAD would send packets at moments of their own.
@@ -133,12 +146,16 @@ sleep 600 | nc -l -p 8080 > /dev/null &
 xtask guest-udp bind 5353 &
 sleep 600 | ip netns exec peer nc -l -p 9090 > /dev/null &
 ip netns exec peer xtask guest-udp bind 5000 &
+# A listener that closes each connection at once: the short-lived connection.
+ip netns exec peer nc -l -p 9091 < /dev/null > /dev/null &
 sleep 1
 
 section link-before
 ip -j -s link show dev veth0 >&3
 section snmp-before
 cat /proc/net/snmp >&3
+section stat-before
+grep '^processes ' /proc/stat >&3
 
 timeout $((interval * count + 60)) tern run --output stdout --interval "$interval" \
     --count "$count" > /tmp/reports 2> /tmp/tern.err &
@@ -163,6 +180,14 @@ if kill -0 $tern 2> /dev/null; then
     (echo hello; sleep 600) | nc 10.0.0.2 9090 > /dev/null &
     xtask guest-udp send 10.0.0.2:5000 20 512
     ping -c 3 10.0.0.2 > /dev/null
+    # A connection that the peer closes as soon as it is established.
+    nc 10.0.0.2 9091 < /dev/null > /dev/null
+    # A burst of executions, each a process of its own.
+    i=0
+    while [ $i -lt "$execs" ]; do
+        /usr/sbin/ip -V > /dev/null
+        i=$((i + 1))
+    done
     # A scan of closed ports of this namespace from the peer, TCP and UDP; datagrams to an
     # open port and bare resets to a closed one, which this namespace does not answer.
     syn_probes peer 10.0.0.1 7000 "$syns"
@@ -187,11 +212,16 @@ section link-after
 ip -j -s link show dev veth0 >&3
 section snmp-after
 cat /proc/net/snmp >&3
+section stat-after
+grep '^processes ' /proc/stat >&3
 section reports
 cat /tmp/reports >&3
 section tern-stderr
 cat /tmp/tern.err >&3
 section "exit $status"
+# Every file a path of interval_new_executables may name.
+section files
+find /bin /sbin /usr -type f -o -type l >&3
 
 # A second run stopped with SIGTERM: its filters must be gone when the main process is.
 tern run --output stdout --interval "$interval" > /tmp/reports-term 2> /tmp/tern-term.err &

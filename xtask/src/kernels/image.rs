@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use super::{
-    BOOT_LIMIT, COUNT, GUEST_INIT, INTERVAL_S, MODULES, OTHERS, PROBES, SYNS,
+    BOOT_LIMIT, COUNT, EXECS, GUEST_INIT, INTERVAL_S, MODULES, OTHERS, PROBES, SYNS,
     apt::{Apt, kernel_packages},
     arch::Arch,
     truth::{Sections, compare},
@@ -111,7 +111,8 @@ impl Kernel {
             .arg("-append")
             .arg(format!(
                 "console={} panic=-1 rdinit=/init tern_results={} tern_interval={INTERVAL_S} \
-                 tern_count={COUNT} tern_syns={SYNS} tern_probes={PROBES} tern_others={OTHERS}",
+                 tern_count={COUNT} tern_syns={SYNS} tern_probes={PROBES} tern_others={OTHERS} \
+                 tern_execs={EXECS}",
                 self.arch.console(),
                 self.arch.results_device()
             ))

@@ -21,6 +21,7 @@ use clap::Subcommand;
 
 mod apt;
 mod arch;
+mod custom;
 mod image;
 mod truth;
 mod userland;
@@ -77,6 +78,8 @@ const PROBES: u64 = 6;
 /// bare resets to a closed port (never answered), and the same scan towards the peer
 /// (answered from the peer's namespace).
 const OTHERS: u64 = 3;
+/// Executions of one program the guest makes in a burst while tern counts.
+const EXECS: u64 = 20;
 /// The connections it holds open: one to each side.
 const CONNECTIONS: usize = 2;
 /// A whole boot under TCG takes about 20 s, the guest's own limits about 80 s; this

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde_json::Value;
 
-use super::{CONNECTIONS, COUNT, DATAGRAMS, OTHERS, PROBES, SYNS};
+use super::{CONNECTIONS, COUNT, DATAGRAMS, OTHERS, PROBES, SYNS, custom};
 
 /// The interfaces whose TC state the guest records: tern adds a clsact qdisc to all but
 /// `other0`, which had one before tern, with another program's filter.
@@ -35,7 +35,7 @@ impl Sections {
         Self { sections }
     }
 
-    fn get(&self, name: &str) -> &str {
+    pub(super) fn get(&self, name: &str) -> &str {
         self.sections.get(name).map_or("", String::as_str)
     }
 
@@ -91,6 +91,7 @@ pub(super) fn compare(s: &Sections) -> String {
         ));
     }
     differs.extend(port_scan(s, &reports));
+    differs.extend(custom::compare(s, &reports));
     let last = &reports[reports.len() - 1]["metrics"];
     let listening = ss_listening(s.get("ss-listening"));
     for (proto, key) in [
@@ -315,7 +316,7 @@ fn kernel_version(release: &str) -> Option<(u32, u32)> {
 }
 
 /// How much a counter of /proc/net/snmp grew over tern's first run.
-fn snmp_delta(s: &Sections, proto: &str, name: &str) -> i64 {
+pub(super) fn snmp_delta(s: &Sections, proto: &str, name: &str) -> i64 {
     snmp(s.get("snmp-after"), proto, name) - snmp(s.get("snmp-before"), proto, name)
 }
 
@@ -335,7 +336,7 @@ fn snmp(text: &str, proto: &str, name: &str) -> i64 {
 }
 
 /// Ports of `ss -H -tlnu` by protocol.
-fn ss_listening(text: &str) -> HashMap<&str, BTreeSet<u64>> {
+pub(super) fn ss_listening(text: &str) -> HashMap<&str, BTreeSet<u64>> {
     let mut ports: HashMap<&str, BTreeSet<u64>> = HashMap::new();
     for line in text.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -349,7 +350,7 @@ fn ss_listening(text: &str) -> HashMap<&str, BTreeSet<u64>> {
 }
 
 /// (local port, remote address) of `ss -H -tn state established`.
-fn ss_established(text: &str) -> BTreeSet<(u64, String)> {
+pub(super) fn ss_established(text: &str) -> BTreeSet<(u64, String)> {
     text.lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
