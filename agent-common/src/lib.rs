@@ -163,6 +163,9 @@ pub mod sockets {
         /// Offset of `skc_net` in `struct sock`; 0 when unknown, and then namespaces cannot
         /// be told apart.
         pub sock_net: u32,
+        /// The size of the kernel's pointers and longs (kprobe arguments): 4 on a 32-bit
+        /// kernel, else 8 (0, unset, reads as 8).
+        pub pointer_size: u32,
     }
 
     #[cfg(feature = "user")]

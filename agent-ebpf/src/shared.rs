@@ -7,11 +7,12 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::BPF_ANY,
     helpers::bpf_probe_read_kernel,
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
-    programs::TracePointContext,
+    programs::{ProbeContext, TracePointContext},
 };
 use tern_common::{
     counters::Counter,
@@ -36,6 +37,7 @@ static SOCK_STATE_OFFSETS: SockStateOffsets = SockStateOffsets {
     saddr_v6: 0,
     daddr_v6: 0,
     sock_net: 0,
+    pointer_size: 0,
 };
 
 #[map]
@@ -62,17 +64,56 @@ pub(crate) fn read<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
     unsafe { ctx.read_at::<T>(offset as usize) }.ok()
 }
 
+/// Whether the kernel's pointers are 4 bytes: read as 8, one would take in its neighbour.
+#[inline(always)]
+fn narrow_pointers() -> bool {
+    sock_state_offsets().pointer_size == 4
+}
+
+/// The kernel pointer at `offset` of the tracepoint's record.
+#[inline(always)]
+pub(crate) fn read_pointer(ctx: &TracePointContext, offset: u32) -> Option<u64> {
+    if narrow_pointers() {
+        read::<u32>(ctx, offset).map(u64::from)
+    } else {
+        read::<u64>(ctx, offset)
+    }
+}
+
+/// The kernel pointer stored at kernel address `at`.
+#[inline(always)]
+pub(crate) fn probe_pointer(at: u64) -> Option<u64> {
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one yields an error, not a
+    // fault.
+    unsafe {
+        if narrow_pointers() {
+            bpf_probe_read_kernel(at as *const u32).ok().map(u64::from)
+        } else {
+            bpf_probe_read_kernel(at as *const u64).ok()
+        }
+    }
+}
+
+/// Argument `n` (0 to 6) of a kprobe's function: a register slot of `struct pt_regs`,
+/// which on a 32-bit kernel holds 4 bytes where the BPF target's `long` is 8.
+#[inline(always)]
+pub(crate) fn probe_arg(ctx: &ProbeContext, n: usize) -> u64 {
+    if narrow_pointers() {
+        // SAFETY: a kprobe's context is its `struct pt_regs`, whose first slots are the
+        // argument registers; the verifier checks the read against its size.
+        u64::from(unsafe { *(ctx.as_ptr() as *const u32).add(n) })
+    } else {
+        ctx.arg(n).unwrap_or(0)
+    }
+}
+
 /// The namespace of the socket at `sk`, by address; 0 when unknown.
 #[inline(always)]
 pub(crate) fn sock_netns_of(sk: u64, offsets: &SockStateOffsets) -> u64 {
     if offsets.sock_net == 0 || sk == 0 {
         return 0;
     }
-    // SAFETY: bpf_probe_read_kernel checks the address; a bad one yields an error, not a
-    // fault.
-    let Ok(net) =
-        (unsafe { bpf_probe_read_kernel((sk + u64::from(offsets.sock_net)) as *const u64) })
-    else {
+    let Some(net) = probe_pointer(sk + u64::from(offsets.sock_net)) else {
         report(Trouble::SockNetns);
         return 0;
     };

@@ -25,7 +25,10 @@ use tern_common::{
 };
 
 use crate::{
-    shared::{count, followed, read, sock_netns_of, sock_state_offsets},
+    shared::{
+        count, followed, probe_arg, probe_pointer, read, read_pointer, sock_netns_of,
+        sock_state_offsets,
+    },
     trouble::{Trouble, report},
 };
 
@@ -59,8 +62,8 @@ static EXECUTED: HashMap<[u8; EXEC_PATH_LEN], u32> =
 #[tracepoint]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     let offsets = signal_offsets();
-    let sk: u64 = read(&ctx, offsets.reset_sk).unwrap_or(0);
-    let skb: u64 = read(&ctx, offsets.reset_skb).unwrap_or(0);
+    let sk = read_pointer(&ctx, offsets.reset_sk).unwrap_or(0);
+    let skb = read_pointer(&ctx, offsets.reset_skb).unwrap_or(0);
     count_reset(reset_followed(sk, skb, &offsets), sk == 0);
     0
 }
@@ -70,8 +73,8 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 /// sends none in answer to a segment that carries RST itself.
 #[kprobe]
 pub fn tcp_send_reset_probe(ctx: ProbeContext) -> u32 {
-    let sk: u64 = ctx.arg(0).unwrap_or(0);
-    let skb: u64 = ctx.arg(1).unwrap_or(0);
+    let sk = probe_arg(&ctx, 0);
+    let skb = probe_arg(&ctx, 1);
     let offsets = signal_offsets();
     if !carries_reset(skb, &offsets) {
         count_reset(reset_followed(sk, skb, &offsets), sk == 0);
@@ -83,7 +86,7 @@ pub fn tcp_send_reset_probe(ctx: ProbeContext) -> u32 {
 /// with unread data).
 #[kprobe]
 pub fn tcp_active_reset_probe(ctx: ProbeContext) -> u32 {
-    let sk: u64 = ctx.arg(0).unwrap_or(0);
+    let sk = probe_arg(&ctx, 0);
     count_reset(reset_followed(sk, 0, &signal_offsets()), false);
     0
 }
@@ -118,7 +121,7 @@ pub fn icmp_send(ctx: TracePointContext) -> u32 {
     let kind: i32 = read(&ctx, offsets.icmp_type).unwrap_or(0);
     let code: i32 = read(&ctx, offsets.icmp_code).unwrap_or(0);
     if kind == ICMP_DEST_UNREACH && code == ICMP_PORT_UNREACH {
-        count_port_unreachable(read(&ctx, offsets.icmp_skb).unwrap_or(0), &offsets);
+        count_port_unreachable(read_pointer(&ctx, offsets.icmp_skb).unwrap_or(0), &offsets);
     }
     0
 }
@@ -129,20 +132,18 @@ pub fn icmp_send(ctx: TracePointContext) -> u32 {
 /// first, the ICMP header at `icmp_param_header`.
 #[kprobe]
 pub fn icmp_glue_bits_probe(ctx: ProbeContext) -> u32 {
-    let param: u64 = ctx.arg(0).unwrap_or(0);
-    let offset: i32 = ctx.arg(2).unwrap_or(-1);
+    let param = probe_arg(&ctx, 0);
+    // An int: the low half of its register slot.
+    let offset = probe_arg(&ctx, 2) as u32;
     let offsets = signal_offsets();
     if param == 0 || offset != 0 {
         return 0;
     }
-    // SAFETY: bpf_probe_read_kernel checks each address; a bad one gives an error.
-    let (header, skb) = unsafe {
-        (
-            bpf_probe_read_kernel((param + u64::from(offsets.icmp_param_header)) as *const [u8; 2]),
-            bpf_probe_read_kernel(param as *const u64),
-        )
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one gives an error.
+    let header = unsafe {
+        bpf_probe_read_kernel((param + u64::from(offsets.icmp_param_header)) as *const [u8; 2])
     };
-    if let (Ok([kind, code]), Ok(skb)) = (header, skb)
+    if let (Ok([kind, code]), Some(skb)) = (header, probe_pointer(param))
         && i32::from(kind) == ICMP_DEST_UNREACH
         && i32::from(code) == ICMP_PORT_UNREACH
     {
@@ -161,7 +162,7 @@ fn count_port_unreachable(skb: u64, offsets: &SignalOffsets) {
 #[tracepoint]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     let offsets = signal_offsets();
-    let sk: u64 = read(&ctx, offsets.retransmit_sk).unwrap_or(0);
+    let sk = read_pointer(&ctx, offsets.retransmit_sk).unwrap_or(0);
     if followed(
         FOLLOWED_BY_ADDRESS,
         sock_netns_of(sk, &sock_state_offsets()),
@@ -206,12 +207,11 @@ fn carries_reset(skb: u64, offsets: &SignalOffsets) -> bool {
     if skb == 0 || offsets.skb_head == 0 || offsets.skb_transport_header == 0 {
         return false;
     }
+    let Some(head) = probe_pointer(skb + u64::from(offsets.skb_head)) else {
+        return false;
+    };
     // SAFETY: bpf_probe_read_kernel checks each address; a bad one gives an error.
     unsafe {
-        let Ok(head) = bpf_probe_read_kernel((skb + u64::from(offsets.skb_head)) as *const u64)
-        else {
-            return false;
-        };
         let Ok(transport) =
             bpf_probe_read_kernel((skb + u64::from(offsets.skb_transport_header)) as *const u16)
         else {
@@ -238,21 +238,16 @@ fn skb_netns(skb: u64, offsets: &SignalOffsets) -> u64 {
     if skb == 0 || offsets.skb_dev == 0 || offsets.dev_net == 0 {
         return 0;
     }
-    // SAFETY: bpf_probe_read_kernel checks each address; a bad one gives an error.
-    unsafe {
-        let Ok(dev) = bpf_probe_read_kernel((skb + u64::from(offsets.skb_dev)) as *const u64)
-        else {
-            report(Trouble::SkbNetns);
-            return 0;
-        };
-        if dev == 0 {
-            return 0;
-        }
-        let Ok(net) = bpf_probe_read_kernel((dev + u64::from(offsets.dev_net)) as *const u64)
-        else {
-            report(Trouble::SkbNetns);
-            return 0;
-        };
-        net
+    let Some(dev) = probe_pointer(skb + u64::from(offsets.skb_dev)) else {
+        report(Trouble::SkbNetns);
+        return 0;
+    };
+    if dev == 0 {
+        return 0;
     }
+    let Some(net) = probe_pointer(dev + u64::from(offsets.dev_net)) else {
+        report(Trouble::SkbNetns);
+        return 0;
+    };
+    net
 }

@@ -34,7 +34,9 @@ use tern_common::{
 };
 
 use crate::{
-    shared::{count, epoch, followed, read, remember, sock_netns_of, sock_state_offsets},
+    shared::{
+        count, epoch, followed, read, read_pointer, remember, sock_netns_of, sock_state_offsets,
+    },
     trouble::{Trouble, report},
 };
 
@@ -319,8 +321,11 @@ fn field<T>(ctx: &TracePointContext, offset: u32, trouble: Trouble) -> Option<T>
 /// The namespace of the tracepoint's socket, by address; 0 when unknown.
 #[inline(always)]
 fn sock_netns(ctx: &TracePointContext, offsets: &SockStateOffsets) -> u64 {
-    field::<u64>(ctx, offsets.skaddr, Trouble::StateSkaddr)
-        .map_or(0, |sk| sock_netns_of(sk, offsets))
+    let sk = read_pointer(ctx, offsets.skaddr);
+    if sk.is_none() {
+        report(Trouble::StateSkaddr);
+    }
+    sk.map_or(0, |sk| sock_netns_of(sk, offsets))
 }
 
 #[inline(always)]

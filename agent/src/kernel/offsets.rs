@@ -25,7 +25,34 @@ pub fn tracepoint_format(event: &str) -> Option<String> {
 /// `skc_net` in `struct sock_common`: after two addresses, a hash, two ports, the family,
 /// state and flag bytes, the bound interface, a list node of two pointers and the protocol
 /// pointer. The same from 4.x to 7.x; tern checks it at start where no BTF confirms it.
-const SKC_NET_BY_LAYOUT: u32 = 24 + 3 * size_of::<usize>() as u32;
+fn skc_net_by_layout(pointer_size: u32) -> u32 {
+    24 + 3 * pointer_size
+}
+
+/// The size of the kernel's pointers: that of `skaddr` in the format of
+/// `sock:inet_sock_set_state` where tracefs shows it, else 4 where uname names a 32-bit
+/// machine (ARM before arm64, x86 before x86_64), else 8. Not this program's own: a 32-bit
+/// tern may run on a 64-bit kernel.
+pub fn pointer_size() -> u32 {
+    if let Some(size) = tracepoint_format(SET_STATE).and_then(|f| field_size(&f, "skaddr")) {
+        return size;
+    }
+    // SAFETY: uname fills the struct it is given; zeroed is a valid starting value.
+    let mut names: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid, writable utsname.
+    if unsafe { libc::uname(&mut names) } != 0 {
+        return 8;
+    }
+    // SAFETY: uname leaves NUL-terminated strings.
+    let machine = unsafe { std::ffi::CStr::from_ptr(names.machine.as_ptr()) };
+    machine_pointer_size(&machine.to_string_lossy())
+}
+
+fn machine_pointer_size(machine: &str) -> u32 {
+    let narrow = (machine.starts_with("arm") && machine != "arm64")
+        || (machine.starts_with('i') && machine.ends_with("86"));
+    if narrow { 4 } else { 8 }
+}
 
 /// Where the namespace of a socket was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +68,7 @@ pub fn read() -> Result<(SockStateOffsets, SockNet)> {
     )?;
     let mut offsets =
         tracepoint_offsets(&text).context("unexpected format of sock:inet_sock_set_state")?;
+    offsets.pointer_size = field_size(&text, "skaddr").unwrap_or_else(pointer_size);
     let from_btf = fs::read(VMLINUX_BTF)
         .map_err(anyhow::Error::from)
         .and_then(|btf| member_offset(&btf, "sock_common", "skc_net"));
@@ -51,7 +79,7 @@ pub fn read() -> Result<(SockStateOffsets, SockNet)> {
         }
         Err(err) => {
             debug!("no BTF for struct sock_common ({VMLINUX_BTF}: {err:#})");
-            offsets.sock_net = SKC_NET_BY_LAYOUT;
+            offsets.sock_net = skc_net_by_layout(offsets.pointer_size);
             SockNet::Layout
         }
     };
@@ -87,7 +115,7 @@ pub fn read_signals() -> SignalOffsets {
             .unwrap_or(0)
     };
     let icmp_param_header = match member("icmp_bxm", "data") {
-        0 => (size_of::<usize>() + 2 * size_of::<u32>()) as u32,
+        0 => pointer_size() + 2 * size_of::<u32>() as u32,
         offset => offset,
     };
     SignalOffsets {
@@ -106,7 +134,17 @@ pub fn read_signals() -> SignalOffsets {
     }
 }
 
+/// The `size:` of field `name` in a tracepoint's format.
+fn field_size(format: &str, name: &str) -> Option<u32> {
+    field_attribute(format, name, "size:")
+}
+
 fn field_offset(format: &str, name: &str) -> Result<u32> {
+    field_attribute(format, name, "offset:").with_context(|| format!("no field {name}"))
+}
+
+/// `attribute` ("offset:", "size:") of field `name` in a tracepoint's format.
+fn field_attribute(format: &str, name: &str, attribute: &str) -> Option<u32> {
     format
         .lines()
         .filter_map(|line| {
@@ -116,10 +154,9 @@ fn field_offset(format: &str, name: &str) -> Result<u32> {
         })
         .find_map(|line| {
             line.split(';')
-                .find_map(|part| part.trim().strip_prefix("offset:"))
+                .find_map(|part| part.trim().strip_prefix(attribute))
                 .and_then(|n| n.parse().ok())
         })
-        .with_context(|| format!("no field {name}"))
 }
 
 fn tracepoint_offsets(format: &str) -> Result<SockStateOffsets> {
@@ -313,6 +350,24 @@ format:
     }
 
     #[test]
+    fn a_32_bit_kernel_is_known_by_its_4_byte_pointers() {
+        let arm = X86_64_FORMAT.replace("offset:8;\tsize:8", "offset:8;\tsize:4");
+        assert_eq!(field_size(&arm, "skaddr"), Some(4));
+        assert_eq!(field_size(X86_64_FORMAT, "skaddr"), Some(8));
+        for (machine, size) in [
+            ("armv7l", 4),
+            ("armv6l", 4),
+            ("i686", 4),
+            ("aarch64", 8),
+            ("arm64", 8),
+            ("x86_64", 8),
+        ] {
+            assert_eq!(machine_pointer_size(machine), size, "{machine}");
+        }
+        assert_eq!(skc_net_by_layout(4), 36);
+    }
+
+    #[test]
     fn a_format_without_a_field_is_refused() {
         let broken = X86_64_FORMAT.replace("saddr_v6", "src6");
         assert!(tracepoint_offsets(&broken).is_err());
@@ -323,7 +378,7 @@ format:
         let btf = fs::read(VMLINUX_BTF).expect("this machine's kernel has BTF");
         assert_eq!(
             member_offset(&btf, "sock_common", "skc_net").unwrap(),
-            SKC_NET_BY_LAYOUT
+            skc_net_by_layout(size_of::<usize>() as u32)
         );
     }
 

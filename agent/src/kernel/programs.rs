@@ -31,7 +31,7 @@ use netlink_packet_route::{
     tc::{TcAttribute, TcHandle, TcMessage},
 };
 use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
-use tern_common::names;
+use tern_common::{names, sockets::SockStateOffsets};
 
 use super::{
     maps::Maps,
@@ -169,10 +169,13 @@ impl Programs {
             Ok(()) => super::offsets::read().map_err(|e| format!("{e:#}")),
             Err(err) => Err(err.clone()),
         };
-        let offsets = sock_state
-            .as_ref()
-            .map(|(offsets, _)| *offsets)
-            .unwrap_or_default();
+        let offsets = sock_state.as_ref().map_or_else(
+            |_| SockStateOffsets {
+                pointer_size: super::offsets::pointer_size(),
+                ..SockStateOffsets::default()
+            },
+            |(offsets, _)| *offsets,
+        );
         let btf = sock_state
             .as_ref()
             .is_ok_and(|(_, found)| *found == SockNet::Btf);
