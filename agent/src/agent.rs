@@ -127,9 +127,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
     )?;
     // Loading read the kernel's BTF (megabytes) and the eBPF object; give the freed heap and
     // the object's pages back to the system before the fork, so neither process keeps them
-    // resident for life.
+    // resident for life. musl's allocator returns freed pages by itself and has no
+    // malloc_trim.
+    #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases memory the allocator holds free.
-    unsafe { libc::malloc_trim(0) };
+    unsafe {
+        libc::malloc_trim(0)
+    };
     object::release();
     let parent = std::process::id();
     let mut link_child_pid = None;

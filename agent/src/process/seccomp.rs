@@ -24,7 +24,18 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_ioctl,
     libc::SYS_bpf,
     libc::SYS_futex,
+    #[cfg(not(target_arch = "arm"))]
     libc::SYS_mmap,
+    #[cfg(target_arch = "arm")]
+    libc::SYS_mmap2,
+    #[cfg(target_arch = "arm")]
+    libc::SYS_sigreturn,
+    #[cfg(target_arch = "arm")]
+    ARM_CLOCK_GETTIME64,
+    #[cfg(target_arch = "arm")]
+    ARM_PPOLL_TIME64,
+    #[cfg(target_arch = "arm")]
+    ARM_FUTEX_TIME64,
     libc::SYS_munmap,
     libc::SYS_mremap,
     libc::SYS_madvise,
@@ -43,10 +54,22 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_exit_group,
 ];
 
+/// The 64-bit-time calls a 32-bit musl makes first (arch/arm/tools/syscall.tbl; the libc
+/// crate does not name them).
+#[cfg(target_arch = "arm")]
+const ARM_CLOCK_GETTIME64: libc::c_long = 403;
+#[cfg(target_arch = "arm")]
+const ARM_PPOLL_TIME64: libc::c_long = 414;
+#[cfg(target_arch = "arm")]
+const ARM_FUTEX_TIME64: libc::c_long = 422;
+
 #[cfg(target_arch = "x86_64")]
 const AUDIT_ARCH: u32 = 0xC000_003E;
 #[cfg(target_arch = "aarch64")]
 const AUDIT_ARCH: u32 = 0xC000_00B7;
+/// EM_ARM, little-endian.
+#[cfg(target_arch = "arm")]
+const AUDIT_ARCH: u32 = 0x4000_0028;
 
 /// A seccomp filter: only [`ALLOWED`], and `socket` only for AF_UNIX (interface name lookups)
 /// and AF_NETLINK, so the child can never open a network socket. Anything else fails with
