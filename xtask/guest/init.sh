@@ -10,6 +10,8 @@
 # closed ports the peer sends, tern_syns (TCP) and tern_probes (UDP), and tern_others, the
 # number of each kind of packet that tern's namespace does not answer (or not alone), and
 # tern_execs, the executions of one program the scenario makes in a burst.
+# With tern_mode=memory the guest measures tern's resident memory instead: idle, then with
+# tern_connections connections held across the veth pair.
 
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 # The initramfs has busybox alone; its applets' links are made here, where it can run.
@@ -29,6 +31,8 @@ mount -t bpf bpf /sys/fs/bpf
 echo /sbin/modprobe > /proc/sys/kernel/modprobe
 
 results=ttyS1
+mode=matrix
+connections=1000
 interval=2
 count=5
 syns=0
@@ -44,6 +48,8 @@ for arg in $(cat /proc/cmdline); do
         tern_probes=*) probes=${arg#tern_probes=} ;;
         tern_others=*) others=${arg#tern_others=} ;;
         tern_execs=*) execs=${arg#tern_execs=} ;;
+        tern_mode=*) mode=${arg#tern_mode=} ;;
+        tern_connections=*) connections=${arg#tern_connections=} ;;
     esac
 done
 
@@ -136,16 +142,59 @@ ip link set other0 up
 ip link set other1 up
 tc qdisc add dev other0 clsact
 tc filter add dev other0 ingress pref 10 bpf bytecode '1,6 0 0 0,'
-# ICMP errors are rate-limited per peer; the scan's every datagram is to be answered.
+# ICMP errors are rate-limited per peer; the scan's every datagram is to be answered, on
+# either side.
 sysctl -qw net.ipv4.icmp_ratemask=0
+ip netns exec peer sysctl -qw net.ipv4.icmp_ratemask=0
+
+# VmRSS and VmHWM of process $1, as "NAME KIB" lines.
+memory_of() {
+    grep -E '^(VmRSS|VmHWM):' "/proc/$1/status" | while read -r name kib _; do
+        echo "${name%:} $kib"
+    done
+}
+
+if [ "$mode" = memory ]; then
+    # One descriptor per connection on each side.
+    ulimit -n 16384
+    ip netns exec peer xtask guest-sockets listen 7100 &
+    tern run --output stdout --interval "$interval" > /tmp/reports 2> /tmp/tern.err &
+    tern=$!
+    await_report /tmp/reports $tern
+    # Idle: one more interval, with nothing but tern's own work.
+    sleep "$interval"
+    section rss-idle
+    memory_of $tern >&3
+    xtask guest-sockets connect 10.0.0.2:7100 "$connections" &
+    waited=0
+    while [ "$(ss -H -tn state established | wc -l)" -lt "$connections" ] && [ $waited -lt 120 ]; do
+        sleep 0.5
+        waited=$((waited + 1))
+    done
+    # Two reports with the connections in them.
+    sleep $((interval * 2 + 1))
+    section rss-connections
+    memory_of $tern >&3
+    section established
+    ss -H -tn state established | wc -l >&3
+    kill -TERM $tern
+    wait $tern
+    section reports
+    tail -n 1 /tmp/reports >&3
+    section tern-stderr
+    cat /tmp/tern.err >&3
+    section end
+    exec 3>&-
+    poweroff -f
+fi
 
 # Sockets older than tern: a TCP listener and a bound UDP socket here, and in the peer the
 # ends of this side's connection and datagrams. busybox's nc closes at the end of its input,
 # and a background job's input is /dev/null: a sleep holds each one open.
 sleep 600 | nc -l -p 8080 > /dev/null &
-xtask guest-udp bind 5353 &
+xtask guest-sockets bind 5353 &
 sleep 600 | ip netns exec peer nc -l -p 9090 > /dev/null &
-ip netns exec peer xtask guest-udp bind 5000 &
+ip netns exec peer xtask guest-sockets bind 5000 &
 # A listener that closes each connection at once: the short-lived connection.
 ip netns exec peer nc -l -p 9091 < /dev/null > /dev/null &
 sleep 1
@@ -162,6 +211,9 @@ timeout $((interval * count + 60)) tern run --output stdout --interval "$interva
 tern=$!
 # The traffic starts once tern has reported, so every packet falls inside its intervals.
 await_report /tmp/reports $tern
+# Listeners when tern starts counting: busybox's nc stops listening once it has accepted.
+section ss-listening-start
+ss -H -tlnu >&3
 
 if kill -0 $tern 2> /dev/null; then
     # An interface that appears while tern runs: the link child attaches to it.
@@ -178,7 +230,7 @@ if kill -0 $tern 2> /dev/null; then
     # Connections held open both ways, datagrams of a known size, and a ping.
     (echo hello; sleep 600) | ip netns exec peer nc 10.0.0.1 8080 > /dev/null &
     (echo hello; sleep 600) | nc 10.0.0.2 9090 > /dev/null &
-    xtask guest-udp send 10.0.0.2:5000 20 512
+    xtask guest-sockets send 10.0.0.2:5000 20 512 >> /tmp/udp-bound
     ping -c 3 10.0.0.2 > /dev/null
     # A connection that the peer closes as soon as it is established.
     nc 10.0.0.2 9091 < /dev/null > /dev/null
@@ -191,17 +243,19 @@ if kill -0 $tern 2> /dev/null; then
     # A scan of closed ports of this namespace from the peer, TCP and UDP; datagrams to an
     # open port and bare resets to a closed one, which this namespace does not answer.
     syn_probes peer 10.0.0.1 7000 "$syns"
-    ip netns exec peer xtask guest-udp send 10.0.0.1:7001 "$probes" 32
-    ip netns exec peer xtask guest-udp send 10.0.0.1:5353 "$others" 32
-    ip netns exec peer xtask guest-udp reset 10.0.0.2 10.0.0.1:7002 "$others"
+    ip netns exec peer xtask guest-sockets send 10.0.0.1:7001 "$probes" 32 > /dev/null
+    ip netns exec peer xtask guest-sockets send 10.0.0.1:5353 "$others" 32 > /dev/null
+    ip netns exec peer xtask guest-sockets reset 10.0.0.2 10.0.0.1:7002 "$others"
     # The same from here to the peer: its answers are the peer namespace's, not tern's.
     syn_probes "" 10.0.0.2 7000 "$others"
-    xtask guest-udp send 10.0.0.2:7001 "$others" 32
+    xtask guest-sockets send 10.0.0.2:7001 "$others" 32 >> /tmp/udp-bound
     sleep 1
     section ss-listening
     ss -H -tlnu >&3
     section ss-established
     ss -H -tn state established >&3
+    section udp-bound
+    cat /tmp/udp-bound >&3
 fi
 wait $tern
 status=$?
@@ -219,9 +273,13 @@ cat /tmp/reports >&3
 section tern-stderr
 cat /tmp/tern.err >&3
 section "exit $status"
-# Every file a path of interval_new_executables may name.
+# Every file a path of interval_new_executables may name (busybox runs some applets
+# through /proc/self/exe).
 section files
-find /bin /sbin /usr -type f -o -type l >&3
+{
+    find /bin /sbin /usr -type f -o -type l
+    echo /proc/self/exe
+} >&3
 
 # A second run stopped with SIGTERM: its filters must be gone when the main process is.
 tern run --output stdout --interval "$interval" > /tmp/reports-term 2> /tmp/tern-term.err &

@@ -8,10 +8,14 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 
-use crate::{cmd, root_dir, status};
+use crate::{
+    cmd, dist,
+    kernels::{self, INTERVAL_S as INTERVAL, MEMORY_CONNECTIONS},
+    root_dir, status,
+};
 
 const SDK: &str = "AWSIoTDeviceDefenderAgentSDK==2.0.0";
 const PSUTIL: &str = "psutil==7.2.2";
@@ -105,7 +109,71 @@ pub fn run_tests(tern: &Path, size: Size, out: &Path) -> Result<()> {
     if let Some(python) = python() {
         run.env("TERN_BENCH_PYTHON", python);
     }
-    status(run)
+    status(run)?;
+    artifacts(out)
+}
+
+/// Figure 6: each release artifact's size, and the resident memory of the ARM ones in a
+/// QEMU guest of their architecture, idle and with MEMORY_CONNECTIONS connections.
+fn artifacts(out: &Path) -> Result<()> {
+    let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
+    let measured = kernels::memory()?;
+    let mut rows = Vec::new();
+    let mut raw = Vec::new();
+    for target in dist::TARGETS {
+        let bytes = fs::metadata(dist::build(target, "tern")?)?.len();
+        let memory = measured.iter().find(|m| m.arch == target.debian);
+        if let Some(m) = memory {
+            ensure!(
+                m.established >= MEMORY_CONNECTIONS,
+                "the {} guest held {} connections, not {MEMORY_CONNECTIONS}",
+                m.arch,
+                m.established
+            );
+        }
+        rows.push(vec![
+            target.name.to_owned(),
+            format!("{:.2} MiB", bytes as f64 / 1_048_576.0),
+            memory.map_or("-".to_owned(), |m| {
+                format!("{} (peak {})", mib(m.idle_kib), mib(m.idle_peak_kib))
+            }),
+            memory.map_or("-".to_owned(), |m| {
+                format!("{} ({} reported)", mib(m.connected_kib), m.reported)
+            }),
+            memory.map_or("-".to_owned(), |m| m.kernel.clone()),
+        ]);
+        raw.push(json!({
+            "target": target.triple,
+            "bytes": bytes,
+            "idle_kib": memory.map(|m| m.idle_kib),
+            "idle_peak_kib": memory.map(|m| m.idle_peak_kib),
+            "connected_kib": memory.map(|m| m.connected_kib),
+            "established": memory.map(|m| m.established),
+            "reported": memory.map(|m| m.reported),
+        }));
+    }
+    let figure = json!({
+        "id": "6-artifacts",
+        "title": "6. Release artifacts: static binary size, and resident memory in a VM of their architecture",
+        "columns": [
+            "target",
+            "static binary (goal < 6 MiB)",
+            "VmRSS idle (goal < 8 MiB)",
+            format!("VmRSS with {MEMORY_CONNECTIONS} connections"),
+            "guest kernel",
+        ],
+        "rows": rows,
+        "notes": [format!(
+            "The binaries of `cargo xtask dist`; memory of tern's main process one interval after its first report, then two {INTERVAL}-second reports after {MEMORY_CONNECTIONS} TCP connections opened across a veth pair, in QEMU (TCG) with Debian's trixie kernels; x86_64's memory is figure 4's (host build)"
+        )],
+        "raw": raw,
+    });
+    fs::create_dir_all(out)?;
+    fs::write(
+        out.join("6-artifacts.json"),
+        serde_json::to_string_pretty(&figure)? + "\n",
+    )?;
+    Ok(())
 }
 
 /// The figures in `out`, in the order of their ids.

@@ -2,6 +2,7 @@
 //! newcomer needs; both set up the machine first.
 
 mod bench;
+mod dist;
 mod kernels;
 mod setup;
 
@@ -50,15 +51,28 @@ enum Task {
     /// QEMU and compare tern's reports in each with the guest's own ss and ip: one row per
     /// kernel, each to be exact.
     TestKernels,
-    /// The UDP sockets of test-kernels' guest (it runs inside the guest).
+    /// Build the release artifacts (target/dist): a static binary for x86_64, aarch64 and
+    /// armv7 Linux, a .deb for each, SHA256SUMS, and its signature given a key.
+    Dist {
+        /// OpenSSH private key to sign SHA256SUMS with (SHA256SUMS.sig, namespace "file").
+        #[arg(long)]
+        sign: Option<PathBuf>,
+        /// Where the artifacts go (default: target/dist, emptied first).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The sockets of test-kernels' guest (it runs inside the guest).
     #[command(hide = true)]
-    GuestUdp {
+    GuestSockets {
         #[command(subcommand)]
-        udp: kernels::Udp,
+        sockets: kernels::Sockets,
     },
 }
 
 fn main() -> Result<()> {
+    if let Some(flags) = env::var_os(dist::WRAPPER_FLAGS) {
+        return dist::wrap_rustc(&flags);
+    }
     match Cli::parse().command {
         Task::Setup => setup::run(),
         Task::BuildEbpf => build_ebpf(),
@@ -66,7 +80,8 @@ fn main() -> Result<()> {
         Task::Test => test(),
         Task::Bench { quick } => bench_run(quick),
         Task::TestKernels => kernels::run(),
-        Task::GuestUdp { udp } => kernels::udp(&udp),
+        Task::Dist { sign, out } => dist::run(sign.as_deref(), out.as_deref()),
+        Task::GuestSockets { sockets } => kernels::sockets(&sockets),
     }
 }
 
@@ -208,6 +223,7 @@ fn test() -> Result<()> {
     kernel.env("TERN_BIN", &tern);
     status(kernel)?;
     kernels::run()?;
+    dist::check()?;
     // The smallest case of every benchmark once, so the bench cannot rot unnoticed.
     let out = root_dir().join("target/bench-smoke");
     bench::run_tests(&tern, bench::Size::Smoke, &out)?;

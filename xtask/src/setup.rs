@@ -27,25 +27,29 @@ const PACKAGES: &[&str] = &[
     "python3-venv",
 ];
 
-/// What the kernel matrix (`cargo xtask test-kernels`, part of `cargo xtask test`) adds:
-/// QEMU for both architectures, busybox, cpio and kmod for the amd64 guests' initramfs, readelf
-/// for the guests' libraries, and the cross compiler and C library for the arm64 tern (ring's
-/// C code and the link).
-pub const MATRIX_PACKAGES: &[&str] = &[
+/// What the kernel matrix (`cargo xtask test-kernels`, part of `cargo xtask test`) adds to
+/// what the release artifacts need (the guests run them): QEMU for every architecture, and
+/// busybox, cpio and kmod for the amd64 guests' initramfs.
+const MATRIX_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "qemu-system-arm",
     "busybox-static",
     "cpio",
     "kmod",
-    "binutils",
-    "gcc-aarch64-linux-gnu",
-    "libc6-dev-arm64-cross",
 ];
-/// The Rust target of the arm64 guests' tern: glibc's, as tern's own (it trims glibc's heap
-/// with malloc_trim, which musl lacks); the guest's libc comes from Debian's arm64 packages.
-pub const CROSS_TARGET: &str = "aarch64-unknown-linux-gnu";
-/// The compiler and linker for CROSS_TARGET, from gcc-aarch64-linux-gnu.
-pub const CROSS_GCC: &str = "aarch64-linux-gnu-gcc";
+
+/// What `cargo xtask dist` adds: the cross compilers of the release's ARM targets (ring's C
+/// code, and the link's driver), readelf to check the binaries, dpkg-deb for the packages
+/// and ssh-keygen for the signature.
+const DIST_PACKAGES: &[&str] = &[
+    "gcc-aarch64-linux-gnu",
+    "gcc-arm-linux-gnueabihf",
+    "binutils",
+    "dpkg",
+    "openssh-client",
+];
+/// The musl targets Rust ships a std for; armv7's std is built from rust-src.
+const DIST_TARGETS: &[&str] = &["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
@@ -67,10 +71,23 @@ pub fn run() -> Result<()> {
     matrix()
 }
 
-/// What the kernel matrix needs: its packages and the Rust target of the arm64 tern.
+/// What the kernel matrix needs: its packages, and what the release artifacts need.
 pub fn matrix() -> Result<()> {
     packages(MATRIX_PACKAGES)?;
-    rust_target(CROSS_TARGET)
+    dist_tools()
+}
+
+/// What the release artifacts need: the eBPF toolchain, cross compilers and Rust targets.
+pub fn dist() -> Result<()> {
+    packages(PACKAGES)?;
+    rust_src()?;
+    bpf_linker()?;
+    dist_tools()
+}
+
+fn dist_tools() -> Result<()> {
+    packages(DIST_PACKAGES)?;
+    DIST_TARGETS.iter().try_for_each(|t| rust_target(t))
 }
 
 /// The nightly toolchain and bpf-linker, without installing anything.

@@ -6,6 +6,8 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    thread,
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
@@ -13,8 +15,10 @@ use anyhow::{Context, Result, bail};
 use super::{LISTS_MAX_AGE, MIRROR, SUITES, arch::Arch};
 use crate::status;
 
+const UPDATE_TRIES: u32 = 3;
+
 /// apt with its own sources, lists and cache.
-pub(super) struct Apt {
+pub(crate) struct Apt {
     options: Vec<String>,
     lists: PathBuf,
     /// What the lists were fetched for: sources and architectures.
@@ -22,7 +26,7 @@ pub(super) struct Apt {
 }
 
 impl Apt {
-    pub(super) fn new(dir: &Path) -> Result<Self> {
+    pub(crate) fn new(dir: &Path) -> Result<Self> {
         let lists = dir.join("lists");
         let cache = dir.join("cache");
         fs::create_dir_all(lists.join("partial"))?;
@@ -30,7 +34,10 @@ impl Apt {
         let sources = dir.join("sources.list");
         let text: String = SUITES
             .iter()
-            .map(|s| format!("deb {MIRROR} {s} main\n"))
+            .map(|(suite, arches)| {
+                let arches: Vec<&str> = arches.iter().map(|a| a.debian()).collect();
+                format!("deb [arch={}] {MIRROR} {suite} main\n", arches.join(","))
+            })
             .collect();
         if fs::read_to_string(&sources).ok().as_deref() != Some(text.as_str()) {
             fs::write(&sources, &text)?;
@@ -59,7 +66,7 @@ impl Apt {
 
     /// Updates the lists unless an update for the same sources and architectures succeeded
     /// within a day: the archive drops the packages its newer lists no longer name.
-    pub(super) fn refresh(&self) -> Result<()> {
+    pub(crate) fn refresh(&self) -> Result<()> {
         let stamp = self.lists.join("tern-updated");
         let fresh = fs::metadata(&stamp)
             .and_then(|m| m.modified())
@@ -70,7 +77,17 @@ impl Apt {
                 "test-kernels: apt update (private lists in {})",
                 self.lists.display()
             );
-            status(self.command("apt-get", &["-q", "update"]))?;
+            // A mirror caught syncing serves lists that do not match its Release file for
+            // a moment: a retry a little later gets a consistent set.
+            let mut tries = 0;
+            while let Err(err) = status(self.command("apt-get", &["-q", "update"])) {
+                tries += 1;
+                if tries == UPDATE_TRIES {
+                    return Err(err);
+                }
+                eprintln!("test-kernels: apt update failed ({err:#}); trying again");
+                thread::sleep(Duration::from_secs(10));
+            }
             fs::write(&stamp, &self.configuration)?;
         }
         Ok(())
@@ -102,7 +119,7 @@ impl Apt {
 
     /// The .deb of `package` for `arch` in `debs`, downloaded unless an earlier run left it
     /// there.
-    pub(super) fn deb(&self, debs: &Path, package: &str, arch: &str) -> Result<PathBuf> {
+    pub(crate) fn deb(&self, debs: &Path, package: &str, arch: &str) -> Result<PathBuf> {
         if let Some(deb) = find_deb(debs, package, arch)? {
             return Ok(deb);
         }
@@ -149,13 +166,18 @@ fn kernel_depends(stanza: &str) -> Vec<String> {
         .collect()
 }
 
-/// The packages that hold a suite's newest kernel for `arch` and its modules, found from
-/// the `linux-image-ARCH` metapackage: the unsigned image where there is one (7.x splits
-/// the kernel into linux-binary and linux-modules packages).
-pub(super) fn kernel_packages(apt: &Apt, suite: &str, arch: &str) -> Result<Vec<String>> {
+/// The packages that hold a suite's newest kernel of `flavour` for `arch` and its modules,
+/// found from the `linux-image-FLAVOUR` metapackage: the unsigned image where there is one
+/// (7.x splits the kernel into linux-binary and linux-modules packages).
+pub(super) fn kernel_packages(
+    apt: &Apt,
+    suite: &str,
+    flavour: &str,
+    arch: &str,
+) -> Result<Vec<String>> {
     let meta = apt
-        .show(&format!("linux-image-{arch}:{arch}/{suite}"))?
-        .with_context(|| format!("apt has no linux-image-{arch} in {suite}"))?;
+        .show(&format!("linux-image-{flavour}:{arch}/{suite}"))?
+        .with_context(|| format!("apt has no linux-image-{flavour} for {arch} in {suite}"))?;
     let mut queue = kernel_depends(&meta);
     let mut found: Vec<String> = Vec::new();
     while let Some(name) = queue.pop() {

@@ -127,11 +127,21 @@ pub(super) fn compare(s: &Sections, reports: &[Value]) -> Vec<String> {
         }
     }
 
-    let listening = ss_listening(s.get("ss-listening"));
-    let established = ss_established(s.get("ss-established"));
-    let shown = |ports: Option<&BTreeSet<u64>>| -> BTreeSet<String> {
-        ports.into_iter().flatten().map(u64::to_string).collect()
+    // Ports that listened at any moment: at the start and the end of the traffic, and the
+    // ports the UDP helper was bound to while it sent (it prints them).
+    let start = ss_listening(s.get("ss-listening-start"));
+    let end = ss_listening(s.get("ss-listening"));
+    let listening = |proto: &str| -> BTreeSet<String> {
+        [start.get(proto), end.get(proto)]
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(u64::to_string)
+            .collect()
     };
+    let mut udp = listening("udp");
+    udp.extend(s.get("udp-bound").lines().map(|l| l.trim().to_owned()));
+    let established = ss_established(s.get("ss-established"));
     let mut remotes: BTreeSet<String> = established
         .iter()
         .filter_map(|(_, remote)| Some(remote.rsplit_once(':')?.0.to_owned()))
@@ -141,13 +151,9 @@ pub(super) fn compare(s: &Sections, reports: &[Value]) -> Vec<String> {
         (
             "interval_listening_tcp_ports",
             "number_list",
-            shown(listening.get("tcp")),
+            listening("tcp"),
         ),
-        (
-            "interval_listening_udp_ports",
-            "number_list",
-            shown(listening.get("udp")),
-        ),
+        ("interval_listening_udp_ports", "number_list", udp),
         ("interval_remote_addresses", "ip_list", remotes),
         (
             "interval_remote_ports_contacted",
@@ -286,4 +292,50 @@ fn sources(s: &Sections, reports: &[Value]) -> Vec<String> {
         ));
     }
     differs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(custom: Value) -> Value {
+        serde_json::json!({ "custom_metrics": custom })
+    }
+
+    #[test]
+    fn a_metric_absent_without_a_degraded_line_differs_and_with_one_does_not() {
+        let reports = [report(serde_json::json!({
+            "collection_sources": [{"string_list": ["tcp:tracepoint"]}],
+        }))];
+        let silent = Sections::parse("@@ tern-stderr\n[INFO ] started\n");
+        let said = Sections::parse(
+            "@@ tern-stderr\n[WARN ] degraded: no program counts sched:sched_process_exec; \
+             interval_execs and interval_new_executables left out\n",
+        );
+        let absent = |s: &Sections| -> Vec<String> {
+            compare(s, &reports)
+                .into_iter()
+                .filter(|d| d.starts_with("interval_execs absent"))
+                .collect()
+        };
+        assert_eq!(absent(&silent).len(), 1, "{:?}", compare(&silent, &reports));
+        assert!(absent(&said).is_empty());
+    }
+
+    #[test]
+    fn a_feature_the_guest_has_must_be_in_use() {
+        let reports = [report(serde_json::json!({
+            "collection_sources": [{"string_list": ["tcp:sock_diag", "traffic:tc"]}],
+        }))];
+        let s = Sections::parse(
+            "@@ features\nsock/inet_sock_set_state\n@@ tern-stderr\n[WARN ] degraded: x\n",
+        );
+        let differs = sources(&s, &reports);
+        assert!(
+            differs
+                .iter()
+                .any(|d| d.contains("tcp:tracepoint not in use")),
+            "{differs:?}"
+        );
+    }
 }

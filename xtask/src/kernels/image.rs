@@ -14,10 +14,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use super::{
-    BOOT_LIMIT, COUNT, EXECS, GUEST_INIT, INTERVAL_S, MODULES, OTHERS, PROBES, SYNS,
+    BOOT_LIMIT, GUEST_INIT, MODULES,
     apt::{Apt, kernel_packages},
     arch::Arch,
-    truth::{Sections, compare},
+    truth::Sections,
     userland::Userland,
 };
 use crate::status;
@@ -32,11 +32,17 @@ pub(super) struct Kernel {
 
 impl Kernel {
     /// Downloads, extracts and trims a suite's kernel for `arch`, or finds it done before.
-    pub(super) fn fetch(apt: &Apt, suite: &str, arch: Arch, work: &Path) -> Result<Self> {
+    pub(super) fn fetch(
+        apt: &Apt,
+        suite: &str,
+        arch: Arch,
+        flavour: &str,
+        work: &Path,
+    ) -> Result<Self> {
         // amd64 kernels keep the folders named by suite alone that earlier runs filled.
         let dir = match arch {
             Arch::Amd64 => work.join(suite),
-            _ => work.join(format!("{suite}-{}", arch.debian())),
+            _ => work.join(format!("{suite}-{flavour}")),
         };
         let done = dir.join("release");
         if let Ok(release) = fs::read_to_string(&done) {
@@ -48,12 +54,8 @@ impl Kernel {
             });
         }
         apt.refresh()?;
-        let packages = kernel_packages(apt, suite, arch.debian())?;
-        eprintln!(
-            "test-kernels: {suite} {}: {}",
-            arch.debian(),
-            packages.join(" ")
-        );
+        let packages = kernel_packages(apt, suite, flavour, arch.debian())?;
+        eprintln!("test-kernels: {suite} {flavour}: {}", packages.join(" "));
         let debs = work.join("debs");
         fs::create_dir_all(&debs)?;
         let tree = dir.join("tree");
@@ -87,8 +89,16 @@ impl Kernel {
         })
     }
 
-    /// Boots the kernel and compares; the row's result.
-    pub(super) fn boot(&self, work: &Path, common: &Path) -> Result<String> {
+    /// Keeps the last boot's console under another name.
+    pub(super) fn keep_console(&self, work: &Path, name: &str) -> Result<()> {
+        let run = work.join("runs").join(&self.release);
+        fs::rename(run.join("console.log"), run.join(name))?;
+        Ok(())
+    }
+
+    /// Boots the kernel with `parameters` for the guest on its command line; the guest's
+    /// results.
+    pub(super) fn boot(&self, work: &Path, common: &Path, parameters: &str) -> Result<Sections> {
         let run = work.join("runs").join(&self.release);
         fs::create_dir_all(&run)?;
         let initrd = run.join("initrd.cpio");
@@ -110,9 +120,7 @@ impl Kernel {
             .arg(&initrd)
             .arg("-append")
             .arg(format!(
-                "console={} panic=-1 rdinit=/init tern_results={} tern_interval={INTERVAL_S} \
-                 tern_count={COUNT} tern_syns={SYNS} tern_probes={PROBES} tern_others={OTHERS} \
-                 tern_execs={EXECS}",
+                "console={} panic=-1 rdinit=/init tern_results={} {parameters}",
                 self.arch.console(),
                 self.arch.results_device()
             ))
@@ -136,7 +144,7 @@ impl Kernel {
         }
         let text = fs::read_to_string(&results)
             .with_context(|| format!("no results; see {}", console.display()))?;
-        Ok(compare(&Sections::parse(&text.replace('\r', ""))))
+        Ok(Sections::parse(&text.replace('\r', "")))
     }
 }
 

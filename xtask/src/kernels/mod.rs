@@ -9,40 +9,52 @@
 
 use std::{
     env,
-    io::ErrorKind,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use clap::Subcommand;
 
-mod apt;
+pub(crate) mod apt;
 mod arch;
 mod custom;
 mod image;
+mod sockets;
 mod truth;
 mod userland;
+
+pub use sockets::{Sockets, run as sockets};
 
 use apt::Apt;
 use arch::Arch;
 use image::{Kernel, common_archive};
+use truth::{Sections, compare};
 use userland::Userland;
 
-use crate::{build_agent, cmd, root_dir, setup, status, target_dir};
+use crate::{dist, root_dir, setup};
 
-/// The suites apt knows, oldest first.
-const SUITES: &[&str] = &["bullseye", "bookworm", "trixie", "trixie-backports"];
+/// The suites apt knows, oldest first, each with the architectures fetched from it: those of
+/// the matrix's kernels there, and trixie's userland and musl for the foreign ones. No more:
+/// the lists of every architecture of every suite must agree with their Release file for
+/// an update to succeed, and a mirror does not always have that.
+const SUITES: &[(&str, &[Arch])] = &[
+    ("bullseye", &[Arch::Amd64]),
+    ("bookworm", &[Arch::Amd64]),
+    ("trixie", &Arch::ALL),
+    ("trixie-backports", &[Arch::Amd64]),
+];
 
-/// The kernels booted: each suite's newest `linux-image-ARCH`.
-const MATRIX: &[(&str, Arch)] = &[
-    ("bullseye", Arch::Amd64),
-    ("bookworm", Arch::Amd64),
-    ("trixie", Arch::Amd64),
-    ("trixie-backports", Arch::Amd64),
-    ("trixie", Arch::Arm64),
+/// The kernels booted: each suite's newest `linux-image-FLAVOUR`, FLAVOUR being Debian's
+/// name of the kernel's build: arm64-16k has 16 KiB pages (as a Raspberry Pi 5 runs),
+/// armmp is the 32-bit ARM one.
+const MATRIX: &[(&str, Arch, &str)] = &[
+    ("bullseye", Arch::Amd64, "amd64"),
+    ("bookworm", Arch::Amd64, "amd64"),
+    ("trixie", Arch::Amd64, "amd64"),
+    ("trixie-backports", Arch::Amd64, "amd64"),
+    ("trixie", Arch::Arm64, "arm64"),
+    ("trixie", Arch::Arm64, "arm64-16k"),
+    ("trixie", Arch::Armhf, "armmp"),
 ];
 
 const MIRROR: &str = "http://deb.debian.org/debian";
@@ -63,7 +75,7 @@ const MODULES: &[&str] = &[
 
 const GUEST_INIT: &str = include_str!("../../guest/init.sh");
 
-const INTERVAL_S: u64 = 2;
+pub const INTERVAL_S: u64 = 2;
 const COUNT: u64 = 8;
 /// Datagrams the guest sends to the peer's open port, as `init.sh` says: checks that the
 /// scenario happened.
@@ -86,176 +98,23 @@ const CONNECTIONS: usize = 2;
 /// bounds a hung guest.
 const BOOT_LIMIT: Duration = Duration::from_secs(180);
 
-/// The guest's UDP sockets: busybox's nc speaks only TCP.
-#[derive(Subcommand)]
-pub enum Udp {
-    /// Bind 0.0.0.0:PORT and keep the socket (unconnected) for up to ten minutes.
-    Bind { port: u16 },
-    /// Send COUNT datagrams of SIZE bytes to ADDR.
-    Send {
-        addr: SocketAddr,
-        count: u64,
-        size: usize,
-    },
-    /// Send COUNT bare TCP segments with RST set from FROM to ADDR through a raw socket: a
-    /// reset that reaches no socket, which the kernel must not answer.
-    Reset {
-        from: Ipv4Addr,
-        addr: SocketAddrV4,
-        count: u64,
-    },
-}
-
-pub fn udp(udp: &Udp) -> Result<()> {
-    match udp {
-        Udp::Bind { port } => {
-            let socket = UdpSocket::bind(("0.0.0.0", *port))?;
-            socket.set_read_timeout(Some(Duration::from_secs(1)))?;
-            let until = Instant::now() + Duration::from_secs(600);
-            let mut buf = [0u8; 2048];
-            while Instant::now() < until {
-                match socket.recv_from(&mut buf) {
-                    Ok(_) => {}
-                    Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            Ok(())
-        }
-        Udp::Send { addr, count, size } => {
-            let socket = UdpSocket::bind("0.0.0.0:0")?;
-            let payload = vec![0x5au8; *size];
-            for _ in 0..*count {
-                socket.send_to(&payload, addr)?;
-            }
-            Ok(())
-        }
-        Udp::Reset { from, addr, count } => send_resets(*from, *addr, *count),
-    }
-}
-
-/// Source port of the bare resets.
-const RESET_PORT: u16 = 40_000;
-const TCP_RST: u8 = 0x04;
-
-fn send_resets(from: Ipv4Addr, to: SocketAddrV4, count: u64) -> Result<()> {
-    // SAFETY: socket() with constant arguments; the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP) };
-    ensure!(
-        fd >= 0,
-        "opening a raw TCP socket: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: fd is a fresh descriptor this function owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let address = |ip: Ipv4Addr| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(ip.octets()),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // The source the checksum covers is the one the segments leave with.
-    let local = address(from);
-    // SAFETY: a valid sockaddr_in of the length given, alive for the call.
-    let rc = unsafe {
-        libc::bind(
-            socket.as_raw_fd(),
-            (&raw const local).cast::<libc::sockaddr>(),
-            len,
-        )
-    };
-    ensure!(
-        rc == 0,
-        "binding the raw socket to {from}: {}",
-        std::io::Error::last_os_error()
-    );
-    let segment = reset_segment(from, to);
-    let remote = address(*to.ip());
-    for _ in 0..count {
-        // SAFETY: the segment and the address are valid for the call's lengths.
-        let sent = unsafe {
-            libc::sendto(
-                socket.as_raw_fd(),
-                segment.as_ptr().cast::<libc::c_void>(),
-                segment.len(),
-                0,
-                (&raw const remote).cast::<libc::sockaddr>(),
-                len,
-            )
-        };
-        if sent < 0 {
-            return Err(std::io::Error::last_os_error()).context("sending a bare reset");
-        }
-    }
-    Ok(())
-}
-
-/// A 20-byte TCP header with only RST set, its checksum over the IPv4 pseudo-header.
-fn reset_segment(from: Ipv4Addr, to: SocketAddrV4) -> [u8; 20] {
-    let mut segment = [0u8; 20];
-    segment[0..2].copy_from_slice(&RESET_PORT.to_be_bytes());
-    segment[2..4].copy_from_slice(&to.port().to_be_bytes());
-    segment[4..8].copy_from_slice(&1u32.to_be_bytes());
-    segment[12] = 5 << 4;
-    segment[13] = TCP_RST;
-    let checksum = tcp_checksum(from, *to.ip(), &segment);
-    segment[16..18].copy_from_slice(&checksum.to_be_bytes());
-    segment
-}
-
-/// The Internet checksum of `segment` (its checksum field zero) and the pseudo-header.
-fn tcp_checksum(from: Ipv4Addr, to: Ipv4Addr, segment: &[u8; 20]) -> u16 {
-    let mut pseudo = Vec::with_capacity(12 + segment.len());
-    pseudo.extend_from_slice(&from.octets());
-    pseudo.extend_from_slice(&to.octets());
-    pseudo.extend_from_slice(&[0, libc::IPPROTO_TCP as u8]);
-    pseudo.extend_from_slice(&(segment.len() as u16).to_be_bytes());
-    pseudo.extend_from_slice(segment);
-    let mut sum: u32 = pseudo
-        .chunks(2)
-        .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 pub fn run() -> Result<()> {
-    ensure!(
-        env::consts::ARCH == "x86_64",
-        "the kernel matrix runs on x86_64 machines (its amd64 guests take this machine's own \
-         ip, ss and tc); this one is {}",
-        env::consts::ARCH
-    );
-    setup::matrix()?;
     let started = Instant::now();
-    let downloads = root_dir().join("target/kernels");
-    let apt = Apt::new(&downloads.join("apt"))?;
+    let (apt, downloads) = prepare()?;
     let mut kernels = Vec::new();
-    for (suite, arch) in MATRIX {
-        kernels.push(Kernel::fetch(&apt, suite, *arch, &downloads)?);
+    for (suite, arch, flavour) in MATRIX {
+        kernels.push(Kernel::fetch(&apt, suite, *arch, flavour, &downloads)?);
     }
-    let work = root_dir().join("target/kernel-runs");
-    let mut commons = Vec::new();
-    for arch in Arch::ALL {
-        let userland = Userland::fetch(&apt, arch, &downloads)?;
-        let (tern, helper) = build_guest(arch)?;
-        let common = common_archive(&work.join(arch.debian()), &userland, &tern, &helper)?;
-        commons.push((arch, common));
-    }
+    let guests = Guests::build(&apt, &downloads, &Arch::ALL)?;
+    let parameters = format!(
+        "tern_interval={INTERVAL_S} tern_count={COUNT} tern_syns={SYNS} tern_probes={PROBES} \
+         tern_others={OTHERS} tern_execs={EXECS}"
+    );
     println!("| kernel | arch | result | seconds |\n|---|---|---|---|");
     let mut failed = 0;
     for kernel in &kernels {
-        let common = commons
-            .iter()
-            .find_map(|(arch, common)| (*arch == kernel.arch).then_some(common))
-            .expect("a common archive for every architecture");
         let booted = Instant::now();
-        let result = kernel.boot(&work, common);
+        let result = guests.boot(kernel, &parameters).map(|s| compare(&s));
         let seconds = booted.elapsed().as_secs();
         let result = result.unwrap_or_else(|e| format!("error: {e:#}"));
         if result != "exact" {
@@ -278,58 +137,104 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// The release tern and the guest's UDP helper (the xtask) for `arch`: this machine's own
-/// build, or a cross build with the cross compiler as C compiler (ring) and linker, set for
-/// this build alone. The eBPF object inside is the same bpfel one either way.
-fn build_guest(arch: Arch) -> Result<(PathBuf, PathBuf)> {
-    let Some(target) = arch.rust_target() else {
-        return Ok((build_agent()?, env::current_exe()?));
-    };
-    let mut build = cmd(
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "--package",
-            "tern",
-            "--package",
-            "xtask",
-            "--target",
-            target,
-        ],
-    );
-    build
-        .env(
-            format!(
-                "CARGO_TARGET_{}_LINKER",
-                target.to_uppercase().replace('-', "_")
-            ),
-            setup::CROSS_GCC,
-        )
-        .env(format!("CC_{}", target.replace('-', "_")), setup::CROSS_GCC);
-    status(build)?;
-    let out = target_dir().join(target).join("release");
-    Ok((out.join("tern"), out.join("xtask")))
+/// tern's resident memory in a guest of each ARM architecture (trixie's kernel, the release
+/// artifact): idle, and holding MEMORY_CONNECTIONS connections.
+pub struct Memory {
+    pub arch: &'static str,
+    pub kernel: String,
+    pub idle_kib: u64,
+    pub idle_peak_kib: u64,
+    pub connected_kib: u64,
+    /// The connections ss showed in tern's namespace, and those in tern's last report.
+    pub established: u64,
+    pub reported: u64,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Connections held for the memory figure.
+pub const MEMORY_CONNECTIONS: u64 = 1000;
 
-    #[test]
-    fn a_bare_reset_carries_rst_alone_and_a_checksum_that_sums_to_ones() {
-        let (from, to) = (
-            Ipv4Addr::new(10, 0, 0, 2),
-            SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7002),
+pub fn memory() -> Result<Vec<Memory>> {
+    let (apt, downloads) = prepare()?;
+    let arches = [Arch::Arm64, Arch::Armhf];
+    let guests = Guests::build(&apt, &downloads, &arches)?;
+    let parameters = format!(
+        "tern_mode=memory tern_interval={INTERVAL_S} tern_connections={MEMORY_CONNECTIONS}"
+    );
+    arches
+        .iter()
+        .map(|arch| {
+            let (suite, _, flavour) = MATRIX
+                .iter()
+                .find(|(suite, a, _)| a == arch && *suite == "trixie")
+                .expect("a trixie kernel of every architecture in the matrix");
+            let kernel = Kernel::fetch(&apt, suite, *arch, flavour, &downloads)?;
+            let s = guests.boot(&kernel, &parameters)?;
+            truth::memory(&s).map(|m| Memory {
+                arch: arch.debian(),
+                kernel: kernel.release.clone(),
+                idle_kib: m.idle_kib,
+                idle_peak_kib: m.idle_peak_kib,
+                connected_kib: m.connected_kib,
+                established: m.established,
+                reported: m.reported,
+            })
+        })
+        .collect()
+}
+
+/// Setup and the private apt, with the downloads' folder.
+fn prepare() -> Result<(Apt, PathBuf)> {
+    ensure!(
+        env::consts::ARCH == "x86_64",
+        "the kernel matrix runs on x86_64 machines (its amd64 guests take this machine's own \
+         ip, ss and tc); this one is {}",
+        env::consts::ARCH
+    );
+    setup::matrix()?;
+    let downloads = root_dir().join("target/kernels");
+    let apt = Apt::new(&downloads.join("apt"))?;
+    Ok((apt, downloads))
+}
+
+/// The guests' common archives (userland, tern and the helper), one per architecture.
+struct Guests {
+    work: PathBuf,
+    commons: Vec<(Arch, PathBuf)>,
+}
+
+impl Guests {
+    fn build(apt: &Apt, downloads: &Path, arches: &[Arch]) -> Result<Self> {
+        let work = root_dir().join("target/kernel-runs");
+        let mut commons = Vec::new();
+        for &arch in arches {
+            let userland = Userland::fetch(apt, arch, downloads)?;
+            let tern = dist::build(arch.release(), "tern")?;
+            let helper = dist::build(arch.release(), "xtask")?;
+            let common = common_archive(&work.join(arch.debian()), &userland, &tern, &helper)?;
+            commons.push((arch, common));
+        }
+        Ok(Self { work, commons })
+    }
+
+    /// Boots `kernel`, twice where the first boot never reached the guest's init: TCG
+    /// has been seen to crash a kernel while it patches its own code at boot, which says
+    /// nothing of tern.
+    fn boot(&self, kernel: &Kernel, parameters: &str) -> Result<Sections> {
+        let common = self
+            .commons
+            .iter()
+            .find_map(|(arch, common)| (*arch == kernel.arch).then_some(common))
+            .context("no guest built for the kernel's architecture")?;
+        let first = kernel.boot(&self.work, common, parameters)?;
+        if first.started() {
+            return Ok(first);
+        }
+        eprintln!(
+            "test-kernels: {} stopped before the guest's init ran (its console.log is kept \
+             as console-first.log); booting it again",
+            kernel.release
         );
-        let segment = reset_segment(from, to);
-        assert_eq!(segment[13], TCP_RST);
-        assert_eq!(u16::from_be_bytes([segment[2], segment[3]]), 7002);
-        // A receiver sums the segment with its checksum and the pseudo-header: all ones.
-        let mut zeroed = segment;
-        zeroed[16..18].copy_from_slice(&[0, 0]);
-        let checksum = tcp_checksum(from, *to.ip(), &zeroed);
-        assert_eq!(checksum.to_be_bytes(), [segment[16], segment[17]]);
-        assert_eq!(tcp_checksum(from, *to.ip(), &segment), 0);
+        kernel.keep_console(&self.work, "console-first.log")?;
+        kernel.boot(&self.work, common, parameters)
     }
 }
