@@ -3,12 +3,18 @@
 //! Defender would silently drop are refused here, with a log line, and never sent. Reads
 //! files only; never runs a command.
 
-use std::{fs, net::IpAddr, path::PathBuf, str::FromStr};
+use std::{net::IpAddr, path::PathBuf, str::FromStr};
 
 use anyhow::{Result, bail};
 use log::warn;
 
-use crate::report::{CustomMetric, Kind, Number, catalog::valid_name};
+use crate::{
+    host::files::{self, Links},
+    report::{CustomMetric, Kind, Number, catalog::valid_name},
+};
+
+/// A metric file holds one value or one list: well under this.
+const METRIC_FILE_MAX: u64 = 256 << 10;
 
 /// A metric the operator defined: its name, its type, and the file it comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,8 +59,8 @@ impl FileMetric {
     /// This interval's value, or none (logged) when the file cannot be read or holds a
     /// value Device Defender would drop.
     pub fn read(&self) -> Option<CustomMetric> {
-        let text = match fs::read_to_string(&self.path) {
-            Ok(text) => text,
+        let text = match files::read_text(&self.path, METRIC_FILE_MAX, Links::Follow) {
+            Ok((text, _)) => text,
             Err(err) => {
                 warn!(
                     "custom metric {}: cannot read {}: {err}; not sent this time",

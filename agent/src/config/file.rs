@@ -1,16 +1,14 @@
 //! The config file as written: an AWS IoT Device Client configuration, whose keys tern reads
 //! as they are, plus tern's own `tern` section. Parses; never checks values or merges flags.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use super::{Problem, problem};
 use crate::{
     collect::FileMetric,
+    host::files::{self, Links},
     report::{Format, Kind, Names},
 };
 
@@ -92,9 +90,12 @@ impl MetricSpec {
     }
 }
 
+/// A configuration file stays well under this.
+const CONFIG_MAX: u64 = 1 << 20;
+
 pub fn read_file(path: &Path, problems: &mut Vec<Problem>) -> Option<File> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
+    let text = match files::read_text(path, CONFIG_MAX, Links::Follow) {
+        Ok((text, _)) => text,
         Err(e) => {
             problem(
                 problems,

@@ -6,6 +6,7 @@
 mod args;
 mod broker;
 mod file;
+pub mod state_dir;
 mod tls;
 
 use std::{
@@ -194,6 +195,9 @@ fn resolve(args: &ConfigArgs, problems: &mut Vec<Problem>) -> Option<Settings> {
         .clone()
         .or(tern.state_dir.as_deref().map(expand))
         .unwrap_or_else(|| default_state_dir(&program_name()));
+    for found in state_dir::problems(&state_dir, None) {
+        problem(problems, format!("{source}: {found}"));
+    }
     let key = args.key.clone().or(file.key.as_deref().map(expand));
     let endpoint = args.endpoint.clone().or(file.endpoint);
     let broker = match endpoint {
@@ -325,7 +329,7 @@ mod tests {
         fs::write(
             &path,
             r#"{"logging": {"level": "DEBUG"}, "device-defender": {"enabled": true,
-                "interval": 60}, "tern": {"names": "short", "state-dir": "/tmp/x"}}"#,
+                "interval": 60}, "tern": {"names": "short", "state-dir": "/tmp/tern-state-never-made"}}"#,
         )
         .unwrap();
         let args = ConfigArgs {
@@ -337,7 +341,10 @@ mod tests {
         assert_eq!(settings.interval, 30);
         assert_eq!(settings.names, Names::Short);
         assert_eq!(settings.format, Format::Json);
-        assert_eq!(settings.state_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(
+            settings.state_dir,
+            PathBuf::from("/tmp/tern-state-never-made")
+        );
         assert!(settings.broker.is_none());
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -3,7 +3,6 @@
 //! Every problem is named with its file and the fix. Never connects anywhere.
 
 use std::{
-    fs,
     os::unix::fs::PermissionsExt,
     path::Path,
     sync::Arc,
@@ -16,6 +15,12 @@ use rustls::{
 };
 
 use super::{Problem, problem};
+use crate::host::files::{self, Links};
+
+/// A certificate file, CA bundles included, stays well under this.
+const CERTS_MAX: u64 = 4 << 20;
+/// A PEM private key stays well under this.
+const KEY_MAX: u64 = 64 << 10;
 
 pub fn load_cert(path: &Path, problems: &mut Vec<Problem>) -> Option<Vec<CertificateDer<'static>>> {
     let chain = read_certs(path, "cert", "the device certificate", problems)?;
@@ -29,18 +34,20 @@ fn read_certs(
     what: &str,
     problems: &mut Vec<Problem>,
 ) -> Option<Vec<CertificateDer<'static>>> {
-    if let Err(e) = fs::metadata(path) {
-        problem(
-            problems,
-            format!(
-                "{key} {}: cannot read it ({e}); set {key} to {what}",
-                path.display()
-            ),
-        );
-        return None;
-    }
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(std::iter::Iterator::collect::<std::result::Result<Vec<_>, _>>);
+    let bytes = match files::read(path, CERTS_MAX, Links::Follow) {
+        Ok(read) => read.bytes,
+        Err(e) => {
+            problem(
+                problems,
+                format!(
+                    "{key} {}: cannot read it ({e}); set {key} to {what}",
+                    path.display()
+                ),
+            );
+            return None;
+        }
+    };
+    let certs = CertificateDer::pem_slice_iter(&bytes).collect::<std::result::Result<Vec<_>, _>>();
     match certs {
         Ok(certs) if !certs.is_empty() => {
             for cert in &certs {
@@ -116,12 +123,12 @@ fn check_validity(path: &Path, key: &str, cert: &CertificateDer<'_>, problems: &
     }
 }
 
-/// The one check of a private key file's mode, for `run`, `check-config` and `install`: a key
-/// its group or others can read or write would let any local account impersonate the device.
-/// None when the file cannot be read at all.
-pub fn check_private_key(path: &Path, problems: &mut Vec<Problem>) -> Option<()> {
-    let mode = match fs::metadata(path) {
-        Ok(meta) => meta.permissions().mode() & 0o777,
+/// The one read of a private key file, for `run`, `check-config` and `install`: its bytes,
+/// or None when it cannot be read or its mode lets its group or others read or write it
+/// (any local account could then impersonate the device); a key failing that is not read.
+pub fn check_private_key(path: &Path, problems: &mut Vec<Problem>) -> Option<Vec<u8>> {
+    let (file, meta) = match files::open(path, Links::Follow) {
+        Ok(opened) => opened,
         Err(e) => {
             problem(
                 problems,
@@ -133,6 +140,8 @@ pub fn check_private_key(path: &Path, problems: &mut Vec<Problem>) -> Option<()>
             return None;
         }
     };
+    // The mode of the file opened, not of whatever the path names a moment later.
+    let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         problem(
             problems,
@@ -143,13 +152,27 @@ pub fn check_private_key(path: &Path, problems: &mut Vec<Problem>) -> Option<()>
                 path.display()
             ),
         );
+        return None;
     }
-    Some(())
+    drop(file);
+    match files::read(path, KEY_MAX, Links::Follow) {
+        Ok(read) => Some(read.bytes),
+        Err(e) => {
+            problem(
+                problems,
+                format!(
+                    "key {}: cannot read it ({e}); set key to the device private key",
+                    path.display()
+                ),
+            );
+            None
+        }
+    }
 }
 
 pub fn load_key(path: &Path, problems: &mut Vec<Problem>) -> Option<PrivateKeyDer<'static>> {
-    check_private_key(path, problems)?;
-    match PrivateKeyDer::from_pem_file(path) {
+    let bytes = check_private_key(path, problems)?;
+    match PrivateKeyDer::from_pem_slice(&bytes) {
         Ok(key) => Some(key),
         Err(e) => {
             problem(
@@ -250,6 +273,8 @@ pub fn client_config(
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     #[test]
@@ -270,6 +295,22 @@ mod tests {
         let mut problems = Vec::new();
         check_private_key(&dir.join("missing.key"), &mut problems);
         assert!(!problems.is_empty());
+        // A key that fails its mode check is not read.
+        fs::write(&key, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(check_private_key(&key, &mut Vec::new()).is_none());
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn certificates_and_keys_that_are_fifos_or_devices_are_refused_without_waiting() {
+        let mut problems = Vec::new();
+        assert!(load_roots(Path::new("/dev/zero"), &mut problems).is_none());
+        assert!(load_key(Path::new("/dev/zero"), &mut problems).is_none());
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems.iter().all(|p| p.0.contains("a device")),
+            "{problems:?}"
+        );
     }
 }

@@ -5,15 +5,27 @@
 use std::{
     fs,
     io::{self, Write},
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
 
 /// Replaces `path` with `bytes` so that a crash leaves the old file or the new one, never
 /// half: written to `*.tmp` and synced, renamed over `path`, and the rename synced in the
-/// directory. A `*.tmp` left by a crash is the caller's to remove.
+/// directory. The `*.tmp` is created new, owner-only, never through a symbolic link: one
+/// that is there already (a crash's, or planted) is removed first, the link itself and not
+/// what it names.
 pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut file = fs::File::create(&tmp)?;
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     fs::rename(&tmp, path)?;
@@ -49,6 +61,20 @@ mod tests {
         assert_eq!(aside, dir.join("state.corrupt"));
         assert_eq!(fs::read(&aside).unwrap(), b"new");
         assert!(!path.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_link_planted_as_the_temporary_file_is_not_written_through() {
+        let dir = std::env::temp_dir().join(format!("tern-durable-link-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        fs::write(&victim, b"theirs").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("state.tmp")).unwrap();
+        replace(&dir.join("state"), b"ours").unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"theirs");
+        assert_eq!(fs::read(dir.join("state")).unwrap(), b"ours");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

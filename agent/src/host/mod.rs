@@ -1,9 +1,10 @@
 //! The host outside eBPF: its networking as netlink and the namespace files show it
 //! (interfaces and their addresses and counters, the socket snapshot, namespace cookies),
-//! the kernel's own counters, and files that survive a crash. Knows no eBPF, no report and
-//! no setting.
+//! the kernel's own counters, files that survive a crash, and the one way files are read.
+//! Knows no eBPF, no report and no setting.
 
 pub mod durable;
+pub mod files;
 pub mod links;
 pub mod linkstats;
 pub mod netlink;

@@ -344,6 +344,15 @@ impl Programs {
     }
 
     fn attach(&mut self, interface: &Interface) -> Result<TcLinks> {
+        // TC attaches by name. A name that is not UTF-8 is shown with '?' in place of its
+        // other bytes: it names no interface, or another one, which must not be counted twice.
+        if name_index(&interface.name) != Some(interface.index) {
+            bail!(
+                "its name as shown is not the kernel's (one that is not UTF-8 is shown with \
+                 '?'), and TC programs attach by name; rename the interface to count its \
+                 traffic"
+            );
+        }
         // TCX (6.6+) links die with tern's fds and run before legacy filters; either way tern
         // goes first and returns "unspecified", so every other program still sees the packet.
         let tcx = tcx_available();
@@ -710,6 +719,14 @@ fn attach_udp_hooks(ebpf: &mut Ebpf) -> Result<()> {
         }
     }
     attached
+}
+
+/// The index of the interface named `name` in this namespace, if one is.
+fn name_index(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated string for the call's duration.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
 }
 
 #[cfg(test)]

@@ -15,9 +15,16 @@ use std::{
 use anyhow::{Context, Result};
 use log::{error, warn};
 
-use crate::{host::durable, report::Report};
+use crate::{
+    config::state_dir,
+    host::{
+        durable,
+        files::{self, Links},
+    },
+    report::Report,
+};
 
-const DIR: &str = "spool";
+const DIR: &str = state_dir::SPOOL;
 const SUFFIX: &str = ".json";
 
 pub struct Spool {
@@ -62,7 +69,7 @@ impl Spool {
             let checked = stem
                 .parse()
                 .context("its name is not a report id")
-                .and_then(|id| load(&path, id).map(|(_, size)| (id, size)));
+                .and_then(|id| load(&path, id, max_bytes).map(|(_, size)| (id, size)));
             match checked {
                 Ok((id, size)) => {
                     spool.bytes += size;
@@ -110,7 +117,7 @@ impl Spool {
     /// Reads report `id` back. One that can no longer be read is set aside and forgotten.
     pub fn read(&mut self, id: u64) -> Option<Report> {
         let path = self.path(id);
-        match load(&path, id) {
+        match load(&path, id, self.max_bytes) {
             Ok((report, _)) => Some(report),
             Err(err) => {
                 set_aside(&path, &err);
@@ -155,9 +162,15 @@ impl Spool {
 }
 
 /// Reads the report in `path`, which its name says is report `id`; returns it and its size.
-fn load(path: &Path, id: u64) -> Result<(Report, u64)> {
-    let bytes = fs::read(path).context("reading it")?;
+/// An entry larger than the whole spool may hold is not one tern wrote.
+fn load(path: &Path, id: u64, max_bytes: u64) -> Result<(Report, u64)> {
+    let bytes = files::read(path, max_bytes, Links::Refuse)
+        .context("reading it")?
+        .bytes;
     let report: Report = serde_json::from_slice(&bytes).context("it is not a report")?;
+    report
+        .check()
+        .map_err(|why| anyhow::anyhow!("it breaks the document's rules: {why}"))?;
     anyhow::ensure!(
         id == report.header.report_id,
         "its name says report {id} but it holds report {}",
@@ -234,6 +247,44 @@ pub mod tests {
         let ids: Vec<u64> = spool.ids().collect();
         assert_eq!(ids, [1_000_002, 1_000_003, 1_000_004]);
         assert_eq!(fs::read_dir(dir.join(DIR)).unwrap().count(), 3);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_entry_that_breaks_the_documents_rules_is_set_aside_not_sent() {
+        let dir = std::env::temp_dir().join(format!("tern-spool-rules-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join(DIR)).unwrap();
+        let planted = [
+            (
+                7,
+                r#"{"header":{"report_id":7,"version":"2.0"},"metrics":{"network_stats":{"bytes_in":1,"bytes_out":1,"packets_in":1,"packets_out":1}}}"#,
+            ),
+            (
+                8,
+                r#"{"header":{"report_id":8,"version":"1.0"},"metrics":{"listening_tcp_ports":{"ports":[{"port":22}],"total":99999}}}"#,
+            ),
+            (
+                9,
+                r#"{"header":{"report_id":9,"version":"1.0"},"custom_metrics":{"aws:forged":[{"number":1}]}}"#,
+            ),
+            (
+                10,
+                r#"{"header":{"report_id":10,"version":"1.0"},"metrics":{"listening_tcp_ports":{"ports":[{"port":22}],"total":1}}}"#,
+            ),
+        ];
+        for (id, text) in planted {
+            fs::write(dir.join(DIR).join(format!("{id:020}.json")), text).unwrap();
+        }
+        let mut spool = Spool::open(&dir, 1 << 20).unwrap();
+        assert_eq!(spool.ids().collect::<Vec<_>>(), vec![10]);
+        assert!(spool.read(10).is_some());
+        for id in [7, 8, 9] {
+            assert!(
+                dir.join(DIR).join(format!("{id:020}.corrupt")).exists(),
+                "{id}"
+            );
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 

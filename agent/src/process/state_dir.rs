@@ -1,7 +1,9 @@
 //! The state directory: tern's only writable place. Owned by the agent's account and closed
 //! to everyone else (0700), so no other user reads or plants what tern keeps there. Made
-//! ready before the privilege drop (created and given to the account if need be); what is
-//! inside is read and written only after it, as the account.
+//! ready before the privilege drop, after config's checks (never a link, a system directory
+//! or a directory someone else prepared): created and given to the account if need be, its
+//! mode and its spool's reset. What is inside is read and written only after the drop, as
+//! the account.
 
 use std::{
     fs,
@@ -12,37 +14,58 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use super::Account;
+use crate::config::state_dir;
 
-/// The state directory's mode: its owner's alone.
+/// The state directory's mode, and its spool's: their owner's alone.
 pub const MODE: u32 = 0o700;
 
 pub fn prepare(dir: &Path, account: &Account) -> Result<()> {
-    match fs::metadata(dir) {
-        Ok(meta) if !meta.is_dir() => bail!(
-            "state directory {} is not a directory; point --state-dir at a directory",
-            dir.display()
-        ),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::DirBuilder::new()
+    let owners = [0, account.uid];
+    let problems = state_dir::problems(dir, Some(&owners));
+    if !problems.is_empty() {
+        bail!("{}", problems.join("; "));
+    }
+    if fs::symlink_metadata(dir).is_err() {
+        fs::DirBuilder::new()
             .recursive(true)
             .mode(MODE)
             .create(dir)
-            .with_context(|| format!("creating state directory {}", dir.display()))?,
-        Err(e) => {
-            return Err(e).with_context(|| format!("reading state directory {}", dir.display()));
-        }
+            .with_context(|| format!("creating state directory {}", dir.display()))?;
     }
-    let meta = fs::metadata(dir)?;
+    make_private(dir, account, "state directory")?;
+    let spool = dir.join(state_dir::SPOOL);
+    match fs::symlink_metadata(&spool) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("looking at {}", spool.display())),
+        Ok(meta) if meta.file_type().is_symlink() || !meta.is_dir() => bail!(
+            "{} is not a directory of tern's (a symbolic link or a file); remove it, tern \
+             creates the spool itself",
+            spool.display()
+        ),
+        Ok(meta) if !owners.contains(&meta.uid()) => bail!(
+            "{} belongs to uid {}, neither root nor {}: someone else made it; remove it, \
+             tern creates the spool itself",
+            spool.display(),
+            meta.uid(),
+            account.name
+        ),
+        Ok(_) => make_private(&spool, account, "spool"),
+    }
+}
+
+/// Mode 0700 and the account as owner, for a directory checked not to be a link.
+fn make_private(dir: &Path, account: &Account, what: &str) -> Result<()> {
+    let meta = fs::symlink_metadata(dir)?;
     // Before the chown: changing the mode needs owning the directory.
-    if meta.permissions().mode() & 0o777 != MODE {
+    if meta.permissions().mode() & 0o7777 != MODE {
         fs::set_permissions(dir, fs::Permissions::from_mode(MODE))
-            .with_context(|| format!("making state directory {} private (0700)", dir.display()))?;
+            .with_context(|| format!("making {what} {} private (0700)", dir.display()))?;
     }
     if meta.uid() != account.uid || meta.gid() != account.gid {
         std::os::unix::fs::chown(dir, Some(account.uid), Some(account.gid)).with_context(|| {
             format!(
-                "giving state directory {} to {}: run tern as root, or make the \
-                     directory {}'s (tern install does)",
+                "giving {what} {} to {}: run tern as root, or make the directory {}'s (tern \
+                 install does)",
                 dir.display(),
                 account.name,
                 account.name

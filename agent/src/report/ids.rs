@@ -4,14 +4,19 @@
 //! reuses one.
 
 use std::{
-    fs,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result};
 
-use crate::host::durable;
+use crate::host::{
+    durable,
+    files::{self, Links},
+};
+
+/// A report id and its newline.
+const ID_MAX: u64 = 64;
 
 const FILE: &str = "last_report_id";
 
@@ -25,8 +30,8 @@ impl ReportIds {
     /// Ids continuing from the last one recorded in `state_dir`, if any.
     pub fn open(state_dir: &Path) -> Result<Self> {
         let path = state_dir.join(FILE);
-        let last = match fs::read_to_string(&path) {
-            Ok(text) => match text.trim().parse() {
+        let last = match files::read_text(&path, ID_MAX, Links::Refuse) {
+            Ok((text, _)) => match text.trim().parse() {
                 Ok(last) => last,
                 Err(_) => {
                     // Set aside for a person to look at; the wall clock takes over.
@@ -71,7 +76,7 @@ fn save(path: &Path, id: u64) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{fs, time::Duration};
 
     use super::*;
 

@@ -50,6 +50,72 @@ impl Metrics {
     }
 }
 
+/// The document's one version.
+pub const VERSION: &str = "1.0";
+/// The largest whole number Device Defender keeps: 15 significant digits.
+const MAX_COUNT: u64 = 999_999_999_999_999;
+
+impl Report {
+    /// Whether the report keeps the document's rules as tern builds reports, its lists whole
+    /// (cutting them to fit is the encoding's): a report read back from disk is sent only if
+    /// tern could have built it.
+    pub fn check(&self) -> Result<(), String> {
+        if self.header.version != VERSION {
+            return Err(format!(
+                "version {:?}, not {VERSION:?}",
+                self.header.version
+            ));
+        }
+        if self.header.report_id == 0 {
+            return Err("report id 0".into());
+        }
+        if self.metrics.is_empty() && self.custom_metrics.is_empty() {
+            return Err("neither metrics nor custom metrics".into());
+        }
+        let ports = [
+            ("listening_tcp_ports", &self.metrics.listening_tcp_ports),
+            ("listening_udp_ports", &self.metrics.listening_udp_ports),
+        ];
+        for (name, list) in ports {
+            let Some(list) = list else { continue };
+            if list.total != list.ports.len() as u64 {
+                return Err(format!(
+                    "{name}: total {} for {} ports",
+                    list.total,
+                    list.ports.len()
+                ));
+            }
+            if list.ports.iter().any(|p| p.port == 0) {
+                return Err(format!("{name}: port 0"));
+            }
+        }
+        if let Some(tcp) = &self.metrics.tcp_connections {
+            let established = &tcp.established_connections;
+            if established.total != established.connections.len() as u64 {
+                return Err(format!(
+                    "established_connections: total {} for {} connections",
+                    established.total,
+                    established.connections.len()
+                ));
+            }
+            if let Some(bad) = established
+                .connections
+                .iter()
+                .find(|c| c.remote_addr.parse::<std::net::SocketAddr>().is_err())
+            {
+                return Err(format!("remote_addr {:?}", bad.remote_addr));
+            }
+        }
+        for (name, [value]) in &self.custom_metrics {
+            catalog::valid_name(name).map_err(|why| format!("custom metric {name:?} {why}"))?;
+            value
+                .check()
+                .map_err(|why| format!("custom metric {name}: {why}"))?;
+        }
+        Ok(())
+    }
+}
+
 /// Listening ports; `total` is the full count even when `ports` is cut to fit.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortList {
@@ -125,6 +191,35 @@ pub enum CustomMetric {
 }
 
 impl CustomMetric {
+    /// Whether Device Defender keeps the value: numbers of at most 15 significant digits,
+    /// strings of letters, digits and `: _ - / .`, valid IP addresses.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            Self::Number(Number::Count(n)) if *n > MAX_COUNT => {
+                Err(format!("{n}, over 15 significant digits"))
+            }
+            Self::Number(Number::Reading(r)) if !r.is_finite() => Err(format!("{r}")),
+            Self::NumberList(list) => match list.iter().find(|n| **n > MAX_COUNT) {
+                Some(n) => Err(format!("{n}, over 15 significant digits")),
+                None => Ok(()),
+            },
+            Self::StringList(list) => match list.iter().find(|s| {
+                !s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '-' | '/' | '.'))
+            }) {
+                Some(s) => Err(format!("{s:?}, with characters Device Defender drops")),
+                None => Ok(()),
+            },
+            Self::IpList(list) => {
+                match list.iter().find(|s| s.parse::<std::net::IpAddr>().is_err()) {
+                    Some(s) => Err(format!("{s:?}, not an IP address")),
+                    None => Ok(()),
+                }
+            }
+            Self::Number(_) => Ok(()),
+        }
+    }
+
     pub fn kind(&self) -> Kind {
         match self {
             Self::Number(_) => Kind::Number,
@@ -207,7 +302,7 @@ impl Report {
         Self {
             header: Header {
                 report_id,
-                version: "1.0".to_owned(),
+                version: VERSION.to_owned(),
             },
             metrics,
             custom_metrics: BTreeMap::new(),

@@ -1,6 +1,8 @@
 //! Device Defender's replies: which published reports await one, what the cloud said
 //! (accepted, or rejected and why), and which went unanswered; counted for tern's own
-//! metrics and totalled for the log. Never publishes.
+//! metrics and totalled for the log. What the broker wrote reaches the log escaped and cut,
+//! and replies tern cannot use are logged at a bounded rate, so a broker can neither forge
+//! log lines nor flood the log. Never publishes.
 
 use std::{collections::HashMap, sync::atomic::Ordering, time::Duration};
 
@@ -9,6 +11,63 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::{output::outbox::Counters, report::Format};
+
+/// The most characters of the broker's text one log line shows.
+const PEER_TEXT_MAX: usize = 200;
+/// Replies tern cannot use: at most this many logged per window, the rest counted.
+const NOISE_LINES: u32 = 5;
+const NOISE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Text from the broker, fit for one log line: control characters (line breaks, terminal
+/// escapes) escaped, and cut at PEER_TEXT_MAX characters.
+fn peer_text(text: &str) -> String {
+    let mut shown: String = text
+        .chars()
+        .take(PEER_TEXT_MAX)
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect();
+    if text.chars().nth(PEER_TEXT_MAX).is_some() {
+        shown.push_str("...(cut)");
+    }
+    shown
+}
+
+/// The rate limit of the log lines about replies tern cannot use.
+#[derive(Default)]
+struct Noise {
+    since: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl Noise {
+    /// Whether to log one more line now; the first line of a new window says how many the
+    /// last one left out.
+    fn admit(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .since
+            .is_none_or(|since| now.duration_since(since) >= NOISE_WINDOW)
+        {
+            self.since = Some(now);
+            self.logged = 0;
+        }
+        if self.logged < NOISE_LINES {
+            self.logged += 1;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+}
 
 /// Reply bookkeeping and totals since start, for the log.
 #[derive(Default)]
@@ -20,6 +79,7 @@ pub struct Replies {
     unanswered: u64,
     /// The broker refused the subscription to the replies.
     pub refused: bool,
+    noise: Noise,
 }
 
 impl Replies {
@@ -50,12 +110,24 @@ impl Replies {
             Format::Json => serde_json::from_slice(payload).ok(),
             Format::Cbor => ciborium::from_reader(payload).ok(),
         };
+        let topic = peer_text(topic);
         let Some(value) = value else {
-            warn!("a reply on {topic} does not parse; ignored");
+            if let Some(left_out) = self.noise.admit() {
+                warn!(
+                    "a reply on {topic} does not parse; ignored{}",
+                    more(left_out)
+                );
+            }
             return None;
         };
         let Some(id) = value.get("reportId").and_then(Value::as_u64) else {
-            warn!("a reply on {topic} has no reportId; ignored: {value}");
+            if let Some(left_out) = self.noise.admit() {
+                warn!(
+                    "a reply on {topic} has no reportId; ignored: {}{}",
+                    peer_text(&value.to_string()),
+                    more(left_out)
+                );
+            }
             return None;
         };
         if self.awaiting.remove(&id).is_none() {
@@ -70,8 +142,8 @@ impl Replies {
             self.rejected += 1;
             counters.rejected.fetch_add(1, Ordering::SeqCst);
             let details = &value["statusDetails"];
-            let code = details["ErrorCode"].as_str().unwrap_or("no error code");
-            let message = details["ErrorMessage"].as_str().unwrap_or("");
+            let code = peer_text(details["ErrorCode"].as_str().unwrap_or("no error code"));
+            let message = peer_text(details["ErrorMessage"].as_str().unwrap_or(""));
             error!("report {id} rejected: {code}: {message}; {}", self.totals());
         }
         Some(id)
@@ -96,5 +168,37 @@ impl Replies {
                 self.totals()
             );
         }
+    }
+}
+
+/// What a log line adds about the lines the rate limit left out before it.
+fn more(left_out: u64) -> String {
+    match left_out {
+        0 => String::new(),
+        n => format!(" ({n} more such replies in the last minute were not logged)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_brokers_text_cannot_break_a_line_or_drive_a_terminal_and_is_cut() {
+        assert_eq!(
+            peer_text("bad\n[INFO ] report 9 accepted\u{1b}[2J"),
+            "bad\\n[INFO ] report 9 accepted\\u{1b}[2J"
+        );
+        let long = "x".repeat(10_000);
+        let shown = peer_text(&long);
+        assert!(shown.len() < 300 && shown.ends_with("(cut)"), "{shown}");
+    }
+
+    #[test]
+    fn replies_tern_cannot_use_are_logged_at_a_bounded_rate() {
+        let mut noise = Noise::default();
+        let admitted = (0..1000).filter(|_| noise.admit().is_some()).count();
+        assert_eq!(admitted, NOISE_LINES as usize);
+        assert_eq!(noise.suppressed, 1000 - u64::from(NOISE_LINES));
     }
 }
