@@ -61,6 +61,13 @@ enum Task {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Fuzz every parser that takes input from outside (config file, spool entries, broker
+    /// replies, netlink messages, metric files) for SECONDS each; `cargo xtask test` runs
+    /// each for two seconds.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// The sockets of test-kernels' guest (it runs inside the guest).
     #[command(hide = true)]
     GuestSockets {
@@ -81,6 +88,7 @@ fn main() -> Result<()> {
         Task::Bench { quick } => bench_run(quick),
         Task::TestKernels => kernels::run(),
         Task::Dist { sign, out } => dist::run(sign.as_deref(), out.as_deref()),
+        Task::Fuzz { seconds } => fuzz(seconds),
         Task::GuestSockets { sockets } => kernels::sockets(&sockets),
     }
 }
@@ -230,6 +238,25 @@ fn test() -> Result<()> {
     let figures = bench::figures(&out)?;
     println!("bench smoke run: {} figures", figures.len());
     Ok(())
+}
+
+fn fuzz(seconds: u64) -> Result<()> {
+    setup::require_toolchain()?;
+    let mut run = cmd(
+        "cargo",
+        &[
+            "test",
+            "--release",
+            "--package",
+            "tern",
+            "fuzz_",
+            "--",
+            "--nocapture",
+            "--test-threads=2",
+        ],
+    );
+    run.env("TERN_FUZZ_SECONDS", seconds.to_string());
+    status(run)
 }
 
 fn bench_run(quick: bool) -> Result<()> {

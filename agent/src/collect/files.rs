@@ -160,6 +160,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fuzz_metric_files() {
+        let seeds = [
+            "45000\n",
+            " -12.5 ",
+            "1, 2\n3",
+            "a:b/c.d x_y",
+            "10.0.0.1 ::1\n",
+        ]
+        .map(|s| s.as_bytes().to_vec());
+        crate::host::fuzz::run("metric-files", &seeds, |bytes| {
+            let text = String::from_utf8_lossy(bytes);
+            for kind in [
+                Kind::Number,
+                Kind::NumberList,
+                Kind::StringList,
+                Kind::IpList,
+            ] {
+                let _ = parse(kind, &text);
+            }
+        });
+    }
+
+    #[test]
     fn numbers_and_lists_are_read_as_device_defender_keeps_them() {
         assert_eq!(
             parse(Kind::Number, "45000\n"),

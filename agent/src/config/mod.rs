@@ -322,6 +322,31 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_config_files() {
+        let dir = std::env::temp_dir().join(format!("tern-config-fuzz-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.json");
+        let seeds = [
+            r#"{"endpoint": "a.iot.eu-west-1.amazonaws.com", "thing-name": "t",
+                "logging": {"level": "DEBUG"}, "device-defender": {"enabled": true,
+                "interval": 300}, "tern": {"names": "short", "format": "cbor",
+                "budget": 65536, "custom-metrics": [{"name": "m", "type": "number",
+                "file": "/tmp/m"}]}}"#,
+            r#"{"device-defender": {"interval": 60}, "tern": {"user": "nobody"}}"#,
+        ]
+        .map(|s| s.as_bytes().to_vec());
+        let args = ConfigArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        crate::host::fuzz::run("config", &seeds, |bytes| {
+            fs::write(&path, bytes).unwrap();
+            let _ = load(&args);
+        });
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn without_an_endpoint_reports_go_to_stdout_with_the_file_settings() {
         let dir = std::env::temp_dir().join(format!("tern-config-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();

@@ -5,6 +5,8 @@
 
 pub mod durable;
 pub mod files;
+#[cfg(test)]
+pub mod fuzz;
 pub mod links;
 pub mod linkstats;
 pub mod netlink;

@@ -149,6 +149,16 @@ where
 {
     buf.clear();
     let n = socket.recv(buf, flags)?;
+    parse(&mut buf[..n], messages)
+}
+
+/// Parses the messages of one datagram into `messages`; true when it held the end of a
+/// dump. Interface names in it are made UTF-8 in place first.
+pub fn parse<I>(buf: &mut [u8], messages: &mut Vec<I>) -> Result<bool>
+where
+    I: NetlinkDeserializable,
+{
+    let n = buf.len();
     let mut done = false;
     let mut offset = 0;
     while offset < n {
@@ -206,6 +216,30 @@ mod tests {
         message.resize(NETLINK_HEADER_LEN, 0);
         message.extend(body);
         message
+    }
+
+    #[test]
+    fn fuzz_netlink_messages() {
+        use netlink_packet_route::{
+            RouteNetlinkMessage,
+            link::{LinkAttribute, LinkMessage},
+        };
+        use netlink_packet_sock_diag::SockDiagMessage;
+        let mut link = LinkMessage::default();
+        link.header.index = 3;
+        link.attributes = vec![
+            LinkAttribute::IfName("eth0".into()),
+            LinkAttribute::Mtu(1500),
+        ];
+        let mut message = NetlinkMessage::from(RouteNetlinkMessage::NewLink(link));
+        message.finalize();
+        let mut serialized = vec![0; message.buffer_len()];
+        message.serialize(&mut serialized);
+        let seeds = [serialized, link_message(b"bad\xffname", b"alt")];
+        crate::host::fuzz::run("netlink", &seeds, |bytes| {
+            let _ = parse::<RouteNetlinkMessage>(&mut bytes.to_vec(), &mut Vec::new());
+            let _ = parse::<SockDiagMessage>(&mut bytes.to_vec(), &mut Vec::new());
+        });
     }
 
     #[test]

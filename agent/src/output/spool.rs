@@ -167,16 +167,22 @@ fn load(path: &Path, id: u64, max_bytes: u64) -> Result<(Report, u64)> {
     let bytes = files::read(path, max_bytes, Links::Refuse)
         .context("reading it")?
         .bytes;
-    let report: Report = serde_json::from_slice(&bytes).context("it is not a report")?;
-    report
-        .check()
-        .map_err(|why| anyhow::anyhow!("it breaks the document's rules: {why}"))?;
+    let report = parse(&bytes)?;
     anyhow::ensure!(
         id == report.header.report_id,
         "its name says report {id} but it holds report {}",
         report.header.report_id
     );
     Ok((report, bytes.len() as u64))
+}
+
+/// A spool entry's report, if it is one tern could have written.
+pub fn parse(bytes: &[u8]) -> Result<Report> {
+    let report: Report = serde_json::from_slice(bytes).context("it is not a report")?;
+    report
+        .check()
+        .map_err(|why| anyhow::anyhow!("it breaks the document's rules: {why}"))?;
+    Ok(report)
 }
 
 /// Moves a bad entry out of the way for a person to look at; the spool goes on.
@@ -211,6 +217,26 @@ pub mod tests {
                 ..Default::default()
             },
         )
+    }
+
+    #[test]
+    fn fuzz_spool_entries() {
+        let mut full = report(7, 1500);
+        full.metrics.listening_tcp_ports = Some(crate::report::PortList {
+            ports: vec![crate::report::Port {
+                port: 22,
+                interface: Some("eth0".into()),
+            }],
+            total: 1,
+        });
+        full.custom_metrics.insert(
+            "interval_execs".into(),
+            [crate::report::CustomMetric::from(3)],
+        );
+        let seeds = [report(1, 10), full].map(|r| serde_json::to_vec(&r).unwrap());
+        crate::host::fuzz::run("spool", &seeds, |bytes| {
+            let _ = parse(bytes);
+        });
     }
 
     fn temp(tag: &str) -> PathBuf {

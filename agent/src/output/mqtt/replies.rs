@@ -195,6 +195,35 @@ mod tests {
     }
 
     #[test]
+    fn fuzz_broker_replies() {
+        let accepted = serde_json::json!({"thingName": "t", "reportId": 1, "status": "ACCEPTED",
+            "timestamp": 1});
+        let rejected = serde_json::json!({"thingName": "t", "reportId": 2, "status": "REJECTED",
+            "statusDetails": {"ErrorCode": "InvalidPayload", "ErrorMessage": "Malformed"},
+            "timestamp": 1});
+        let mut seeds: Vec<Vec<u8>> = [&accepted, &rejected]
+            .map(|v| serde_json::to_vec(v).unwrap())
+            .to_vec();
+        for value in [&accepted, &rejected] {
+            let mut cbor = Vec::new();
+            ciborium::into_writer(value, &mut cbor).unwrap();
+            seeds.push(cbor);
+        }
+        let counters = Counters::default();
+        crate::host::fuzz::run("replies", &seeds, |bytes| {
+            let mut replies = Replies::default();
+            for id in 1..=3 {
+                replies.awaiting.insert(id, Instant::now());
+            }
+            for format in [Format::Json, Format::Cbor] {
+                for topic in ["t/json/accepted", "t/json/rejected"] {
+                    replies.on_reply(topic, bytes, format, &counters);
+                }
+            }
+        });
+    }
+
+    #[test]
     fn replies_tern_cannot_use_are_logged_at_a_bounded_rate() {
         let mut noise = Noise::default();
         let admitted = (0..1000).filter(|_| noise.admit().is_some()).count();
