@@ -60,8 +60,13 @@ pub const ARMV7: Target = Target {
 pub const TARGETS: [&Target; 3] = [&X86_64, &AARCH64, &ARMV7];
 
 /// Set for dist's builds, with xtask as RUSTC_WRAPPER: the flags (separated by 0x1f) that
-/// xtask adds to every rustc call.
+/// xtask adds to every rustc call. Flags added there, unlike RUSTFLAGS, are not hashed into
+/// cargo's metadata (and so into every symbol): paths of this checkout may be among them.
 pub const WRAPPER_FLAGS: &str = "TERN_DIST_RUSTC_FLAGS";
+/// The target triple of the build, and the flags (0x1f-separated) the wrapper adds to the
+/// rustc calls for it alone: how armv7 links, naming files under this checkout.
+const WRAPPER_TARGET: &str = "TERN_DIST_TARGET";
+const WRAPPER_TARGET_FLAGS: &str = "TERN_DIST_TARGET_FLAGS";
 
 /// Debian's musl for armv7 (crt objects, libc.a); its multiarch folder.
 const ARMHF_MUSL: &str = "musl-dev";
@@ -114,9 +119,9 @@ pub fn run(sign: Option<&Path>, out: Option<&Path>) -> Result<()> {
 /// Builds `package` with the dist profile for `target` (in target/dist-build: its flags
 /// differ from other builds'); the binary's path.
 pub fn build(target: &Target, package: &str) -> Result<PathBuf> {
-    let mut rustflags = Vec::new();
+    let mut target_flags = Vec::new();
     let mut build = if target.build_std {
-        rustflags.extend(armhf_link_flags()?);
+        target_flags.extend(armhf_link_flags()?);
         cmd(
             "rustup",
             &[
@@ -143,10 +148,8 @@ pub fn build(target: &Target, package: &str) -> Result<PathBuf> {
     let variable = target.triple.to_uppercase().replace('-', "_");
     build
         .env(format!("CARGO_TARGET_{variable}_LINKER"), target.gcc)
-        .env(
-            format!("CARGO_TARGET_{variable}_RUSTFLAGS"),
-            rustflags.join(" "),
-        )
+        .env(WRAPPER_TARGET, target.triple)
+        .env(WRAPPER_TARGET_FLAGS, target_flags.join("\x1f"))
         .env(
             format!("CC_{}", target.triple.replace('-', "_")),
             target.gcc,
@@ -171,18 +174,26 @@ fn dist_build_dir() -> PathBuf {
 /// xtask as cargo's rustc wrapper: runs the rustc it is given with its arguments and
 /// `flags`, and exits as it did.
 pub fn wrap_rustc(flags: &OsStr) -> Result<()> {
-    let mut args = env::args_os().skip(1);
-    let rustc = args
-        .next()
-        .context("the rustc wrapper was given no rustc")?;
-    let mut rustc = Command::new(rustc);
-    rustc.args(args);
-    rustc.args(
+    let split = |flags: &OsStr| -> Vec<String> {
         flags
             .to_string_lossy()
             .split('\x1f')
-            .filter(|f| !f.is_empty()),
-    );
+            .filter(|f| !f.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut args: Vec<std::ffi::OsString> = env::args_os().skip(1).collect();
+    ensure!(!args.is_empty(), "the rustc wrapper was given no rustc");
+    let rustc = args.remove(0);
+    let for_target = env::var_os(WRAPPER_TARGET).is_some_and(|triple| {
+        args.windows(2)
+            .any(|pair| pair[0] == "--target" && pair[1] == triple)
+    });
+    let mut rustc = Command::new(rustc);
+    rustc.args(&args).args(split(flags));
+    if for_target && let Some(target_flags) = env::var_os(WRAPPER_TARGET_FLAGS) {
+        rustc.args(split(&target_flags));
+    }
     let status = rustc.status().context("running rustc")?;
     std::process::exit(status.code().unwrap_or(1));
 }
