@@ -130,13 +130,7 @@ pub fn check_private_key(path: &Path, problems: &mut Vec<Problem>) -> Option<Vec
     let (file, meta) = match files::open(path, Links::Follow) {
         Ok(opened) => opened,
         Err(e) => {
-            problem(
-                problems,
-                format!(
-                    "key {}: cannot read it ({e}); set key to the device private key",
-                    path.display()
-                ),
-            );
+            unreadable(path, &e, problems);
             return None;
         }
     };
@@ -154,20 +148,23 @@ pub fn check_private_key(path: &Path, problems: &mut Vec<Problem>) -> Option<Vec
         );
         return None;
     }
-    drop(file);
-    match files::read(path, KEY_MAX, Links::Follow) {
+    match files::read_opened(file, meta, KEY_MAX) {
         Ok(read) => Some(read.bytes),
         Err(e) => {
-            problem(
-                problems,
-                format!(
-                    "key {}: cannot read it ({e}); set key to the device private key",
-                    path.display()
-                ),
-            );
+            unreadable(path, &e, problems);
             None
         }
     }
+}
+
+fn unreadable(path: &Path, e: &std::io::Error, problems: &mut Vec<Problem>) {
+    problem(
+        problems,
+        format!(
+            "key {}: cannot read it ({e}); set key to the device private key",
+            path.display()
+        ),
+    );
 }
 
 pub fn load_key(path: &Path, problems: &mut Vec<Problem>) -> Option<PrivateKeyDer<'static>> {

@@ -56,6 +56,11 @@ pub fn open(path: &Path, links: Links) -> io::Result<(File, Metadata)> {
 /// Reads the regular file `path` whole, refusing one of more than `max` bytes.
 pub fn read(path: &Path, max: u64, links: Links) -> io::Result<Contents> {
     let (file, meta) = open(path, links)?;
+    read_opened(file, meta, max)
+}
+
+/// Reads a file [`open`] gave whole, refusing one of more than `max` bytes.
+pub fn read_opened(file: File, meta: Metadata, max: u64) -> io::Result<Contents> {
     if meta.len() > max {
         return Err(too_large(meta.len(), max));
     }
