@@ -160,6 +160,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     process::drop_to(&account, &process::main_process_keeps())?;
     // As the account: the state directory is its own, and closed to root without
     // CAP_DAC_OVERRIDE, which tern's unit does not grant.
+    state_dir::settle(&settings.state_dir, &account)?;
     let mut ids = ReportIds::open(&settings.state_dir)?;
     let mut output = Output::open(&settings, broker)?;
     match programs.as_ref().filter(|p| p.count_traffic()) {

@@ -2,8 +2,9 @@
 //! to everyone else (0700), so no other user reads or plants what tern keeps there. Made
 //! ready before the privilege drop, after config's checks (never a link, a system directory
 //! or a directory someone else prepared): created and given to the account if need be, its
-//! mode and its spool's reset. What is inside is read and written only after the drop, as
-//! the account.
+//! mode reset. What is inside is looked at only after the drop, as the account (root
+//! without CAP_DAC_READ_SEARCH, as tern's unit runs it, cannot): checked again, its spool
+//! made private.
 
 use std::{
     fs,
@@ -32,7 +33,16 @@ pub fn prepare(dir: &Path, account: &Account) -> Result<()> {
             .create(dir)
             .with_context(|| format!("creating state directory {}", dir.display()))?;
     }
-    make_private(dir, account, "state directory")?;
+    make_private(dir, account, "state directory")
+}
+
+/// After the drop, as the account: the contents checked again, and the spool, if there is
+/// one, a real directory of the account's, made private.
+pub fn settle(dir: &Path, account: &Account) -> Result<()> {
+    let problems = state_dir::problems(dir, Some(&[0, account.uid]));
+    if !problems.is_empty() {
+        bail!("{}", problems.join("; "));
+    }
     let spool = dir.join(state_dir::SPOOL);
     match fs::symlink_metadata(&spool) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -42,9 +52,9 @@ pub fn prepare(dir: &Path, account: &Account) -> Result<()> {
              creates the spool itself",
             spool.display()
         ),
-        Ok(meta) if !owners.contains(&meta.uid()) => bail!(
-            "{} belongs to uid {}, neither root nor {}: someone else made it; remove it, \
-             tern creates the spool itself",
+        Ok(meta) if meta.uid() != account.uid => bail!(
+            "{} belongs to uid {}, not {}: someone else made it; remove it, tern creates the \
+             spool itself",
             spool.display(),
             meta.uid(),
             account.name
