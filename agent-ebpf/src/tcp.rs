@@ -1,3 +1,5 @@
+// Over 400 lines: the tracepoint and the sock_ops program feed the same socket maps and
+// interval sets through the same helpers; split, each half would need the other's.
 //! TCP: the listeners and connections that exist now, and what listened, connected or was
 //! contacted during the current interval. Counterpart of the loader's `collect::sockets`.
 //!

@@ -1,3 +1,5 @@
+// Over 400 lines: building, packaging, signing and checking the artifacts share the
+// targets, the version, the commit's time and the rustc wrapper; the check is their test.
 //! `cargo xtask dist`: tern's release artifacts, built on this x86_64 machine for every edge
 //! CPU tern supports: one static binary per target (musl, no run-time library, the eBPF
 //! object inside, stripped), a .deb per architecture that installs it and starts nothing,

@@ -1,3 +1,5 @@
+// Over 400 lines: one reader of this kernel's layout (tracepoint formats, BTF members,
+// the pointer size); most of the length is its tests on real formats and this kernel's BTF.
 //! Where this kernel keeps what tern's programs read: the fields of the tracepoint
 //! `sock:inet_sock_set_state` (from its format file) and the namespace of a `struct sock`
 //! (from the kernel's BTF, else from the layout of `struct sock_common`, which every kernel

@@ -1,3 +1,5 @@
+// Over 400 lines: loading and attaching share the one `Ebpf` handle and its outcomes
+// (`Attached`), which the capability ladder reads as a whole.
 //! Kernel programs: loads tern's eBPF object (`object`), attaches the traffic counters to
 //! TC ingress and egress of every interface tern counts (following interfaces as they come
 //! and go), the TCP state tracepoint (else the TCP sock_ops program), the signals'

@@ -1,3 +1,5 @@
+// Over 400 lines: the document's types, their folding and their rules in one place, so a
+// field and the rule that checks it cannot drift apart.
 //! The report model: a Device Defender metrics report with the document's long field names.
 //! Builds, merges and checks reports; `encode` turns one into bytes. Knows nothing of where
 //! the numbers come from or where the bytes go.

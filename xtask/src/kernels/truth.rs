@@ -1,3 +1,5 @@
+// Over 400 lines: every comparison of the guest's sections with tern's reports reads the
+// same parsed sections; custom metrics have their own file (custom.rs).
 //! The guest's ground truth (ss, ip -s link, /proc/net/snmp, tc) against tern's reports,
 //! and the TC state tern leaves behind on kernels where it attaches netlink filters.
 
