@@ -78,7 +78,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         (_, broker) => broker.as_ref(),
     };
     stop::install()?;
-    let account = Account::resolve(settings.user.as_deref())?;
+    let account = Account::resolve(settings.user.as_deref(), settings.shared_user)?;
     process::check_start_capabilities()?;
     state_dir::prepare(&settings.state_dir, &account)?;
     let loaded = preflight::check().and_then(|()| {
@@ -158,6 +158,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     let notifier = Notifier::from_env()?;
     process::drop_to(&account, &process::main_process_keeps())?;
+    // Before any thread starts, so that every one inherits it.
+    if let Err(err) = process::confine_main() {
+        warn!(
+            "degraded: {err:#}; the main process runs without its system-call filter, \
+             so a flaw in its network parsing would reach every system call"
+        );
+    }
     // As the account: the state directory is its own, and closed to root without
     // CAP_DAC_OVERRIDE, which tern's unit does not grant.
     state_dir::settle(&settings.state_dir, &account)?;
@@ -214,9 +221,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
     };
     loop {
         if link_child_pid.is_some_and(|pid| !link_child::alive(pid)) {
-            error!("the link child exited; interfaces added from now on are not counted");
+            error!(
+                "the link child exited; interfaces added from now on are not counted until \
+                 tern restarts"
+            );
             if let Some(programs) = programs.as_mut() {
-                programs.set_new_interfaces(NewInterfaces::Ignore);
+                programs.set_new_interfaces(NewInterfaces::Lost);
             }
             link_child_pid = None;
         }

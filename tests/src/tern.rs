@@ -175,10 +175,17 @@ impl Tern {
             Launch::DenyPerfEvents => deny_perf_events(&mut command),
             Launch::Nsenter | Launch::IpNetnsExec | Launch::HideBtf => {}
         }
+        // This machine has no account of tern's own: tests run it as nobody, which they
+        // accept as shared, unless a test names its user.
+        let user: &[&str] = match args.contains(&"--user") {
+            true => &[],
+            false => &["--user", "nobody", "--shared-user"],
+        };
         let mut child = command
             .arg(tern_bin())
             .args(["run", "--state-dir"])
             .arg(&state_dir)
+            .args(user)
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())

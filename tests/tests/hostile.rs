@@ -85,6 +85,9 @@ fn refused(dir: &Path, why: &str, checked: bool) {
         "1",
         "--interval",
         "1",
+        "--user",
+        "nobody",
+        "--shared-user",
         "--state-dir",
         dir,
     ];

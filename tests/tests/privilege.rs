@@ -34,15 +34,21 @@ fn packets_in(reports: &[serde_json::Value]) -> u64 {
 /// The one link child of `tern` once it has dropped its privileges, waiting briefly for
 /// the fork and the drop.
 fn link_child(tern: &Tern) -> u32 {
+    only_child(tern.pid())
+}
+
+/// The one child of `parent` once it has dropped its privileges and installed its filters:
+/// of the main process, the link child (its supervisor); of that, the link worker.
+fn only_child(parent: u32) -> u32 {
     wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
-        let children = children_of(tern.pid());
+        let children = children_of(parent);
         match children[..] {
             [child] if proc_status(child)["NoNewPrivs"] == "1" => Ok(child),
             _ => Err(children),
         }
     })
     .unwrap_or_else(|children| {
-        panic!("tern has children {children:?}, expected exactly one link child")
+        panic!("process {parent} has children {children:?}, expected exactly one")
     })
 }
 
@@ -99,14 +105,207 @@ fn the_link_child_holds_only_what_attaching_needs() {
     let pair = Pair::new();
     let tern = Tern::start(&pair.a, INTERVAL);
     let child = link_child(&tern);
+    let worker = only_child(child);
+    // The worker's filter stacks on the supervisor's.
+    for (pid, filters) in [(tern.pid(), "1"), (child, "1"), (worker, "2")] {
+        let status = proc_status(pid);
+        assert_eq!(status["Seccomp"], "2", "no seccomp filter: {status:?}");
+        assert_eq!(status["Seccomp_filters"], filters, "{status:?}");
+    }
     assert_credentials(child, link_child_caps());
-    let status = proc_status(child);
-    assert_eq!(status["Seccomp"], "2", "no seccomp filter: {status:?}");
-    assert_eq!(status["Seccomp_filters"], "1", "{status:?}");
-    assert_eq!(proc_status(tern.pid())["Seccomp"], "0");
+    assert_credentials(worker, link_child_caps());
     assert!(
-        children_of(child).is_empty(),
-        "the link child started processes"
+        children_of(worker).is_empty(),
+        "the link worker started processes"
+    );
+}
+
+/// Processes that run as the test's account until dropped: `sleep` under setpriv.
+struct RunningAs(std::process::Child);
+
+impl RunningAs {
+    fn new(user: &str) -> Self {
+        let child = std::process::Command::new("setpriv")
+            .args([
+                &format!("--reuid={user}"),
+                &format!("--regid={user}"),
+                "--clear-groups",
+                "sleep",
+                "60",
+            ])
+            .spawn()
+            .expect("setpriv");
+        Self(child)
+    }
+}
+
+impl Drop for RunningAs {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_user_other_processes_share_is_refused_unless_accepted() {
+    let pair = Pair::new();
+    // nobody: every daemon's fallback.
+    let refused = Tern::spawn(&pair.a, &["--interval", "1", "--user", "nobody"]);
+    let stopped = refused.wait_exit(Duration::from_secs(10));
+    assert_eq!(stopped.code, Some(1), "{:?}", stopped.log);
+    assert!(
+        stopped
+            .log
+            .iter()
+            .any(|l| l.contains("\"nobody\" is shared")
+                && l.contains("fallback")
+                && l.contains("--shared-user")),
+        "{:?}",
+        stopped.log
+    );
+    assert!(!stopped.log.iter().any(|l| l.contains("attached")));
+    // An account another process already runs as: named by that process's pid (this
+    // test's, or one the machine already ran as daemon).
+    let other = RunningAs::new("daemon");
+    let daemon = id_of("-u", "daemon");
+    let runs_as_daemon = |pid: u32| {
+        let status = proc_status(pid);
+        status
+            .get("Uid")
+            .is_some_and(|uids| uids.split('\t').any(|u| *u == daemon))
+    };
+    wait_until(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || match runs_as_daemon(other.0.id()) {
+            true => Ok(()),
+            false => Err(()),
+        },
+    )
+    .expect("setpriv did not switch to daemon");
+    let named = |log: &[String]| -> Option<u32> {
+        let line = log.iter().find(|l| l.contains(" runs as it"))?;
+        let after = line.split("process ").nth(1)?;
+        after.split(' ').next()?.parse().ok()
+    };
+    let refused = Tern::spawn(&pair.a, &["--interval", "1", "--user", "daemon"]);
+    let stopped = refused.wait_exit(Duration::from_secs(10));
+    assert_eq!(stopped.code, Some(1), "{:?}", stopped.log);
+    let pid = named(&stopped.log).unwrap_or_else(|| panic!("no process named: {:?}", stopped.log));
+    assert!(runs_as_daemon(pid), "process {pid} does not run as daemon");
+    // Accepted: it runs, and says what that costs.
+    let accepted = Tern::spawn(
+        &pair.a,
+        &["--interval", "1", "--user", "daemon", "--shared-user"],
+    );
+    let warning = accepted.wait_log("which is shared", Duration::from_secs(10));
+    assert!(warning.contains(" runs as it"), "{warning}");
+    accepted.next_report(Duration::from_secs(10));
+    let stopped = accepted.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+}
+
+#[test]
+fn without_an_account_of_its_own_tern_says_how_to_make_one() {
+    let dir = TempDir::new("lone");
+    // Named like no account of this machine: its default account does not exist.
+    let name = format!("tern{}x", std::process::id());
+    assert!(
+        !std::process::Command::new("id")
+            .arg(&name)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let lone = dir.path.join(&name);
+    std::fs::copy(tern_tests::tern_bin(), &lone).unwrap();
+    let out = std::process::Command::new(&lone)
+        .args([
+            "run",
+            "--output",
+            "stdout",
+            "--count",
+            "1",
+            "--interval",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    for needle in [
+        format!("no user \"{name}\""),
+        format!("`{name} install`"),
+        "useradd --system".to_owned(),
+        "--user".to_owned(),
+    ] {
+        assert!(stderr.contains(&needle), "{needle}: {stderr}");
+    }
+}
+
+#[test]
+fn a_killed_link_worker_is_started_again_and_a_killed_link_child_is_said() {
+    let pair = Pair::new();
+    let tern = Tern::start(&pair.a, INTERVAL);
+    let child = link_child(&tern);
+    let worker = only_child(child);
+    // SAFETY: SIGKILL to a process of the tern this test started.
+    unsafe { libc::kill(worker as i32, libc::SIGKILL) };
+    tern.wait_log(
+        "worker was killed by signal 9; starting it again",
+        Duration::from_secs(5),
+    );
+    let again = only_child(child);
+    assert_ne!(again, worker);
+    assert_eq!(proc_status(again)["Seccomp_filters"], "2");
+    // What appears now is attached by the new worker, and counted.
+    sh(
+        "ip",
+        &[
+            "-n",
+            &pair.a.name,
+            "link",
+            "add",
+            "tr",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "ts",
+        ],
+    );
+    tern.wait_log("counting traffic on tr", Duration::from_secs(10));
+    // The link child itself: tern says new interfaces go uncounted, and why.
+    // SAFETY: as above.
+    unsafe { libc::kill(child as i32, libc::SIGKILL) };
+    tern.wait_log("the link child exited", Duration::from_secs(5));
+    sh(
+        "ip",
+        &[
+            "-n",
+            &pair.a.name,
+            "link",
+            "add",
+            "tu",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "tv",
+        ],
+    );
+    let line = tern.wait_log("tu is not counted", Duration::from_secs(5));
+    assert!(line.contains("the link child is gone"), "{line}");
+    tern.next_report(Duration::from_secs(5));
+    let stopped = tern.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+    // Gone, or a zombie left to whoever adopted it.
+    let state = std::fs::read_to_string(format!("/proc/{again}/stat")).unwrap_or_default();
+    assert!(
+        state.is_empty() || state.contains(") Z "),
+        "the link worker outlived the link child: {state}"
     );
 }
 
@@ -157,8 +356,9 @@ fn tern_listens_on_no_socket_of_any_kind() {
     let pair = Pair::new();
     let tern = Tern::start(&pair.a, INTERVAL);
     let child = link_child(&tern);
+    let worker = only_child(child);
     tern.next_report(Duration::from_secs(5));
-    let pids = [tern.pid(), child];
+    let pids = [tern.pid(), child, worker];
     // Every family ss knows, listening sockets only, with their processes.
     let listening = pair.a.exec(&["ss", "-l", "-n", "-p", "-A", "all"]);
     let root_listening = sh("ss", &["-l", "-n", "-p", "-A", "all"]);
@@ -359,6 +559,7 @@ fn run_bounded(pair: &Pair, bounding: &str) -> std::process::Output {
             "1",
             "--user",
             "nobody",
+            "--shared-user",
             "--state-dir",
         ])
         .arg(&state.path)
@@ -389,7 +590,9 @@ fn a_missing_capability_is_named_before_anything_is_attached() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(out.stdout.is_empty());
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    // One error, after the warning that nobody is shared.
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
     assert!(
         stderr.contains("CAP_NET_ADMIN") && stderr.contains("nothing was attached"),
         "{stderr}"

@@ -180,15 +180,19 @@ fn run(interval: u64, args: &[String]) -> Result<()> {
     let tern = build_agent()?;
     require_root("tern")?;
     let mut command = Command::new(tern);
-    command
-        .args([
-            "run",
-            "--output",
-            "stdout",
-            "--interval",
-            &interval.to_string(),
-        ])
-        .args(args);
+    command.args([
+        "run",
+        "--output",
+        "stdout",
+        "--interval",
+        &interval.to_string(),
+    ]);
+    // A development machine has no account of tern's own (`tern install` creates one):
+    // nobody, accepted as shared, unless the arguments name a user.
+    if !args.iter().any(|a| a == "--user") {
+        command.args(["--user", "nobody", "--shared-user"]);
+    }
+    command.args(args);
     // tern stops on Ctrl-C itself; the same SIGINT reaches this process, which just waits.
     status(command)
 }

@@ -62,7 +62,11 @@ pub struct ConfigArgs {
     #[arg(long = "metric", value_name = "NAME=TYPE:PATH")]
     pub metrics: Vec<FileMetric>,
     /// Unprivileged user to run as once the programs are attached (default: the user
-    /// `install` created, named like this binary, or nobody).
+    /// `install` created, named like this binary).
     #[arg(long)]
     pub user: Option<String>,
+    /// Run as a user that other processes share (nobody, or one a process runs as at
+    /// start): any of them could then signal tern's processes and write its state.
+    #[arg(long)]
+    pub shared_user: bool,
 }

@@ -50,6 +50,7 @@ pub struct TernSection {
     pub packet_limit: Option<u64>,
     pub system_roots: Option<bool>,
     pub user: Option<String>,
+    pub shared_user: Option<bool>,
     pub custom_metrics: Option<SelectionSpec>,
     pub metrics: Option<Vec<MetricSpec>>,
 }

@@ -46,6 +46,8 @@ pub struct Settings {
     pub custom_metrics: Selection,
     pub metrics: Vec<FileMetric>,
     pub user: Option<String>,
+    /// Whether a user other processes share is accepted (`--shared-user`).
+    pub shared_user: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -257,6 +259,7 @@ fn resolve(args: &ConfigArgs, problems: &mut Vec<Problem>) -> Option<Settings> {
         custom_metrics,
         metrics,
         user: args.user.clone().or(tern.user),
+        shared_user: args.shared_user || tern.shared_user.unwrap_or(false),
     })
 }
 

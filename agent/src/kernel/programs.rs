@@ -100,6 +100,8 @@ pub enum NewInterfaces {
     LinkChild,
     /// Nobody: started with --static-interfaces.
     Ignore,
+    /// Nobody: the link child is gone.
+    Lost,
 }
 
 struct Attachment {
@@ -296,13 +298,13 @@ impl Programs {
                             },
                         );
                     }
-                    NewInterfaces::Ignore => {
+                    NewInterfaces::Ignore | NewInterfaces::Lost => {
                         if self.ignored.insert(interface.index) {
-                            info!(
-                                "new interface {} is not counted: started with \
-                                 --static-interfaces",
-                                interface.name
-                            );
+                            let why = match self.new_interfaces {
+                                NewInterfaces::Lost => "the link child is gone",
+                                _ => "started with --static-interfaces",
+                            };
+                            info!("new interface {} is not counted: {why}", interface.name);
                         }
                     }
                 }

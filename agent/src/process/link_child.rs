@@ -2,16 +2,21 @@
 //! tern's programs to interfaces that appear later. On kernels without TCX attaching needs
 //! CAP_NET_ADMIN, which the main process (the one that talks to the network) must not keep.
 //!
-//! The child runs as the agent user with no_new_privs, keeps only what [`child_keeps`] names,
-//! under a seccomp filter that allows only the system calls it makes and no network socket;
-//! it reads nothing but the kernel's rtnetlink link messages, opens no file, and
-//! ends with the main process: asked by it ([`stop`]), or on its death (PR_SET_PDEATHSIG,
-//! `kill -9` included). Before it goes it detaches everything tern attached, before the fork
-//! and since, and removes the clsact qdiscs tern added: on kernels without TCX, netlink
-//! filters outlive their process, and the child is the one that keeps CAP_NET_ADMIN.
+//! The child runs as the agent user with no_new_privs and keeps only what [`child_keeps`]
+//! names. It is two processes: a supervisor, which only forks the worker and starts it again
+//! should it die (a crash, a kill), and the worker, which follows the links. Each runs under
+//! a seccomp filter that allows only the system calls it makes and no network socket (the
+//! worker's stacked on the supervisor's, without fork); the worker reads nothing but the
+//! kernel's rtnetlink link messages, and neither opens a file. Both end with the main
+//! process: asked by it ([`stop`]), or on its death (PR_SET_PDEATHSIG, `kill -9` included).
+//! Before the worker goes it detaches everything tern attached, before the fork and since,
+//! and removes the clsact qdiscs tern added: on kernels without TCX, netlink filters outlive
+//! their process, and the child is the one that keeps CAP_NET_ADMIN. A worker started again
+//! reads the link list afresh: it attaches what appeared since (the filters a killed one
+//! left are replaced, not doubled) and forgets what went.
 
 use std::{
-    thread,
+    collections::HashSet,
     time::{Duration, Instant},
 };
 
@@ -21,15 +26,21 @@ use log::{error, info};
 
 use super::{Account, seccomp, stop};
 use crate::{
-    host::links::LinkWatch,
+    host::links::{LinkEvent, LinkWatch},
     kernel::programs::{NewInterfaces, Programs},
 };
 
 /// The longest a stop request can wait to be seen, when it arrives while the child is
 /// applying link changes.
 const STOP_CHECK: Duration = Duration::from_secs(1);
-/// How long the main process waits for the child to release the interfaces.
+/// How long the main process waits for the child to release the interfaces (the
+/// supervisor as long for the worker).
 const RELEASE_LIMIT: Duration = Duration::from_secs(5);
+/// The pause before a worker that died is started again, doubled while workers die within
+/// [`STEADY`] of their start, up to [`LONGEST_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_secs(1);
+const STEADY: Duration = Duration::from_secs(60);
+const LONGEST_PAUSE: Duration = Duration::from_secs(64);
 
 /// What the child keeps: see [`super::START`] (attaching to new interfaces).
 pub fn child_keeps() -> CapsHashSet {
@@ -60,27 +71,20 @@ pub fn fork() -> Result<Fork> {
     })
 }
 
-/// The child's life: drop to `account` keeping [`child_keeps`], then attach to every new
-/// interface `watch` announces. `parent` is the main process's pid.
-pub fn serve(mut programs: Programs, mut watch: LinkWatch, account: &Account, parent: u32) -> ! {
+/// The child's life: drop to `account` keeping [`child_keeps`], then keep a worker
+/// attaching every new interface `watch` announces. `parent` is the main process's pid.
+pub fn serve(programs: Programs, watch: LinkWatch, account: &Account, parent: u32) -> ! {
     let keep = child_keeps();
     if let Err(err) = super::drop_to(account, &keep) {
         error!("link child: {err:#}; interfaces added from now on are not counted");
         std::process::exit(1);
     }
-    // After the drop: a credential change clears the parent-death signal. SIGTERM, so that
-    // the child removes its netlink filters (older kernels) before it goes.
-    // SAFETY: prctl with integer arguments only.
-    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) };
-    // The parent may have died before the line above took effect.
-    if rc != 0 || std::os::unix::process::parent_id() != parent {
-        std::process::exit(1);
-    }
-    if let Err(err) = seccomp::confine() {
+    // After the drop: a credential change clears the parent-death signal.
+    die_with(parent);
+    if let Err(err) = seccomp::confine(seccomp::Confined::LinkSupervisor) {
         error!("link child: {err:#}; interfaces added from now on are not counted");
         std::process::exit(1);
     }
-    programs.set_new_interfaces(NewInterfaces::Attach);
     info!(
         "link child ready, holding {}",
         match keep.is_empty() {
@@ -88,19 +92,133 @@ pub fn serve(mut programs: Programs, mut watch: LinkWatch, account: &Account, pa
             false => names(&keep),
         }
     );
+    let supervisor = std::process::id();
+    let mut pause: Option<Duration> = None;
+    let mut resync = false;
     loop {
-        if stop::stop_requested() || std::os::unix::process::parent_id() != parent {
+        let started = Instant::now();
+        match fork() {
+            Ok(Fork::Child) => work(programs, watch, supervisor, resync),
+            Ok(Fork::Parent(worker)) => {
+                let how = supervise(worker, parent);
+                // A worker that ran a while earns a quick start; one that dies at once waits
+                // longer each time, so a crash loop costs little.
+                let next = match pause {
+                    Some(last) if started.elapsed() < STEADY => (last * 2).min(LONGEST_PAUSE),
+                    _ => FIRST_PAUSE,
+                };
+                pause = Some(next);
+                error!(
+                    "the link child's worker {how}; starting it again in {} s",
+                    next.as_secs()
+                );
+            }
+            Err(err) => {
+                error!("link child: {err:#}; interfaces added from now on are not counted");
+                std::process::exit(1);
+            }
+        }
+        if !sleep_unless_stopped(pause.unwrap_or(FIRST_PAUSE), parent) {
+            std::process::exit(0);
+        }
+        resync = true;
+    }
+}
+
+/// The worker: attaches to every new interface `watch` announces, until asked to stop or
+/// `supervisor` is gone. `resync`: a worker started again, which reads the link list first.
+fn work(mut programs: Programs, mut watch: LinkWatch, supervisor: u32, resync: bool) -> ! {
+    die_with(supervisor);
+    if let Err(err) = seccomp::confine(seccomp::Confined::LinkWorker) {
+        error!("link child: {err:#}; interfaces added from now on are not counted");
+        std::process::exit(1);
+    }
+    programs.set_new_interfaces(NewInterfaces::Attach);
+    if resync {
+        match watch.dump() {
+            Ok(events) => {
+                let present: HashSet<u32> = events
+                    .iter()
+                    .filter_map(|event| match event {
+                        LinkEvent::Present(interface) => Some(interface.index),
+                        LinkEvent::Removed(_) => None,
+                    })
+                    .collect();
+                let went: Vec<u32> = programs
+                    .counted()
+                    .filter(|index| !present.contains(index))
+                    .collect();
+                went.into_iter()
+                    .for_each(|index| programs.apply(LinkEvent::Removed(index)));
+                events.into_iter().for_each(|e| programs.apply(e));
+            }
+            Err(err) => error!("link child: reading the links again: {err:#}"),
+        }
+    }
+    loop {
+        if stop::stop_requested() || std::os::unix::process::parent_id() != supervisor {
             // Dropping the programs releases every interface; exit() would skip it.
             drop(programs);
             std::process::exit(0);
         }
         // A stop that lands between the check above and the poll does not interrupt it: the
-        // bound makes the child see it within that time.
+        // bound makes the worker see it within that time.
         watch.wait(Some(STOP_CHECK));
         match watch.changes() {
             Ok(events) => events.into_iter().for_each(|e| programs.apply(e)),
             Err(err) => error!("link child: reading link changes: {err:#}"),
         }
+    }
+}
+
+/// Waits for `worker` to end and says how it did. Exits the supervisor, once the worker has
+/// released the interfaces, when a stop is asked for or the main process (`parent`) is gone,
+/// and when the worker ended on its own (it does only then).
+fn supervise(worker: libc::pid_t, parent: u32) -> String {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        if unsafe { libc::waitpid(worker, &mut status, libc::WNOHANG) } == worker {
+            if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                std::process::exit(0);
+            }
+            return match libc::WIFSIGNALED(status) {
+                true => format!("was killed by signal {}", libc::WTERMSIG(status)),
+                false => format!("exited with status {}", libc::WEXITSTATUS(status)),
+            };
+        }
+        if !sleep_unless_stopped(STOP_CHECK, parent) {
+            stop(worker);
+            std::process::exit(0);
+        }
+    }
+}
+
+/// Sleeps `time`; false, at once, when a stop is asked for or `parent` is gone.
+fn sleep_unless_stopped(time: Duration, parent: u32) -> bool {
+    let deadline = Instant::now() + time;
+    loop {
+        if stop::stop_requested() || std::os::unix::process::parent_id() != parent {
+            return false;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        let millis = libc::c_int::try_from(left.min(STOP_CHECK).as_millis()).unwrap_or(1000);
+        // SAFETY: poll on no descriptor is a sleep, cut short by a signal (a stop request).
+        unsafe { libc::poll(std::ptr::null_mut(), 0, millis) };
+    }
+}
+
+/// Asks the kernel for SIGTERM when `parent` dies, so that the worker removes its netlink
+/// filters (older kernels) before it goes; exits at once if `parent` is gone already.
+fn die_with(parent: u32) {
+    // SAFETY: prctl with integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) };
+    // The parent may have died before the line above took effect.
+    if rc != 0 || std::os::unix::process::parent_id() != parent {
+        std::process::exit(1);
     }
 }
 
@@ -132,6 +250,8 @@ pub fn stop(pid: libc::pid_t) {
             );
             return;
         }
-        thread::sleep(Duration::from_millis(10));
+        // SAFETY: poll on no descriptor is a sleep (the one the filters of both link
+        // processes allow).
+        unsafe { libc::poll(std::ptr::null_mut(), 0, 10) };
     }
 }

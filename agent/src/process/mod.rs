@@ -25,17 +25,23 @@ mod seccomp;
 pub mod state_dir;
 pub mod stop;
 
-use std::ffi::{CStr, CString};
+use std::{
+    ffi::{CStr, CString},
+    fs,
+};
 
 use anyhow::{Context, Result, bail, ensure};
 use aya::util::KernelVersion;
 use caps::{CapSet, Capability, CapsHashSet};
 pub use drop::drop_to;
+use log::warn;
 
 use crate::{config, kernel::programs};
 
-/// The account used when the default one (named after the installed binary) does not exist.
-const FALLBACK_USER: &str = "nobody";
+/// The kernel's overflow uid: who an unmapped user is, and `nobody` on every distribution.
+const OVERFLOW_UID: &str = "/proc/sys/kernel/overflowuid";
+/// At most this many processes are looked at for one already running as the account.
+const PROCESSES_LOOKED_AT: usize = 1_000_000;
 
 /// The unprivileged account tern switches to.
 #[derive(Clone, Debug)]
@@ -46,28 +52,64 @@ pub struct Account {
 }
 
 impl Account {
-    /// `requested` must exist. Without it, the account `tern install` created (named like the
-    /// installed binary), or `nobody` where there is none.
-    pub fn resolve(requested: Option<&str>) -> Result<Self> {
-        if let Some(name) = requested {
-            return Self::lookup(name)?.with_context(|| {
+    /// `requested`, else the account `tern install` created (named like the installed
+    /// binary); it must exist. One that other processes share is refused unless
+    /// `shared_ok`: they could signal tern's processes and write its state directory.
+    pub fn resolve(requested: Option<&str>, shared_ok: bool) -> Result<Self> {
+        let account = match requested {
+            Some(name) => Self::lookup(name)?.with_context(|| {
                 format!(
                     "user {name:?} (--user) does not exist: create it \
                      (useradd --system {name}) or name another"
                 )
-            });
-        }
-        if let Some(account) = Self::lookup(&config::program_name())? {
-            return Ok(account);
-        }
-        Self::lookup(FALLBACK_USER)?.with_context(|| {
-            format!(
-                "neither {:?} nor {FALLBACK_USER:?} exists: pass --user",
+            })?,
+            None => {
+                let name = config::program_name();
+                Self::lookup(&name)?.with_context(|| {
+                    format!(
+                        "no user {name:?} to run as: `{name} install` creates it with the \
+                         service; or create it (useradd --system --no-create-home \
+                         --shell /usr/sbin/nologin {name}), or name one with --user"
+                    )
+                })?
+            }
+        };
+        match (account.shared_by(), shared_ok) {
+            (None, _) => {}
+            (Some(why), true) => warn!(
+                "running as {}, which is shared ({why}): processes running as it can signal \
+                 tern's processes and write its state directory (--shared-user)",
+                account.name
+            ),
+            (Some(why), false) => bail!(
+                "user {:?} is shared: {why}; any process running as it could signal tern's \
+                 processes or write its state directory. Give tern a user of its own \
+                 (`{} install` creates one), or accept this with --shared-user",
+                account.name,
                 config::program_name()
-            )
-        })
+            ),
+        }
+        Ok(account)
     }
 
+    /// Why other processes share this account, if they do.
+    fn shared_by(&self) -> Option<String> {
+        let overflow = fs::read_to_string(OVERFLOW_UID)
+            .ok()
+            .and_then(|text| text.trim().parse::<libc::uid_t>().ok());
+        if self.name == "nobody" || overflow == Some(self.uid) {
+            return Some("it is the fallback account of the kernel and of other daemons".into());
+        }
+        let me = std::process::id();
+        let entries = fs::read_dir("/proc").ok()?;
+        entries
+            .flatten()
+            .take(PROCESSES_LOOKED_AT)
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| *pid != me)
+            .find(|pid| runs_as(*pid, self.uid))
+            .map(|pid| format!("process {pid} runs as it"))
+    }
     fn lookup(name: &str) -> Result<Option<Self>> {
         let c_name = CString::new(name).context("a user name cannot contain a NUL byte")?;
         // SAFETY: passwd is plain data (integers and pointers); all zeros is a valid value.
@@ -107,6 +149,18 @@ impl Account {
             gid: entry.pw_gid,
         }))
     }
+}
+
+/// Whether process `pid` has `uid` as its real, effective, saved or filesystem uid.
+fn runs_as(pid: u32, uid: libc::uid_t) -> bool {
+    // procfs: a process's own status, at most a few kilobytes.
+    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .is_some_and(|uids| uids.split_whitespace().any(|u| u.parse() == Ok(uid)))
 }
 
 /// One capability tern starts with, and which process keeps it after the drop.
@@ -189,6 +243,12 @@ pub fn check_start_capabilities() -> Result<()> {
     Ok(())
 }
 
+/// Installs the main process's seccomp filter (see `seccomp`); after the drop, before any
+/// thread starts.
+pub fn confine_main() -> Result<()> {
+    seccomp::confine(seccomp::Confined::Main)
+}
+
 /// Capabilities the main process keeps after the drop.
 pub fn main_process_keeps() -> CapsHashSet {
     kept(|grant| grant.main)
@@ -208,7 +268,7 @@ mod tests {
 
     #[test]
     fn an_unknown_user_is_named_in_the_error() {
-        let err = Account::resolve(Some("tern-no-such-user")).unwrap_err();
+        let err = Account::resolve(Some("tern-no-such-user"), false).unwrap_err();
         assert!(err.to_string().contains("\"tern-no-such-user\""), "{err}");
         assert!(err.to_string().contains("useradd"), "{err}");
     }

@@ -294,12 +294,16 @@ pub(super) fn common_archive(
     std::os::unix::fs::symlink("busybox", root.join("bin/sh"))?;
     fs::write(root.join("init"), GUEST_INIT)?;
     set_mode(&root.join("init"), 0o755)?;
-    // tern drops to `nobody` once attached.
+    // tern drops to its own account, named like its binary, once attached.
     fs::write(
         root.join("etc/passwd"),
-        "root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        "root:x:0:0:root:/:/bin/sh\ntern:x:990:990:tern:/nonexistent:/bin/false\n\
+         nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
     )?;
-    fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
+    fs::write(
+        root.join("etc/group"),
+        "root:x:0:\ntern:x:990:\nnogroup:x:65534:\n",
+    )?;
     let archive = work.join("common.cpio");
     cpio(&root, &archive)?;
     Ok(archive)

@@ -192,6 +192,7 @@ mod tests {
             custom_metrics: crate::report::catalog::Selection::All,
             metrics: Vec::new(),
             user: None,
+            shared_user: false,
         };
         let target = Target::new(&settings, &test_broker(packet_limit));
         assert_eq!(target.topic, "$aws/things/gw/defender/metrics/json");
