@@ -7,8 +7,8 @@
 use std::io::{Error, ErrorKind, Result};
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkDeserializable, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload, NetlinkSerializable,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
 };
 use netlink_sys::Socket;
 
@@ -36,13 +36,36 @@ pub fn acknowledged<I>(socket: &Socket, buf: &mut Vec<u8>, request: I) -> Result
 where
     I: NetlinkSerializable + NetlinkDeserializable,
 {
-    send(socket, request, NLM_F_REQUEST | NLM_F_ACK)?;
+    until_acknowledged(socket, buf, request, NLM_F_REQUEST | NLM_F_ACK).map(drop)
+}
+
+/// Sends a request that creates something, refused (EEXIST) where it exists already, and
+/// returns what the kernel echoes of what it created.
+pub fn created<I>(socket: &Socket, buf: &mut Vec<u8>, request: I) -> Result<Vec<I>>
+where
+    I: NetlinkSerializable + NetlinkDeserializable,
+{
+    let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO | NLM_F_CREATE | NLM_F_EXCL;
+    until_acknowledged(socket, buf, request, flags)
+}
+
+/// Sends a request and returns the messages that came before the kernel's acknowledgement.
+fn until_acknowledged<I>(
+    socket: &Socket,
+    buf: &mut Vec<u8>,
+    request: I,
+    flags: u16,
+) -> Result<Vec<I>>
+where
+    I: NetlinkSerializable + NetlinkDeserializable,
+{
+    send(socket, request, flags)?;
     let mut messages = Vec::<I>::new();
-    // The acknowledgement is an error message with error number 0; nothing else is expected
+    // The acknowledgement is an error message with error number 0; only an echo is expected
     // before it, and the bound keeps a misbehaving kernel from holding us.
     for _ in 0..16 {
         match receive(socket, buf, 0, &mut messages) {
-            Err(err) if err.raw_os_error() == Some(0) => return Ok(()),
+            Err(err) if err.raw_os_error() == Some(0) => return Ok(messages),
             Err(err) => return Err(err),
             Ok(_) => {}
         }

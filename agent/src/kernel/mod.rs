@@ -9,3 +9,4 @@ pub mod object;
 pub mod offsets;
 pub mod preflight;
 pub mod programs;
+pub mod tc;

@@ -8,7 +8,7 @@
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
-    io,
+    os::fd::AsFd,
     path::Path,
 };
 
@@ -16,34 +16,22 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, KProbe, LinkOrder, ProgramError, ProgramType,
-        SchedClassifier, SockOps, TcAttachType, TracePoint,
-        kprobe::KProbeLinkId,
-        tc::{
-            NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError, qdisc_add_clsact,
-            qdisc_detach_program,
-        },
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, KProbe, ProgramError, ProgramType,
+        SchedClassifier, SockOps, TracePoint, kprobe::KProbeLinkId,
     },
     sys::is_program_supported,
     util::KernelVersion,
 };
 use log::{debug, info, warn};
-use netlink_packet_route::{
-    RouteNetlinkMessage,
-    tc::{TcAttribute, TcHandle, TcMessage},
-};
-use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
 use tern_common::{names, sockets::SockStateOffsets};
 
 use super::{
     maps::Maps,
     object::OBJECT,
     offsets::{SET_STATE, SockNet},
+    tc::{self, Hook, TcLink},
 };
-use crate::host::{
-    links::{Interface, LinkEvent},
-    netlink::{acknowledged, dump},
-};
+use crate::host::links::{Interface, LinkEvent};
 
 /// The security signals' programs that have only a tracepoint ("category/name").
 const SIGNALS: &[(&str, &str)] = &[
@@ -112,8 +100,8 @@ struct Attachment {
 
 /// tern's hold on one interface's TC hooks.
 struct TcLinks {
-    ingress: SchedClassifierLinkId,
-    egress: SchedClassifierLinkId,
+    ingress: TcLink,
+    egress: TcLink,
     /// Whether tern added the interface's clsact qdisc (kernels without TCX); it removes it
     /// again when it lets go, unless another program's filter is on it by then.
     added_clsact: bool,
@@ -319,7 +307,7 @@ impl Programs {
                         _ => info!("interface {} is gone", gone.name),
                     }
                     if let Some(links) = gone.links {
-                        self.detach(links);
+                        detach(links);
                     }
                 }
             }
@@ -348,69 +336,40 @@ impl Programs {
     }
 
     fn attach(&mut self, interface: &Interface) -> Result<TcLinks> {
-        // TC attaches by name. A name that is not UTF-8 is shown with '?' in place of its
-        // other bytes: it names no interface, or another one, which must not be counted twice.
-        if name_index(&interface.name) != Some(interface.index) {
-            bail!(
-                "its name as shown is not the kernel's (one that is not UTF-8 is shown with \
-                 '?'), and TC programs attach by name; rename the interface to count its \
-                 traffic"
-            );
-        }
+        // By index: a name may be any bytes, and one that is not UTF-8 is known only lossily.
+        let index = interface.index;
         // TCX (6.6+) links die with tern's fds and run before legacy filters; either way tern
         // goes first and returns "unspecified", so every other program still sees the packet.
         let tcx = tcx_available();
         let mut added_clsact = false;
         if !tcx {
-            match qdisc_add_clsact(&interface.name) {
-                Ok(()) => added_clsact = true,
-                // Another program's, or one a previous tern added: tern shares it.
-                Err(TcError::NetlinkError(err)) if err.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(err) => return Err(err).context("adding the clsact qdisc"),
-            }
+            added_clsact = tc::add_clsact(index).context("adding the clsact qdisc")?;
             // Legacy filters outlive their process: remove those a previous tern left.
-            for (kind, name) in [
-                (TcAttachType::Ingress, names::TC_INGRESS),
-                (TcAttachType::Egress, names::TC_EGRESS),
-            ] {
-                match qdisc_detach_program(&interface.name, kind, name) {
-                    Ok(()) => info!("removed a stale {name} filter from {}", interface.name),
-                    Err(TcError::IoError(err)) if err.kind() == std::io::ErrorKind::NotFound => {}
+            for hook in [Hook::Ingress, Hook::Egress] {
+                let name = tc_program(hook);
+                match tc::remove_filters(index, hook, name) {
+                    Ok(0) => {}
+                    Ok(_) => info!("removed a stale {name} filter from {}", interface.name),
                     Err(err) => {
-                        release_clsact(interface.index, &interface.name, added_clsact);
+                        release_clsact(index, &interface.name, added_clsact);
                         return Err(err).context("removing a stale filter");
                     }
                 }
             }
         }
-        let options = || {
-            if tcx {
-                TcAttachOptions::TcxOrder(LinkOrder::first())
-            } else {
-                TcAttachOptions::Netlink(NlOptions::default())
-            }
-        };
-        let ingress = match self.program(names::TC_INGRESS)?.attach_with_options(
-            &interface.name,
-            TcAttachType::Ingress,
-            options(),
-        ) {
+        let ingress = match self.attach_hook(index, Hook::Ingress, tcx) {
             Ok(ingress) => ingress,
             Err(err) => {
-                release_clsact(interface.index, &interface.name, added_clsact);
-                return Err(err).context("attaching to TC ingress");
+                release_clsact(index, &interface.name, added_clsact);
+                return Err(err);
             }
         };
-        let egress = match self.program(names::TC_EGRESS)?.attach_with_options(
-            &interface.name,
-            TcAttachType::Egress,
-            options(),
-        ) {
+        let egress = match self.attach_hook(index, Hook::Egress, tcx) {
             Ok(egress) => egress,
             Err(err) => {
-                let _ = self.program(names::TC_INGRESS)?.detach(ingress);
-                release_clsact(interface.index, &interface.name, added_clsact);
-                return Err(err).context("attaching to TC egress");
+                let _ = tc::detach(ingress);
+                release_clsact(index, &interface.name, added_clsact);
+                return Err(err);
             }
         };
         Ok(TcLinks {
@@ -420,19 +379,16 @@ impl Programs {
         })
     }
 
-    /// Detaches tern's programs from one interface. On a deleted device the kernel already
-    /// released the hooks and the qdisc; this frees tern's side.
-    fn detach(&mut self, links: TcLinks) {
-        for (name, link) in [
-            (names::TC_INGRESS, links.ingress),
-            (names::TC_EGRESS, links.egress),
-        ] {
-            if let Ok(program) = self.program(name)
-                && let Err(err) = program.detach(link)
-            {
-                debug!("detaching {name}: {err}");
-            }
+    /// Attaches the program of `hook` to interface `index`: a TCX link where `tcx`, else a
+    /// netlink filter under the program's name (by which a later tern finds it stale).
+    fn attach_hook(&mut self, index: u32, hook: Hook, tcx: bool) -> Result<TcLink> {
+        let name = tc_program(hook);
+        let program = self.program(name)?.fd()?.as_fd();
+        match tcx {
+            true => tc::attach_tcx(program, index, hook),
+            false => tc::attach_filter(program, name, index, hook),
         }
+        .with_context(|| format!("attaching to TC {hook}"))
     }
 
     /// Lets go of every interface this process attached to: its filters (which, unlike TCX
@@ -444,7 +400,7 @@ impl Programs {
                 continue;
             };
             let added_clsact = links.added_clsact;
-            self.detach(links);
+            detach(links);
             release_clsact(index, &attachment.name, added_clsact);
             debug!("let go of {}", attachment.name);
         }
@@ -466,57 +422,35 @@ impl Drop for Programs {
     }
 }
 
+/// The traffic program of `hook`.
+fn tc_program(hook: Hook) -> &'static str {
+    match hook {
+        Hook::Ingress => names::TC_INGRESS,
+        Hook::Egress => names::TC_EGRESS,
+    }
+}
+
+/// Detaches tern's programs from one interface. On a deleted device the kernel already
+/// released the hooks and the qdisc; this frees tern's side.
+fn detach(links: TcLinks) {
+    for (hook, link) in [(Hook::Ingress, links.ingress), (Hook::Egress, links.egress)] {
+        if let Err(err) = tc::detach(link) {
+            debug!("detaching from TC {hook}: {err}");
+        }
+    }
+}
+
 /// Removes the clsact qdisc of interface `index` (`name`) if tern `added` it and no other
 /// program's filter is on it; a qdisc that was there before tern is never touched.
 fn release_clsact(index: u32, name: &str, added: bool) {
     if !added {
         return;
     }
-    match remove_unused_clsact(index) {
+    match tc::remove_unused_clsact(index) {
         Ok(true) => debug!("removed the clsact qdisc of {name}"),
         Ok(false) => info!("left the clsact qdisc on {name}: another program's filter is on it"),
         Err(err) => warn!("cannot remove the clsact qdisc tern added to {name}: {err}"),
     }
-}
-
-/// Deletes the clsact qdisc of interface `index` if neither of its hooks holds a filter;
-/// true when deleted.
-fn remove_unused_clsact(index: u32) -> io::Result<bool> {
-    let index = i32::try_from(index).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind_auto()?;
-    let mut buf = Vec::with_capacity(16 * 1024);
-    for hook in [TcHandle::MIN_INGRESS, TcHandle::MIN_EGRESS] {
-        let mut request = TcMessage::with_index(index);
-        request.header.parent = TcHandle {
-            major: u16::MAX,
-            minor: hook,
-        };
-        let filters = dump(
-            &socket,
-            &mut buf,
-            RouteNetlinkMessage::GetTrafficFilter(request),
-        )?;
-        if !filters.is_empty() {
-            return Ok(false);
-        }
-    }
-    let mut request = TcMessage::with_index(index);
-    request.header.parent = TcHandle::CLSACT;
-    request.header.handle = TcHandle {
-        major: u16::MAX,
-        minor: 0,
-    };
-    // The kind makes the kernel refuse to delete anything but a clsact qdisc.
-    request
-        .attributes
-        .push(TcAttribute::Kind("clsact".to_owned()));
-    acknowledged(
-        &socket,
-        &mut buf,
-        RouteNetlinkMessage::DelQueueDiscipline(request),
-    )?;
-    Ok(true)
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
@@ -723,14 +657,6 @@ fn attach_udp_hooks(ebpf: &mut Ebpf) -> Result<()> {
         }
     }
     attached
-}
-
-/// The index of the interface named `name` in this namespace, if one is.
-fn name_index(name: &str) -> Option<u32> {
-    let name = std::ffi::CString::new(name).ok()?;
-    // SAFETY: a valid NUL-terminated string for the call's duration.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    (index != 0).then_some(index)
 }
 
 #[cfg(test)]
