@@ -198,7 +198,7 @@ fn a_user_other_processes_share_is_refused_unless_accepted() {
         &pair.a,
         &["--interval", "1", "--user", "daemon", "--shared-user"],
     );
-    let warning = accepted.wait_log("which is shared", Duration::from_secs(10));
+    let warning = accepted.wait_log("\"daemon\" is shared (", Duration::from_secs(10));
     assert!(warning.contains(" runs as it"), "{warning}");
     accepted.next_report(Duration::from_secs(10));
     let stopped = accepted.stop();

@@ -77,8 +77,8 @@ impl Account {
         match (account.shared_by(), shared_ok) {
             (None, _) => {}
             (Some(why), true) => warn!(
-                "running as {}, which is shared ({why}): processes running as it can signal \
-                 tern's processes and write its state directory (--shared-user)",
+                "user {:?} is shared ({why}): its other processes can signal tern's processes \
+                 and write its state directory (accepted with --shared-user)",
                 account.name
             ),
             (Some(why), false) => bail!(

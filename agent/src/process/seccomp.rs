@@ -79,14 +79,10 @@ const BASE: &[Allow] = &[
 ];
 
 /// The link processes: rtnetlink, the netlink filters of older kernels and TCX links, and a
-/// `socket` that can only open AF_UNIX (interface name lookups) or AF_NETLINK, so that
-/// neither can ever open a network socket.
+/// `socket` that can only open AF_NETLINK (they name interfaces by index), so that neither
+/// can ever open a network socket.
 const LINK: &[Allow] = &[
-    only(
-        libc::SYS_socket,
-        0,
-        &[libc::AF_UNIX as u32, libc::AF_NETLINK as u32],
-    ),
+    only(libc::SYS_socket, 0, &[libc::AF_NETLINK as u32]),
     any(libc::SYS_recvfrom),
     any(libc::SYS_recvmsg),
     any(libc::SYS_sendto),
@@ -403,6 +399,7 @@ mod tests {
 
     const PACKET: [c_long; 3] = [libc::AF_PACKET as c_long, libc::SOCK_RAW as c_long, 0];
     const INET: [c_long; 3] = [libc::AF_INET as c_long, libc::SOCK_STREAM as c_long, 0];
+    const UNIX: [c_long; 3] = [libc::AF_UNIX as c_long, libc::SOCK_DGRAM as c_long, 0];
     const NETLINK: [c_long; 3] = [libc::AF_NETLINK as c_long, libc::SOCK_RAW as c_long, 0];
 
     #[test]
@@ -447,6 +444,7 @@ mod tests {
                 ("a netlink socket", libc::SYS_socket, NETLINK, false),
                 ("an inet socket", libc::SYS_socket, INET, true),
                 ("a packet socket", libc::SYS_socket, PACKET, true),
+                ("a unix socket", libc::SYS_socket, UNIX, true),
                 ("clone", libc::SYS_clone, [0, 0, 0], true),
                 ("execve", libc::SYS_execve, [0, 0, 0], true),
             ],
