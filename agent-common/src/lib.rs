@@ -62,7 +62,8 @@ pub mod sockets {
     pub const FOLLOWED_BY_COOKIE: u32 = 1;
     pub const FOLLOWED_SLOTS: u32 = 2;
 
-    /// A TCP socket that is listening or established now: the key of `TCP_SOCKS`.
+    /// A TCP socket that is listening or established now: the key of `TCP_LISTENERS`
+    /// (listeners) and `TCP_SOCKS` (connections).
     /// Listeners have a zero remote address and port. Ports are in host order; addresses
     /// as on the wire, an IPv4 address in the first 4 bytes.
     #[repr(C)]
@@ -138,8 +139,12 @@ pub mod sockets {
     // SAFETY: as for TcpSock.
     unsafe impl aya::Pod for Seen {}
 
-    /// Capacity of the sets of current sockets.
+    /// Capacity of the sets of current sockets: TCP connections (`TCP_SOCKS`) and bound UDP
+    /// sockets (`UDP_SOCKS`).
     pub const SOCKS_MAX_ENTRIES: u32 = 65_536;
+    /// Capacity of `TCP_LISTENERS`, a map of its own so that connections, which anyone who
+    /// can connect can multiply, never take a listener's place.
+    pub const TCP_LISTENERS_MAX_ENTRIES: u32 = 16_384;
     /// Capacity of each interval set; what does not fit is counted in `DetailsDropped`.
     pub const SEEN_MAX_ENTRIES: u32 = 16_384;
 
@@ -260,11 +265,15 @@ pub mod counters {
         FailedConnects,
         Retransmits,
         Execs,
+        /// TCP listeners and connections that `TCP_LISTENERS` or `TCP_SOCKS` could not take
+        /// (also counted in `DetailsDropped`): until the maps hold every socket again, user
+        /// space reads the sockets from sock_diag.
+        TcpSocksFull,
     }
 
     impl Counter {
         /// Every counter, in index order.
-        pub const ALL: [Counter; 9] = [
+        pub const ALL: [Counter; 10] = [
             Counter::OpenedInbound,
             Counter::OpenedOutbound,
             Counter::ShortLived,
@@ -274,6 +283,7 @@ pub mod counters {
             Counter::FailedConnects,
             Counter::Retransmits,
             Counter::Execs,
+            Counter::TcpSocksFull,
         ];
         /// The map's length.
         pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -298,6 +308,7 @@ pub mod names {
     /// Maps.
     pub const IF_TRAFFIC_BY_INDEX: &str = "IF_TRAFFIC_BY_INDEX";
     pub const IF_TRAFFIC: &str = "IF_TRAFFIC";
+    pub const TCP_LISTENERS: &str = "TCP_LISTENERS";
     pub const TCP_SOCKS: &str = "TCP_SOCKS";
     pub const UDP_SOCKS: &str = "UDP_SOCKS";
     pub const TCP_LISTENED: &str = "TCP_LISTENED";

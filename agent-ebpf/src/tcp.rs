@@ -31,7 +31,8 @@ use tern_common::{
     counters::Counter,
     sockets::{
         AF_INET, AF_INET6, FOLLOWED_BY_ADDRESS, OPENED_INBOUND, OPENED_OUTBOUND, SEEN_MAX_ENTRIES,
-        SOCKS_MAX_ENTRIES, Seen, SockStateOffsets, TCP_CONNECTION, TCP_LISTENER, TcpSock, TcpState,
+        SOCKS_MAX_ENTRIES, Seen, SockStateOffsets, TCP_CONNECTION, TCP_LISTENER,
+        TCP_LISTENERS_MAX_ENTRIES, TcpSock, TcpState,
     },
 };
 
@@ -50,6 +51,12 @@ const IPPROTO_TCP: u16 = 6;
 #[unsafe(no_mangle)]
 static RECORD_CONNECTIONS: u32 = 0;
 
+/// Listeners apart from connections: a flood of connections cannot crowd a listener out.
+#[map]
+static TCP_LISTENERS: HashMap<TcpSock, TcpState> =
+    HashMap::with_max_entries(TCP_LISTENERS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Established connections.
 #[map]
 static TCP_SOCKS: HashMap<TcpSock, TcpState> =
     HashMap::with_max_entries(SOCKS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
@@ -338,19 +345,16 @@ fn listener_opened(sock: &TcpSock, epoch: u32) {
         ..TcpState::default()
     };
     // Another socket may share the key (SO_REUSEPORT): then it is one more on it.
-    if TCP_SOCKS
+    if TCP_LISTENERS
         .insert(sock, &state, u64::from(BPF_NOEXIST))
         .is_err()
     {
-        match TCP_SOCKS.get_ptr_mut(sock) {
+        match TCP_LISTENERS.get_ptr_mut(sock) {
             // SAFETY: a valid map value. Not atomic (the BPF target has no read-modify-write
             // atomics in core): two sockets of one reuse group changing state on two CPUs
             // in the same instant could miss one count.
             Some(existing) => unsafe { (*existing).count += 1 },
-            None => {
-                count(Counter::DetailsDropped);
-                report(Trouble::TcpSocksFull);
-            }
+            None => untracked(Trouble::TcpListenersFull),
         }
     }
     let seen = Seen {
@@ -365,16 +369,25 @@ fn listener_opened(sock: &TcpSock, epoch: u32) {
 
 #[inline(always)]
 fn listener_closed(sock: &TcpSock) {
-    if let Some(existing) = TCP_SOCKS.get_ptr_mut(sock) {
+    if let Some(existing) = TCP_LISTENERS.get_ptr_mut(sock) {
         // SAFETY: a valid map value (see listener_opened).
         let left = unsafe {
             (*existing).count = (*existing).count.saturating_sub(1);
             (*existing).count
         };
         if left == 0 {
-            let _ = TCP_SOCKS.remove(sock);
+            let _ = TCP_LISTENERS.remove(sock);
         }
     }
+}
+
+/// A socket that a full map could not take: user space reads sockets from sock_diag until
+/// the maps hold every one again.
+#[inline(always)]
+fn untracked(trouble: Trouble) {
+    count(Counter::DetailsDropped);
+    count(Counter::TcpSocksFull);
+    report(trouble);
 }
 
 #[inline(always)]
@@ -390,8 +403,7 @@ fn connection_opened(sock: &TcpSock, flags: u32, epoch: u32) {
         count: 1,
     };
     if TCP_SOCKS.insert(sock, &state, u64::from(BPF_ANY)).is_err() {
-        count(Counter::DetailsDropped);
-        report(Trouble::TcpSocksFull);
+        untracked(Trouble::TcpSocksFull);
     }
     let remote = Seen {
         netns: sock.netns,

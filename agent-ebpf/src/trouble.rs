@@ -18,6 +18,7 @@ const QUIET_NS: u64 = 1_000_000_000;
 #[derive(Clone, Copy)]
 #[repr(u32)]
 pub(crate) enum Trouble {
+    TcpListenersFull,
     TcpSocksFull,
     UdpSocksFull,
     TcpListenedFull,
@@ -51,7 +52,12 @@ impl Trouble {
     #[inline(always)]
     fn message(self) -> &'static str {
         match self {
-            Self::TcpSocksFull => "TCP_SOCKS is full: a socket is not tracked",
+            Self::TcpListenersFull => {
+                "TCP_LISTENERS is full: a listener is read from sock_diag until it is tracked"
+            }
+            Self::TcpSocksFull => {
+                "TCP_SOCKS is full: a connection is read from sock_diag until it is tracked"
+            }
             Self::UdpSocksFull => "UDP_SOCKS is full: a bound UDP socket is not tracked",
             Self::TcpListenedFull => {
                 "TCP_LISTENED is full: a listening port is left out of the interval's ports"

@@ -60,6 +60,7 @@ fn tcp_metrics(sockets: &[DiagSocket], owners: &Owners) -> Tcp {
             },
         },
         custom: Vec::new(),
+        untracked: 0,
     }
 }
 

@@ -43,7 +43,7 @@ pub use files::FileMetric;
 use ladder::{Ladder, Source};
 use links::LinkTraffic;
 use signals::SignalCollector;
-use tcp::TcpCollector;
+use tcp::{TcpCollector, TcpStart};
 use traffic::TrafficCollector;
 use udp::UdpCollector;
 
@@ -288,9 +288,15 @@ impl Programs {
             tcp: match ladder.tcp {
                 true => Some(TcpCollector::start(
                     tcp,
-                    by_address,
-                    options.interval_connections,
-                    own.by_address.filter(|_| ladder.tcp_hooks),
+                    TcpStart {
+                        netns: by_address,
+                        own: own
+                            .by_address
+                            .context("the TCP programs gave tern's namespace no name")?,
+                        interval_connections: options.interval_connections,
+                        unwatched_seeds: ladder.tcp_hooks,
+                        untracked: seeded.tcp_untracked > 0,
+                    },
                 )?),
                 false => None,
             },
@@ -326,11 +332,13 @@ impl Programs {
             .map(|udp| udp.collect(epoch, &owners))
             .transpose()?;
         let signals = self.signals.collect(epoch, &growth)?;
+        // While the TCP fallback lasts, the sockets the maps lack are details dropped too.
+        let untracked = tcp.as_ref().map_or(0, |tcp| tcp.untracked);
         Ok(Events {
             tcp,
             udp,
             signals,
-            dropped: growth.of(Counter::DetailsDropped),
+            dropped: growth.of(Counter::DetailsDropped).max(untracked),
         })
     }
 

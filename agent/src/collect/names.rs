@@ -53,7 +53,8 @@ pub fn check_layout(maps: &mut TcpMaps) -> Result<()> {
     Ok(())
 }
 
-/// A TCP listener: the tracepoint records it in `TCP_SOCKS` under its namespace's address.
+/// A TCP listener: the tracepoint records it in `TCP_LISTENERS` under its namespace's
+/// address.
 fn learn_by_address(maps: &mut TcpMaps) -> Result<u64> {
     let listener = probe(libc::SOCK_STREAM)?;
     // SAFETY: a valid socket fd.
@@ -62,8 +63,8 @@ fn learn_by_address(maps: &mut TcpMaps) -> Result<u64> {
     }
     let port = listener.1;
     let mut names = Vec::new();
-    for key in maps.socks.keys() {
-        let key = key.context("reading the TCP_SOCKS map")?;
+    for key in maps.listeners.keys() {
+        let key = key.context("reading the TCP_LISTENERS map")?;
         // By port alone: in a namespace whose loopback is down, the address the
         // tracepoint reads is not the one bound.
         if key.kind == TCP_LISTENER && key.family == AF_INET && key.local_port == port {

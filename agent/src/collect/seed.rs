@@ -1,14 +1,15 @@
 //! The start-up seed: sockets that existed before the programs were attached, taken from
 //! the sock_diag snapshot and put into the kernel maps, so sockets older than tern are
 //! known too. Where the programs see no close of theirs (the TCP sock_ops program), their
-//! closes are found by sock_diag at each report.
+//! closes are found by sock_diag at each report. The TCP snapshot, keyed as the maps key
+//! sockets, is also what the collector compares the maps with while one is full.
 
 use std::{collections::HashMap, hash::Hash};
 
 use anyhow::{Context, Result};
 use aya::{
     Pod,
-    maps::{HashMap as BpfHashMap, MapData},
+    maps::{HashMap as BpfHashMap, MapData, MapError},
 };
 use tern_common::sockets::{SEEDED, TCP_CONNECTION, TCP_LISTENER, TcpSock, TcpState, UdpSock, raw};
 
@@ -20,12 +21,16 @@ use crate::{
 /// bpf_map_update_elem flag: only if the key is absent.
 const NOEXIST: u64 = aya_obj::generated::BPF_NOEXIST as u64;
 
-/// Sockets seeded: TCP listeners, TCP connections, UDP sockets.
+type TcpMap = BpfHashMap<MapData, TcpSock, TcpState>;
+
+/// Sockets seeded: TCP listeners, TCP connections, UDP sockets; and TCP sockets a full map
+/// could not take.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Seeded {
     pub listeners: usize,
     pub connections: usize,
     pub udp: usize,
+    pub tcp_untracked: usize,
 }
 
 impl std::ops::AddAssign for Seeded {
@@ -33,6 +38,7 @@ impl std::ops::AddAssign for Seeded {
         self.listeners += other.listeners;
         self.connections += other.connections;
         self.udp += other.udp;
+        self.tcp_untracked += other.tcp_untracked;
     }
 }
 
@@ -42,13 +48,9 @@ impl std::ops::AddAssign for Seeded {
 /// afterwards removes seeded sockets it no longer lists.
 pub fn seed(tcp_maps: &mut TcpMaps, udp_maps: &mut UdpMaps, names: NetnsNames) -> Result<Seeded> {
     let snapshot = || -> Result<_> {
-        let tcp_states = [sockdiag::TCP_LISTEN, sockdiag::TCP_ESTABLISHED];
         let udp_states = [sockdiag::TCP_CLOSE];
         let tcp = match names.by_address {
-            Some(netns) => tcp_seeds(
-                &sockdiag::dump(sockdiag::IPPROTO_TCP, sockdiag::states(&tcp_states))?,
-                netns,
-            ),
+            Some(netns) => open_tcp(netns)?,
             None => HashMap::new(),
         };
         let udp = match names.by_cookie {
@@ -61,52 +63,87 @@ pub fn seed(tcp_maps: &mut TcpMaps, udp_maps: &mut UdpMaps, names: NetnsNames) -
         Ok((tcp, udp))
     };
     let (tcp, udp) = snapshot()?;
+    let mut tcp_untracked = 0;
     for (key, state) in &tcp {
-        let _ = tcp_maps.socks.insert(key, state, NOEXIST);
+        if let Err(err) = tcp_map(tcp_maps, key).insert(key, state, NOEXIST)
+            && !already_there(&err)
+        {
+            tcp_untracked += 1;
+        }
     }
     for (cookie, sock) in &udp {
         let _ = udp_maps.socks.insert(cookie, sock, NOEXIST);
     }
 
     let (tcp_again, udp_again) = snapshot()?;
-    unseed(&mut tcp_maps.socks, &tcp, &tcp_again, |s| s.flags);
+    let gone: Vec<&TcpSock> = tcp.keys().filter(|k| !tcp_again.contains_key(k)).collect();
+    for key in gone {
+        forget_seeded(tcp_map(tcp_maps, key), key);
+    }
     unseed(&mut udp_maps.socks, &udp, &udp_again, |s| s.flags);
     let listeners = tcp.keys().filter(|k| k.kind == TCP_LISTENER).count();
     Ok(Seeded {
         listeners,
         connections: tcp.len() - listeners,
         udp: udp.len(),
+        tcp_untracked,
     })
 }
 
-/// Removes the seeded TCP sockets of this thread's namespace (named `netns`) that sock_diag
-/// no longer lists: they closed. For programs that see no close of a socket older than
-/// them; those they follow are left to them.
-pub fn forget_closed(socks: &mut BpfHashMap<MapData, TcpSock, TcpState>, netns: u64) -> Result<()> {
-    let open = tcp_seeds(
+/// The TCP sockets of this thread's namespace (named `netns`) that sock_diag lists now, keyed
+/// as the programs key them, each with the state seeding would give it.
+pub fn open_tcp(netns: u64) -> Result<HashMap<TcpSock, TcpState>> {
+    Ok(tcp_seeds(
         &sockdiag::dump(
             sockdiag::IPPROTO_TCP,
             sockdiag::states(&[sockdiag::TCP_LISTEN, sockdiag::TCP_ESTABLISHED]),
         )?,
         netns,
-    );
-    // Keys only, then the value of the few not listed: one syscall per socket, not two.
-    let unlisted: Vec<TcpSock> = socks
-        .keys()
-        .collect::<Result<Vec<_>, _>>()
-        .context("reading the TCP_SOCKS map")?
-        .into_iter()
-        .filter(|key| key.netns == netns && !open.contains_key(key))
-        .collect();
-    for key in &unlisted {
-        if socks
-            .get(key, 0)
-            .is_ok_and(|state| state.flags & SEEDED != 0)
-        {
-            let _ = socks.remove(key);
+    ))
+}
+
+/// The map that holds TCP socket `key`: listeners and connections are kept apart.
+pub fn tcp_map<'a>(maps: &'a mut TcpMaps, key: &TcpSock) -> &'a mut TcpMap {
+    match key.kind {
+        TCP_LISTENER => &mut maps.listeners,
+        _ => &mut maps.socks,
+    }
+}
+
+/// Whether a failed NOEXIST insert failed only because the key was there already.
+fn already_there(err: &MapError) -> bool {
+    matches!(err, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EEXIST))
+}
+
+/// Removes the seeded TCP sockets of this thread's namespace (named `netns`) that sock_diag
+/// no longer lists: they closed. For programs that see no close of a socket older than
+/// them; those they follow are left to them.
+pub fn forget_closed(maps: &mut TcpMaps, netns: u64) -> Result<()> {
+    let open = open_tcp(netns)?;
+    for (map, name) in [
+        (&mut maps.listeners, "TCP_LISTENERS"),
+        (&mut maps.socks, "TCP_SOCKS"),
+    ] {
+        // Keys only, then the value of the few not listed: one syscall per socket, not two.
+        let unlisted: Vec<TcpSock> = map
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("reading the {name} map"))?
+            .into_iter()
+            .filter(|key| key.netns == netns && !open.contains_key(key))
+            .collect();
+        for key in &unlisted {
+            forget_seeded(map, key);
         }
     }
     Ok(())
+}
+
+/// Removes `key` from `map` if it was seeded rather than seen opening.
+fn forget_seeded(map: &mut TcpMap, key: &TcpSock) {
+    if map.get(key, 0).is_ok_and(|state| state.flags & SEEDED != 0) {
+        let _ = map.remove(key);
+    }
 }
 
 /// Removes from `map` the seeded entries that the second snapshot (`again`) no longer lists.

@@ -2,6 +2,12 @@
 //! connections (what exists now), and its interval sets into the interval's TCP metrics
 //! (what listened, opened or was connected to since the previous report). Counterpart of the
 //! kernel's `tcp` program.
+//!
+//! A full map cannot hide a socket: once the programs count one a map could not take,
+//! tern's namespace's listeners and connections come from sock_diag (the fallback), and
+//! `interval_details_dropped` stays above 0, until the maps hold exactly what sock_diag
+//! lists. sock_diag answers for tern's own namespace only: where every namespace is
+//! reported, the others' sockets that a full map missed stay missing until they close.
 
 use std::{
     collections::BTreeSet,
@@ -9,6 +15,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use log::{info, warn};
 use tern_common::{
     counters::Counter,
     sockets::{TCP_CONNECTION, TCP_LISTENER, TcpSock, ip},
@@ -32,6 +39,9 @@ pub struct Tcp {
     pub listening_tcp_ports: PortList,
     pub tcp_connections: TcpConnections,
     pub custom: Vec<(Metric, CustomMetric)>,
+    /// Sockets the maps lack now, which the report took from sock_diag instead: at least 1
+    /// while the fallback lasts, else 0.
+    pub untracked: u64,
 }
 
 /// What existed at one moment: kept from one report to the next, because what existed at
@@ -47,37 +57,51 @@ struct Current {
     ports: BTreeSet<Port>,
     connections: Vec<Connection>,
     connection_keys: BTreeSet<TcpSock>,
+    untracked: u64,
 }
 
 pub struct TcpCollector {
     maps: TcpMaps,
-    /// The namespace cookie to report; None reports every namespace.
+    /// The namespace to report, as the programs name it; None reports every namespace.
     netns: Option<u64>,
+    /// tern's own namespace, as the programs name it: the one sock_diag answers for.
+    own: u64,
     /// List every connection of the interval in `established_connections`, not only the
     /// ones established at report time.
     interval_connections: bool,
-    /// Where the programs see no close of a socket older than tern (the sock_ops program),
-    /// the name of tern's namespace: its seeded sockets are checked against sock_diag at
-    /// each report.
-    unwatched_seeds: Option<u64>,
+    /// Whether the programs see no close of a socket older than tern (the sock_ops
+    /// program): then its seeded sockets are checked against sock_diag at each report.
+    unwatched_seeds: bool,
+    /// Whether a map could not take a socket and does not hold every socket again yet.
+    fallback: bool,
     previous: Snapshot,
+}
+
+/// How the collector starts, besides its maps.
+pub struct TcpStart {
+    pub netns: Option<u64>,
+    pub own: u64,
+    pub interval_connections: bool,
+    pub unwatched_seeds: bool,
+    /// Whether seeding left sockets out of a full map.
+    pub untracked: bool,
 }
 
 impl TcpCollector {
     /// Takes the first snapshot; the maps are seeded already.
-    pub fn start(
-        maps: TcpMaps,
-        netns: Option<u64>,
-        interval_connections: bool,
-        unwatched_seeds: Option<u64>,
-    ) -> Result<Self> {
+    pub fn start(maps: TcpMaps, how: TcpStart) -> Result<Self> {
         let mut collector = Self {
             maps,
-            netns,
-            interval_connections,
-            unwatched_seeds,
+            netns: how.netns,
+            own: how.own,
+            interval_connections: how.interval_connections,
+            unwatched_seeds: how.unwatched_seeds,
+            fallback: false,
             previous: Snapshot::default(),
         };
+        if how.untracked {
+            collector.fall_back();
+        }
         let (now, _) = collector.current(&Owners::new())?;
         collector.previous = now;
         Ok(collector)
@@ -86,8 +110,11 @@ impl TcpCollector {
     /// The sockets now and those of the interval before `epoch`, whose counters grew by
     /// `growth`.
     pub fn collect(&mut self, epoch: u32, growth: &Growth, owners: &Owners) -> Result<Tcp> {
-        if let Some(own) = self.unwatched_seeds {
-            seed::forget_closed(&mut self.maps.socks, own)?;
+        if self.unwatched_seeds {
+            seed::forget_closed(&mut self.maps, self.own)?;
+        }
+        if growth.of(Counter::TcpSocksFull) > 0 {
+            self.fall_back();
         }
         let (now, current) = self.current(owners)?;
         let netns = self.netns;
@@ -135,19 +162,51 @@ impl TcpCollector {
                 },
             },
             custom,
+            untracked: current.untracked,
         })
     }
 
-    /// The sockets that exist now.
-    fn current(&self, owners: &Owners) -> Result<(Snapshot, Current)> {
-        let mut snapshot = Snapshot::default();
-        let mut current = Current::default();
-        // Keys only: one syscall per socket instead of two.
-        for sock in self.maps.socks.keys() {
-            let sock = sock.context("reading the TCP_SOCKS map")?;
-            if !sets::followed(self.netns, sock.netns) {
-                continue;
+    /// Starts the fallback unless it runs already.
+    fn fall_back(&mut self) {
+        if self.fallback {
+            return;
+        }
+        self.fallback = true;
+        let scope = match self.netns {
+            Some(_) => "",
+            None => {
+                " (tern's own namespace only: sockets of other namespaces that the maps could \
+                 not take are missing from reports until they close)"
             }
+        };
+        warn!(
+            "the TCP socket maps are full: listening ports and connections come from sock_diag \
+             until the maps hold every socket again{scope}"
+        );
+    }
+
+    /// The sockets that exist now: from the maps, or during the fallback from sock_diag for
+    /// tern's namespace; the fallback ends here once the maps hold what sock_diag lists.
+    fn current(&mut self, owners: &Owners) -> Result<(Snapshot, Current)> {
+        let mut socks = self.held()?;
+        let mut untracked = 0;
+        if self.fallback {
+            let listed = seed::open_tcp(self.own)?.into_keys().collect();
+            (socks, untracked) = merge(socks, self.own, listed);
+            if untracked == 0 {
+                self.fallback = false;
+                info!(
+                    "the TCP socket maps hold every socket again: listening ports and \
+                     connections come from them again"
+                );
+            }
+        }
+        let mut snapshot = Snapshot::default();
+        let mut current = Current {
+            untracked,
+            ..Current::default()
+        };
+        for sock in socks {
             if sock.kind == TCP_LISTENER {
                 snapshot.ports.insert(sock.local_port);
                 let local = ip(sock.family, &sock.local_addr);
@@ -163,6 +222,42 @@ impl TcpCollector {
         current.connections.sort_unstable();
         Ok((snapshot, current))
     }
+
+    /// The sockets of the namespaces reported that the maps hold: listeners, then
+    /// connections.
+    fn held(&self) -> Result<Vec<TcpSock>> {
+        let mut held = Vec::new();
+        for (map, name) in [
+            (&self.maps.listeners, "TCP_LISTENERS"),
+            (&self.maps.socks, "TCP_SOCKS"),
+        ] {
+            // Keys only: one syscall per socket instead of two.
+            for sock in map.keys() {
+                let sock = sock.with_context(|| format!("reading the {name} map"))?;
+                if sets::followed(self.netns, sock.netns) {
+                    held.push(sock);
+                }
+            }
+        }
+        Ok(held)
+    }
+}
+
+/// The sockets to report during the fallback: those of namespace `own` as sock_diag `listed`
+/// them, and those of other namespaces as the maps `held` them; and how many sockets the
+/// maps lack: 0 when they hold exactly what sock_diag lists, else at least 1 (a socket held
+/// but not listed means the two reads saw different moments, and the next report looks
+/// again).
+fn merge(held: Vec<TcpSock>, own: u64, listed: BTreeSet<TcpSock>) -> (Vec<TcpSock>, u64) {
+    let (held_own, mut socks): (Vec<TcpSock>, Vec<TcpSock>) =
+        held.into_iter().partition(|s| s.netns == own);
+    let held_own: BTreeSet<TcpSock> = held_own.into_iter().collect();
+    let untracked = match held_own == listed {
+        true => 0,
+        false => (listed.difference(&held_own).count() as u64).max(1),
+    };
+    socks.extend(listed);
+    (socks, untracked)
 }
 
 pub(super) fn connection(sock: &TcpSock, owners: &Owners) -> Connection {
@@ -206,5 +301,50 @@ mod tests {
             ..TcpSock::default()
         };
         assert_eq!(connection(&v6, &owners()).remote_addr, "[2001:db8::9]:22");
+    }
+
+    fn sock(netns: u64, kind: u16, local_port: u16) -> TcpSock {
+        TcpSock {
+            netns,
+            kind,
+            local_port,
+            ..TcpSock::default()
+        }
+    }
+
+    #[test]
+    fn the_fallback_reports_what_sock_diag_lists_for_its_namespace() {
+        let (own, other) = (7, 9);
+        let listener = sock(own, TCP_LISTENER, 22);
+        let (held_conn, missing_conn) = (
+            sock(own, TCP_CONNECTION, 5000),
+            sock(own, TCP_CONNECTION, 5001),
+        );
+        let elsewhere = sock(other, TCP_LISTENER, 80);
+        let listed = BTreeSet::from([listener, held_conn, missing_conn]);
+
+        let (socks, untracked) = merge(vec![elsewhere, held_conn], own, listed.clone());
+        let socks: BTreeSet<TcpSock> = socks.into_iter().collect();
+        assert_eq!(
+            socks,
+            BTreeSet::from([listener, held_conn, missing_conn, elsewhere])
+        );
+        assert_eq!(untracked, 2, "the listener and one connection are missing");
+
+        let (socks, untracked) = merge(
+            vec![elsewhere, listener, held_conn, missing_conn],
+            own,
+            listed.clone(),
+        );
+        assert_eq!(socks.len(), 4);
+        assert_eq!(untracked, 0, "the maps hold every socket again");
+
+        // Held but no longer listed: it closed between the two reads, or the maps are stale;
+        // either way, not over yet.
+        let closed = sock(own, TCP_CONNECTION, 5002);
+        let (socks, untracked) =
+            merge(vec![listener, held_conn, missing_conn, closed], own, listed);
+        assert!(!socks.contains(&closed));
+        assert_eq!(untracked, 1);
     }
 }

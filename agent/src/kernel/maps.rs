@@ -26,9 +26,10 @@ pub struct TrafficMaps {
     pub per_interface: PerCpuHashMap<MapData, u32, IfTraffic>,
 }
 
-/// TCP sockets that exist now, and the interval sets of what listened, connected or was
-/// connected to.
+/// TCP sockets that exist now (listeners and connections apart), and the interval sets of
+/// what listened, connected or was connected to.
 pub struct TcpMaps {
+    pub listeners: HashMap<MapData, TcpSock, TcpState>,
     pub socks: HashMap<MapData, TcpSock, TcpState>,
     pub listened: HashMap<MapData, Seen, u32>,
     pub remotes_seen: HashMap<MapData, Seen, u32>,
@@ -102,6 +103,7 @@ impl Maps {
                 per_interface: PerCpuHashMap::try_from(take(names::IF_TRAFFIC)?)?,
             },
             tcp: TcpMaps {
+                listeners: HashMap::try_from(take(names::TCP_LISTENERS)?)?,
                 socks: HashMap::try_from(take(names::TCP_SOCKS)?)?,
                 listened: HashMap::try_from(take(names::TCP_LISTENED)?)?,
                 remotes_seen: HashMap::try_from(take(names::REMOTES_SEEN)?)?,

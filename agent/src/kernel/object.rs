@@ -71,6 +71,7 @@ mod tests {
             BTreeSet::from([
                 names::IF_TRAFFIC_BY_INDEX,
                 names::IF_TRAFFIC,
+                names::TCP_LISTENERS,
                 names::TCP_SOCKS,
                 names::UDP_SOCKS,
                 names::TCP_LISTENED,
