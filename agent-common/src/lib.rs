@@ -299,6 +299,10 @@ pub mod names {
     //! side cannot spell them with these constants (`#[map]`, `#[unsafe(no_mangle)]` and the
     //! program macros name an item by its identifier), so a unit test of the loader checks
     //! the built object against them.
+    //!
+    //! Programs and maps go by short names that say nothing of what they watch (`bpftool`
+    //! shows them to anyone on the device); [`ROLES`] says which is which, and so does the
+    //! README's table, which a test keeps equal to it.
 
     /// Load-time globals, set by user space before loading.
     pub const SOCK_STATE_OFFSETS: &str = "SOCK_STATE_OFFSETS";
@@ -306,42 +310,190 @@ pub mod names {
     pub const SIGNAL_OFFSETS: &str = "SIGNAL_OFFSETS";
 
     /// Maps.
-    pub const IF_TRAFFIC_BY_INDEX: &str = "IF_TRAFFIC_BY_INDEX";
-    pub const IF_TRAFFIC: &str = "IF_TRAFFIC";
-    pub const TCP_LISTENERS: &str = "TCP_LISTENERS";
-    pub const TCP_SOCKS: &str = "TCP_SOCKS";
-    pub const UDP_SOCKS: &str = "UDP_SOCKS";
-    pub const TCP_LISTENED: &str = "TCP_LISTENED";
-    pub const UDP_LISTENED: &str = "UDP_LISTENED";
-    pub const REMOTES_SEEN: &str = "REMOTES_SEEN";
-    pub const CONNECTIONS_SEEN: &str = "CONNECTIONS_SEEN";
-    pub const CONTACTED: &str = "CONTACTED";
-    pub const EXECUTED: &str = "EXECUTED";
-    pub const COUNTERS: &str = "COUNTERS";
-    pub const EPOCH: &str = "EPOCH";
-    pub const FOLLOWED: &str = "FOLLOWED";
-    /// The programs' own log: aya-log's ring buffer (read by aya-log, which names it so),
-    /// and when each kind of trouble last went into it, per CPU (the programs' alone).
+    pub const IF_TRAFFIC_BY_INDEX: &str = "m00";
+    pub const IF_TRAFFIC: &str = "m01";
+    pub const TCP_LISTENERS: &str = "m02";
+    pub const TCP_SOCKS: &str = "m03";
+    pub const UDP_SOCKS: &str = "m04";
+    pub const TCP_LISTENED: &str = "m05";
+    pub const UDP_LISTENED: &str = "m06";
+    pub const REMOTES_SEEN: &str = "m07";
+    pub const CONNECTIONS_SEEN: &str = "m08";
+    pub const CONTACTED: &str = "m09";
+    pub const EXECUTED: &str = "m10";
+    pub const COUNTERS: &str = "m11";
+    pub const EPOCH: &str = "m12";
+    pub const FOLLOWED: &str = "m13";
+    pub const TROUBLE_THROTTLE: &str = "m14";
+    /// The programs' own log: aya-log's ring buffer (read by aya-log, which names it so).
     pub const AYA_LOGS: &str = "AYA_LOGS";
-    pub const TROUBLE_THROTTLE: &str = "TROUBLE_THROTTLE";
 
     /// Programs.
-    pub const TC_INGRESS: &str = "tc_ingress";
-    pub const TC_EGRESS: &str = "tc_egress";
-    pub const INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
-    pub const TCP_SOCK_OPS: &str = "tcp_sock_ops";
-    pub const UDP_POST_BIND4: &str = "udp_post_bind4";
-    pub const UDP_POST_BIND6: &str = "udp_post_bind6";
-    pub const UDP_SENDMSG4: &str = "udp_sendmsg4";
-    pub const UDP_SENDMSG6: &str = "udp_sendmsg6";
-    pub const UDP_CONNECT4: &str = "udp_connect4";
-    pub const UDP_CONNECT6: &str = "udp_connect6";
-    pub const UDP_RELEASE: &str = "udp_release";
-    pub const TCP_SEND_RESET: &str = "tcp_send_reset";
-    pub const TCP_SEND_RESET_PROBE: &str = "tcp_send_reset_probe";
-    pub const TCP_ACTIVE_RESET_PROBE: &str = "tcp_active_reset_probe";
-    pub const ICMP_SEND: &str = "icmp_send";
-    pub const ICMP_GLUE_BITS_PROBE: &str = "icmp_glue_bits_probe";
-    pub const TCP_RETRANSMIT_SKB: &str = "tcp_retransmit_skb";
-    pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
+    pub const TC_INGRESS: &str = "p00";
+    pub const TC_EGRESS: &str = "p01";
+    pub const INET_SOCK_SET_STATE: &str = "p02";
+    pub const TCP_SOCK_OPS: &str = "p03";
+    pub const UDP_POST_BIND4: &str = "p04";
+    pub const UDP_POST_BIND6: &str = "p05";
+    pub const UDP_SENDMSG4: &str = "p06";
+    pub const UDP_SENDMSG6: &str = "p07";
+    pub const UDP_CONNECT4: &str = "p08";
+    pub const UDP_CONNECT6: &str = "p09";
+    pub const UDP_RELEASE: &str = "p10";
+    pub const TCP_SEND_RESET: &str = "p11";
+    pub const TCP_SEND_RESET_PROBE: &str = "p12";
+    pub const TCP_ACTIVE_RESET_PROBE: &str = "p13";
+    pub const ICMP_SEND: &str = "p14";
+    pub const ICMP_GLUE_BITS_PROBE: &str = "p15";
+    pub const TCP_RETRANSMIT_SKB: &str = "p16";
+    pub const SCHED_PROCESS_EXEC: &str = "p17";
+
+    /// Every program and map of tern's with its source file and what it does.
+    pub const ROLES: &[(&str, &str, &str)] = &[
+        (
+            TC_INGRESS,
+            "traffic.rs",
+            "counts packets and bytes entering an interface (TC ingress)",
+        ),
+        (
+            TC_EGRESS,
+            "traffic.rs",
+            "counts packets and bytes leaving an interface (TC egress)",
+        ),
+        (
+            INET_SOCK_SET_STATE,
+            "tcp.rs",
+            "follows TCP sockets' states (tracepoint sock:inet_sock_set_state)",
+        ),
+        (
+            TCP_SOCK_OPS,
+            "tcp.rs",
+            "follows TCP sockets where tracepoints cannot run (sock_ops, cgroup-v2 root)",
+        ),
+        (
+            UDP_POST_BIND4,
+            "udp.rs",
+            "UDP sockets bound, IPv4 (cgroup post_bind4)",
+        ),
+        (
+            UDP_POST_BIND6,
+            "udp.rs",
+            "UDP sockets bound, IPv6 (cgroup post_bind6)",
+        ),
+        (
+            UDP_SENDMSG4,
+            "udp.rs",
+            "UDP datagrams sent unconnected, IPv4 (cgroup sendmsg4)",
+        ),
+        (
+            UDP_SENDMSG6,
+            "udp.rs",
+            "UDP datagrams sent unconnected, IPv6 (cgroup sendmsg6)",
+        ),
+        (
+            UDP_CONNECT4,
+            "udp.rs",
+            "UDP sockets connected, IPv4 (cgroup connect4)",
+        ),
+        (
+            UDP_CONNECT6,
+            "udp.rs",
+            "UDP sockets connected, IPv6 (cgroup connect6)",
+        ),
+        (
+            UDP_RELEASE,
+            "udp.rs",
+            "UDP sockets closed (cgroup sock_release)",
+        ),
+        (
+            TCP_SEND_RESET,
+            "signals.rs",
+            "TCP resets sent (tracepoint tcp:tcp_send_reset)",
+        ),
+        (
+            TCP_SEND_RESET_PROBE,
+            "signals.rs",
+            "TCP resets sent without a socket (kprobe)",
+        ),
+        (
+            TCP_ACTIVE_RESET_PROBE,
+            "signals.rs",
+            "TCP resets sent on a socket (kprobe)",
+        ),
+        (
+            ICMP_SEND,
+            "signals.rs",
+            "ICMP errors sent (tracepoint icmp:icmp_send)",
+        ),
+        (
+            ICMP_GLUE_BITS_PROBE,
+            "signals.rs",
+            "ICMP errors sent where the tracepoint is missing (kprobe)",
+        ),
+        (
+            TCP_RETRANSMIT_SKB,
+            "signals.rs",
+            "TCP retransmissions (tracepoint tcp:tcp_retransmit_skb)",
+        ),
+        (
+            SCHED_PROCESS_EXEC,
+            "signals.rs",
+            "programs executed (tracepoint sched:sched_process_exec)",
+        ),
+        (
+            IF_TRAFFIC_BY_INDEX,
+            "traffic.rs",
+            "traffic per interface index (per CPU)",
+        ),
+        (
+            IF_TRAFFIC,
+            "traffic.rs",
+            "traffic of interfaces beyond the indexed ones (per CPU)",
+        ),
+        (TCP_LISTENERS, "tcp.rs", "TCP listeners now"),
+        (TCP_SOCKS, "tcp.rs", "TCP connections now"),
+        (UDP_SOCKS, "udp.rs", "bound UDP sockets now"),
+        (
+            TCP_LISTENED,
+            "tcp.rs",
+            "TCP ports listened on during the interval",
+        ),
+        (
+            UDP_LISTENED,
+            "udp.rs",
+            "UDP ports bound during the interval",
+        ),
+        (
+            REMOTES_SEEN,
+            "tcp.rs",
+            "remote addresses of the interval's connections",
+        ),
+        (
+            CONNECTIONS_SEEN,
+            "tcp.rs",
+            "connections established during the interval",
+        ),
+        (
+            CONTACTED,
+            "tcp.rs",
+            "addresses and ports the interval's outbound attempts contacted",
+        ),
+        (EXECUTED, "signals.rs", "paths executed during the interval"),
+        (
+            COUNTERS,
+            "shared.rs",
+            "the programs' event counters (per CPU)",
+        ),
+        (
+            EPOCH,
+            "shared.rs",
+            "the interval's number, set by user space",
+        ),
+        (FOLLOWED, "shared.rs", "the network namespaces followed"),
+        (
+            TROUBLE_THROTTLE,
+            "trouble.rs",
+            "when each kind of trouble was last logged (per CPU)",
+        ),
+    ];
 }

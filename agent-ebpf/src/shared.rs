@@ -40,15 +40,15 @@ static SOCK_STATE_OFFSETS: SockStateOffsets = SockStateOffsets {
     pointer_size: 0,
 };
 
-#[map]
+#[map(name = "m11")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
-#[map]
+#[map(name = "m12")]
 static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 
 /// The namespace to record, by each naming (`FOLLOWED_BY_*`); user space sets it once it
 /// has learnt how the programs name its own.
-#[map]
+#[map(name = "m13")]
 static FOLLOWED: Array<u64> = Array::with_max_entries(FOLLOWED_SLOTS, 0);
 
 #[inline(always)]

@@ -55,12 +55,13 @@ static SIGNAL_OFFSETS: SignalOffsets = SignalOffsets {
 };
 
 /// Paths executed during the interval; user space takes and deletes them at each report.
-#[map]
+#[map(name = "m10")]
 static EXECUTED: HashMap<[u8; EXEC_PATH_LEN], u32> =
     HashMap::with_max_entries(SEEN_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
+/// `names::TCP_SEND_RESET`: TCP resets sent (tracepoint tcp:tcp_send_reset).
 #[tracepoint]
-pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+pub fn p11(ctx: TracePointContext) -> u32 {
     let offsets = signal_offsets();
     let sk = read_pointer(&ctx, offsets.reset_sk).unwrap_or(0);
     let skb = read_pointer(&ctx, offsets.reset_skb).unwrap_or(0);
@@ -71,8 +72,9 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 /// `tcp_v4_send_reset` and `tcp_v6_send_reset` (sk, skb): a reset answering segment `skb`,
 /// which reached socket `sk` (a listener, a time-wait or request socket) or none. The kernel
 /// sends none in answer to a segment that carries RST itself.
+/// `names::TCP_SEND_RESET_PROBE`: TCP resets sent without a socket (kprobe).
 #[kprobe]
-pub fn tcp_send_reset_probe(ctx: ProbeContext) -> u32 {
+pub fn p12(ctx: ProbeContext) -> u32 {
     let sk = probe_arg(&ctx, 0);
     let skb = probe_arg(&ctx, 1);
     let offsets = signal_offsets();
@@ -84,8 +86,9 @@ pub fn tcp_send_reset_probe(ctx: ProbeContext) -> u32 {
 
 /// `tcp_send_active_reset` (sk, ...): a reset a socket sends on its own (an abort, a close
 /// with unread data).
+/// `names::TCP_ACTIVE_RESET_PROBE`: TCP resets sent on a socket (kprobe).
 #[kprobe]
-pub fn tcp_active_reset_probe(ctx: ProbeContext) -> u32 {
+pub fn p13(ctx: ProbeContext) -> u32 {
     let sk = probe_arg(&ctx, 0);
     count_reset(reset_followed(sk, 0, &signal_offsets()), false);
     0
@@ -115,8 +118,9 @@ fn count_reset(followed: bool, without_socket: bool) {
     }
 }
 
+/// `names::ICMP_SEND`: ICMP errors sent (tracepoint icmp:icmp_send).
 #[tracepoint]
-pub fn icmp_send(ctx: TracePointContext) -> u32 {
+pub fn p14(ctx: TracePointContext) -> u32 {
     let offsets = signal_offsets();
     let kind: i32 = read(&ctx, offsets.icmp_type).unwrap_or(0);
     let code: i32 = read(&ctx, offsets.icmp_code).unwrap_or(0);
@@ -130,8 +134,9 @@ pub fn icmp_send(ctx: TracePointContext) -> u32 {
 /// sending is decided (after the rate limits), in one call with offset 0 for a message
 /// the size of an error. `param` is the kernel's `struct icmp_bxm`: the offending packet
 /// first, the ICMP header at `icmp_param_header`.
+/// `names::ICMP_GLUE_BITS_PROBE`: ICMP errors sent where the tracepoint is missing (kprobe).
 #[kprobe]
-pub fn icmp_glue_bits_probe(ctx: ProbeContext) -> u32 {
+pub fn p15(ctx: ProbeContext) -> u32 {
     let param = probe_arg(&ctx, 0);
     // An int: the low half of its register slot.
     let offset = probe_arg(&ctx, 2) as u32;
@@ -159,8 +164,9 @@ fn count_port_unreachable(skb: u64, offsets: &SignalOffsets) {
     }
 }
 
+/// `names::TCP_RETRANSMIT_SKB`: TCP retransmissions (tracepoint tcp:tcp_retransmit_skb).
 #[tracepoint]
-pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+pub fn p16(ctx: TracePointContext) -> u32 {
     let offsets = signal_offsets();
     let sk = read_pointer(&ctx, offsets.retransmit_sk).unwrap_or(0);
     if followed(
@@ -174,8 +180,9 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
 
 /// Executions are counted on the whole host: a process is not in a network namespace's
 /// business alone.
+/// `names::SCHED_PROCESS_EXEC`: programs executed (tracepoint sched:sched_process_exec).
 #[tracepoint]
-pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+pub fn p17(ctx: TracePointContext) -> u32 {
     count(Counter::Execs);
     let offsets = signal_offsets();
     // A __data_loc field: the data's offset in the record in the low 16 bits.

@@ -52,30 +52,30 @@ const IPPROTO_TCP: u16 = 6;
 static RECORD_CONNECTIONS: u32 = 0;
 
 /// Listeners apart from connections: a flood of connections cannot crowd a listener out.
-#[map]
+#[map(name = "m02")]
 static TCP_LISTENERS: HashMap<TcpSock, TcpState> =
     HashMap::with_max_entries(TCP_LISTENERS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Established connections.
-#[map]
+#[map(name = "m03")]
 static TCP_SOCKS: HashMap<TcpSock, TcpState> =
     HashMap::with_max_entries(SOCKS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
-#[map]
+#[map(name = "m05")]
 static TCP_LISTENED: HashMap<Seen, u32> =
     HashMap::with_max_entries(SEEN_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Remote address and port of every outbound connection attempt.
-#[map]
+#[map(name = "m09")]
 static CONTACTED: HashMap<Seen, u32> =
     HashMap::with_max_entries(SEEN_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
-#[map]
+#[map(name = "m07")]
 static REMOTES_SEEN: HashMap<Seen, u32> =
     HashMap::with_max_entries(SEEN_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Connections established during an interval; the value is the epoch.
-#[map]
+#[map(name = "m08")]
 static CONNECTIONS_SEEN: HashMap<TcpSock, u32> =
     HashMap::with_max_entries(SEEN_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
@@ -118,8 +118,9 @@ fn change(old: u32, new: u32) -> Option<Change> {
     }
 }
 
+/// `names::INET_SOCK_SET_STATE`: follows TCP sockets' states (tracepoint sock:inet_sock_set_state).
 #[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+pub fn p02(ctx: TracePointContext) -> u32 {
     let _ = on_state_change(&ctx);
     0
 }
@@ -164,8 +165,9 @@ fn on_state_change(ctx: &TracePointContext) -> Option<()> {
 
 /// Where the tracepoint cannot run. Returns 1: the operation goes on as it would without
 /// tern.
+/// `names::TCP_SOCK_OPS`: follows TCP sockets where tracepoints cannot run (sock_ops, cgroup-v2 root).
 #[sock_ops]
-pub fn tcp_sock_ops(ctx: SockOpsContext) -> u32 {
+pub fn p03(ctx: SockOpsContext) -> u32 {
     let _ = on_sock_op(&ctx);
     1
 }

@@ -19,22 +19,24 @@ use crate::trouble::{Trouble, report};
 /// lookup, which the verifier inlines, instead of hashing on every packet. Slot 0, which no
 /// interface has, takes the traffic of interfaces that found `IF_TRAFFIC` full, so totals
 /// stay exact.
-#[map]
+#[map(name = "m00")]
 static IF_TRAFFIC_BY_INDEX: PerCpuArray<IfTraffic> =
     PerCpuArray::with_max_entries(IF_TRAFFIC_SLOTS, 0);
 
 /// Interfaces with larger indexes (hosts that have created many interfaces).
-#[map]
+#[map(name = "m01")]
 static IF_TRAFFIC: PerCpuHashMap<u32, IfTraffic> =
     PerCpuHashMap::with_max_entries(IF_TRAFFIC_MAX_ENTRIES, 0);
 
+/// `names::TC_INGRESS`: counts packets and bytes entering an interface (TC ingress).
 #[classifier]
-pub fn tc_ingress(ctx: TcContext) -> i32 {
+pub fn p00(ctx: TcContext) -> i32 {
     add::<false>(&ctx)
 }
 
+/// `names::TC_EGRESS`: counts packets and bytes leaving an interface (TC egress).
 #[classifier]
-pub fn tc_egress(ctx: TcContext) -> i32 {
+pub fn p01(ctx: TcContext) -> i32 {
     add::<true>(&ctx)
 }
 

@@ -132,7 +132,7 @@ struct Throttle {
     quiet: u64,
 }
 
-#[map]
+#[map(name = "m14")]
 static TROUBLE_THROTTLE: PerCpuArray<Throttle> = PerCpuArray::with_max_entries(Trouble::COUNT, 0);
 
 /// Tells user space of `trouble`, unless this CPU told it of that kind less than a second

@@ -25,22 +25,24 @@ use crate::{
 /// `bpf_sock::protocol` of a UDP socket.
 const IPPROTO_UDP: u32 = 17;
 
-#[map]
+#[map(name = "m04")]
 static UDP_SOCKS: HashMap<u64, UdpSock> =
     HashMap::with_max_entries(SOCKS_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
-#[map]
+#[map(name = "m06")]
 static UDP_LISTENED: HashMap<Seen, u32> =
     HashMap::with_max_entries(SEEN_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
+/// `names::UDP_POST_BIND4`: UDP sockets bound, IPv4 (cgroup post_bind4).
 #[cgroup_sock(post_bind4)]
-pub fn udp_post_bind4(ctx: SockContext) -> i32 {
+pub fn p04(ctx: SockContext) -> i32 {
     udp_bound::<false>(&ctx);
     1
 }
 
+/// `names::UDP_POST_BIND6`: UDP sockets bound, IPv6 (cgroup post_bind6).
 #[cgroup_sock(post_bind6)]
-pub fn udp_post_bind6(ctx: SockContext) -> i32 {
+pub fn p05(ctx: SockContext) -> i32 {
     udp_bound::<true>(&ctx);
     1
 }
@@ -68,14 +70,16 @@ fn udp_bound<const V6: bool>(ctx: &SockContext) {
 
 /// The first send of an unbound, unconnected socket binds it to an ephemeral port: from then
 /// on it receives on that port like any bound socket.
+/// `names::UDP_SENDMSG4`: UDP datagrams sent unconnected, IPv4 (cgroup sendmsg4).
 #[cgroup_sock_addr(sendmsg4)]
-pub fn udp_sendmsg4(ctx: SockAddrContext) -> i32 {
+pub fn p06(ctx: SockAddrContext) -> i32 {
     udp_sent::<false>(&ctx);
     1
 }
 
+/// `names::UDP_SENDMSG6`: UDP datagrams sent unconnected, IPv6 (cgroup sendmsg6).
 #[cgroup_sock_addr(sendmsg6)]
-pub fn udp_sendmsg6(ctx: SockAddrContext) -> i32 {
+pub fn p07(ctx: SockAddrContext) -> i32 {
     udp_sent::<true>(&ctx);
     1
 }
@@ -144,22 +148,25 @@ fn udp_listening<const V6: bool>(cookie: u64, netns: u64, sk: *const bpf_sock) {
 }
 
 /// A connected UDP socket is not listening.
+/// `names::UDP_CONNECT4`: UDP sockets connected, IPv4 (cgroup connect4).
 #[cgroup_sock_addr(connect4)]
-pub fn udp_connect4(ctx: SockAddrContext) -> i32 {
+pub fn p08(ctx: SockAddrContext) -> i32 {
     // SAFETY: the context is valid for the program run.
     udp_forget(ctx.sock_addr.cast(), unsafe { (*ctx.sock_addr).protocol });
     1
 }
 
+/// `names::UDP_CONNECT6`: UDP sockets connected, IPv6 (cgroup connect6).
 #[cgroup_sock_addr(connect6)]
-pub fn udp_connect6(ctx: SockAddrContext) -> i32 {
+pub fn p09(ctx: SockAddrContext) -> i32 {
     // SAFETY: the context is valid for the program run.
     udp_forget(ctx.sock_addr.cast(), unsafe { (*ctx.sock_addr).protocol });
     1
 }
 
+/// `names::UDP_RELEASE`: UDP sockets closed (cgroup sock_release).
 #[cgroup_sock(sock_release)]
-pub fn udp_release(ctx: SockContext) -> i32 {
+pub fn p10(ctx: SockContext) -> i32 {
     // SAFETY: the context's socket is valid for the program run.
     udp_forget(ctx.sock.cast(), unsafe { (*ctx.sock).protocol });
     1

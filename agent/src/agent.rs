@@ -155,6 +155,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
             Some(_) => NewInterfaces::LinkChild,
             None => NewInterfaces::Ignore,
         });
+        // Reading maps needs no program: what a network flaw could reach is only the maps
+        // (and, with no link child to hold them, the links).
+        programs.shed(link_child_pid.is_some());
     }
     let notifier = Notifier::from_env()?;
     process::drop_to(&account, &process::main_process_keeps())?;

@@ -18,6 +18,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
+use tern_common::names;
 use tern_tests::{
     ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, DEV_A, Netns, Pair, Tern,
     bench::{
@@ -190,8 +191,8 @@ fn fig1b_program_cost() {
         median(&runs)
     };
     let floor_of = |name: &str| match name {
-        "tc_ingress" => Some(median_ns(floor::INGRESS)),
-        "tc_egress" => Some(median_ns(floor::EGRESS)),
+        names::TC_INGRESS => Some(median_ns(floor::INGRESS)),
+        names::TC_EGRESS => Some(median_ns(floor::EGRESS)),
         _ => None,
     };
     let rows = per_rep
@@ -203,8 +204,13 @@ fn fig1b_program_cost() {
             } else {
                 floor_of(name).map_or_else(|| "-".to_owned(), |floor| fmt(ns - floor, 0))
             };
+            // The kernel's name, and what the program does.
+            let label = names::ROLES
+                .iter()
+                .find(|(kernel, _, _)| kernel == name)
+                .map_or_else(|| name.clone(), |(_, _, role)| format!("{name}: {role}"));
             vec![
-                name.clone(),
+                label,
                 reps.iter().map(|s| s.run_cnt).sum::<u64>().to_string(),
                 fmt(ns, 0),
                 above,

@@ -37,13 +37,29 @@ fn link_child(tern: &Tern) -> u32 {
     only_child(tern.pid())
 }
 
-/// The one child of `parent` once it has dropped its privileges and installed its filters:
-/// of the main process, the link child (its supervisor); of that, the link worker.
+/// The link worker of the link child `supervisor`, once it has installed its own filter.
+fn link_worker(supervisor: u32) -> u32 {
+    only_child_with(supervisor, "2")
+}
+
+/// The one child of `parent` once it has dropped its privileges: of the main process, the
+/// link child (its supervisor).
 fn only_child(parent: u32) -> u32 {
+    only_child_with(parent, "1")
+}
+
+/// The one child of `parent` once it has dropped its privileges and holds `filters` seccomp
+/// filters.
+fn only_child_with(parent: u32, filters: &str) -> u32 {
     wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
         let children = children_of(parent);
         match children[..] {
-            [child] if proc_status(child)["NoNewPrivs"] == "1" => Ok(child),
+            [child]
+                if proc_status(child)["NoNewPrivs"] == "1"
+                    && proc_status(child)["Seccomp_filters"] == filters =>
+            {
+                Ok(child)
+            }
             _ => Err(children),
         }
     })
@@ -105,7 +121,7 @@ fn the_link_child_holds_only_what_attaching_needs() {
     let pair = Pair::new();
     let tern = Tern::start(&pair.a, INTERVAL);
     let child = link_child(&tern);
-    let worker = only_child(child);
+    let worker = link_worker(child);
     // The worker's filter stacks on the supervisor's.
     for (pid, filters) in [(tern.pid(), "1"), (child, "1"), (worker, "2")] {
         let status = proc_status(pid);
@@ -250,14 +266,14 @@ fn a_killed_link_worker_is_started_again_and_a_killed_link_child_is_said() {
     let pair = Pair::new();
     let tern = Tern::start(&pair.a, INTERVAL);
     let child = link_child(&tern);
-    let worker = only_child(child);
+    let worker = link_worker(child);
     // SAFETY: SIGKILL to a process of the tern this test started.
     unsafe { libc::kill(worker as i32, libc::SIGKILL) };
     tern.wait_log(
         "worker was killed by signal 9; starting it again",
         Duration::from_secs(5),
     );
-    let again = only_child(child);
+    let again = link_worker(child);
     assert_ne!(again, worker);
     assert_eq!(proc_status(again)["Seccomp_filters"], "2");
     // What appears now is attached by the new worker, and counted.
@@ -356,7 +372,7 @@ fn tern_listens_on_no_socket_of_any_kind() {
     let pair = Pair::new();
     let tern = Tern::start(&pair.a, INTERVAL);
     let child = link_child(&tern);
-    let worker = only_child(child);
+    let worker = link_worker(child);
     tern.next_report(Duration::from_secs(5));
     let pids = [tern.pid(), child, worker];
     // Every family ss knows, listening sockets only, with their processes.
@@ -457,11 +473,128 @@ fn held(tern: &Tern) -> (HashSet<u64>, HashSet<u64>) {
     let (child_programs, child_links) = bpf_ids(child);
     programs.extend(child_programs);
     links.extend(child_links);
-    // tc_ingress and tc_egress, the 5 tracepoint programs, the 7 cgroup hooks.
+    // The two TC programs, the 5 tracepoint programs, the 7 cgroup hooks.
     assert_eq!(programs.len(), 14, "{programs:?}");
     // Each one linked once: TC ingress and egress on ta, every tracepoint, every hook.
     assert_eq!(links.len(), 14, "{links:?}");
     (programs, links)
+}
+
+/// How many descriptors of each kind (as /proc names their files) `pid` holds.
+fn descriptor_kinds(pid: u32) -> std::collections::HashMap<String, usize> {
+    let mut kinds = std::collections::HashMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(target) = std::fs::read_link(entry.path()) {
+            *kinds
+                .entry(target.to_string_lossy().into_owned())
+                .or_default() += 1;
+        }
+    }
+    kinds
+}
+
+#[test]
+fn the_main_process_keeps_the_maps_and_no_program() {
+    let pair = Pair::new();
+    let tern = Tern::start(&pair.a, INTERVAL);
+    let (programs, links) = held(&tern);
+    let kinds = descriptor_kinds(tern.pid());
+    for kind in [
+        "anon_inode:bpf-prog",
+        "anon_inode:bpf_link",
+        "anon_inode:btf",
+        "anon_inode:[perf_event]",
+    ] {
+        assert_eq!(kinds.get(kind), None, "{kind}: {kinds:?}");
+    }
+    assert!(kinds["anon_inode:bpf-map"] >= 10, "{kinds:?}");
+    // The link child keeps them: every one is still loaded and linked, and counts.
+    assert!(programs.is_subset(&kernel_programs()));
+    let linked: HashSet<u64> = kernel_links().into_iter().map(|(id, _)| id).collect();
+    assert!(links.is_subset(&linked));
+    let (a, b) = pair.udp();
+    transfer(&b, &a, 10, 100);
+    drop((a, b));
+    let stopped = tern.stop();
+    assert_eq!(packets_in(&stopped.reports), 10, "{:?}", stopped.log);
+    // With no link child, the main process keeps the links, and still no program.
+    let tern = Tern::start(&pair.a, &["--interval", "1", "--static-interfaces"]);
+    let kinds = descriptor_kinds(tern.pid());
+    assert_eq!(kinds.get("anon_inode:bpf-prog"), None, "{kinds:?}");
+    assert!(kinds["anon_inode:bpf_link"] >= 12, "{kinds:?}");
+    let (a, b) = pair.udp();
+    transfer(&b, &a, 10, 100);
+    let stopped = tern.stop();
+    assert_eq!(packets_in(&stopped.reports), 10, "{:?}", stopped.log);
+}
+
+/// A name of tern's in the kernel: `p` or `m` and two digits.
+fn neutral(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() == 3 && matches!(b[0], b'p' | b'm') && b[1..].iter().all(u8::is_ascii_digit)
+}
+
+#[test]
+fn bpftool_and_ps_show_nothing_that_says_what_tern_watches() {
+    let pair = Pair::new();
+    let tern = Tern::start(&pair.a, INTERVAL);
+    let (programs, _) = held(&tern);
+    let child = link_child(&tern);
+    let worker = link_worker(child);
+    let shown = |what: &str| -> Vec<serde_json::Value> {
+        let out = sh("bpftool", &["-j", what, "show"]);
+        let json: serde_json::Value = serde_json::from_str(&out).expect("bpftool -j output");
+        json.as_array().cloned().unwrap_or_default()
+    };
+    let mut maps = HashSet::new();
+    for program in shown("prog")
+        .iter()
+        .filter(|p| p["id"].as_u64().is_some_and(|id| programs.contains(&id)))
+    {
+        let name = program["name"].as_str().unwrap_or_default();
+        assert!(neutral(name), "program {name}: {program}");
+        // No BTF: no function names, types or source lines in the kernel.
+        assert!(
+            program.get("btf_id").is_none(),
+            "program {name} carries BTF"
+        );
+        maps.extend(
+            program["map_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(serde_json::Value::as_u64),
+        );
+    }
+    let maps: Vec<serde_json::Value> = shown("map")
+        .into_iter()
+        .filter(|m| m["id"].as_u64().is_some_and(|id| maps.contains(&id)))
+        .collect();
+    assert!(maps.len() >= 10, "{maps:?}");
+    for map in &maps {
+        let name = map["name"].as_str().unwrap_or_default();
+        // aya-log finds its ring by name; a global's map is named by its section.
+        assert!(
+            neutral(name) || name == "AYA_LOGS" || name.starts_with('.'),
+            "map {name}: {map}"
+        );
+        assert!(map.get("btf_id").is_none(), "map {name} carries BTF");
+    }
+    // Every thread of every process carries the binary's name.
+    let binary = tern_tests::tern_bin();
+    let binary = binary.file_name().unwrap().to_str().unwrap();
+    for pid in [tern.pid(), child, worker] {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+        {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap();
+            assert_eq!(comm.trim(), &binary[..binary.len().min(15)], "{pid}");
+        }
+    }
 }
 
 #[test]

@@ -102,4 +102,42 @@ mod tests {
             ]))
             .expect("every load-time global is in the object, at its size");
     }
+
+    /// Nothing in the object names what the programs watch: the kernel keeps an object's
+    /// BTF (function and type names, source lines) and shows it to anyone with bpftool.
+    #[test]
+    fn the_object_carries_no_btf_or_debug_information() {
+        let object = aya_obj::Object::parse(OBJECT).expect("tern's eBPF object parses");
+        assert!(object.btf.is_none() && object.btf_ext.is_none());
+        let has = |needle: &[u8]| OBJECT.windows(needle.len()).any(|w| w == needle);
+        assert!(!has(b".debug_"), "debug sections");
+        for (name, source, _) in names::ROLES {
+            assert!(
+                name.len() == 3,
+                "{name} ({source}) is not a short neutral name"
+            );
+        }
+    }
+
+    /// The README's table tells a reader which kernel name is which, as `ROLES` does.
+    #[test]
+    fn the_readme_says_which_name_is_which() {
+        let readme = include_str!("../../../README.md");
+        let rows = readme
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("| `"))
+            .filter(|l| {
+                let b = l.as_bytes();
+                b.len() > 3
+                    && matches!(b[0], b'p' | b'm')
+                    && b[1..3].iter().all(u8::is_ascii_digit)
+                    && b[3] == b'`'
+            })
+            .count();
+        assert_eq!(rows, names::ROLES.len());
+        for (name, source, role) in names::ROLES {
+            let row = format!("| `{name}` | `{source}` | {role} |");
+            assert!(readme.contains(&row), "README lacks {row}");
+        }
+    }
 }

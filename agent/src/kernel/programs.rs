@@ -26,6 +26,7 @@ use log::{debug, info, warn};
 use tern_common::{names, sockets::SockStateOffsets};
 
 use super::{
+    descriptors,
     maps::Maps,
     object::OBJECT,
     offsets::{SET_STATE, SockNet},
@@ -108,7 +109,8 @@ struct TcLinks {
 }
 
 pub struct Programs {
-    ebpf: Ebpf,
+    /// None once [`Programs::shed`] let go of it.
+    ebpf: Option<Ebpf>,
     /// Whether the TC programs loaded: interfaces are attached only then.
     traffic: bool,
     include_loopback: bool,
@@ -212,7 +214,7 @@ impl Programs {
         let udp = attach_udp_hooks(&mut ebpf).map_err(|e| format!("{e:#}"));
         let maps = Maps::take(&mut ebpf)?;
         let programs = Self {
-            ebpf,
+            ebpf: Some(ebpf),
             traffic: traffic.is_ok(),
             include_loopback: options.include_loopback,
             new_interfaces: NewInterfaces::Attach,
@@ -407,7 +409,36 @@ impl Programs {
     }
 
     fn program(&mut self, name: &str) -> Result<&mut SchedClassifier> {
-        program(&mut self.ebpf, name)
+        let ebpf = self
+            .ebpf
+            .as_mut()
+            .context("internal error: the programs were let go of")?;
+        program(ebpf, name)
+    }
+
+    /// In the main process, once the link child (if any) is forked: lets go of every
+    /// descriptor that only loading and attaching need (programs, BTF), and of the links as
+    /// well where `links_elsewhere` (the link child holds them, and so keeps the attachments
+    /// alive). aya can neither close a program whose links live on nor let go of a link
+    /// without detaching it, which on older kernels would detach it for every process (a
+    /// perf event disabled, a cgroup program detached): its handle is forgotten, and the
+    /// descriptors it held are closed by kind.
+    pub fn shed(&mut self, links_elsewhere: bool) {
+        std::mem::forget(self.ebpf.take());
+        let mut kinds = vec![descriptors::PROGRAM, descriptors::BTF];
+        if links_elsewhere {
+            for attachment in self.attached.values_mut() {
+                std::mem::forget(attachment.links.take());
+            }
+            kinds.extend([descriptors::LINK, descriptors::PERF_EVENT]);
+        }
+        match descriptors::close(&kinds) {
+            Ok(closed) => debug!("closed {closed} descriptors that only attaching needs"),
+            Err(err) => warn!(
+                "{err:#}; the main process keeps the programs' descriptors, which only \
+                 attaching needs"
+            ),
+        }
     }
 }
 

@@ -9,8 +9,12 @@
 //! 4. drop, on the main thread while it is the only thread: no_new_privs, ambient and
 //!    bounding sets cleared, supplementary groups emptied, gid and uid switched, every
 //!    capability set emptied except the few the process must keep;
-//! 5. verify the drop (getting root back must fail) and stop if any step failed;
+//! 5. verify the drop (getting root back must fail) and stop if any step failed, then
+//!    install the seccomp filter (`seccomp`);
 //! 6. only then start threads, runtimes or network clients.
+//!
+//! Between 3 and 4 the main process closes the programs' descriptors, which reading the maps
+//! does not need (`Programs::shed`).
 //!
 //! Capabilities and no_new_privs are per thread and inherited by new threads, so a thread
 //! started before step 4 would keep root's powers.

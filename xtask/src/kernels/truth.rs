@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use anyhow::{Context, Result};
 use serde_json::Value;
+use tern_common::names;
 
 use super::{CONNECTIONS, COUNT, DATAGRAMS, OTHERS, PROBES, SYNS, custom};
 
@@ -15,7 +16,7 @@ use super::{CONNECTIONS, COUNT, DATAGRAMS, OTHERS, PROBES, SYNS, custom};
 const TERNS_OWN: [&str; 3] = ["veth0", "other1", "late0"];
 const OTHER: &str = "other0";
 /// What `tc filter show` names tern's filters by (its programs' names).
-const TERN_FILTERS: [&str; 2] = ["tc_ingress", "tc_egress"];
+const TERN_FILTERS: [&str; 2] = [names::TC_INGRESS, names::TC_EGRESS];
 
 /// The guest's result channel, split at its `@@ NAME` lines.
 pub(super) struct Sections {

@@ -72,13 +72,15 @@ pub fn start_publisher(
     broker: &Broker,
 ) -> Result<Publisher> {
     let target = Target::new(settings, broker);
+    // Its blocking pool's threads (name lookups) carry the binary's name, as every other
+    // thread of tern's: no name that says what the process is.
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .thread_name(crate::config::program_name())
         .enable_all()
         .build()
         .context("starting the publisher's runtime")?;
     let serving = Arc::clone(shared);
     let thread = std::thread::Builder::new()
-        .name("publisher".into())
         .spawn(move || {
             runtime.block_on(serve(serving, target));
             // A name lookup still running on the blocking pool must not hold up the exit.
