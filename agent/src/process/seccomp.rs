@@ -156,6 +156,8 @@ const MAIN: &[Allow] = &[
     any(libc::SYS_clone),
     any(libc::SYS_clone3),
     any(libc::SYS_set_robust_list),
+    // glibc registers each new thread for restartable sequences; musl does not.
+    #[cfg(target_env = "gnu")]
     any(libc::SYS_rseq),
     any(libc::SYS_mprotect),
     any(libc::SYS_sched_getaffinity),
