@@ -166,20 +166,13 @@ impl Drop for RunningAs {
 fn a_user_other_processes_share_is_refused_unless_accepted() {
     let pair = Pair::new();
     // nobody: every daemon's fallback.
-    let refused = Tern::spawn(&pair.a, &["--interval", "1", "--user", "nobody"]);
-    let stopped = refused.wait_exit(Duration::from_secs(10));
-    assert_eq!(stopped.code, Some(1), "{:?}", stopped.log);
+    let log = refused_as(&pair, "nobody");
     assert!(
-        stopped
-            .log
-            .iter()
-            .any(|l| l.contains("\"nobody\" is shared")
-                && l.contains("fallback")
-                && l.contains("--shared-user")),
-        "{:?}",
-        stopped.log
+        log.iter().any(|l| l.contains("\"nobody\" is shared")
+            && l.contains("fallback")
+            && l.contains("--shared-user")),
+        "{log:?}"
     );
-    assert!(!stopped.log.iter().any(|l| l.contains("attached")));
     // An account another process already runs as: named by that process's pid (this
     // test's, or one the machine already ran as daemon).
     let other = RunningAs::new("daemon");
@@ -204,10 +197,8 @@ fn a_user_other_processes_share_is_refused_unless_accepted() {
         let after = line.split("process ").nth(1)?;
         after.split(' ').next()?.parse().ok()
     };
-    let refused = Tern::spawn(&pair.a, &["--interval", "1", "--user", "daemon"]);
-    let stopped = refused.wait_exit(Duration::from_secs(10));
-    assert_eq!(stopped.code, Some(1), "{:?}", stopped.log);
-    let pid = named(&stopped.log).unwrap_or_else(|| panic!("no process named: {:?}", stopped.log));
+    let log = refused_as(&pair, "daemon");
+    let pid = named(&log).unwrap_or_else(|| panic!("no process named: {log:?}"));
     assert!(runs_as_daemon(pid), "process {pid} does not run as daemon");
     // Accepted: it runs, and says what that costs.
     let accepted = Tern::spawn(
@@ -277,41 +268,13 @@ fn a_killed_link_worker_is_started_again_and_a_killed_link_child_is_said() {
     assert_ne!(again, worker);
     assert_eq!(proc_status(again)["Seccomp_filters"], "2");
     // What appears now is attached by the new worker, and counted.
-    sh(
-        "ip",
-        &[
-            "-n",
-            &pair.a.name,
-            "link",
-            "add",
-            "tr",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "ts",
-        ],
-    );
+    add_veth(&pair, "tr", "ts");
     tern.wait_log("counting traffic on tr", Duration::from_secs(10));
     // The link child itself: tern says new interfaces go uncounted, and why.
     // SAFETY: as above.
     unsafe { libc::kill(child as i32, libc::SIGKILL) };
     tern.wait_log("the link child exited", Duration::from_secs(5));
-    sh(
-        "ip",
-        &[
-            "-n",
-            &pair.a.name,
-            "link",
-            "add",
-            "tu",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "tv",
-        ],
-    );
+    add_veth(&pair, "tu", "tv");
     let line = tern.wait_log("tu is not counted", Duration::from_secs(5));
     assert!(line.contains("the link child is gone"), "{line}");
     tern.next_report(Duration::from_secs(5));
@@ -331,6 +294,13 @@ fn with_static_interfaces_no_process_keeps_a_capability() {
     let tern = Tern::start(&pair.a, &["--interval", "1", "--static-interfaces"]);
     assert_credentials(tern.pid(), 0);
     assert!(children_of(tern.pid()).is_empty(), "a child was started");
+    add_veth(&pair, "ts", "tu");
+    tern.wait_log("ts is not counted", Duration::from_secs(5));
+    tern.next_report(Duration::from_secs(5));
+}
+
+/// `ip link add NAME type veth peer name PEER` in `pair`'s first namespace.
+fn add_veth(pair: &Pair, name: &str, peer: &str) {
     sh(
         "ip",
         &[
@@ -338,32 +308,38 @@ fn with_static_interfaces_no_process_keeps_a_capability() {
             &pair.a.name,
             "link",
             "add",
-            "ts",
+            name,
             "type",
             "veth",
             "peer",
             "name",
-            "tu",
+            peer,
         ],
     );
-    tern.wait_log("ts is not counted", Duration::from_secs(5));
-    tern.next_report(Duration::from_secs(5));
+}
+
+/// The log of a tern that `--user USER` stopped before it attached or reported anything.
+fn refused_as(pair: &Pair, user: &str) -> Vec<String> {
+    let tern = Tern::spawn(&pair.a, &["--interval", "1", "--user", user]);
+    let stopped = tern.wait_exit(Duration::from_secs(10));
+    assert_eq!(stopped.code, Some(1), "{:?}", stopped.log);
+    assert!(stopped.reports.is_empty(), "{:?}", stopped.reports);
+    assert!(
+        !stopped.log.iter().any(|l| l.contains("attached")),
+        "{:?}",
+        stopped.log
+    );
+    stopped.log
 }
 
 #[test]
 fn an_unknown_user_stops_tern_before_it_reports() {
     let pair = Pair::new();
-    let tern = Tern::spawn(&pair.a, &["--interval", "1", "--user", "tern-no-such-user"]);
-    let stopped = tern.wait_exit(Duration::from_secs(10));
-    assert_eq!(stopped.code, Some(1), "{:?}", stopped.log);
-    assert!(stopped.reports.is_empty(), "{:?}", stopped.reports);
+    let log = refused_as(&pair, "tern-no-such-user");
     assert!(
-        stopped
-            .log
-            .iter()
+        log.iter()
             .any(|l| l.contains("\"tern-no-such-user\"") && l.contains("does not exist")),
-        "{:?}",
-        stopped.log
+        "{log:?}"
     );
 }
 
