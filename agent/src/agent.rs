@@ -15,7 +15,7 @@ use log::{debug, error, info, warn};
 use crate::{
     collect::{Collectors, SocketOptions},
     config::{self, ConfigArgs},
-    host::links::LinkWatch,
+    host::{descriptors, links::LinkWatch},
     kernel::{
         object, preflight,
         programs::{LoadOptions, NewInterfaces, Programs},
@@ -68,6 +68,10 @@ pub enum Destination {
 /// opens a file happens first, then the link child is forked and the privileges dropped, and
 /// only then does the loop run.
 pub fn run(args: &RunArgs) -> Result<()> {
+    // Nothing the starting process left open reaches the account tern drops to.
+    if let Err(err) = descriptors::close_inherited() {
+        warn!("{err:#}; descriptors tern inherited stay open");
+    }
     // Checks every setting and loads the TLS material into memory, before anything else.
     let settings = config::load(&args.config)?;
     let broker = match (args.output, &settings.broker) {

@@ -507,6 +507,42 @@ fn the_main_process_keeps_the_maps_and_no_program() {
     assert_eq!(packets_in(&stopped.reports), 10, "{:?}", stopped.log);
 }
 
+#[test]
+fn descriptors_tern_inherits_are_closed_at_start() {
+    let pair = Pair::new();
+    let state = TempDir::new("inherited");
+    let tern = tern_tests::tern_bin();
+    let marker = state.path.join("marker");
+    std::fs::write(&marker, "left open").unwrap();
+    // Descriptor 7, open on a file only this test opens, as a careless parent would leave it.
+    let script = format!(
+        "exec 7< {}; exec nsenter --net={} {} run --user nobody --shared-user \
+         --output stdout --interval 1 --count 2 --state-dir {}/state",
+        marker.display(),
+        pair.a.path(),
+        tern.display(),
+        state.path.display()
+    );
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("sh");
+    let pid = child.id();
+    // Once tern holds maps, its start is past the point where it closes what it inherited.
+    let kinds = wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        let kinds = descriptor_kinds(pid);
+        match kinds.contains_key("anon_inode:bpf-map") {
+            true => Ok(kinds),
+            false => Err(kinds),
+        }
+    })
+    .unwrap_or_else(|kinds| panic!("tern loaded nothing: {kinds:?}"));
+    assert_eq!(kinds.get(marker.to_str().unwrap()), None, "{kinds:?}");
+    assert!(child.wait().expect("tern").success());
+}
+
 /// A name of tern's in the kernel: `p` or `m` and two digits.
 fn neutral(name: &str) -> bool {
     let b = name.as_bytes();

@@ -2,7 +2,6 @@
 //! need, this kernel's offsets, the programs tern loads and attaches, the maps handed to
 //! collection, and the programs' own log.
 
-mod descriptors;
 pub mod log;
 pub mod maps;
 pub mod mounts;

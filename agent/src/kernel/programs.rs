@@ -26,13 +26,21 @@ use log::{debug, info, warn};
 use tern_common::{names, sockets::SockStateOffsets};
 
 use super::{
-    descriptors,
     maps::Maps,
     object::OBJECT,
     offsets::{SET_STATE, SockNet},
     tc::{self, Hook, TcLink},
 };
-use crate::host::links::{Interface, LinkEvent};
+use crate::host::{
+    descriptors,
+    links::{Interface, LinkEvent},
+};
+
+/// The files of the descriptors loading and attaching leave, as /proc names them.
+const PROGRAM_FILE: &str = "anon_inode:bpf-prog";
+const BTF_FILE: &str = "anon_inode:btf";
+const LINK_FILE: &str = "anon_inode:bpf_link";
+const PERF_EVENT_FILE: &str = "anon_inode:[perf_event]";
 
 /// The security signals' programs that have only a tracepoint ("category/name").
 const SIGNALS: &[(&str, &str)] = &[
@@ -425,12 +433,12 @@ impl Programs {
     /// descriptors it held are closed by kind.
     pub fn shed(&mut self, links_elsewhere: bool) {
         std::mem::forget(self.ebpf.take());
-        let mut kinds = vec![descriptors::PROGRAM, descriptors::BTF];
+        let mut kinds = vec![PROGRAM_FILE, BTF_FILE];
         if links_elsewhere {
             for attachment in self.attached.values_mut() {
                 std::mem::forget(attachment.links.take());
             }
-            kinds.extend([descriptors::LINK, descriptors::PERF_EVENT]);
+            kinds.extend([LINK_FILE, PERF_EVENT_FILE]);
         }
         match descriptors::close(&kinds) {
             Ok(closed) => debug!("closed {closed} descriptors that only attaching needs"),

@@ -1,14 +1,10 @@
-//! This process's descriptors by kind, as the kernel names their files ("anon_inode:bpf-prog"
-//! and so on): what lets the main process close the programs it no longer needs.
+//! This process's descriptors, by number and by kind as the kernel names their files
+//! ("anon_inode:[eventfd]" and so on): what lets tern close those it inherited, and those of
+//! kinds it no longer needs.
 
 use std::fs;
 
 use anyhow::{Context, Result};
-
-pub const PROGRAM: &str = "anon_inode:bpf-prog";
-pub const BTF: &str = "anon_inode:btf";
-pub const LINK: &str = "anon_inode:bpf_link";
-pub const PERF_EVENT: &str = "anon_inode:[perf_event]";
 
 /// At most this many descriptors are looked at.
 const LOOKED_AT: usize = 65_536;
@@ -16,25 +12,37 @@ const LOOKED_AT: usize = 65_536;
 /// Closes every descriptor of this process whose file is of one of `kinds`; how many.
 /// Whatever owned them must never use or close them again.
 pub fn close(kinds: &[&str]) -> Result<usize> {
+    close_where(|_, target| kinds.iter().any(|kind| target == *kind))
+}
+
+/// Closes every descriptor but standard input, output and error: at start, what the process
+/// that started tern left open (a shell's, a supervisor's) is nothing tern needs.
+pub fn close_inherited() -> Result<usize> {
+    close_where(|fd, _| fd > 2)
+}
+
+/// Closes each descriptor `fd` whose file, as /proc names it, `doomed(fd, name)` picks.
+fn close_where(doomed: impl Fn(i32, &std::ffi::OsStr) -> bool) -> Result<usize> {
     let dir = fs::read_dir("/proc/self/fd").context("listing /proc/self/fd")?;
-    // Listed first, closed after: closing while listing would close the listing's own.
+    // Listed first, closed after: the listing has a descriptor of its own.
     let found: Vec<i32> = dir
         .flatten()
         .take(LOOKED_AT)
         .filter_map(|entry| {
             let fd = entry.file_name().to_str()?.parse::<i32>().ok()?;
             let target = fs::read_link(entry.path()).ok()?;
-            kinds
-                .iter()
-                .any(|kind| target.as_os_str() == *kind)
-                .then_some(fd)
+            doomed(fd, target.as_os_str()).then_some(fd)
         })
         .collect();
-    for fd in &found {
-        // SAFETY: a descriptor of this process, of a kind whose owner the caller gave up.
-        unsafe { libc::close(*fd) };
+    let mut closed = 0;
+    for fd in found {
+        // SAFETY: a descriptor of this process that no one owns any more (the caller's
+        // word); the listing's own is closed already and fails with EBADF.
+        if unsafe { libc::close(fd) } == 0 {
+            closed += 1;
+        }
     }
-    Ok(found.len())
+    Ok(closed)
 }
 
 #[cfg(test)]
