@@ -45,7 +45,8 @@ const BASE: &[Allow] = &[
     any(libc::SYS_writev),
     any(libc::SYS_close),
     any(libc::SYS_ppoll),
-    #[cfg(target_arch = "x86_64")]
+    // musl makes the older call wherever the architecture has it.
+    #[cfg(any(target_arch = "x86_64", target_arch = "arm"))]
     any(libc::SYS_poll),
     any(libc::SYS_futex),
     #[cfg(not(target_arch = "arm"))]
@@ -107,6 +108,8 @@ const SUPERVISE: &[Allow] = &[
     #[cfg(any(target_arch = "x86_64", target_arch = "arm"))]
     any(libc::SYS_fork),
     any(libc::SYS_set_robust_list),
+    // musl's fork asks for the child's thread id this way.
+    any(libc::SYS_set_tid_address),
     any(libc::SYS_wait4),
     any(libc::SYS_kill),
 ];
@@ -120,8 +123,9 @@ const MAP_COMMANDS: &[u32] = &[
     24, // BPF_MAP_LOOKUP_BATCH
 ];
 
-/// The main process (traced on 6.18 with glibc and musl, publishing over TLS and on stdout;
-/// each call under every name the three architectures give it).
+/// The main process: traced on 6.18 publishing over TLS and on stdout, built with glibc and
+/// with musl (whose refused calls strace shows as EPERM), each call under every name the
+/// three architectures and the two C libraries give it.
 const MAIN: &[Allow] = &[
     only(libc::SYS_bpf, 0, MAP_COMMANDS),
     only(
@@ -201,18 +205,34 @@ const MAIN: &[Allow] = &[
     any(libc::SYS_fchownat),
     any(libc::SYS_fsync),
     any(libc::SYS_fdatasync),
+    // musl makes the older calls wherever the architecture has them (glibc the *at ones);
+    // 32-bit arm's ownership calls take 32-bit ids.
+    #[cfg(any(target_arch = "x86_64", target_arch = "arm"))]
+    any(libc::SYS_open),
     #[cfg(target_arch = "x86_64")]
+    any(libc::SYS_stat),
+    #[cfg(target_arch = "x86_64")]
+    any(libc::SYS_lstat),
+    #[cfg(target_arch = "arm")]
+    any(libc::SYS_stat64),
+    #[cfg(target_arch = "arm")]
+    any(libc::SYS_lstat64),
+    #[cfg(any(target_arch = "x86_64", target_arch = "arm"))]
     any(libc::SYS_readlink),
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "arm"))]
     any(libc::SYS_mkdir),
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "arm"))]
     any(libc::SYS_rename),
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "arm"))]
     any(libc::SYS_unlink),
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "arm"))]
     any(libc::SYS_chmod),
     #[cfg(target_arch = "x86_64")]
     any(libc::SYS_chown),
+    #[cfg(target_arch = "arm")]
+    any(libc::SYS_chown32),
+    #[cfg(target_arch = "arm")]
+    any(libc::SYS_fchown32),
     // The link child: whether it runs, and asking it to stop.
     any(libc::SYS_wait4),
     any(libc::SYS_kill),
