@@ -192,14 +192,16 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let interval = Duration::from_secs(settings.interval);
     let mut next = Instant::now() + interval;
     let mut sent = 0;
-    // Whether a report went out.
+    // Why no report can get anywhere any more, once that is so.
+    let mut lost = None;
+    // Whether a report went out; an error once no report can get anywhere again.
     let no_interfaces = HashSet::new();
-    let mut report = |programs: &mut Option<Programs>| -> bool {
+    let mut report = |programs: &mut Option<Programs>| -> Result<bool> {
         let started = Instant::now();
         let counted: HashSet<u32> = programs.iter().flat_map(Programs::counted).collect();
         let gone = programs.as_ref().map_or(&no_interfaces, Programs::gone);
         let Some(collected) = collectors.collect(&counted, gone) else {
-            return false;
+            return Ok(false);
         };
         if let Some(programs) = programs.as_mut() {
             programs.clear_gone();
@@ -221,10 +223,19 @@ pub fn run(args: &RunArgs) -> Result<()> {
             // A report lost to a broken output is better than an agent that stops counting.
             Err(err) => {
                 error!("{err:#}; report {id} is lost");
-                return false;
+                output.check()?;
+                return Ok(false);
             }
         }
-        true
+        Ok(true)
+    };
+    // Counts a report that went out; keeps why none can any more.
+    let mut tally = |went: Result<bool>, sent: &mut u64| match went {
+        Ok(went) => *sent += u64::from(went),
+        Err(err) => {
+            error!("{err:#}; stopping");
+            lost = Some(err);
+        }
     };
     loop {
         if link_child_pid.is_some_and(|pid| !link_child::alive(pid)) {
@@ -256,7 +267,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         if stop::stop_requested() {
             notify("STOPPING=1");
             // What was counted since the last report is reported, not dropped.
-            sent += u64::from(report(&mut programs));
+            tally(report(&mut programs), &mut sent);
             break;
         }
         if Instant::now() < next {
@@ -266,8 +277,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
         while next <= Instant::now() {
             next += interval;
         }
-        sent += u64::from(report(&mut programs));
-        if args.count.is_some_and(|count| sent >= count) {
+        let went = report(&mut programs);
+        let dead = went.is_err();
+        tally(went, &mut sent);
+        if dead || args.count.is_some_and(|count| sent >= count) {
             break;
         }
     }
@@ -278,5 +291,5 @@ pub fn run(args: &RunArgs) -> Result<()> {
         link_child::stop(pid);
     }
     output.close();
-    Ok(())
+    lost.map_or(Ok(()), Err)
 }

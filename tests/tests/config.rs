@@ -219,6 +219,39 @@ fn bad_thing_names_are_refused() {
     assert_refused(&check(&config), &["contains control characters"]);
 }
 
+/// What a broker would refuse, or TLS could not carry, is refused before anything runs.
+#[test]
+fn bad_client_ids_and_alpn_names_are_refused() {
+    let pki = Pki::new("client-ids");
+    let dir = TempDir::new("config-client-ids");
+    let id = pki.client("gw-1");
+    for (client_id, alpn, expected) in [
+        ("", "x-amzn-mqtt-ca", "tern.client-id is empty"),
+        (
+            "c".repeat(129).as_str(),
+            "x-amzn-mqtt-ca",
+            "tern.client-id is longer than 128 bytes",
+        ),
+        (
+            "gw\u{1b}[2J",
+            "x-amzn-mqtt-ca",
+            "tern.client-id contains control characters",
+        ),
+        (
+            "gw-1",
+            "a".repeat(300).as_str(),
+            "tern.alpn must be at most 255",
+        ),
+    ] {
+        let mut config = device_client_config("broker.example", &id, &pki.ca, "gw-1");
+        config["tern"] = json!({"client-id": client_id, "alpn": alpn});
+        let path = write(&dir, "client.json", &config);
+        assert_refused(&check(&path), &[expected]);
+        let run = tern(&["run", "--config", path.to_str().unwrap()]);
+        assert_refused(&run, &[expected]);
+    }
+}
+
 #[test]
 fn an_interval_under_300_s_is_refused_for_aws_only() {
     let pki = Pki::new("interval");

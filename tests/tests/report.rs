@@ -1,4 +1,5 @@
-//! Report ids across restarts and clock steps, with the state directory as the only memory.
+//! Report ids across restarts and clock steps, with the state directory as the only memory;
+//! and what tern does once its reports can get nowhere.
 
 use std::{
     fs,
@@ -81,4 +82,48 @@ fn a_state_directory_made_read_only_is_named_and_reports_go_on() {
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     let stopped = tern.stop();
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+}
+
+/// `tern run | head -1`: once stdout's reader is gone no report can get anywhere, and tern
+/// says so and stops instead of losing them one by one.
+#[test]
+fn with_stdout_closed_tern_says_so_and_stops() {
+    let ns = Netns::new("closed");
+    let state = TempDir::new("closed");
+    let mut tern = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.path()))
+        .arg(tern_tests::tern_bin())
+        .args([
+            "run",
+            "--user",
+            "nobody",
+            "--shared-user",
+            "--interval",
+            "1",
+        ])
+        .arg("--state-dir")
+        .arg(state.path.join("state"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tern");
+    let mut stdout = std::io::BufReader::new(tern.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).expect("a first report");
+    assert!(first.starts_with('{'), "{first}");
+    drop(stdout);
+    let status = tern_tests::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        tern.try_wait().ok().flatten().ok_or(())
+    });
+    let Ok(status) = status else {
+        let _ = tern.kill();
+        panic!("tern went on with stdout closed");
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut tern.stderr.take().expect("stderr"), &mut log).unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("stdout is closed") && log.contains("stopping"),
+        "{log}"
+    );
 }

@@ -32,6 +32,10 @@ const PACKET_LIMIT: RangeInclusive<u64> = 1024..=256 * 1024 * 1024;
 /// ALPN protocol AWS IoT Core needs for MQTT with a client certificate on port 443.
 const AWS_ALPN: &str = "x-amzn-mqtt-ca";
 const MAX_THING_NAME: usize = 128;
+/// AWS IoT Core's longest client id.
+const MAX_CLIENT_ID: usize = 128;
+/// The longest protocol name TLS's ALPN extension carries.
+const MAX_ALPN: usize = 255;
 
 pub struct BrokerInputs<'a> {
     pub source: &'a str,
@@ -140,7 +144,28 @@ pub fn broker(inputs: BrokerInputs<'_>, problems: &mut Vec<Problem>) -> Option<B
             ),
         );
     }
+    // One left out is the thing name, whose own rules are stricter.
+    if let Some(why) = tern.client_id.as_deref().and_then(client_id_problem) {
+        problem(
+            problems,
+            format!(
+                "{source}: tern.client-id {why}; leave it out to use the thing name, or give \
+                 1 to {MAX_CLIENT_ID} printable bytes"
+            ),
+        );
+    }
     let alpn = alpn(tern.alpn.as_deref(), port);
+    if let Some(protocol) = &alpn
+        && (protocol.len() > MAX_ALPN || protocol.bytes().any(|b| !b.is_ascii_graphic()))
+    {
+        problem(
+            problems,
+            format!(
+                "{source}: tern.alpn must be at most {MAX_ALPN} printable ASCII bytes (TLS \
+                 carries no more); \"\" offers none"
+            ),
+        );
+    }
     let (chain, private, roots) = (chain?, private?, roots?);
     let tls = client_config(chain, private, roots, alpn, cert.as_deref()?, problems)?;
     Some(Broker {
@@ -221,6 +246,19 @@ fn thing_name_problem(name: &str) -> Option<String> {
     }
 }
 
+/// Why a broker would refuse or mangle `id` as an MQTT client id, if it would.
+fn client_id_problem(id: &str) -> Option<String> {
+    if id.is_empty() {
+        Some("is empty".to_owned())
+    } else if id.len() > MAX_CLIENT_ID {
+        Some(format!("is longer than {MAX_CLIENT_ID} bytes"))
+    } else if id.chars().any(char::is_control) {
+        Some("contains control characters".to_owned())
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +295,15 @@ mod tests {
         assert!(is_aws_host("ABC-ats.iot.eu-west-1.AmazonAWS.com"));
         assert!(!is_aws_host("broker.example.com"));
         assert!(!is_aws_host("amazonaws.com.example.org"));
+    }
+
+    #[test]
+    fn client_ids_are_what_aws_iot_core_takes() {
+        assert_eq!(client_id_problem("gw-1/a"), None);
+        assert_eq!(client_id_problem(&"x".repeat(128)), None);
+        assert!(client_id_problem("").is_some());
+        assert!(client_id_problem(&"x".repeat(129)).is_some());
+        assert!(client_id_problem("a\u{1b}[2J").is_some());
     }
 
     #[test]

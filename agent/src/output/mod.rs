@@ -18,7 +18,8 @@ use mqtt::Publisher;
 use outbox::Outbox;
 
 pub enum Output {
-    Stdout(Encoding),
+    /// Whether the reader went away (a write failed with a broken pipe).
+    Stdout(Encoding, bool),
     Broker(Outbox, Publisher),
 }
 
@@ -32,7 +33,7 @@ impl Output {
                 let publisher = mqtt::start_publisher(outbox.shared(), settings, broker)?;
                 Self::Broker(outbox, publisher)
             }
-            None => Self::Stdout(encoding(settings, usize::MAX)),
+            None => Self::Stdout(encoding(settings, usize::MAX), false),
         })
     }
 
@@ -43,7 +44,26 @@ impl Output {
                 outbox.push(report);
                 Ok(None)
             }
-            Self::Stdout(encoding) => print(&report, encoding).map(Some),
+            Self::Stdout(encoding, gone) => {
+                let printed = print(&report, encoding);
+                if let Err(err) = &printed {
+                    *gone |= err
+                        .downcast_ref::<std::io::Error>()
+                        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe);
+                }
+                printed.map(Some)
+            }
+        }
+    }
+
+    /// Fails once no report can get anywhere again: stdout's reader is gone (`tern run |
+    /// head`). Reports would be lost one by one, in silence.
+    pub fn check(&self) -> Result<()> {
+        match self {
+            Self::Stdout(_, true) => {
+                anyhow::bail!("stdout is closed (its reader went away): reports have nowhere to go")
+            }
+            _ => Ok(()),
         }
     }
 
@@ -89,6 +109,7 @@ fn print(report: &Report, encoding: &Encoding) -> Result<usize> {
     }
     .and_then(|()| out.write_all(b"\n"))
     .and_then(|()| out.flush())
+    .map_err(anyhow::Error::from)
     .with_context(|| format!("writing report {id} to stdout"))?;
     Ok(bytes.len())
 }
