@@ -219,6 +219,18 @@ fn bad_thing_names_are_refused() {
     assert_refused(&check(&config), &["contains control characters"]);
 }
 
+#[test]
+fn a_metric_flag_given_twice_is_refused() {
+    let checked = tern(&[
+        "check-config",
+        "--metric",
+        "temp=number:/tmp/a",
+        "--metric",
+        "temp=number:/tmp/b",
+    ]);
+    assert_refused(&checked, &["--metric temp: given more than once"]);
+}
+
 /// What a broker would refuse, or TLS could not carry, is refused before anything runs.
 #[test]
 fn bad_client_ids_and_alpn_names_are_refused() {

@@ -57,8 +57,8 @@ pub struct ConfigArgs {
     #[arg(long)]
     pub custom_metrics: Option<Selection>,
     /// A custom metric read from a file at every report: NAME=TYPE:PATH, TYPE one of number,
-    /// number_list, string_list, ip_list. Repeat for more; replaces a file metric of the same
-    /// name.
+    /// number_list, string_list, ip_list. Repeat for more (each name once); replaces a file
+    /// metric of the same name.
     #[arg(long = "metric", value_name = "NAME=TYPE:PATH")]
     pub metrics: Vec<FileMetric>,
     /// Unprivileged user to run as once the programs are attached (default: the user

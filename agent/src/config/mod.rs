@@ -242,7 +242,14 @@ fn resolve(args: &ConfigArgs, problems: &mut Vec<Problem>) -> Option<Settings> {
             ),
         }
     }
-    for metric in &args.metrics {
+    for (i, metric) in args.metrics.iter().enumerate() {
+        // A flag replaces the file's metric of its name, but not an earlier flag's.
+        if args.metrics[..i].iter().any(|m| m.name == metric.name) {
+            problem(
+                problems,
+                format!("--metric {}: given more than once; keep one", metric.name),
+            );
+        }
         metrics.retain(|m| m.name != metric.name);
         metrics.push(metric.clone());
     }
