@@ -1,3 +1,5 @@
+// Over 400 lines: the one crate both halves (the BPF target and user space) can share; each
+// module holds one stage's types, and `names` the roles of every program and map.
 //! Types shared by tern's eBPF programs and its user-space loader, one module per stage
 //! (the kernel side's `traffic`, `tcp`/`udp` and `signals` programs), plus the counters
 //! every program adds to and the names user space finds the object's parts by.

@@ -20,7 +20,7 @@ use crate::{
         object, preflight,
         programs::{LoadOptions, NewInterfaces, Programs},
     },
-    output::Output,
+    output::{self, Output},
     process::{
         self, Account,
         link_child::{self, Fork},
@@ -223,19 +223,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
             // A report lost to a broken output is better than an agent that stops counting.
             Err(err) => {
                 error!("{err:#}; report {id} is lost");
-                output.check()?;
+                if output::nowhere(&err) {
+                    bail!("stdout is closed (its reader went away): reports have nowhere to go");
+                }
                 return Ok(false);
             }
         }
         Ok(true)
-    };
-    // Counts a report that went out; keeps why none can any more.
-    let mut tally = |went: Result<bool>, sent: &mut u64| match went {
-        Ok(went) => *sent += u64::from(went),
-        Err(err) => {
-            error!("{err:#}; stopping");
-            lost = Some(err);
-        }
     };
     loop {
         if link_child_pid.is_some_and(|pid| !link_child::alive(pid)) {
@@ -267,7 +261,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
         if stop::stop_requested() {
             notify("STOPPING=1");
             // What was counted since the last report is reported, not dropped.
-            tally(report(&mut programs), &mut sent);
+            match report(&mut programs) {
+                Ok(went) => sent += u64::from(went),
+                Err(err) => lost = Some(err),
+            }
             break;
         }
         if Instant::now() < next {
@@ -277,12 +274,19 @@ pub fn run(args: &RunArgs) -> Result<()> {
         while next <= Instant::now() {
             next += interval;
         }
-        let went = report(&mut programs);
-        let dead = went.is_err();
-        tally(went, &mut sent);
-        if dead || args.count.is_some_and(|count| sent >= count) {
+        match report(&mut programs) {
+            Ok(went) => sent += u64::from(went),
+            Err(err) => {
+                lost = Some(err);
+                break;
+            }
+        }
+        if args.count.is_some_and(|count| sent >= count) {
             break;
         }
+    }
+    if let Some(err) = &lost {
+        error!("{err:#}; stopping");
     }
     info!("stopping after {sent} reports");
     // The child holds what the kernel does not release with this process (netlink filters

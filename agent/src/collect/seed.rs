@@ -4,7 +4,7 @@
 //! closes are found by sock_diag at each report. The TCP snapshot, keyed as the maps key
 //! sockets, is also what the collector compares the maps with while one is full.
 
-use std::{collections::HashMap, hash::Hash};
+use std::collections::HashMap;
 
 use anyhow::{Context, Result};
 use aya::{
@@ -76,11 +76,12 @@ pub fn seed(tcp_maps: &mut TcpMaps, udp_maps: &mut UdpMaps, names: NetnsNames) -
     }
 
     let (tcp_again, udp_again) = snapshot()?;
-    let gone: Vec<&TcpSock> = tcp.keys().filter(|k| !tcp_again.contains_key(k)).collect();
-    for key in gone {
-        forget_seeded(tcp_map(tcp_maps, key), key);
+    for key in tcp.keys().filter(|k| !tcp_again.contains_key(k)) {
+        forget_seeded(tcp_map(tcp_maps, key), key, |s| s.flags);
     }
-    unseed(&mut udp_maps.socks, &udp, &udp_again, |s| s.flags);
+    for key in udp.keys().filter(|k| !udp_again.contains_key(k)) {
+        forget_seeded(&mut udp_maps.socks, key, |s| s.flags);
+    }
     let listeners = tcp.keys().filter(|k| k.kind == TCP_LISTENER).count();
     Ok(Seeded {
         listeners,
@@ -133,30 +134,21 @@ pub fn forget_closed(maps: &mut TcpMaps, netns: u64) -> Result<()> {
             .filter(|key| key.netns == netns && !open.contains_key(key))
             .collect();
         for key in &unlisted {
-            forget_seeded(map, key);
+            forget_seeded(map, key, |s| s.flags);
         }
     }
     Ok(())
 }
 
-/// Removes `key` from `map` if it was seeded rather than seen opening.
-fn forget_seeded(map: &mut TcpMap, key: &TcpSock) {
-    if map.get(key, 0).is_ok_and(|state| state.flags & SEEDED != 0) {
-        let _ = map.remove(key);
-    }
-}
-
-/// Removes from `map` the seeded entries that the second snapshot (`again`) no longer lists.
-fn unseed<K: Pod + Eq + Hash, V: Pod>(
+/// Removes `key` from `map` if it was seeded rather than seen opening (`flags` of its value
+/// say which).
+fn forget_seeded<K: Pod, V: Pod>(
     map: &mut BpfHashMap<MapData, K, V>,
-    seeded: &HashMap<K, V>,
-    again: &HashMap<K, V>,
+    key: &K,
     flags: impl Fn(&V) -> u32,
 ) {
-    for key in seeded.keys().filter(|k| !again.contains_key(k)) {
-        if map.get(key, 0).is_ok_and(|v| flags(&v) & SEEDED != 0) {
-            let _ = map.remove(key);
-        }
+    if map.get(key, 0).is_ok_and(|v| flags(&v) & SEEDED != 0) {
+        let _ = map.remove(key);
     }
 }
 

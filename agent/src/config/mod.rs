@@ -1,3 +1,5 @@
+// Over 400 lines: loading, resolving and checking share one list of problems, so that every
+// problem of a configuration is named at once; the TLS and broker rules have their own files.
 //! Configuration: reads an AWS IoT Device Client config file as it is (plus tern's own
 //! `tern` section), applies command-line overrides, and checks everything a run depends on,
 //! reporting every problem at once with the file or key and the fix. Loads the TLS material

@@ -18,8 +18,7 @@ use mqtt::Publisher;
 use outbox::Outbox;
 
 pub enum Output {
-    /// Whether the reader went away (a write failed with a broken pipe).
-    Stdout(Encoding, bool),
+    Stdout(Encoding),
     Broker(Outbox, Publisher),
 }
 
@@ -33,7 +32,7 @@ impl Output {
                 let publisher = mqtt::start_publisher(outbox.shared(), settings, broker)?;
                 Self::Broker(outbox, publisher)
             }
-            None => Self::Stdout(encoding(settings, usize::MAX), false),
+            None => Self::Stdout(encoding(settings, usize::MAX)),
         })
     }
 
@@ -44,26 +43,7 @@ impl Output {
                 outbox.push(report);
                 Ok(None)
             }
-            Self::Stdout(encoding, gone) => {
-                let printed = print(&report, encoding);
-                if let Err(err) = &printed {
-                    *gone |= err
-                        .downcast_ref::<std::io::Error>()
-                        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe);
-                }
-                printed.map(Some)
-            }
-        }
-    }
-
-    /// Fails once no report can get anywhere again: stdout's reader is gone (`tern run |
-    /// head`). Reports would be lost one by one, in silence.
-    pub fn check(&self) -> Result<()> {
-        match self {
-            Self::Stdout(_, true) => {
-                anyhow::bail!("stdout is closed (its reader went away): reports have nowhere to go")
-            }
-            _ => Ok(()),
+            Self::Stdout(encoding) => print(&report, encoding).map(Some),
         }
     }
 
@@ -73,6 +53,13 @@ impl Output {
             publisher.stop();
         }
     }
+}
+
+/// Whether `err`, from [`Output::send`], means no report can get anywhere again: stdout's
+/// reader is gone (`tern run | head`), and reports would be lost one by one, in silence.
+pub fn nowhere(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// The encoding `settings` ask for, within `room` bytes at most.

@@ -76,14 +76,12 @@ pub fn fork() -> Result<Fork> {
 pub fn serve(programs: Programs, watch: LinkWatch, account: &Account, parent: u32) -> ! {
     let keep = child_keeps();
     if let Err(err) = super::drop_to(account, &keep) {
-        error!("link child: {err:#}; interfaces added from now on are not counted");
-        std::process::exit(1);
+        give_up(&err);
     }
     // After the drop: a credential change clears the parent-death signal.
     die_with(parent);
     if let Err(err) = seccomp::confine(seccomp::Confined::LinkSupervisor) {
-        error!("link child: {err:#}; interfaces added from now on are not counted");
-        std::process::exit(1);
+        give_up(&err);
     }
     info!(
         "link child ready, holding {}",
@@ -113,10 +111,7 @@ pub fn serve(programs: Programs, watch: LinkWatch, account: &Account, parent: u3
                     next.as_secs()
                 );
             }
-            Err(err) => {
-                error!("link child: {err:#}; interfaces added from now on are not counted");
-                std::process::exit(1);
-            }
+            Err(err) => give_up(&err),
         }
         if !sleep_unless_stopped(pause.unwrap_or(FIRST_PAUSE), parent) {
             std::process::exit(0);
@@ -130,8 +125,7 @@ pub fn serve(programs: Programs, watch: LinkWatch, account: &Account, parent: u3
 fn work(mut programs: Programs, mut watch: LinkWatch, supervisor: u32, resync: bool) -> ! {
     die_with(supervisor);
     if let Err(err) = seccomp::confine(seccomp::Confined::LinkWorker) {
-        error!("link child: {err:#}; interfaces added from now on are not counted");
-        std::process::exit(1);
+        give_up(&err);
     }
     programs.set_new_interfaces(NewInterfaces::Attach);
     if resync {
@@ -209,6 +203,12 @@ fn sleep_unless_stopped(time: Duration, parent: u32) -> bool {
         // SAFETY: poll on no descriptor is a sleep, cut short by a signal (a stop request).
         unsafe { libc::poll(std::ptr::null_mut(), 0, millis) };
     }
+}
+
+/// Ends this process of the link child over `err`, saying what that costs.
+fn give_up(err: &anyhow::Error) -> ! {
+    error!("link child: {err:#}; interfaces added from now on are not counted");
+    std::process::exit(1);
 }
 
 /// Asks the kernel for SIGTERM when `parent` dies, so that the worker removes its netlink
