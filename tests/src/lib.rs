@@ -14,6 +14,7 @@
 //! a proxy) and `bench` the benchmarks' helpers. The items tests use are re-exported here.
 
 pub mod bench;
+mod bpffs;
 pub mod broker;
 mod deny;
 mod metrics;
@@ -25,6 +26,7 @@ mod traffic;
 mod truth;
 mod wait;
 
+pub use bpffs::Bpffs;
 pub use metrics::{
     custom_list, custom_metric, custom_names, custom_number, reported_connections, reported_ports,
 };
@@ -32,7 +34,7 @@ pub use netns::{
     ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, DEV_A, DEV_B, LinkStats, Netns, Pair, UDP_OVERHEAD, spawn_in,
 };
 pub use temp::TempDir;
-pub use tern::{Launch, Stopped, Tern, tern_bin};
+pub use tern::{Launch, Stopped, Tern, pins_of, tern_bin};
 pub use traffic::{Clients, hold_connections, open_connections, transfer};
 pub use truth::{
     TcpInfo, bpf_ids, children_of, kernel_links, kernel_programs, proc_status, sh, ss, tcp_info,
