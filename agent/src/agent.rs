@@ -24,7 +24,7 @@ use crate::{
     },
     output::{self, Output},
     process::{
-        self, Account,
+        self,
         link_child::{self, Fork},
         notify::Notifier,
         state_dir, stop,
@@ -74,8 +74,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
     if let Err(err) = descriptors::close_inherited() {
         warn!("{err:#}; descriptors tern inherited stay open");
     }
-    // Checks every setting and loads the TLS material into memory, before anything else.
-    let settings = config::load(&args.config)?;
+    // Checks every setting and the account, as check-config does, and loads the TLS material
+    // into memory, before anything else.
+    let (settings, account) = config::load(&args.config)?;
     let broker = match (args.output, &settings.broker) {
         (Some(Destination::Mqtt), None) => {
             bail!("--output mqtt needs an endpoint: set endpoint in the config or --endpoint")
@@ -84,7 +85,6 @@ pub fn run(args: &RunArgs) -> Result<()> {
         (_, broker) => broker.as_ref(),
     };
     stop::install()?;
-    let account = Account::resolve(settings.user.as_deref(), settings.shared_user)?;
     process::check_start_capabilities()?;
     state_dir::prepare(&settings.state_dir, &account)?;
     let mut pins = match Pins::prepare(&settings.state_dir) {

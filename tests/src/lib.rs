@@ -10,7 +10,7 @@
 //! tern is compared with; `schema` holds the document rules every report is checked against
 //! and `metrics` reads custom metrics out of a report; `temp` and `wait` are the temporary
 //! directory and the bounded wait; `deny` takes bpf() or perf_event_open away from a
-//! process. `broker` holds the MQTT side (PKI, mosquitto, a responder playing the cloud, and
+//! process; `refusal` runs the commands that end on their own (check-config, a refused run). `broker` holds the MQTT side (PKI, mosquitto, a responder playing the cloud, and
 //! a proxy) and `bench` the benchmarks' helpers. The items tests use are re-exported here.
 
 pub mod bench;
@@ -19,6 +19,7 @@ pub mod broker;
 mod deny;
 mod metrics;
 mod netns;
+pub mod refusal;
 pub mod schema;
 mod temp;
 mod tern;
