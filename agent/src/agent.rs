@@ -1,14 +1,15 @@
 //! The agent's life: check the configuration, attach, drop privileges, open the output
 //! (starting the publisher when reports go to a broker), then at every interval collect,
 //! build one report and send it. Link changes are applied as they arrive, so a new
-//! interface is counted from its first packet.
+//! interface is counted from its first packet. A publisher thread that dies ends the run
+//! with an error.
 
 use std::{
     collections::HashSet,
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 use clap::ValueEnum;
 use log::{debug, error, info, warn};
 
@@ -22,7 +23,7 @@ use crate::{
         preflight,
         programs::{LoadOptions, NewInterfaces, Programs},
     },
-    output::{self, Output},
+    output::{self, Output, mqtt},
     process::{
         self,
         link_child::{self, Fork},
@@ -229,6 +230,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     let mut ids = ReportIds::open(&settings.state_dir)?;
     let mut output = Output::open(&settings, broker)?;
+    let publisher = output.publisher_health();
     match programs.as_ref().filter(|p| p.count_traffic()) {
         Some(programs) => info!(
             "attached; counting {} interfaces: {}; running as {}",
@@ -291,6 +293,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
         Ok(true)
     };
     loop {
+        // Reports would be spooled with nothing to deliver them, until the spool dropped
+        // them: a dead publisher ends the run.
+        if let Some(why) = publisher.as_ref().and_then(mqtt::Health::death) {
+            lost = Some(anyhow!(
+                "the publisher thread {why}: reports cannot reach the broker any more"
+            ));
+            break;
+        }
         if link_child_pid.is_some_and(|pid| !link_child::alive(pid)) {
             error!(
                 "the link child exited; interfaces added from now on are not counted until \
@@ -316,6 +326,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 }
             }
             Err(err) => error!("reading link changes: {err:#}"),
+        }
+        // A dying publisher signals the process, which reads as a stop request too: it is
+        // no graceful stop.
+        if publisher.as_ref().is_some_and(|p| p.death().is_some()) {
+            continue;
         }
         if stop::stop_requested() {
             notify("STOPPING=1");
