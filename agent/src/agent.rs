@@ -88,7 +88,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     stop::install()?;
     process::check_start_capabilities()?;
     state_dir::prepare(&settings.state_dir, &account)?;
-    let mut pins = match Pins::prepare(&settings.state_dir) {
+    let mut pins = match Pins::prepare(&config::program_name(), &settings.state_dir) {
         Ok(pins) => Some(pins),
         Err(err) => {
             warn!(

@@ -11,16 +11,12 @@ use anyhow::{Context, Result};
 use log::warn;
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    config::state_dir,
-    host::{
-        durable,
-        files::{self, Links},
-        snmp::KernelCounters,
-    },
+use crate::host::{
+    durable,
+    files::{self, Links},
+    snmp::KernelCounters,
 };
 
-const FILE: &str = state_dir::BASELINE;
 /// Far above what 1,024 interface slots and the event counters take.
 const MAX_BYTES: u64 = 1 << 20;
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
@@ -39,11 +35,14 @@ pub struct Baseline {
 }
 
 /// Where the baseline of `state_dir` is kept.
-pub fn path(state_dir: &Path) -> PathBuf {
-    state_dir.join(FILE)
+fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join(Baseline::FILE)
 }
 
 impl Baseline {
+    /// Its name in the state directory.
+    pub const FILE: &str = "baseline";
+
     /// The boot this process runs in.
     pub fn this_boot() -> Result<String> {
         let (text, _) = files::read_text(Path::new(BOOT_ID), 64, Links::Follow)

@@ -11,6 +11,8 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
+use crate::collect::Baseline;
+
 /// The spool's folder in the state directory.
 pub const SPOOL: &str = "spool";
 
@@ -20,13 +22,10 @@ pub const OWN_NAMES: &[&str] = &[
     "last_report_id",
     "last_report_id.tmp",
     "last_report_id.corrupt",
-    BASELINE,
+    Baseline::FILE,
     "baseline.tmp",
     "baseline.corrupt",
 ];
-
-/// The readings of the last report, for a successor after a crash.
-pub const BASELINE: &str = "baseline";
 
 /// Directories of the system that must never become the agent's.
 const SYSTEM: &[&str] = &[

@@ -49,13 +49,13 @@ pub struct Pins {
 }
 
 impl Pins {
-    /// Makes the directory of pins for `state_dir` (setting aside the maps of another
-    /// object); an error says why counts cannot outlive this process.
-    pub fn prepare(state_dir: &Path) -> Result<Self> {
+    /// Makes the directory of pins of binary `name` for `state_dir` (setting aside the maps
+    /// of another object); an error says why counts cannot outlive this process.
+    pub fn prepare(name: &str, state_dir: &Path) -> Result<Self> {
         if !is_bpffs(Path::new(BPFFS)) {
             bail!("no BPF file system is mounted at {BPFFS} (mount -t bpf bpf {BPFFS})");
         }
-        let root = root_of(&crate::config::program_name(), state_dir);
+        let root = root_of(name, state_dir);
         let dir = root.join(format!("{:016x}", fnv1a(OBJECT)));
         let builder = || {
             let mut builder = fs::DirBuilder::new();
