@@ -175,8 +175,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
     // As the account: the state directory is its own, and closed to root without
     // CAP_DAC_OVERRIDE, which tern's unit does not grant.
     state_dir::settle(&settings.state_dir, &account)?;
-    let mut ids = ReportIds::open(&settings.state_dir)?;
     let mut output = Output::open(&settings, broker)?;
+    let mut ids = ReportIds::open(&settings.state_dir, output.newest_spooled())?;
     match programs.as_ref().filter(|p| p.count_traffic()) {
         Some(programs) => info!(
             "attached; counting {} interfaces: {}; running as {}",
@@ -206,10 +206,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         if let Some(programs) = programs.as_mut() {
             programs.clear_gone();
         }
-        let (id, saved) = ids.next();
-        if let Err(err) = saved {
-            error!("{err:#}; after a restart, report ids may not continue from {id}");
-        }
+        let id = ids.next();
         let connections = collected.tcp_connections.established_connections.total;
         let report = collected.into_report(id, &settings.custom_metrics);
         let collected_in = started.elapsed();

@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use log::{debug, error, info, warn};
+use log::{debug, error, warn};
 use tokio::time::Instant;
 
 use crate::{
@@ -95,17 +95,15 @@ pub fn start_publisher(
 
 impl Publisher {
     /// Asks the publisher to stop: it delivers what it can within a short grace period if
-    /// connected; what is left stays spooled for the next run.
+    /// connected; what is left stays spooled for the next run (what waits in memory, if the
+    /// spool cannot be written, is said to be lost).
     pub fn stop(self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.wake.notify_one();
         if self.thread.join().is_err() {
             error!("the publisher thread panicked; undelivered reports stay spooled");
         }
-        let left = self.shared.spool().len();
-        if left > 0 {
-            info!("{left} undelivered report(s) stay spooled for the next run");
-        }
+        self.shared.spool().close();
     }
 }
 
