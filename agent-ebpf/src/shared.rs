@@ -133,8 +133,14 @@ pub(crate) fn epoch() -> u32 {
     EPOCH.get(0).copied().unwrap_or(0)
 }
 
+/// Adds `seen` to an interval set. Most events repeat an entry already there (one peer,
+/// many connections): a lookup takes no lock, where an update would lock the bucket and
+/// replace the element, contending with every CPU that sees the same peer.
 #[inline(always)]
 pub(crate) fn remember(set: &HashMap<Seen, u32>, seen: &Seen, full: Trouble) {
+    if set.get_ptr(seen).is_some() {
+        return;
+    }
     if set.insert(seen, &0, u64::from(BPF_ANY)).is_err() {
         count(Counter::DetailsDropped);
         report(full);

@@ -195,7 +195,10 @@ pub fn p17(ctx: TracePointContext) -> u32 {
     // SAFETY: the helper checks the source address and bounds the copy to `path`.
     if unsafe { bpf_probe_read_kernel_str_bytes(src, &mut path) }.is_err() {
         report(Trouble::ExecPath);
-    } else if EXECUTED.insert(&path, &0, u64::from(BPF_ANY)).is_err() {
+    } else if EXECUTED.get_ptr(&path).is_none()
+        // Looked up first, as `remember` does: the same programs run again and again.
+        && EXECUTED.insert(&path, &0, u64::from(BPF_ANY)).is_err()
+    {
         report(Trouble::ExecutedFull);
     }
     0

@@ -1,28 +1,31 @@
 //! The agent's life: check the configuration, attach, drop privileges, open the output
 //! (starting the publisher when reports go to a broker), then at every interval collect,
 //! build one report and send it. Link changes are applied as they arrive, so a new
-//! interface is counted from its first packet.
+//! interface is counted from its first packet. A publisher thread that dies ends the run
+//! with an error.
 
 use std::{
     collections::HashSet,
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 use clap::ValueEnum;
 use log::{debug, error, info, warn};
 
 use crate::{
-    collect::{Collectors, SocketOptions},
+    collect::{Baseline, Collectors, SocketOptions},
     config::{self, ConfigArgs},
     host::{descriptors, links::LinkWatch},
     kernel::{
-        object, preflight,
+        object,
+        pins::Pins,
+        preflight,
         programs::{LoadOptions, NewInterfaces, Programs},
     },
-    output::{self, Output},
+    output::{self, Output, mqtt},
     process::{
-        self, Account,
+        self,
         link_child::{self, Fork},
         notify::Notifier,
         state_dir, stop,
@@ -72,8 +75,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
     if let Err(err) = descriptors::close_inherited() {
         warn!("{err:#}; descriptors tern inherited stay open");
     }
-    // Checks every setting and loads the TLS material into memory, before anything else.
-    let settings = config::load(&args.config)?;
+    // Checks every setting and the account, as check-config does, and loads the TLS material
+    // into memory, before anything else.
+    let (settings, account) = config::load(&args.config)?;
     let broker = match (args.output, &settings.broker) {
         (Some(Destination::Mqtt), None) => {
             bail!("--output mqtt needs an endpoint: set endpoint in the config or --endpoint")
@@ -82,15 +86,50 @@ pub fn run(args: &RunArgs) -> Result<()> {
         (_, broker) => broker.as_ref(),
     };
     stop::install()?;
-    let account = Account::resolve(settings.user.as_deref(), settings.shared_user)?;
     process::check_start_capabilities()?;
     state_dir::prepare(&settings.state_dir, &account)?;
-    let loaded = preflight::check().and_then(|()| {
+    let mut pins = match Pins::prepare(&settings.state_dir) {
+        Ok(pins) => Some(pins),
+        Err(err) => {
+            warn!(
+                "degraded: {err:#}; what the kernel counts between two reports is lost if tern \
+                 is killed"
+            );
+            None
+        }
+    };
+    let load = |pins: Option<Pins>| {
         Programs::load(&LoadOptions {
             include_loopback: args.include_loopback,
             record_connections: args.interval_connections,
+            pins,
         })
+    };
+    let loaded = preflight::check().and_then(|()| match load(pins.clone()) {
+        Err(err) if pins.is_some() => {
+            warn!(
+                "degraded: {err:#}; loading again without keeping the maps pinned: what the \
+                 kernel counts between two reports is lost if tern is killed"
+            );
+            pins = None;
+            load(None)
+        }
+        loaded => loaded,
     });
+    // The counters map's id names the maps the kernel counts in, adopted or new.
+    let generation = match (&loaded, &pins) {
+        (Ok(_), Some(pins)) => match pins.generation().and_then(|g| {
+            pins.hand_to(account.uid, account.gid)?;
+            Ok(g)
+        }) {
+            Ok(generation) => Some(generation),
+            Err(err) => {
+                warn!("{err:#}; the maps stay pinned until removed by hand");
+                None
+            }
+        },
+        _ => None,
+    };
     let (mut programs, maps, attached) = match loaded {
         Ok((programs, maps, attached)) => (Some(programs), Some(maps), Some(attached)),
         Err(err) => {
@@ -175,8 +214,23 @@ pub fn run(args: &RunArgs) -> Result<()> {
     // As the account: the state directory is its own, and closed to root without
     // CAP_DAC_OVERRIDE, which tern's unit does not grant.
     state_dir::settle(&settings.state_dir, &account)?;
+    // After a crash: the counts since the last report are in this run's first one.
+    let boot = Baseline::this_boot()?;
+    if let Some(baseline) = Baseline::load(&settings.state_dir, &boot) {
+        info!(
+            "continuing from the last report of the tern before{}",
+            match (generation, pins.as_ref().is_some_and(|p| p.adopted)) {
+                (Some(g), true) if baseline.maps == Some(g) => ": every count since is reported",
+                _ =>
+                    ": the kernel's own counts since are reported, the programs' were lost \
+                       with their maps",
+            }
+        );
+        collectors.resume(baseline, generation);
+    }
     let mut output = Output::open(&settings, broker)?;
     let mut ids = ReportIds::open(&settings.state_dir, output.newest_spooled())?;
+    let publisher = output.publisher_health();
     match programs.as_ref().filter(|p| p.count_traffic()) {
         Some(programs) => info!(
             "attached; counting {} interfaces: {}; running as {}",
@@ -192,6 +246,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let interval = Duration::from_secs(settings.interval);
     let mut next = Instant::now() + interval;
     let mut sent = 0;
+    // Whether everything counted went into a report: at a stop, nothing is left to carry.
+    let mut all_reported = false;
     // Why no report can get anywhere any more, once that is so.
     let mut lost = None;
     // Whether a report went out; an error once no report can get anywhere again.
@@ -210,6 +266,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         let connections = collected.tcp_connections.established_connections.total;
         let report = collected.into_report(id, &settings.custom_metrics);
         let collected_in = started.elapsed();
+        let baseline = collectors.baseline(boot.clone(), generation);
         match output.send(report) {
             Ok(bytes) => debug!(
                 "report {id} built in {} us (collected in {} us): {connections} connections{}",
@@ -226,9 +283,21 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 return Ok(false);
             }
         }
+        // Once the report is out: a crash before this line reports its interval again.
+        if let Err(err) = baseline.save(&settings.state_dir) {
+            error!("{err:#}; a crash before the next report would report this interval again");
+        }
         Ok(true)
     };
     loop {
+        // Reports would be spooled with nothing to deliver them, until the spool dropped
+        // them: a dead publisher ends the run.
+        if let Some(why) = publisher.as_ref().and_then(mqtt::Health::death) {
+            lost = Some(anyhow!(
+                "the publisher thread {why}: reports cannot reach the broker any more"
+            ));
+            break;
+        }
         if link_child_pid.is_some_and(|pid| !link_child::alive(pid)) {
             error!(
                 "the link child exited; interfaces added from now on are not counted until \
@@ -255,11 +324,19 @@ pub fn run(args: &RunArgs) -> Result<()> {
             }
             Err(err) => error!("reading link changes: {err:#}"),
         }
+        // A dying publisher signals the process, which reads as a stop request too: it is
+        // no graceful stop.
+        if publisher.as_ref().is_some_and(|p| p.death().is_some()) {
+            continue;
+        }
         if stop::stop_requested() {
             notify("STOPPING=1");
             // What was counted since the last report is reported, not dropped.
             match report(&mut programs) {
-                Ok(went) => sent += u64::from(went),
+                Ok(went) => {
+                    sent += u64::from(went);
+                    all_reported = went;
+                }
                 Err(err) => lost = Some(err),
             }
             break;
@@ -279,6 +356,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             }
         }
         if args.count.is_some_and(|count| sent >= count) {
+            all_reported = true;
             break;
         }
     }
@@ -292,5 +370,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
         link_child::stop(pid);
     }
     output.close();
+    if all_reported {
+        Baseline::remove(&settings.state_dir);
+        if let Some(pins) = &pins {
+            pins.release();
+        }
+    }
     lost.map_or(Ok(()), Err)
 }

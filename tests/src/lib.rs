@@ -10,14 +10,16 @@
 //! tern is compared with; `schema` holds the document rules every report is checked against
 //! and `metrics` reads custom metrics out of a report; `temp` and `wait` are the temporary
 //! directory and the bounded wait; `deny` takes bpf() or perf_event_open away from a
-//! process. `broker` holds the MQTT side (PKI, mosquitto, a responder playing the cloud, and
+//! process; `refusal` runs the commands that end on their own (check-config, a refused run). `broker` holds the MQTT side (PKI, mosquitto, a responder playing the cloud, and
 //! a proxy) and `bench` the benchmarks' helpers. The items tests use are re-exported here.
 
 pub mod bench;
+mod bpffs;
 pub mod broker;
 mod deny;
 mod metrics;
 mod netns;
+pub mod refusal;
 pub mod schema;
 mod temp;
 mod tern;
@@ -25,6 +27,7 @@ mod traffic;
 mod truth;
 mod wait;
 
+pub use bpffs::Bpffs;
 pub use metrics::{
     custom_list, custom_metric, custom_names, custom_number, reported_connections, reported_ports,
 };
@@ -32,7 +35,7 @@ pub use netns::{
     ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, DEV_A, DEV_B, LinkStats, Netns, Pair, UDP_OVERHEAD, spawn_in,
 };
 pub use temp::TempDir;
-pub use tern::{Launch, Stopped, Tern, tern_bin};
+pub use tern::{Launch, Stopped, Tern, pins_of, tern_bin};
 pub use traffic::{Clients, hold_connections, open_connections, transfer};
 pub use truth::{
     TcpInfo, bpf_ids, children_of, kernel_links, kernel_programs, proc_status, sh, ss, tcp_info,

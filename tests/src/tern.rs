@@ -315,6 +315,14 @@ impl Tern {
         self.wait_exit(Duration::from_secs(10))
     }
 
+    /// Kills tern with SIGKILL, as a crash would; returns what it printed that the test had
+    /// not read yet. What tern keeps for its successor (pinned maps) stays.
+    pub fn kill(self) -> Stopped {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        self.wait_exit(Duration::from_secs(10))
+    }
+
     /// Waits for tern to exit on its own; panics after `timeout`.
     pub fn wait_exit(mut self, timeout: Duration) -> Stopped {
         let code = wait_until(timeout, Duration::from_millis(20), || {
@@ -336,6 +344,21 @@ impl Tern {
     }
 }
 
+/// Where tern pins the maps of `state_dir` (`/sys/fs/bpf/<binary>-<FNV-1a of the path>`, as
+/// the README says).
+pub fn pins_of(state_dir: &Path) -> PathBuf {
+    let hash = state_dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, &b| {
+            (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    let binary = tern_bin();
+    let name = binary.file_name().expect("a binary name").to_string_lossy();
+    PathBuf::from(format!("/sys/fs/bpf/{name}-{hash:016x}"))
+}
+
 /// What a stopped tern left: its exit code and what it printed that the test had not read.
 pub struct Stopped {
     pub code: Option<i32>,
@@ -345,8 +368,12 @@ pub struct Stopped {
 
 impl Drop for Tern {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Still running: the test ends it, and removes the maps it would keep for a successor.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(pins_of(&self.state_dir));
+        }
         if self.owns_state {
             let _ = std::fs::remove_dir_all(&self.state_dir);
         }

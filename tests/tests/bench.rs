@@ -26,7 +26,7 @@ use tern_tests::{
         floor::{self, EmptyTc},
         fmt, median,
         peers::{self, PythonCollector, Sample},
-        process_cpu_ns, prog_delta, prog_stats, rss_kib,
+        process_cpu_ns, prog_delta, prog_ids_of, prog_stats, programs_loaded_by, rss_kib,
     },
     custom_metric, open_connections, tern_bin,
 };
@@ -167,15 +167,20 @@ fn fig1b_program_cost() {
     let size = Size::from_env();
     let (reps, secs) = size.pick((1, 1), (3, 1), (5, 2));
     let pair = Pair::dual_stack();
-    let tern = Tern::start(&pair.a, &["--interval", "300"]);
+    let (_tern, terns) = programs_loaded_by(|| Tern::start(&pair.a, &["--interval", "300"]));
     let floor = EmptyTc::attach(&pair.a, DEV_A);
+    let floors = prog_ids_of(std::process::id());
     let stats = BpfStats::set(true);
     let mut per_rep: BTreeMap<String, Vec<ProgStat>> = BTreeMap::new();
     for _ in 0..reps {
-        let before = (prog_stats(tern.pid()), prog_stats(std::process::id()));
+        let before = (prog_stats(&terns), prog_stats(&floors));
         program_workload(&pair, secs);
-        let tern_delta = prog_delta(&before.0, &prog_stats(tern.pid()));
-        let floor_delta = prog_delta(&before.1, &prog_stats(std::process::id()));
+        let tern_delta = prog_delta(&before.0, &prog_stats(&terns));
+        let floor_delta = prog_delta(&before.1, &prog_stats(&floors));
+        assert!(
+            tern_delta.values().any(|s| s.run_cnt > 0),
+            "none of tern's programs ran: {tern_delta:?}"
+        );
         for (name, stat) in tern_delta.into_iter().chain(floor_delta) {
             per_rep.entry(name).or_default().push(stat);
         }
@@ -623,21 +628,26 @@ fn fig5_churn_cost() {
         .exec(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"]);
     let port = 7905;
     let server = churn::Server::start(&pair.a, addr(ADDR_A, port));
-    let tern = Tern::start(&pair.a, &["--interval", "300"]);
+    let (tern, terns) = programs_loaded_by(|| Tern::start(&pair.a, &["--interval", "300"]));
     let stats = BpfStats::set(true);
     let mut rows = Vec::new();
     let mut raw = Vec::new();
     for &rate in rates {
-        let (cpu, progs) = (process_cpu_ns(tern.pid()), prog_stats(tern.pid()));
+        let (cpu, progs) = (process_cpu_ns(tern.pid()), prog_stats(&terns));
         let started = Instant::now();
         let opened = churn::run(&pair.b, addr(ADDR_A, port), rate, window, Duration::ZERO, 2);
         let elapsed = started.elapsed().as_secs_f64();
         let user = (process_cpu_ns(tern.pid()) - cpu) as f64;
-        let delta = prog_delta(&progs, &prog_stats(tern.pid()));
+        let delta = prog_delta(&progs, &prog_stats(&terns));
         let kernel: ProgStat = delta.values().fold(ProgStat::default(), |a, s| ProgStat {
             run_time_ns: a.run_time_ns + s.run_time_ns,
             run_cnt: a.run_cnt + s.run_cnt,
         });
+        assert!(
+            kernel.run_cnt >= opened,
+            "tern's programs ran {} times for {opened} connections: not found or not attached",
+            kernel.run_cnt
+        );
         let total = user + kernel.run_time_ns as f64;
         rows.push(vec![
             rate.to_string(),

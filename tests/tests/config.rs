@@ -13,29 +13,14 @@ use serde_json::{Value, json};
 use tern_tests::{
     TempDir,
     broker::{Identity, Pki},
+    refusal::{AS_NOBODY, Finished, assert_refused, finish as tern},
     tern_bin,
 };
 
-struct Checked {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn tern(args: &[&str]) -> Checked {
-    let output = Command::new(tern_bin())
-        .args(args)
-        .output()
-        .expect("running tern");
-    Checked {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-fn check(config: &Path) -> Checked {
-    tern(&["check-config", "--config", config.to_str().unwrap()])
+fn check(config: &Path) -> Finished {
+    let mut args = vec!["check-config", "--config", config.to_str().unwrap()];
+    args.extend(AS_NOBODY);
+    tern(&args)
 }
 
 fn device_client_config(endpoint: &str, id: &Identity, ca: &Path, thing: &str) -> Value {
@@ -55,18 +40,6 @@ fn write(dir: &TempDir, name: &str, config: &Value) -> PathBuf {
     let path = dir.join(name);
     fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
     path
-}
-
-/// Asserts a failed check whose report contains every one of `expected`.
-fn assert_refused(checked: &Checked, expected: &[&str]) {
-    assert_eq!(checked.code, Some(1), "stderr: {}", checked.stderr);
-    for needle in expected {
-        assert!(
-            checked.stderr.contains(needle),
-            "expected {needle:?} in: {}",
-            checked.stderr
-        );
-    }
 }
 
 #[test]
@@ -283,6 +256,9 @@ fn an_interval_under_300_s_is_refused_for_aws_only() {
         config.to_str().unwrap(),
         "--interval",
         "600",
+        "--user",
+        "nobody",
+        "--shared-user",
     ]);
     assert_eq!(checked.code, Some(0), "stderr: {}", checked.stderr);
 
@@ -339,6 +315,7 @@ fn system_roots_only_when_asked_for() {
     let with_bundle = |bundle: &Path| {
         let output = Command::new(tern_bin())
             .args(["check-config", "--config", path.to_str().unwrap()])
+            .args(AS_NOBODY)
             .env("SSL_CERT_FILE", bundle)
             .env("SSL_CERT_DIR", &no_dir)
             .output()

@@ -17,7 +17,7 @@ use std::{
 
 use serde_json::{Value, json};
 use tern_tests::{
-    LinkStats, Pair, TempDir, Tern, UDP_OVERHEAD,
+    Bpffs, LinkStats, Pair, TempDir, Tern, UDP_OVERHEAD,
     broker::{Identity, Mosquitto, Pki, Proxy, Received, Responder, Verdicts},
     custom_number, transfer, wait_until,
 };
@@ -310,6 +310,33 @@ fn reports_spooled_while_the_broker_is_down_are_delivered_after_a_restart() {
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
     wait_for_totals(&cloud.responder, udp.sent);
     assert_eq!(spooled(&state), 0);
+}
+
+/// kill -9 with reports waiting in the spool (the broker is down) and counts not yet in any
+/// report: the next tern delivers the spooled reports and reports the counts, each once.
+#[test]
+fn a_killed_tern_loses_and_repeats_nothing_it_counted_or_spooled() {
+    let _bpffs = Bpffs::ensure();
+    let mut cloud = Cloud::start("killed", Verdicts::Judge);
+    cloud.broker.stop();
+    let config = cloud.direct_config(json!({}));
+    let mut udp = Udp::new(&cloud.pair);
+
+    let first = cloud.launch(&config);
+    udp.send(250, 800, 40, 120);
+    thread::sleep(Duration::from_millis(2500));
+    udp.send(600, 300, 70, 90);
+    let killed = first.kill();
+    assert!(spooled(&cloud.state()) >= 2, "{:?}", killed.log);
+
+    cloud.broker.restart();
+    let second = cloud.launch(&config);
+    udp.send(30, 100, 3, 100);
+    thread::sleep(Duration::from_millis(1500));
+    let stopped = second.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+    wait_for_totals(&cloud.responder, udp.sent);
+    assert_eq!(spooled(&cloud.state()), 0);
 }
 
 #[test]

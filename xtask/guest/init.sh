@@ -4,8 +4,9 @@
 # a veth pair, records the ground truth with ss, ip and /proc/net/snmp, writes everything in
 # marked sections on the results channel (tern_results: a second serial port, or a virtio
 # console where the machine has one serial port; the console carries the kernel's noise),
-# and powers off. Two more runs of tern follow, one stopped with SIGTERM and one killed with
-# kill -9, each followed by the interfaces' TC state (tern must leave none of its own).
+# and powers off. Three more runs of tern follow, one stopped with SIGTERM and one killed with
+# kill -9, each followed by the interfaces' TC state (tern must leave none of its own), and one
+# that must adopt the counts the killed one kept.
 # Parameters come from the kernel command line: tern_interval, tern_count, the probes of
 # closed ports the peer sends, tern_syns (TCP) and tern_probes (UDP), and tern_others, the
 # number of each kind of packet that tern's namespace does not answer (or not alone), and
@@ -304,8 +305,19 @@ while [ "$(terns_running)" -gt 0 ] && [ $waited -lt 100 ]; do
 done
 section "kill-run $(wc -l < /tmp/reports-kill) reports, $(terns_running) running after"
 tc_state >&3
+
+# A fourth after the kill: it adopts the maps the killed one kept, and continues its counts.
+timeout 60 tern run --output stdout --interval "$interval" --count 1 > /tmp/reports-resume \
+    2> /tmp/tern-resume.err
+status=$?
+if grep -q 'continuing from the last report of the tern before: every count since' \
+    /tmp/tern-resume.err; then
+    section "resume-run adopted, exit $status"
+else
+    section "resume-run not-adopted, exit $status"
+fi
 section tern-stderr-runs
-cat /tmp/tern-term.err /tmp/tern-kill.err >&3
+cat /tmp/tern-term.err /tmp/tern-kill.err /tmp/tern-resume.err >&3
 section end
 exec 3>&-
 poweroff -f

@@ -32,6 +32,11 @@ impl CounterSignals {
         })
     }
 
+    /// The reading the next delta is taken from.
+    pub fn reading(&mut self) -> &mut KernelCounters {
+        &mut self.last
+    }
+
     /// The signals since the previous call. A failed read changes nothing, so the next call
     /// still counts this interval.
     pub fn collect(&mut self) -> Result<Vec<(Metric, CustomMetric)>> {

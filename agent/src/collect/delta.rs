@@ -50,6 +50,18 @@ impl<K: Eq + Hash, const N: usize> Readings<K, N> {
     }
 }
 
+impl<K: Eq + Hash + Copy, const N: usize> Readings<K, N> {
+    /// Every last reading, to be kept across a restart.
+    pub fn entries(&self) -> Vec<(K, [u64; N])> {
+        self.last.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    /// Continues from readings an earlier process kept.
+    pub fn restore(&mut self, entries: impl IntoIterator<Item = (K, [u64; N])>) {
+        self.last = entries.into_iter().collect();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,6 +41,11 @@ impl LinkTraffic {
         Ok(traffic)
     }
 
+    /// The readings the next delta is taken from, by interface index.
+    pub fn readings(&mut self) -> &mut HashMap<u32, [u64; 4]> {
+        &mut self.last
+    }
+
     /// The traffic since the previous call. A failed read changes nothing, so the next call
     /// still counts this interval.
     pub fn collect(&mut self) -> Result<NetworkStats> {

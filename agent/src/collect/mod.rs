@@ -3,6 +3,7 @@
 //! counters and the kernel's own counters; for CPU and memory, /proc; for the operator's
 //! metrics, their files. Never formats or sends.
 
+mod baseline;
 mod counters;
 mod delta;
 mod device;
@@ -36,6 +37,7 @@ use crate::{
         catalog::{self, Metric},
     },
 };
+pub use baseline::Baseline;
 use counters::CounterSignals;
 use delta::Readings;
 use device::DeviceCollector;
@@ -128,7 +130,7 @@ impl Collectors {
         let (traffic, programs) = match maps {
             Some(maps) => {
                 let traffic = match ladder.traffic {
-                    true => Traffic::Programs(Box::new(TrafficCollector::new(maps.traffic))),
+                    true => Traffic::Programs(Box::new(TrafficCollector::start(maps.traffic)?)),
                     false => Traffic::Links(LinkTraffic::start(include_loopback)?),
                 };
                 let programs = Programs::start(
@@ -151,6 +153,59 @@ impl Collectors {
             device: DeviceCollector::start(),
             files,
         })
+    }
+
+    /// The readings the next report's deltas will be taken from; `maps` names the maps
+    /// the programs' readings come from.
+    pub fn baseline(&mut self, boot: String, maps: Option<u32>) -> Baseline {
+        let mut baseline = Baseline {
+            boot,
+            maps,
+            kernel: Some(*self.counters.reading()),
+            ..Baseline::default()
+        };
+        match &mut self.traffic {
+            Traffic::Programs(programs) => {
+                baseline.program_traffic = Some(programs.readings().entries());
+            }
+            Traffic::Links(links) => {
+                baseline.link_traffic =
+                    Some(links.readings().iter().map(|(k, v)| (*k, *v)).collect());
+            }
+        }
+        baseline.program_counters = self.programs.as_ref().and_then(|programs| {
+            let entries = programs.counters.entries();
+            entries.first().map(|(_, counts)| counts.to_vec())
+        });
+        baseline
+    }
+
+    /// Continues from the readings of an earlier tern's last report, of this boot: the
+    /// kernel's own counters always, the programs' where their maps are the ones `maps`
+    /// (adopted) names.
+    pub fn resume(&mut self, baseline: Baseline, maps: Option<u32>) {
+        if let Some(kernel) = baseline.kernel {
+            *self.counters.reading() = kernel;
+        }
+        let same_maps = maps.is_some() && baseline.maps == maps;
+        match (
+            &mut self.traffic,
+            baseline.program_traffic,
+            baseline.link_traffic,
+        ) {
+            (Traffic::Programs(programs), Some(readings), _) if same_maps => {
+                programs.readings().restore(readings);
+            }
+            (Traffic::Links(links), _, Some(readings)) => {
+                *links.readings() = readings.into_iter().collect();
+            }
+            _ => {}
+        }
+        if let Some(programs) = self.programs.as_mut().filter(|_| same_maps)
+            && let Some(Ok(counts)) = baseline.program_counters.map(<[u64; _]>::try_from)
+        {
+            programs.counters.restore([((), counts)]);
+        }
     }
 
     /// The interval since the previous call, on the interfaces `counted` now and those
@@ -305,8 +360,10 @@ impl Programs {
                 false => None,
             },
             signals: SignalCollector::new(signals, by_address),
+            // Maps adopted from an earlier tern continue its interval numbers, so that the
+            // sets it filled are drained as past intervals.
+            epoch: shared.epoch.get(&0, 0).unwrap_or(0),
             shared,
-            epoch: 0,
             counters: Readings::default(),
         };
         programs.next_epoch()?;

@@ -21,11 +21,28 @@ pub struct TrafficCollector {
 }
 
 impl TrafficCollector {
-    pub fn new(maps: TrafficMaps) -> Self {
-        Self {
+    /// Takes the first reading, so the first report covers its own interval only (maps
+    /// adopted from an earlier tern hold what it counted).
+    pub fn start(maps: TrafficMaps) -> Result<Self> {
+        let mut collector = Self {
             maps,
             readings: Readings::default(),
-        }
+        };
+        let slots: HashSet<u32> = (1..IF_TRAFFIC_SLOTS).collect();
+        collector
+            .read(&slots)?
+            .into_iter()
+            .for_each(|(key, fields)| {
+                // An unused slot reads zero, which is what no reading means.
+                if fields != [0; 4] {
+                    collector.readings.advance(key, fields);
+                }
+            });
+        Ok(collector)
+    }
+
+    pub fn readings(&mut self) -> &mut Readings<u32, 4> {
+        &mut self.readings
     }
 
     /// Traffic since the previous call on the interfaces `counted` now and those `gone`
@@ -35,25 +52,7 @@ impl TrafficCollector {
     /// map once read. Nothing is recorded unless every read succeeds, so after an error the
     /// next call still counts this interval.
     pub fn collect(&mut self, counted: &HashSet<u32>, gone: &HashSet<u32>) -> Result<NetworkStats> {
-        // A union has no repeats, and no interface has the overflow's index 0.
-        let slots = counted
-            .union(gone)
-            .copied()
-            .filter(|&i| i < IF_TRAFFIC_SLOTS)
-            .chain([OVERFLOW]);
-        let mut read = Vec::new();
-        for slot in slots {
-            let per_cpu = self
-                .maps
-                .by_index
-                .get(&slot, 0)
-                .context("reading the IF_TRAFFIC_BY_INDEX map")?;
-            read.push((slot, fields(per_cpu.iter())));
-        }
-        for entry in &self.maps.per_interface {
-            let (ifindex, per_cpu) = entry.context("reading the IF_TRAFFIC map")?;
-            read.push((ifindex, fields(per_cpu.iter())));
-        }
+        let read = self.read(&counted.union(gone).copied().collect())?;
         let mut stats = NetworkStats::default();
         for &(key, fields) in &read {
             stats.add(self.readings.advance(key, fields));
@@ -70,6 +69,32 @@ impl TrafficCollector {
             self.readings.forget(&ifindex);
         }
         Ok(stats)
+    }
+}
+
+impl TrafficCollector {
+    /// The slots of interfaces `slots` and of the overflow, and every hash entry.
+    fn read(&self, slots: &HashSet<u32>) -> Result<Vec<(u32, [u64; 4])>> {
+        // No interface has the overflow's index 0.
+        let slots = slots
+            .iter()
+            .copied()
+            .filter(|&i| i < IF_TRAFFIC_SLOTS)
+            .chain([OVERFLOW]);
+        let mut read = Vec::new();
+        for slot in slots {
+            let per_cpu = self
+                .maps
+                .by_index
+                .get(&slot, 0)
+                .context("reading the IF_TRAFFIC_BY_INDEX map")?;
+            read.push((slot, fields(per_cpu.iter())));
+        }
+        for entry in &self.maps.per_interface {
+            let (ifindex, per_cpu) = entry.context("reading the IF_TRAFFIC map")?;
+            read.push((ifindex, fields(per_cpu.iter())));
+        }
+        Ok(read)
     }
 }
 

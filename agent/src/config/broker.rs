@@ -1,17 +1,20 @@
-//! The broker a run reports to: its endpoint split into host and port, whether it is AWS IoT
+//! The broker a run reports to: its endpoint's host and port, whether it is AWS IoT
 //! Core (which sets the interval floor, the keep-alive window and the ALPN on port 443), the
 //! thing name, the MQTT tunables and the TLS material, each checked.
 
 use std::{ops::RangeInclusive, path::PathBuf, sync::Arc};
 
+use log::warn;
 use rustls::RootCertStore;
 
 use super::{
     Broker, Problem, check_range,
+    endpoint::split_endpoint,
     file::TernSection,
     problem,
     tls::{add_system_roots, client_config, load_cert, load_key, load_roots},
 };
+use crate::report::Format;
 
 /// Device Defender refuses reports more often than this from one thing.
 pub const AWS_MIN_INTERVAL: u64 = 300;
@@ -36,6 +39,10 @@ const MAX_THING_NAME: usize = 128;
 const MAX_CLIENT_ID: usize = 128;
 /// The longest protocol name TLS's ALPN extension carries.
 const MAX_ALPN: usize = 255;
+/// What a PUBLISH packet takes besides its topic and payload: the fixed header (1), the
+/// remaining length (up to 4), the topic's length (2) and the packet id (2), as the
+/// publisher leaves room for them.
+const PUBLISH_OVERHEAD: usize = 9;
 
 pub struct BrokerInputs<'a> {
     pub source: &'a str,
@@ -45,6 +52,9 @@ pub struct BrokerInputs<'a> {
     pub key: Option<PathBuf>,
     pub root_ca: Option<PathBuf>,
     pub interval: u64,
+    pub format: Format,
+    /// The bytes the widest report takes with every list cut to nothing, when known.
+    pub report_floor: Option<usize>,
     pub tern: &'a TernSection,
 }
 
@@ -60,11 +70,20 @@ pub fn broker(inputs: BrokerInputs<'_>, problems: &mut Vec<Problem>) -> Option<B
         Err(why) => {
             problem(
                 problems,
-                format!("{source}: endpoint {endpoint:?} {why}; write a host name or host:port"),
+                format!(
+                    "{source}: endpoint {endpoint:?} {why}; write a host name, an IP address \
+                     or either with :port (an IPv6 address with a port as [address]:port)"
+                ),
             );
             (String::new(), DEFAULT_PORT)
         }
     };
+    if tern.port == Some(0) {
+        problem(
+            problems,
+            format!("{source}: tern.port 0 is no port; use 1..65535, or leave it out for 8883"),
+        );
+    }
     let aws = tern.aws.unwrap_or_else(|| is_aws_host(&host));
     if aws && inputs.interval < AWS_MIN_INTERVAL {
         problem(
@@ -83,6 +102,12 @@ pub fn broker(inputs: BrokerInputs<'_>, problems: &mut Vec<Problem>) -> Option<B
                 problem(
                     problems,
                     format!("{source}: thing-name {name:?} {why}; use the thing's registered name"),
+                );
+            } else if !is_aws_thing_name(&name) {
+                warn!(
+                    "{source}: thing-name {name:?} has characters AWS IoT does not allow in a \
+                     thing name (letters, digits, ':', '_' and '-' only), so AWS IoT Core \
+                     would not know it; use the thing's registered name"
                 );
             }
             name
@@ -133,6 +158,23 @@ pub fn broker(inputs: BrokerInputs<'_>, problems: &mut Vec<Problem>) -> Option<B
         ("tern.packet-limit", packet_limit, PACKET_LIMIT),
     ] {
         check_range(problems, source, key, value, &range);
+    }
+    if let Some(floor) = inputs.report_floor {
+        let overhead = PUBLISH_OVERHEAD + topic(&thing_name, inputs.format).len();
+        let least = floor + overhead;
+        if packet_limit < least as u64 {
+            problem(
+                problems,
+                format!(
+                    "{source}: tern.packet-limit {packet_limit} is under {least} bytes: a report \
+                     of this configuration can take {floor} bytes with every list cut to \
+                     nothing, and its topic (with thing-name {thing_name:?}) and MQTT's framing \
+                     {overhead} more, so reports would be lost; set tern.packet-limit to at \
+                     least {least}, or shorten thing-name, or send fewer custom metrics \
+                     (tern.custom-metrics, --custom-metrics)"
+                ),
+            );
+        }
     }
     if aws && !AWS_KEEP_ALIVE.contains(&keep_alive) {
         problem(
@@ -194,36 +236,13 @@ fn alpn(configured: Option<&str>, port: u16) -> Option<String> {
     }
 }
 
-/// `host`, `host:port` or `[v6]:port`.
-fn split_endpoint(endpoint: &str) -> std::result::Result<(String, Option<u16>), &'static str> {
-    let endpoint = endpoint.trim();
-    if endpoint.is_empty() {
-        return Err("is empty");
-    }
-    if endpoint.contains("://") {
-        return Err("has a scheme");
-    }
-    let (host, port) = if let Some(rest) = endpoint.strip_prefix('[') {
-        let (host, after) = rest.split_once(']').ok_or("has an unclosed [")?;
-        (host, after.strip_prefix(':'))
-    } else {
-        match endpoint.rsplit_once(':') {
-            Some((host, port)) if !host.contains(':') => (host, Some(port)),
-            _ => (endpoint, None),
-        }
+/// The topic reports are published to, as the publisher names it.
+fn topic(thing_name: &str, format: Format) -> String {
+    let format = match format {
+        Format::Json => "json",
+        Format::Cbor => "cbor",
     };
-    let port = port
-        .map(|p| {
-            p.parse::<u16>()
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or("has a bad port")
-        })
-        .transpose()?;
-    if host.is_empty() {
-        return Err("has no host");
-    }
-    Ok((host.to_owned(), port))
+    format!("$aws/things/{thing_name}/defender/metrics/{format}")
 }
 
 /// An AWS IoT Core endpoint is a host under `amazonaws.com` (`tern.aws` overrides this,
@@ -246,6 +265,14 @@ fn thing_name_problem(name: &str) -> Option<String> {
     }
 }
 
+/// AWS IoT's rule for thing names: 1 to 128 of `[a-zA-Z0-9:_-]`.
+fn is_aws_thing_name(name: &str) -> bool {
+    (1..=MAX_THING_NAME).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '-'))
+}
+
 /// Why a broker would refuse or mangle `id` as an MQTT client id, if it would.
 fn client_id_problem(id: &str) -> Option<String> {
     if id.is_empty() {
@@ -262,24 +289,6 @@ fn client_id_problem(id: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoints_split_into_host_and_port() {
-        assert_eq!(
-            split_endpoint("example.com"),
-            Ok(("example.com".into(), None))
-        );
-        assert_eq!(
-            split_endpoint("example.com:443"),
-            Ok(("example.com".into(), Some(443)))
-        );
-        assert_eq!(split_endpoint("[::1]:8883"), Ok(("::1".into(), Some(8883))));
-        assert_eq!(split_endpoint("::1"), Ok(("::1".into(), None)));
-        assert!(split_endpoint("example.com:http").is_err());
-        assert!(split_endpoint("mqtts://example.com").is_err());
-        assert!(split_endpoint("").is_err());
-        assert!(split_endpoint(":8883").is_err());
-    }
 
     #[test]
     fn port_443_offers_the_aws_alpn_unless_configured_otherwise() {
@@ -304,6 +313,14 @@ mod tests {
         assert!(client_id_problem("").is_some());
         assert!(client_id_problem(&"x".repeat(129)).is_some());
         assert!(client_id_problem("a\u{1b}[2J").is_some());
+    }
+
+    #[test]
+    fn thing_names_outside_aws_rules_are_told() {
+        assert!(is_aws_thing_name("gw:7_a-B"));
+        assert!(!is_aws_thing_name("gw 7"));
+        assert!(!is_aws_thing_name("gw.7"));
+        assert!(!is_aws_thing_name("g\u{e9}"));
     }
 
     #[test]

@@ -1,13 +1,15 @@
-// Over 400 lines: loading, resolving and checking share one list of problems, so that every
-// problem of a configuration is named at once; the TLS and broker rules have their own files.
 //! Configuration: reads an AWS IoT Device Client config file as it is (plus tern's own
 //! `tern` section), applies command-line overrides, and checks everything a run depends on,
-//! reporting every problem at once with the file or key and the fix. Loads the TLS material
+//! the account it runs as included, reporting every problem at once with the file or key and
+//! the fix; `run` and `check-config` both load through here. Loads the TLS material
 //! into memory so nothing is read from disk after setup. Never connects anywhere.
 
+mod account;
 mod args;
 mod broker;
+mod endpoint;
 mod file;
+mod reports;
 pub mod state_dir;
 mod tls;
 
@@ -18,6 +20,7 @@ use std::{
     sync::Arc,
 };
 
+pub use account::Account;
 use anyhow::{Result, bail};
 pub use args::ConfigArgs;
 use broker::{AWS_MIN_INTERVAL, BrokerInputs};
@@ -26,10 +29,7 @@ use rustls::ClientConfig;
 
 use crate::{
     collect::FileMetric,
-    report::{
-        Format, Names,
-        catalog::{self, Selection},
-    },
+    report::{Encoding, Format, Names, catalog::Selection},
 };
 
 /// The shortest interval AWS IoT Device Defender accepts, so the default works there too.
@@ -118,8 +118,9 @@ pub fn default_state_dir(name: &str) -> PathBuf {
     Path::new("/var/lib").join(name)
 }
 
-/// Reads, resolves and checks the configuration; on failure every problem is listed.
-pub fn load(args: &ConfigArgs) -> std::result::Result<Settings, Problems> {
+/// Reads, resolves and checks the configuration, and the account tern would run as; on
+/// failure every problem is listed. `run` and `check-config` both come here.
+pub fn load(args: &ConfigArgs) -> std::result::Result<(Settings, Account), Problems> {
     let mut problems = Vec::new();
     let settings = resolve(args, &mut problems);
     Problems::check(settings, problems)
@@ -162,7 +163,7 @@ fn check_range(
     }
 }
 
-fn resolve(args: &ConfigArgs, problems: &mut Vec<Problem>) -> Option<Settings> {
+fn resolve(args: &ConfigArgs, problems: &mut Vec<Problem>) -> Option<(Settings, Account)> {
     let file = match &args.config {
         Some(path) => read_file(path, problems)?,
         None => File::default(),
@@ -199,11 +200,35 @@ fn resolve(args: &ConfigArgs, problems: &mut Vec<Problem>) -> Option<Settings> {
         .clone()
         .or(tern.state_dir.as_deref().map(expand))
         .unwrap_or_else(|| default_state_dir(&program_name()));
-    for found in state_dir::problems(&state_dir, None) {
-        problem(problems, format!("{source}: {found}"));
-    }
+    let custom_metrics = match (&args.custom_metrics, &tern.custom_metrics) {
+        (Some(selection), _) => selection.clone(),
+        (None, Some(spec)) => spec.text().parse().unwrap_or_else(|e| {
+            problem(problems, format!("{source}: tern.custom-metrics: {e:#}"));
+            Selection::All
+        }),
+        (None, None) => Selection::All,
+    };
+    let metrics = reports::user_metrics(args, &tern, &source, problems);
+    let names = args.names.or(tern.names).unwrap_or(Names::Long);
+    let format = args.format.or(tern.format).unwrap_or(Format::Json);
+    let encoding = Encoding {
+        names,
+        format,
+        budget: usize::try_from(budget).unwrap_or(usize::MAX),
+    };
     let key = args.key.clone().or(file.key.as_deref().map(expand));
     let endpoint = args.endpoint.clone().or(file.endpoint);
+    // With an endpoint, reports carry the delivery counts too.
+    let floor = reports::floor(
+        encoding,
+        &custom_metrics,
+        &metrics,
+        endpoint.is_some(),
+        problems,
+    );
+    if let Some(floor) = floor {
+        reports::check_budget(&source, budget, floor, problems);
+    }
     let broker = match endpoint {
         None => {
             // Unused without an endpoint, a key others can read is still a leak to refuse.
@@ -221,47 +246,17 @@ fn resolve(args: &ConfigArgs, problems: &mut Vec<Problem>) -> Option<Settings> {
                 key,
                 root_ca: args.root_ca.clone().or(file.root_ca.as_deref().map(expand)),
                 interval,
+                format,
+                report_floor: floor,
                 tern: &tern,
             };
             broker::broker(inputs, problems)
         }
     };
-    let custom_metrics = match (&args.custom_metrics, &tern.custom_metrics) {
-        (Some(selection), _) => selection.clone(),
-        (None, Some(spec)) => spec.text().parse().unwrap_or_else(|e| {
-            problem(problems, format!("{source}: tern.custom-metrics: {e:#}"));
-            Selection::All
-        }),
-        (None, None) => Selection::All,
-    };
-    let mut metrics = Vec::new();
-    for spec in tern.metrics.iter().flatten() {
-        match spec.metric() {
-            Ok(metric) => metrics.push(metric),
-            Err(e) => problem(
-                problems,
-                format!("{source}: tern.metrics {:?}: {e:#}", spec.name),
-            ),
-        }
-    }
-    for (i, metric) in args.metrics.iter().enumerate() {
-        // A flag replaces the file's metric of its name, but not an earlier flag's.
-        if args.metrics[..i].iter().any(|m| m.name == metric.name) {
-            problem(
-                problems,
-                format!("--metric {}: given more than once; keep one", metric.name),
-            );
-        }
-        metrics.retain(|m| m.name != metric.name);
-        metrics.push(metric.clone());
-    }
-    if let Err(e) = check_user_metrics(&metrics) {
-        problem(problems, format!("{source}: {e:#}"));
-    }
-    Some(Settings {
+    let settings = Settings {
         interval,
-        names: args.names.or(tern.names).unwrap_or(Names::Long),
-        format: args.format.or(tern.format).unwrap_or(Format::Json),
+        names,
+        format,
         budget,
         state_dir,
         broker,
@@ -269,25 +264,36 @@ fn resolve(args: &ConfigArgs, problems: &mut Vec<Problem>) -> Option<Settings> {
         metrics,
         user: args.user.clone().or(tern.user),
         shared_user: args.shared_user || tern.shared_user.unwrap_or(false),
-    })
+    };
+    // The account, and what it must reach: the state directory, the metric files.
+    let account = Account::resolve(settings.user.as_deref(), settings.shared_user)
+        .map_err(|e| problem(problems, format!("{e:#}")))
+        .ok();
+    let owners = account.as_ref().map(|a| [0, a.uid]);
+    for found in state_dir::problems(&settings.state_dir, owners.as_ref().map(|o| &o[..])) {
+        problem(problems, format!("{source}: {found}"));
+    }
+    reports::check_files(&source, &settings.metrics, account.as_ref(), problems);
+    Some((settings, account?))
 }
 
 /// `tern check-config`: prints what would run, or every problem; Ok only if it would run.
 pub fn check(args: &ConfigArgs) -> Result<()> {
     match load(args) {
-        Ok(settings) => {
+        Ok((settings, account)) => {
             match &settings.broker {
                 Some(b) => println!(
-                    "configuration OK: reports every {} s to {}:{} as thing {:?}{}",
+                    "configuration OK: reports every {} s to {}:{} as thing {:?}{}, running as {}",
                     settings.interval,
                     b.host,
                     b.port,
                     b.thing_name,
-                    if b.aws { " (AWS IoT Core)" } else { "" }
+                    if b.aws { " (AWS IoT Core)" } else { "" },
+                    account.name
                 ),
                 None => println!(
-                    "configuration OK: reports every {} s on stdout (no endpoint)",
-                    settings.interval
+                    "configuration OK: reports every {} s on stdout (no endpoint), running as {}",
+                    settings.interval, account.name
                 ),
             }
             Ok(())
@@ -301,37 +307,11 @@ pub fn check(args: &ConfigArgs) -> Result<()> {
     }
 }
 
-/// Refuses user-defined metrics whose names clash with tern's own or with each other.
-fn check_user_metrics(metrics: &[FileMetric]) -> anyhow::Result<()> {
-    let mut seen = std::collections::BTreeSet::new();
-    for m in metrics {
-        if catalog::lookup(&m.name).is_some() {
-            bail!(
-                "custom metric {:?} is one of tern's own; give yours another name",
-                m.name
-            );
-        }
-        if !seen.insert(m.name.as_str()) {
-            bail!("custom metric {:?} is defined twice", m.name);
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use std::fs;
 
     use super::*;
-
-    #[test]
-    fn user_metrics_may_not_shadow_tern_metrics_or_repeat() {
-        let m = |s: &str| s.parse::<FileMetric>().unwrap();
-        assert!(check_user_metrics(&[m("t=number:/a"), m("u=number:/b")]).is_ok());
-        assert!(check_user_metrics(&[m("cpu_usage=number:/a")]).is_err());
-        assert!(check_user_metrics(&[m("reports_accepted=number:/a")]).is_err());
-        assert!(check_user_metrics(&[m("t=number:/a"), m("t=number:/b")]).is_err());
-    }
 
     #[test]
     fn fuzz_config_files() {
@@ -372,9 +352,12 @@ mod tests {
         let args = ConfigArgs {
             config: Some(path.clone()),
             interval: Some(30),
+            user: Some("nobody".into()),
+            shared_user: true,
             ..Default::default()
         };
-        let settings = load(&args).unwrap();
+        let (settings, account) = load(&args).unwrap();
+        assert_eq!(account.name, "nobody");
         assert_eq!(settings.interval, 30);
         assert_eq!(settings.names, Names::Short);
         assert_eq!(settings.format, Format::Json);

@@ -20,7 +20,13 @@ pub const OWN_NAMES: &[&str] = &[
     "last_report_id",
     "last_report_id.tmp",
     "last_report_id.corrupt",
+    BASELINE,
+    "baseline.tmp",
+    "baseline.corrupt",
 ];
+
+/// The readings of the last report, for a successor after a crash.
+pub const BASELINE: &str = "baseline";
 
 /// Directories of the system that must never become the agent's.
 const SYSTEM: &[&str] = &[

@@ -19,7 +19,7 @@ const STAT: &str = "/proc/stat";
 
 /// The counters at one moment, each cumulative since boot (the namespace's since its
 /// creation).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KernelCounters {
     /// Tcp OutRsts: TCP segments sent with RST.
     pub tcp_out_rsts: u64,

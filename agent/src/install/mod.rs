@@ -19,7 +19,7 @@ use unit::{
     BIN, BIN_DIR, CONFIG, CONFIG_DIR, DeviceLayout, MANIFEST, UNIT, UNIT_DIR, state_dir, unit,
 };
 
-use crate::{config, process::state_dir::MODE as STATE_DIR_MODE};
+use crate::{config, kernel::pins, process::state_dir::MODE as STATE_DIR_MODE};
 
 /// systemd creates it at boot: its presence means systemd manages this system.
 const SYSTEMD_RUNNING: &str = "/run/systemd/system";
@@ -153,6 +153,13 @@ pub fn uninstall(args: &UninstallArgs) -> Result<()> {
         let path = layout.local(dir);
         if path.exists() {
             fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    if args.root == Path::new("/") {
+        // What a killed tern kept for a successor that will not come.
+        let pins = pins::root_of(&name, Path::new(&layout.device(&state_dir())));
+        if pins.exists() {
+            fs::remove_dir_all(&pins).with_context(|| format!("removing {}", pins.display()))?;
         }
     }
     if let (Some(user), Some("true")) = (field("user"), field("created_user").as_deref()) {

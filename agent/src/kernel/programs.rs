@@ -29,6 +29,7 @@ use super::{
     maps::Maps,
     object::OBJECT,
     offsets::{SET_STATE, SockNet},
+    pins::Pins,
     tc::{self, Hook, TcLink},
 };
 use crate::host::{
@@ -81,6 +82,8 @@ const CGROUP_SOCK_ADDR: &[&str] = &[
 pub struct LoadOptions {
     pub include_loopback: bool,
     pub record_connections: bool,
+    /// Where the maps that hold counts are pinned (adopted when they are there already).
+    pub pins: Option<Pins>,
 }
 
 /// TCX links (6.6+) die with their fds and need no capability once the program is loaded.
@@ -183,10 +186,17 @@ impl Programs {
             .is_ok_and(|(_, found)| *found == SockNet::Btf);
         let signals = super::offsets::read_signals();
         let record_connections = u32::from(options.record_connections);
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(names::SOCK_STATE_OFFSETS, &offsets, true)
             .override_global(names::RECORD_CONNECTIONS, &record_connections, true)
-            .override_global(names::SIGNAL_OFFSETS, &signals, true)
+            .override_global(names::SIGNAL_OFFSETS, &signals, true);
+        if let Some(pins) = &options.pins {
+            for name in super::pins::KEPT {
+                loader.map_pin_path(name, pins.path(name));
+            }
+        }
+        let mut ebpf = loader
             .load(OBJECT)
             .context("loading tern's eBPF object into the kernel")?;
         super::log::start(&mut ebpf);

@@ -55,6 +55,14 @@ impl Output {
         }
     }
 
+    /// The publisher's health, when reports go to a broker.
+    pub fn publisher_health(&self) -> Option<mqtt::Health> {
+        match self {
+            Self::Broker(_, publisher) => Some(publisher.health()),
+            Self::Stdout(_) => None,
+        }
+    }
+
     /// Lets the publisher deliver what it can in a short grace period.
     pub fn close(self) {
         if let Self::Broker(_, publisher) = self {

@@ -14,7 +14,10 @@ use std::{io, mem};
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value};
 
-use super::{CustomMetric, Report};
+use super::{
+    Connections, CustomMetric, Kind, Metrics, NetworkStats, Number, PortList, Report,
+    TcpConnections,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -129,6 +132,54 @@ impl Encoding {
         }
         let bytes = self.bytes(&doc)?;
         Ok(Encoded { bytes, cut: true })
+    }
+
+    /// The size of the largest report that has every list cut to nothing, carrying the
+    /// custom metrics `custom` (by name and type): every number as wide as it can encode. A
+    /// budget under it cannot hold every report such a configuration builds.
+    pub fn floor<'a>(&self, custom: impl IntoIterator<Item = (&'a str, Kind)>) -> Result<usize> {
+        // The widest number either way: 24 characters of JSON (a 17-digit mantissa with its
+        // sign and a 3-digit exponent), 9 bytes of CBOR, as wide as any whole number.
+        let number = || Number::Reading(-f64::MIN_POSITIVE);
+        let ports = || {
+            Some(PortList {
+                ports: Vec::new(),
+                total: u64::MAX,
+            })
+        };
+        let mut report = Report::new(
+            u64::MAX,
+            Metrics {
+                listening_tcp_ports: ports(),
+                listening_udp_ports: ports(),
+                network_stats: Some(NetworkStats {
+                    bytes_in: u64::MAX,
+                    bytes_out: u64::MAX,
+                    packets_in: u64::MAX,
+                    packets_out: u64::MAX,
+                }),
+                tcp_connections: Some(TcpConnections {
+                    established_connections: Connections {
+                        connections: Vec::new(),
+                        total: u64::MAX,
+                    },
+                }),
+            },
+        );
+        for (name, kind) in custom {
+            let value = match kind {
+                Kind::Number => CustomMetric::Number(number()),
+                Kind::NumberList => CustomMetric::NumberList(Vec::new()),
+                Kind::StringList => CustomMetric::StringList(Vec::new()),
+                Kind::IpList => CustomMetric::IpList(Vec::new()),
+            };
+            report.set_custom(name, value);
+        }
+        let mut doc = serde_json::to_value(&report).context("serialising a report")?;
+        if self.names == Names::Short {
+            shorten(&mut doc);
+        }
+        self.size(&doc)
     }
 
     fn bytes(&self, doc: &Value) -> Result<Vec<u8>> {

@@ -6,11 +6,14 @@ pub mod churn;
 pub mod floor;
 pub mod peers;
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::PathBuf,
+};
 
 use serde_json::{Value, json};
 
-use crate::sh;
+use crate::{Tern, kernel_programs, sh};
 
 /// How much a run measures, from TERN_BENCH: `full` (default), `quick`, or `smoke` (the
 /// smallest case of each figure once, for `cargo xtask test`).
@@ -123,19 +126,33 @@ pub struct ProgStat {
     pub run_cnt: u64,
 }
 
-/// The statistics of every BPF program a process holds, by program name. The programs are
-/// found through the process's own descriptors, so other processes' programs (another tern
-/// included) never mix in.
-pub fn prog_stats(pid: u32) -> BTreeMap<String, ProgStat> {
-    let mut ids = Vec::new();
+/// The BPF programs a process holds, through its own descriptors, so other processes'
+/// programs (another tern included) never mix in.
+pub fn prog_ids_of(pid: u32) -> HashSet<u64> {
+    let mut ids = HashSet::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo") {
         let Ok(text) = std::fs::read_to_string(entry.expect("an fd").path()) else {
             continue;
         };
         if let Some(id) = text.lines().find_map(|l| l.strip_prefix("prog_id:")) {
-            ids.push(id.trim().parse::<u64>().expect("a program id"));
+            ids.insert(id.trim().parse::<u64>().expect("a program id"));
         }
     }
+    ids
+}
+
+/// The programs a tern started in `start` loaded: those in the kernel after it that were
+/// not before. tern's main process holds none of its programs' descriptors (the kernel and
+/// the link child keep them attached), so they are found by when they appeared.
+pub fn programs_loaded_by(start: impl FnOnce() -> Tern) -> (Tern, HashSet<u64>) {
+    let before = kernel_programs();
+    let tern = start();
+    let ids = kernel_programs().difference(&before).copied().collect();
+    (tern, ids)
+}
+
+/// The statistics of programs `ids`, by program name.
+pub fn prog_stats(ids: &HashSet<u64>) -> BTreeMap<String, ProgStat> {
     let all: Value = serde_json::from_str(&sh("bpftool", &["-j", "prog", "show"])).expect("json");
     let mut stats: BTreeMap<String, ProgStat> = BTreeMap::new();
     for prog in all.as_array().expect("a program list") {

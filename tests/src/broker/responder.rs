@@ -174,71 +174,104 @@ fn serve(
                 }
             }
             Event::Incoming(Packet::Publish(publish)) => {
-                let topic = publish.topic.clone();
-                let Some((thing, cbor)) = topic.strip_prefix("$aws/things/").and_then(|t| {
-                    t.strip_suffix("/defender/metrics/json")
-                        .map(|thing| (thing, false))
-                        .or_else(|| {
-                            t.strip_suffix("/defender/metrics/cbor")
-                                .map(|thing| (thing, true))
-                        })
-                }) else {
+                let Some(mut judged) = judge(&publish.topic, &publish.payload) else {
                     continue;
                 };
-                let parsed: Result<Value, String> = if cbor {
-                    ciborium::from_reader(&publish.payload[..])
-                        .map_err(|e| format!("not CBOR: {e}"))
-                } else {
-                    serde_json::from_slice(&publish.payload).map_err(|e| format!("not JSON: {e}"))
-                };
-                let report = parsed.clone().unwrap_or(Value::Null);
-                let id = report["header"]["report_id"].as_u64();
-                let mut verdict = parsed.and_then(|r| crate::schema::validate(&r).map(|_| ()));
-                if let (Ok(()), Some(id)) = (&verdict, id) {
-                    let last = last_id.entry(thing.to_owned()).or_default();
+                if let (Ok(()), Some(id)) = (&judged.verdict, judged.id) {
+                    let last = last_id.entry(judged.thing.clone()).or_default();
                     if id < *last {
-                        verdict = Err(format!("report_id {id} after {last}"));
+                        judged.verdict = Err(format!("report_id {id} after {last}"));
                     }
                     *last = (*last).max(id);
                 }
                 if verdicts == Verdicts::RejectAll {
-                    verdict = Err("rejected by the test".into());
+                    judged.verdict = Err("rejected by the test".into());
                 }
-                let (suffix, body) = match &verdict {
-                    Ok(()) => (
-                        "accepted",
-                        json!({"thingName": thing, "reportId": id, "status": "ACCEPTED",
-                               "timestamp": now_ms()}),
-                    ),
-                    Err(why) => (
-                        "rejected",
-                        json!({"thingName": thing, "reportId": id, "status": "REJECTED",
-                               "statusDetails": {"ErrorCode": "InvalidPayload",
-                                                 "ErrorMessage": why},
-                               "timestamp": now_ms()}),
-                    ),
-                };
+                let (topic, body) = judged.reply();
                 received.lock().unwrap().push(Received {
-                    thing: thing.to_owned(),
-                    report,
-                    rejected: verdict.err(),
+                    thing: judged.thing,
+                    report: judged.report,
+                    rejected: judged.verdict.err(),
                     redelivered: publish.dup,
                 });
-                // The service answers in the report's encoding.
-                let body = if cbor {
-                    let mut bytes = Vec::new();
-                    ciborium::into_writer(&body, &mut bytes).unwrap();
-                    bytes
-                } else {
-                    body.to_string().into_bytes()
-                };
-                let _ =
-                    client.try_publish(format!("{topic}/{suffix}"), QoS::AtLeastOnce, false, body);
+                let _ = client.try_publish(topic, QoS::AtLeastOnce, false, body);
             }
             _ => {}
         }
     }
     let _ = client.disconnect();
+}
+
+/// A report as the Device Defender service sees it.
+pub(super) struct Judged {
+    pub thing: String,
+    /// The topic it was published on.
+    pub topic: String,
+    pub cbor: bool,
+    /// Null when it does not parse.
+    pub report: Value,
+    pub id: Option<u64>,
+    /// Ok when it follows the document rules, else why not.
+    pub verdict: Result<(), String>,
+}
+
+/// The report published on `topic`, judged against the document rules; None when `topic`
+/// is no thing's report topic.
+pub(super) fn judge(topic: &str, payload: &[u8]) -> Option<Judged> {
+    let (thing, cbor) = topic.strip_prefix("$aws/things/").and_then(|t| {
+        t.strip_suffix("/defender/metrics/json")
+            .map(|thing| (thing, false))
+            .or_else(|| {
+                t.strip_suffix("/defender/metrics/cbor")
+                    .map(|thing| (thing, true))
+            })
+    })?;
+    let parsed: Result<Value, String> = if cbor {
+        ciborium::from_reader(payload).map_err(|e| format!("not CBOR: {e}"))
+    } else {
+        serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))
+    };
+    let report = parsed.clone().unwrap_or(Value::Null);
+    let id = report["header"]["report_id"].as_u64();
+    Some(Judged {
+        thing: thing.to_owned(),
+        topic: topic.to_owned(),
+        cbor,
+        report,
+        id,
+        verdict: parsed.and_then(|r| crate::schema::validate(&r).map(|_| ())),
+    })
+}
+
+impl Judged {
+    /// The service's reply: its topic and its body, in the report's encoding.
+    pub fn reply(&self) -> (String, Vec<u8>) {
+        let (suffix, body) = match &self.verdict {
+            Ok(()) => (
+                "accepted",
+                json!({"thingName": self.thing, "reportId": self.id, "status": "ACCEPTED",
+                       "timestamp": now_ms()}),
+            ),
+            Err(why) => (
+                "rejected",
+                json!({"thingName": self.thing, "reportId": self.id, "status": "REJECTED",
+                       "statusDetails": {"ErrorCode": "InvalidPayload", "ErrorMessage": why},
+                       "timestamp": now_ms()}),
+            ),
+        };
+        (format!("{}/{suffix}", self.topic), self.encode(&body))
+    }
+
+    /// `body` in the report's encoding.
+    pub fn encode(&self, body: &Value) -> Vec<u8> {
+        if self.cbor {
+            let mut bytes = Vec::new();
+            ciborium::into_writer(body, &mut bytes).unwrap();
+            bytes
+        } else {
+            body.to_string().into_bytes()
+        }
+    }
 }
 
 fn now_ms() -> u64 {

@@ -294,6 +294,11 @@ fn tc_left(s: &Sections) -> Vec<String> {
         }
         None => differs.push("no kill -9 run".into()),
     }
+    match s.find("resume-run ") {
+        Some((run, _)) if run.starts_with("adopted, exit 0") => {}
+        Some((run, _)) => differs.push(format!("the run after kill -9: {run}")),
+        None => differs.push("no run after kill -9".into()),
+    }
     differs
 }
 

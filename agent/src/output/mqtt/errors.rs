@@ -4,7 +4,7 @@
 use std::{error::Error, io};
 
 use rumqttc::{ConnectReturnCode, ConnectionError, StateError};
-use rustls::CertificateError;
+use rustls::{AlertDescription, CertificateError, PeerIncompatible};
 
 pub struct Failure {
     pub text: String,
@@ -121,13 +121,57 @@ fn tls(e: &rustls::Error, host: &str) -> Failure {
             format!("the broker's certificate is not acceptable ({other:?})"),
             false,
         ),
-        rustls::Error::AlertReceived(alert) => failure(
+        rustls::Error::AlertReceived(AlertDescription::ProtocolVersion)
+        | rustls::Error::PeerIncompatible(
+            PeerIncompatible::ServerDoesNotSupportTls12Or13
+            | PeerIncompatible::SupportedVersionsExtensionRequired,
+        ) => failure(
+            format!(
+                "TLS version mismatch: the broker speaks neither TLS 1.2 nor TLS 1.3, the \
+                 versions tern speaks, most likely only TLS 1.0 or 1.1 ({e}); enable TLS 1.2 \
+                 or 1.3 on the broker"
+            ),
+            false,
+        ),
+        rustls::Error::PeerIncompatible(other) => failure(
+            format!(
+                "TLS mismatch: the broker and tern share no {other:?}; tern offers TLS 1.2 \
+                 and 1.3 with their current cipher suites and groups, so configure the broker \
+                 to offer them too"
+            ),
+            false,
+        ),
+        rustls::Error::AlertReceived(
+            alert @ (AlertDescription::HandshakeFailure | AlertDescription::InsufficientSecurity),
+        ) => failure(
+            format!(
+                "TLS handshake refused (TLS alert {alert:?}): the broker found no cipher suite \
+                 or group in common with tern's TLS 1.2 and 1.3 ones, or refused tern's \
+                 certificate; check the broker's TLS settings and that it trusts the CA that \
+                 issued cert"
+            ),
+            false,
+        ),
+        rustls::Error::AlertReceived(
+            alert @ (AlertDescription::BadCertificate
+            | AlertDescription::UnsupportedCertificate
+            | AlertDescription::CertificateRevoked
+            | AlertDescription::CertificateExpired
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::CertificateRequired
+            | AlertDescription::UnknownCA
+            | AlertDescription::AccessDenied),
+        ) => failure(
             format!(
                 "certificate refused: the broker rejected tern's certificate (TLS alert \
                  {alert:?}); check that the broker trusts the CA that issued cert and that the \
                  certificate is active"
             ),
             true,
+        ),
+        rustls::Error::AlertReceived(alert) => failure(
+            format!("the broker ended the TLS handshake (TLS alert {alert:?})"),
+            false,
         ),
         other => failure(format!("TLS failure: {other}"), false),
     }
@@ -181,6 +225,22 @@ mod tests {
         let f = describe(&err, "broker");
         assert!(f.text.starts_with("certificate refused"), "{}", f.text);
         assert!(f.authorization);
+
+        for alert in [
+            AlertDescription::ProtocolVersion,
+            AlertDescription::HandshakeFailure,
+            AlertDescription::DecodeError,
+        ] {
+            let err =
+                ConnectionError::Tls(rumqttc::TlsError::TLS(rustls::Error::AlertReceived(alert)));
+            let f = describe(&err, "b");
+            assert!(!f.text.contains("certificate refused"), "{}", f.text);
+            assert!(!f.authorization, "{}", f.text);
+        }
+        let err = ConnectionError::Tls(rumqttc::TlsError::TLS(rustls::Error::PeerIncompatible(
+            PeerIncompatible::ServerDoesNotSupportTls12Or13,
+        )));
+        assert!(describe(&err, "b").text.starts_with("TLS version mismatch"));
 
         let err = ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized);
         assert!(describe(&err, "b").text.starts_with("not authorized"));

@@ -1,8 +1,9 @@
 //! Publishing: delivers spooled reports to an MQTT broker (AWS IoT Core or any other) over
 //! mutual TLS, on its own thread with a single-threaded async runtime, and follows Device
-//! Defender's accepted/rejected replies. This module starts the thread and reconnects, with
-//! backoff, whenever a connection (`session`) ends; never collects, and never deletes a
-//! report the broker has not acknowledged.
+//! Defender's accepted/rejected replies. This module starts the thread, watches it (a thread
+//! that dies is fatal to tern: [`Health`]), and reconnects, with backoff, whenever a
+//! connection (`session`) ends; never collects, and never deletes a report the broker has
+//! not acknowledged.
 
 mod backoff;
 mod errors;
@@ -10,7 +11,9 @@ mod replies;
 mod session;
 
 use std::{
-    sync::{Arc, atomic::Ordering},
+    any::Any,
+    panic::AssertUnwindSafe,
+    sync::{Arc, OnceLock, atomic::Ordering},
     thread::JoinHandle,
     time::Duration,
 };
@@ -26,7 +29,7 @@ use crate::{
 };
 
 use backoff::Backoff;
-use session::{Carried, Session};
+use session::{Broken, Carried, Session};
 
 /// Fixed header (1), remaining length (up to 4), topic length (2) and packet id (2).
 const PUBLISH_OVERHEAD: usize = 9;
@@ -35,6 +38,18 @@ const PUBLISH_OVERHEAD: usize = 9;
 pub struct Publisher {
     shared: Arc<Shared>,
     thread: JoinHandle<()>,
+    health: Health,
+}
+
+/// Whether the publisher thread lives: it tells why once it has died (panicked, or ended
+/// while tern was not stopping), and nothing before.
+#[derive(Clone, Default)]
+pub struct Health(Arc<OnceLock<String>>);
+
+impl Health {
+    pub fn death(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
 }
 
 /// Where and how reports are sent; fixed for the life of the publisher.
@@ -80,29 +95,77 @@ pub fn start_publisher(
         .build()
         .context("starting the publisher's runtime")?;
     let serving = Arc::clone(shared);
-    let thread = std::thread::Builder::new()
-        .spawn(move || {
+    let (thread, health) = supervised(
+        Arc::clone(shared),
+        move || {
             runtime.block_on(serve(serving, target));
             // A name lookup still running on the blocking pool must not hold up the exit.
             runtime.shutdown_timeout(Duration::from_secs(1));
-        })
-        .context("starting the publisher thread")?;
+        },
+        wake_main,
+    )?;
     Ok(Publisher {
         shared: Arc::clone(shared),
         thread,
+        health,
     })
 }
 
+/// Runs `body` on a thread of its own. If it panics, or returns while tern is not stopping,
+/// the publisher is dead and nothing would deliver the reports tern goes on spooling: the
+/// thread logs why, records it in the returned [`Health`] and calls `alarm`.
+fn supervised(
+    shared: Arc<Shared>,
+    body: impl FnOnce() + Send + 'static,
+    alarm: fn(),
+) -> Result<(JoinHandle<()>, Health)> {
+    let health = Health::default();
+    let told = health.clone();
+    let thread = std::thread::Builder::new()
+        .spawn(move || {
+            let why = match std::panic::catch_unwind(AssertUnwindSafe(body)) {
+                Ok(()) if shared.stopping() => return,
+                Ok(()) => "ended while tern was running".to_owned(),
+                Err(payload) => format!("panicked: {}", panic_text(payload.as_ref())),
+            };
+            error!("the publisher thread {why}; no report can be delivered any more");
+            let _ = told.0.set(why);
+            alarm();
+        })
+        .context("starting the publisher thread")?;
+    Ok((thread, health))
+}
+
+/// What a panic said, when it said it in text.
+fn panic_text(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+/// Wakes the main loop, which sleeps in poll() for up to an interval: a signal cuts that
+/// sleep short, and the loop then finds the publisher dead before it reads the stop request
+/// the signal also makes.
+fn wake_main() {
+    // SAFETY: kill with this process's own pid and a signal tern handles.
+    unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+}
+
 impl Publisher {
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
     /// Asks the publisher to stop: it delivers what it can within a short grace period if
     /// connected; what is left stays spooled for the next run (what waits in memory, if the
     /// spool cannot be written, is said to be lost).
     pub fn stop(self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.wake.notify_one();
-        if self.thread.join().is_err() {
-            error!("the publisher thread panicked; undelivered reports stay spooled");
-        }
+        // A panic is caught, logged and told by the thread itself.
+        let _ = self.thread.join();
         self.shared.spool().close();
     }
 }
@@ -127,20 +190,32 @@ async fn serve(shared: Arc<Shared>, target: Target) {
         let ended = session.run().await;
         let proved;
         (carried, proved) = session.end();
-        let Err(err) = ended else {
+        let Err(broken) = ended else {
             return;
         };
         if proved {
             backoff.reset();
         }
-        let failure = errors::describe(&err, &target.broker.host);
-        let delay = backoff.next(failure.authorization);
+        let (text, authorization) = match broken {
+            Broken::Connection(err) => {
+                debug!("broker {address}: {err:?}");
+                let failure = errors::describe(&err, &target.broker.host);
+                (failure.text, failure.authorization)
+            }
+            Broken::Unacknowledged { report_id, within } => (
+                format!(
+                    "no acknowledgement (PUBACK) of report {report_id} within {} s (the \
+                     keep-alive); dropped the connection to send the report again on a new one",
+                    within.as_secs()
+                ),
+                false,
+            ),
+        };
+        let delay = backoff.next(authorization);
         warn!(
-            "broker {address}: {}; retrying in {:.1} s",
-            failure.text,
+            "broker {address}: {text}; retrying in {:.1} s",
             delay.as_secs_f64()
         );
-        debug!("broker {address}: {err:?}");
         let retry_at = Instant::now() + delay;
         while Instant::now() < retry_at && !shared.stopping() {
             // A new report does not cut the wait short; a stop does.
@@ -204,6 +279,40 @@ mod tests {
         let ec = &value["metrics"]["tcp_connections"]["established_connections"];
         assert_eq!(ec["total"], 3_000);
         assert!(!ec["connections"].as_array().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_publisher_thread_that_dies_is_told_and_wakes_the_main_loop() {
+        let dir = std::env::temp_dir().join(format!("tern-supervised-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let outbox = crate::output::outbox::Outbox::open(&dir, 1 << 20);
+        let shared = outbox.shared();
+        // tern's own handler, as `run` installs it: the alarm is the real one.
+        crate::process::stop::install().unwrap();
+        assert!(!crate::process::stop::stop_requested());
+        let (thread, health) = supervised(
+            Arc::clone(shared),
+            || panic!("an invariant broke"),
+            wake_main,
+        )
+        .unwrap();
+        thread.join().unwrap();
+        assert_eq!(health.death(), Some("panicked: an invariant broke"));
+        let woken = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            crate::process::stop::stop_requested()
+        });
+        assert!(woken, "the main loop was not woken");
+
+        let (thread, health) = supervised(Arc::clone(shared), || {}, || {}).unwrap();
+        thread.join().unwrap();
+        assert_eq!(health.death(), Some("ended while tern was running"));
+
+        shared.stop.store(true, Ordering::SeqCst);
+        let (thread, health) = supervised(Arc::clone(shared), || {}, || {}).unwrap();
+        thread.join().unwrap();
+        assert_eq!(health.death(), None, "a stop is no death");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn test_broker(packet_limit: usize) -> Broker {

@@ -1,10 +1,16 @@
 //! Device Defender's replies: which published reports await one, what the cloud said
-//! (accepted, or rejected and why), and which went unanswered; counted for tern's own
-//! metrics and totalled for the log. What the broker wrote reaches the log escaped and cut,
-//! and replies tern cannot use are logged at a bounded rate, so a broker can neither forge
-//! log lines nor flood the log. Never publishes.
+//! (accepted, or rejected and why), and which went unanswered (a reply that comes later
+//! still counts); counted for tern's own metrics and totalled for the log. Only a message on
+//! the reports' own `/accepted` or `/rejected` topic is a reply; anything else the broker
+//! sends is ignored. What the broker wrote reaches the log escaped and cut, and replies tern
+//! cannot use are logged at a bounded rate, so a broker can neither forge log lines nor
+//! flood the log. Never publishes.
 
-use std::{collections::HashMap, sync::atomic::Ordering, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::atomic::Ordering,
+    time::Duration,
+};
 
 use log::{debug, error, info, warn};
 use serde_json::Value;
@@ -17,6 +23,9 @@ const PEER_TEXT_MAX: usize = 200;
 /// Replies tern cannot use: at most this many logged per window, the rest counted.
 const NOISE_LINES: u32 = 5;
 const NOISE_WINDOW: Duration = Duration::from_secs(60);
+/// Reports counted unanswered whose reply is still counted should it come: the newest this
+/// many (a few hours' worth even at a report a minute).
+const LATE_KEPT: usize = 256;
 
 /// Text from the broker, fit for one log line: control characters (line breaks, terminal
 /// escapes) escaped, and cut at PEER_TEXT_MAX characters.
@@ -74,6 +83,8 @@ impl Noise {
 pub struct Replies {
     /// Report id -> when it was (last) published.
     pub awaiting: HashMap<u64, Instant>,
+    /// Reports counted unanswered, oldest first.
+    late: VecDeque<u64>,
     accepted: u64,
     rejected: u64,
     unanswered: u64,
@@ -90,6 +101,12 @@ impl Replies {
         !self.refused && (self.accepted + self.rejected > 0 || self.unanswered == 0)
     }
 
+    /// Report `id` was just published (again): its reply is awaited from now.
+    pub fn published(&mut self, id: u64) {
+        self.late.retain(|&l| l != id);
+        self.awaiting.insert(id, Instant::now());
+    }
+
     fn totals(&self) -> String {
         format!(
             "reports accepted {}, rejected {}, unanswered {}",
@@ -97,15 +114,33 @@ impl Replies {
         )
     }
 
-    /// Follows a reply in `format`; returns the id of the report it answers, if it names one.
+    /// Follows a message on `topic` in `format`: a reply when `topic` is `report_topic`'s
+    /// `/accepted` or `/rejected`. Returns the id of the report a reply answers, if it names
+    /// one.
     pub fn on_reply(
         &mut self,
+        report_topic: &str,
         topic: &str,
         payload: &[u8],
         format: Format,
         counters: &Counters,
     ) -> Option<u64> {
-        let accepted = topic.ends_with("/accepted");
+        let verdict = topic
+            .strip_prefix(report_topic)
+            .and_then(|reply| match reply {
+                "/accepted" => Some(true),
+                "/rejected" => Some(false),
+                _ => None,
+            });
+        let Some(accepted) = verdict else {
+            // Not a reply to tern's reports, whatever it carries: another thing's, another
+            // encoding's, or no Device Defender topic at all.
+            debug!(
+                "a message on {}, not a reply topic of this thing's reports; ignored",
+                peer_text(topic)
+            );
+            return None;
+        };
         let value: Option<Value> = match format {
             Format::Json => serde_json::from_slice(payload).ok(),
             Format::Cbor => ciborium::from_reader(payload).ok(),
@@ -130,36 +165,67 @@ impl Replies {
             }
             return None;
         };
-        if self.awaiting.remove(&id).is_none() {
-            debug!("reply on {topic} for report {id}, which is not awaiting one");
-            return Some(id);
-        }
+        // A reply after the reply timeout still tells what the cloud did with the report;
+        // the report stays counted unanswered too, which it was: no reply within the timeout.
+        let late = match self.awaiting.remove(&id) {
+            Some(_) => "",
+            None => match self.late.iter().position(|&l| l == id) {
+                Some(at) => {
+                    self.late.remove(at);
+                    " (after the reply timeout, when it was counted unanswered)"
+                }
+                None => {
+                    debug!("reply on {topic} for report {id}, which is not awaiting one");
+                    return Some(id);
+                }
+            },
+        };
         if accepted {
             self.accepted += 1;
             counters.accepted.fetch_add(1, Ordering::SeqCst);
-            info!("report {id} accepted; {}", self.totals());
+            info!("report {id} accepted{late}; {}", self.totals());
         } else {
             self.rejected += 1;
             counters.rejected.fetch_add(1, Ordering::SeqCst);
             let details = &value["statusDetails"];
             let code = peer_text(details["ErrorCode"].as_str().unwrap_or("no error code"));
             let message = peer_text(details["ErrorMessage"].as_str().unwrap_or(""));
-            error!("report {id} rejected: {code}: {message}; {}", self.totals());
+            error!(
+                "report {id} rejected{late}: {code}: {message}; {}",
+                self.totals()
+            );
         }
         Some(id)
+    }
+
+    /// Says which replies a stop leaves uncounted.
+    pub fn unreplied_at_stop(&self) {
+        if self.awaiting.is_empty() || !self.expected() {
+            return;
+        }
+        let mut ids: Vec<u64> = self.awaiting.keys().copied().collect();
+        ids.sort_unstable();
+        info!(
+            "stopping before the reply to report(s) {ids:?}; {}",
+            self.totals()
+        );
     }
 
     /// Counts reports that had no reply within `timeout` of being published.
     pub fn expire(&mut self, counters: &Counters, timeout: Duration) {
         let now = Instant::now();
-        let late: Vec<u64> = self
+        let expired: Vec<u64> = self
             .awaiting
             .iter()
             .filter(|(_, sent)| now.duration_since(**sent) >= timeout)
             .map(|(id, _)| *id)
             .collect();
-        for id in late {
+        for id in expired {
             self.awaiting.remove(&id);
+            if self.late.len() == LATE_KEPT {
+                self.late.pop_front();
+            }
+            self.late.push_back(id);
             self.unanswered += 1;
             counters.unanswered.fetch_add(1, Ordering::SeqCst);
             warn!(
@@ -217,10 +283,52 @@ mod tests {
             }
             for format in [Format::Json, Format::Cbor] {
                 for topic in ["t/json/accepted", "t/json/rejected"] {
-                    replies.on_reply(topic, bytes, format, &counters);
+                    replies.on_reply("t/json", topic, bytes, format, &counters);
                 }
             }
         });
+    }
+
+    #[test]
+    fn only_a_message_on_the_reports_own_reply_topics_is_a_reply() {
+        let counters = Counters::default();
+        let mut replies = Replies::default();
+        replies.awaiting.insert(7, Instant::now());
+        let report_topic = "$aws/things/gw/defender/metrics/json";
+        let rejection = br#"{"thingName":"gw","reportId":7,"status":"REJECTED"}"#;
+        for elsewhere in [
+            "$aws/things/gw/defender/metrics/json/rejected/x",
+            "$aws/things/gw/defender/metrics/cbor/rejected",
+            "$aws/things/gw-2/defender/metrics/json/rejected",
+            "$aws/things/gw/defender/metrics/json",
+            "gw/json/rejected",
+        ] {
+            let answered =
+                replies.on_reply(report_topic, elsewhere, rejection, Format::Json, &counters);
+            assert_eq!(answered, None, "{elsewhere}");
+        }
+        let acceptance = br#"{"thingName":"gw","reportId":7,"status":"ACCEPTED"}"#;
+        let topic = format!("{report_topic}/accepted");
+        let answered = replies.on_reply(report_topic, &topic, acceptance, Format::Json, &counters);
+        assert_eq!(answered, Some(7));
+        assert_eq!(counters.accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(counters.rejected.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_reply_after_the_timeout_still_counts_once() {
+        let counters = Counters::default();
+        let mut replies = Replies::default();
+        replies.awaiting.insert(7, Instant::now());
+        replies.expire(&counters, Duration::ZERO);
+        assert_eq!(counters.unanswered.load(Ordering::SeqCst), 1);
+        let topic = "t/json/accepted";
+        let acceptance = br#"{"reportId":7,"status":"ACCEPTED"}"#;
+        for _ in 0..2 {
+            let answered = replies.on_reply("t/json", topic, acceptance, Format::Json, &counters);
+            assert_eq!(answered, Some(7));
+        }
+        assert_eq!(counters.accepted.load(Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! One MQTT connection, from CONNECT to its end: subscribes to Device Defender's replies,
 //! publishes one report at a time (QoS 1) and removes it from the spool on its PUBACK. A
-//! report in flight when a connection broke is in doubt: it may have reached the broker, so
-//! the next connection waits a little for the cloud's reply to it before sending it again,
-//! and a report is not delivered twice. Never reconnects: that is `serve`'s.
+//! broker that does not acknowledge a report within one keep-alive has the connection
+//! dropped. A report in flight when a connection broke is in doubt: it may have reached the
+//! broker, so the next connection waits a little for the cloud's reply to it before sending
+//! it again, and a report is not delivered twice. A stopping tern waits out the grace period
+//! for the replies still due. Never reconnects: that is `serve`'s.
 
 use std::{sync::Arc, time::Duration};
 
@@ -11,12 +13,17 @@ use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, NetworkOptions, Outgoing, Packet,
     QoS, SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
-use tokio::{sync::mpsc::Receiver, time::Instant};
+use tokio::{
+    sync::mpsc::Receiver,
+    task::JoinHandle,
+    time::{Instant, sleep_until},
+};
 
 use super::{Target, replies::Replies};
 use crate::output::{encode, outbox::Shared};
 
-/// How long a stopping tern keeps delivering what is spooled while connected.
+/// How long a stopping tern keeps delivering what is spooled, and waits for the replies due,
+/// while connected.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 /// A connection up this long has proved itself: the next failure backs off from the start.
 const STABLE: Duration = Duration::from_secs(60);
@@ -31,12 +38,38 @@ const IN_DOUBT_WAIT: Duration = Duration::from_secs(3);
 pub struct InFlight {
     report_id: u64,
     spooled: Vec<u64>,
-    /// Its packet id on the current connection, once rumqttc has sent it.
-    pkid: Option<u16>,
-    /// For a report published on a connection that broke before its PUBACK: it may have
-    /// reached the broker, so the cloud's reply is awaited until then before it is sent
-    /// again, and a report is not delivered twice.
-    in_doubt_until: Option<Instant>,
+    stage: Stage,
+}
+
+enum Stage {
+    /// Published on the current connection; the broker must acknowledge it by `ack_by`.
+    Sent {
+        /// Its packet id, once rumqttc has sent it.
+        pkid: Option<u16>,
+        ack_by: Instant,
+    },
+    /// Published on a connection that broke before its PUBACK: it may have reached the
+    /// broker, so the cloud's reply is awaited until then before it is sent again, and a
+    /// report is not delivered twice.
+    InDoubt { until: Instant },
+}
+
+impl InFlight {
+    /// When its acknowledgement is due, or its doubt ends.
+    fn due(&self) -> Instant {
+        match self.stage {
+            Stage::Sent { ack_by, .. } => ack_by,
+            Stage::InDoubt { until } => until,
+        }
+    }
+}
+
+/// Why a connection ended while tern was not stopping.
+pub enum Broken {
+    /// rumqttc's: the connection failed, or the broker or the network closed it.
+    Connection(ConnectionError),
+    /// The broker did not acknowledge report `report_id` within `within`.
+    Unacknowledged { report_id: u64, within: Duration },
 }
 
 /// What outlives a connection: the reply bookkeeping, and a report still in flight when one
@@ -52,6 +85,8 @@ pub struct Session<'a> {
     target: &'a Target,
     client: AsyncClient,
     events: Receiver<Result<Event, ConnectionError>>,
+    /// The event loop's task: the connection closes when the session ends.
+    _pump: Pump,
     replies: Replies,
     in_flight: Option<InFlight>,
     /// The connection proved useful (a delivery, or a minute up): the backoff starts over.
@@ -74,11 +109,13 @@ impl<'a> Session<'a> {
                 Arc::clone(&broker.tls),
             )));
         let (client, eventloop) = AsyncClient::new(options, 8);
+        let (events, pump) = forward(eventloop);
         Self {
             shared,
             target,
             client,
-            events: forward(eventloop),
+            events,
+            _pump: pump,
             replies: carried.replies,
             in_flight: carried.in_flight,
             proved: false,
@@ -97,7 +134,7 @@ impl<'a> Session<'a> {
 
     /// Runs the connection. Ok(()) when tern is stopping; Err when the connection failed or
     /// ended.
-    pub async fn run(&mut self) -> Result<(), ConnectionError> {
+    pub async fn run(&mut self) -> Result<(), Broken> {
         loop {
             // A stop does not wait for a connection attempt that may hang until its timeout.
             let event = tokio::select! {
@@ -107,8 +144,8 @@ impl<'a> Session<'a> {
             match event {
                 Some(Ok(Event::Incoming(Packet::ConnAck(_)))) => break,
                 Some(Ok(_)) => {}
-                Some(Err(err)) => return Err(err),
-                None => return Err(ConnectionError::RequestsDone),
+                Some(Err(err)) => return Err(Broken::Connection(err)),
+                None => return Err(Broken::Connection(ConnectionError::RequestsDone)),
             }
         }
         let broker = &self.target.broker;
@@ -121,7 +158,7 @@ impl<'a> Session<'a> {
             SubscribeFilter::new(format!("{}/{reply}", self.target.topic), QoS::AtLeastOnce)
         });
         if self.client.try_subscribe_many(filters).is_err() {
-            return Err(ConnectionError::RequestsDone);
+            return Err(Broken::Connection(ConnectionError::RequestsDone));
         }
         self.resume();
         let mut stop_deadline: Option<Instant> = None;
@@ -130,23 +167,31 @@ impl<'a> Session<'a> {
             if self.shared.stopping() && stop_deadline.is_none() {
                 stop_deadline = Some(Instant::now() + STOP_GRACE);
             }
-            if let Some(f) = self
-                .in_flight
-                .take_if(|f| f.in_doubt_until.is_some_and(|t| Instant::now() >= t))
-            {
-                info!("no reply to report {}: sending it again", f.report_id);
+            let now = Instant::now();
+            if let Some(f) = self.in_flight.as_ref().filter(|f| f.due() <= now) {
+                let report_id = f.report_id;
+                if let Stage::Sent { .. } = f.stage {
+                    // It stays in flight: in doubt on the next connection.
+                    let within = self.ack_wait();
+                    return Err(Broken::Unacknowledged { report_id, within });
+                }
+                info!("no reply to report {report_id}: sending it again");
+                self.in_flight = None;
             }
             if self.in_flight.is_none() {
                 match self.next_report().map(|next| self.publish(next)) {
                     Some(true) => {}
-                    Some(false) => return Err(ConnectionError::RequestsDone),
-                    None if self.shared.stopping() => return Ok(()),
+                    Some(false) => return Err(Broken::Connection(ConnectionError::RequestsDone)),
+                    None if self.shared.stopping() && !self.reply_due() => return Ok(()),
                     None => {}
                 }
             }
-            if stop_deadline.is_some_and(|d| Instant::now() >= d) {
+            if stop_deadline.is_some_and(|d| now >= d) {
+                self.replies.unreplied_at_stop();
                 return Ok(());
             }
+            let due = self.in_flight.as_ref().map(InFlight::due);
+            let due = due.into_iter().chain(stop_deadline).min();
             tokio::select! {
                 event = self.events.recv() => match event {
                     Some(Ok(event)) => {
@@ -156,10 +201,11 @@ impl<'a> Session<'a> {
                             self.proved = true;
                         }
                     }
-                    Some(Err(err)) => return Err(err),
-                    None => return Err(ConnectionError::RequestsDone),
+                    Some(Err(err)) => return Err(Broken::Connection(err)),
+                    None => return Err(Broken::Connection(ConnectionError::RequestsDone)),
                 },
                 () = self.shared.wake.notified() => {}
+                () = sleep_until(due.unwrap_or(now)), if due.is_some() => {}
                 _ = tick.tick() => {
                     let timeout = Duration::from_secs(self.target.broker.reply_timeout);
                     self.replies.expire(&self.shared.counters, timeout);
@@ -171,13 +217,25 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// How long the broker has to acknowledge a report: one keep-alive, as long as rumqttc
+    /// gives it to answer a ping before it calls the link dead. A broker that is reading
+    /// acknowledges a publish about as fast as a ping; one that answers pings and not
+    /// reports keeps the link alive while nothing is delivered.
+    fn ack_wait(&self) -> Duration {
+        Duration::from_secs(self.target.broker.keep_alive)
+    }
+
+    /// Whether a stopping tern still waits: for a reply the cloud is expected to send.
+    fn reply_due(&self) -> bool {
+        !self.replies.awaiting.is_empty() && self.replies.expected()
+    }
+
     /// Puts a report carried over from a broken connection in doubt, or back in the spool's
     /// hands when no reply will tell whether it arrived.
     fn resume(&mut self) {
         let Some(f) = self.in_flight.as_mut() else {
             return;
         };
-        f.pkid = None;
         if self.replies.expected() {
             let broker = &self.target.broker;
             let wait = IN_DOUBT_WAIT.min(Duration::from_secs(broker.reply_timeout));
@@ -187,7 +245,9 @@ impl<'a> Session<'a> {
                 f.report_id,
                 wait.as_secs()
             );
-            f.in_doubt_until = Some(Instant::now() + wait);
+            f.stage = Stage::InDoubt {
+                until: Instant::now() + wait,
+            };
         } else {
             // No reply will ever tell: send it again (at least once).
             self.in_flight = None;
@@ -223,12 +283,15 @@ impl<'a> Session<'a> {
         {
             return false;
         }
-        self.replies.awaiting.insert(report_id, Instant::now());
+        self.replies.published(report_id);
+        let now = Instant::now();
         self.in_flight = Some(InFlight {
             report_id,
             spooled,
-            pkid: None,
-            in_doubt_until: None,
+            stage: Stage::Sent {
+                pkid: None,
+                ack_by: now + self.ack_wait(),
+            },
         });
         true
     }
@@ -236,28 +299,34 @@ impl<'a> Session<'a> {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Outgoing(Outgoing::Publish(pkid)) => {
-                if let Some(f) = self
-                    .in_flight
-                    .as_mut()
-                    .filter(|f| f.pkid.is_none() && f.in_doubt_until.is_none())
+                if let Some(InFlight {
+                    stage: Stage::Sent { pkid: sent, .. },
+                    ..
+                }) = &mut self.in_flight
                 {
-                    f.pkid = Some(pkid);
+                    sent.get_or_insert(pkid);
                 }
             }
             Event::Incoming(Packet::PubAck(ack)) => {
-                if let Some(f) = self.in_flight.take_if(|f| f.pkid == Some(ack.pkid)) {
+                let acked = |f: &mut InFlight| match f.stage {
+                    Stage::Sent { pkid, .. } => pkid == Some(ack.pkid),
+                    Stage::InDoubt { .. } => false,
+                };
+                if let Some(f) = self.in_flight.take_if(acked) {
                     self.delivered(&f, "delivered");
                 }
             }
             Event::Incoming(Packet::Publish(publish)) => {
                 let answered = self.replies.on_reply(
+                    &self.target.topic,
                     &publish.topic,
                     &publish.payload,
                     self.target.encoding.format,
                     &self.shared.counters,
                 );
-                let settled =
-                    |f: &mut InFlight| f.in_doubt_until.is_some() && answered == Some(f.report_id);
+                let settled = |f: &mut InFlight| {
+                    matches!(f.stage, Stage::InDoubt { .. }) && answered == Some(f.report_id)
+                };
                 if let Some(f) = self.in_flight.take_if(settled) {
                     self.delivered(&f, "reached the broker before the connection broke");
                 }
@@ -301,14 +370,24 @@ async fn stopped(shared: &Shared) {
     }
 }
 
+/// The event loop's task, aborted when dropped: the connection closes with the session
+/// instead of lingering until its next event.
+struct Pump(JoinHandle<()>);
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs the event loop on its own task and hands its events over a channel, so the session
 /// can wait on events and on new reports at once. Ends at the first error.
-fn forward(mut eventloop: EventLoop) -> Receiver<Result<Event, ConnectionError>> {
+fn forward(mut eventloop: EventLoop) -> (Receiver<Result<Event, ConnectionError>>, Pump) {
     let mut network = NetworkOptions::new();
     network.set_connection_timeout(10);
     eventloop.set_network_options(network);
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
             let event = eventloop.poll().await;
             let failed = event.is_err();
@@ -317,5 +396,5 @@ fn forward(mut eventloop: EventLoop) -> Receiver<Result<Event, ConnectionError>>
             }
         }
     });
-    rx
+    (rx, Pump(task))
 }

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::*;
 use crate::report::{
-    Connection, Connections, Metrics, NetworkStats, Port, PortList, TcpConnections,
+    Connection, Connections, Kind, Metrics, NetworkStats, Number, Port, PortList, TcpConnections,
 };
 use bisection::{capped, encode, sorted};
 
@@ -142,6 +142,86 @@ fn a_single_entry_over_budget_is_cut_to_none() {
 fn a_budget_too_small_for_any_report_is_an_error() {
     let report = with_connections(10);
     assert!(encode_within(&report, Names::Long, Format::Json, 20).is_err());
+}
+
+#[test]
+fn a_budget_at_the_floor_holds_every_report_of_its_custom_metrics() {
+    for seed in 0..48 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut report = generated(&mut rng);
+        report.set_custom(
+            "reading",
+            CustomMetric::Number(Number::Reading(rng.f64() * -1e-300)),
+        );
+        let custom: Vec<(&str, Kind)> = report
+            .custom_metrics
+            .iter()
+            .map(|(name, [value])| (name.as_str(), value.kind()))
+            .collect();
+        for names in [Names::Long, Names::Short] {
+            for format in [Format::Json, Format::Cbor] {
+                let encoding = Encoding {
+                    names,
+                    format,
+                    budget: 0,
+                };
+                let floor = encoding.floor(custom.iter().copied()).unwrap();
+                let within = encode_within(&report, names, format, floor);
+                assert!(
+                    within.is_ok(),
+                    "seed {seed} {names:?} {format:?}: {within:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_floor_is_the_widest_report_cut_to_nothing() {
+    let ports = || {
+        Some(PortList {
+            ports: vec![Port {
+                port: 22,
+                interface: None,
+            }],
+            total: u64::MAX,
+        })
+    };
+    let mut report = Report::new(
+        u64::MAX,
+        Metrics {
+            listening_tcp_ports: ports(),
+            listening_udp_ports: ports(),
+            network_stats: Some(NetworkStats {
+                bytes_in: u64::MAX,
+                bytes_out: u64::MAX,
+                packets_in: u64::MAX,
+                packets_out: u64::MAX,
+            }),
+            tcp_connections: with_connections(3).metrics.tcp_connections,
+        },
+    );
+    if let Some(tcp) = &mut report.metrics.tcp_connections {
+        tcp.established_connections.total = u64::MAX;
+    }
+    let widest = Number::Reading(-f64::MIN_POSITIVE);
+    report.set_custom("widest", CustomMetric::Number(widest));
+    report.set_custom("list", CustomMetric::IpList(vec!["10.0.0.1".into()]));
+    let custom = [("widest", Kind::Number), ("list", Kind::IpList)];
+    for names in [Names::Long, Names::Short] {
+        for format in [Format::Json, Format::Cbor] {
+            let encoding = Encoding {
+                names,
+                format,
+                budget: 0,
+            };
+            let floor = encoding.floor(custom).unwrap();
+            let (bytes, cut) = encode_within(&report, names, format, floor).unwrap();
+            assert!(cut, "{names:?} {format:?}");
+            assert_eq!(bytes.len(), floor, "{names:?} {format:?}");
+            assert!(encode_within(&report, names, format, floor - 1).is_err());
+        }
+    }
 }
 
 #[test]
