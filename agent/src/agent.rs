@@ -228,8 +228,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
         );
         collectors.resume(baseline, generation);
     }
-    let mut ids = ReportIds::open(&settings.state_dir)?;
     let mut output = Output::open(&settings, broker)?;
+    let mut ids = ReportIds::open(&settings.state_dir, output.newest_spooled())?;
     let publisher = output.publisher_health();
     match programs.as_ref().filter(|p| p.count_traffic()) {
         Some(programs) => info!(
@@ -262,10 +262,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         if let Some(programs) = programs.as_mut() {
             programs.clear_gone();
         }
-        let (id, saved) = ids.next();
-        if let Err(err) = saved {
-            error!("{err:#}; after a restart, report ids may not continue from {id}");
-        }
+        let id = ids.next();
         let connections = collected.tcp_connections.established_connections.total;
         let report = collected.into_report(id, &settings.custom_metrics);
         let collected_in = started.elapsed();

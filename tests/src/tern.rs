@@ -116,6 +116,13 @@ impl Tern {
         tern
     }
 
+    /// As [`Tern::launch`], also returning every line tern logged until it attached.
+    pub fn launch_logged(ns: &Netns, state_dir: &Path, args: &[&str]) -> (Self, Vec<String>) {
+        let tern = Self::spawn_in(ns, Some(state_dir), args, &[]);
+        let lines = tern.log_until("attached", Duration::from_secs(20));
+        (tern, lines)
+    }
+
     /// Starts tern in `ns`, with `state_dir` or else a state directory of its own that goes
     /// when it does.
     fn spawn_in(ns: &Netns, state_dir: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Self {
@@ -243,12 +250,25 @@ impl Tern {
 
     /// Waits for a log line containing `needle`; panics after `timeout`.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        let mut lines = self.log_until(needle, timeout);
+        lines.pop().expect("the line found")
+    }
+
+    /// Every line logged from now until one containing `needle`, that one last; panics
+    /// after `timeout`.
+    pub fn log_until(&self, needle: &str, timeout: Duration) -> Vec<String> {
         let deadline = Instant::now() + timeout;
+        let mut lines = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.log.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    lines.push(line);
+                    if found {
+                        return lines;
+                    }
+                }
                 Err(_) => panic!("tern did not log {needle:?} within {timeout:?}"),
             }
         }

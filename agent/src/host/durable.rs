@@ -13,7 +13,8 @@ use std::{
 /// half: written to `*.tmp` and synced, renamed over `path`, and the rename synced in the
 /// directory. The `*.tmp` is created new, owner-only, never through a symbolic link: one
 /// that is there already (a crash's, or planted) is removed first, the link itself and not
-/// what it names.
+/// what it names. A write that fails (a full disk) removes its `*.tmp`: nothing empty or
+/// partial is left behind.
 pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     match fs::remove_file(&tmp) {
@@ -26,9 +27,17 @@ pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)?;
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs::rename(&tmp, path));
+    if let Err(e) = written {
+        drop(file);
+        // Best effort: what is left is removed at the next start (the spool's) or by the
+        // next write to the same path.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     let dir = path
         .parent()
         .filter(|dir| !dir.as_os_str().is_empty())
@@ -61,6 +70,18 @@ mod tests {
         assert_eq!(aside, dir.join("state.corrupt"));
         assert_eq!(fs::read(&aside).unwrap(), b"new");
         assert!(!path.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary_file() {
+        let dir = std::env::temp_dir().join(format!("tern-durable-fail-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("state")).unwrap();
+        // The rename fails: a directory cannot be replaced by a file.
+        let err = replace(&dir.join("state"), b"new").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::IsADirectory, "{err}");
+        assert!(!dir.join("state.tmp").exists());
         fs::remove_dir_all(&dir).unwrap();
     }
 

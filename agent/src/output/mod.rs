@@ -28,12 +28,20 @@ impl Output {
     pub fn open(settings: &Settings, broker: Option<&Broker>) -> Result<Self> {
         Ok(match broker {
             Some(broker) => {
-                let outbox = Outbox::open(&settings.state_dir, broker.spool_bytes)?;
+                let outbox = Outbox::open(&settings.state_dir, broker.spool_bytes);
                 let publisher = mqtt::start_publisher(outbox.shared(), settings, broker)?;
                 Self::Broker(outbox, publisher)
             }
             None => Self::Stdout(encoding(settings, usize::MAX)),
         })
+    }
+
+    /// The newest report id waiting in the spool: ids go on above it.
+    pub fn newest_spooled(&self) -> Option<u64> {
+        match self {
+            Self::Broker(outbox, _) => outbox.newest(),
+            Self::Stdout(_) => None,
+        }
     }
 
     /// Writes or spools `report`; returns its encoded size when it was written.

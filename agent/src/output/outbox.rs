@@ -14,7 +14,6 @@ use std::{
     },
 };
 
-use anyhow::Result;
 use log::{debug, error, info};
 use tokio::sync::Notify;
 
@@ -58,7 +57,7 @@ impl Shared {
         let mut spool = self.spool();
         loop {
             let first = if fold_all {
-                spool.ids().last()
+                spool.newest()
             } else {
                 spool.ids().next()
             }?;
@@ -94,30 +93,29 @@ impl Shared {
 /// The collecting side: spools reports and adds tern's own counts to them.
 pub struct Outbox {
     shared: Arc<Shared>,
-    /// A report the spool could not take (disk full, I/O error): it folds into the next.
-    carry: Option<Box<Report>>,
 }
 
 impl Outbox {
     /// Opens the spool in `state_dir`, bounded to `spool_bytes`; done during setup, before
-    /// any thread starts.
-    pub fn open(state_dir: &Path, spool_bytes: u64) -> Result<Self> {
-        let spool = Spool::open(state_dir, spool_bytes)?;
+    /// any thread starts. Reports the bound made it drop count as dropped.
+    pub fn open(state_dir: &Path, spool_bytes: u64) -> Self {
+        let (spool, dropped) = Spool::open(state_dir, spool_bytes);
         if !spool.is_empty() {
             info!(
                 "{} undelivered report(s) from an earlier run are spooled",
                 spool.len()
             );
         }
-        Ok(Self {
+        let counters = Counters::default();
+        counters.dropped.store(dropped, Ordering::SeqCst);
+        Self {
             shared: Arc::new(Shared {
                 spool: Mutex::new(spool),
                 wake: Notify::new(),
                 stop: AtomicBool::new(false),
-                counters: Counters::default(),
+                counters,
             }),
-            carry: None,
-        })
+        }
     }
 
     /// What the publisher shares with this side.
@@ -125,8 +123,13 @@ impl Outbox {
         &self.shared
     }
 
-    /// Adds the interval's delivery counts to `report`, writes it to the spool and wakes the
-    /// publisher. A report that cannot be written is kept and folded into the next one.
+    /// The newest report waiting in the spool.
+    pub fn newest(&self) -> Option<u64> {
+        self.shared.spool().newest()
+    }
+
+    /// Adds the interval's delivery counts to `report`, hands it to the spool (on disk, or
+    /// in memory while the disk refuses) and wakes the publisher.
     pub fn push(&mut self, mut report: Report) {
         let c = &self.shared.counters;
         for (metric, counter) in [
@@ -140,9 +143,6 @@ impl Outbox {
                 CustomMetric::from(counter.swap(0, Ordering::SeqCst)),
             );
         }
-        if let Some(older) = self.carry.take() {
-            report.absorb(&older, merge_rule);
-        }
         let id = report.header.report_id;
         let pushed = self.shared.spool().push(&report);
         match pushed {
@@ -152,8 +152,8 @@ impl Outbox {
                 debug!("report {id} spooled");
             }
             Err(err) => {
-                error!("{err:#}; report {id} is kept in memory and goes into the next report");
-                self.carry = Some(Box::new(report));
+                error!("{err:#}; report {id} is dropped");
+                c.dropped.fetch_add(1, Ordering::SeqCst);
             }
         }
     }
@@ -170,10 +170,30 @@ mod tests {
     };
 
     #[test]
+    fn reports_the_bound_drops_at_open_are_counted_in_the_next_report() {
+        let dir = std::env::temp_dir().join(format!("tern-open-drop-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let size = serde_json::to_vec(&traffic(1_000_000, 1)).unwrap().len() as u64;
+        let mut spool = Spool::open(&dir, 1 << 20).0;
+        for id in 1_000_000..1_000_005 {
+            spool.push(&traffic(id, 1)).unwrap();
+        }
+        let mut outbox = Outbox::open(&dir, size * 3);
+        assert_eq!(outbox.newest(), Some(1_000_004));
+        outbox.push(traffic(1_000_005, 1));
+        let newest = outbox.shared.spool().read(1_000_005).unwrap();
+        assert_eq!(
+            newest.custom_metrics[catalog::REPORTS_DROPPED.name],
+            [CustomMetric::from(2)]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn for_aws_everything_spooled_folds_into_the_newest_report() {
         let dir = std::env::temp_dir().join(format!("tern-fold-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut spool = Spool::open(&dir, 1 << 20).unwrap();
+        let mut spool = Spool::open(&dir, 1 << 20).0;
         for (id, bytes_in, accepted) in [(100, 10, 1), (200, 20, 0), (300, 30, 2)] {
             let mut report = Report::new(
                 id,
@@ -220,28 +240,6 @@ mod tests {
             value["custom_metrics"][catalog::REPORTS_ACCEPTED.name][0]["number"],
             3
         );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_report_the_spool_cannot_take_folds_into_the_next() {
-        let dir = std::env::temp_dir().join(format!("tern-carry-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut outbox = Outbox::open(&dir, 1 << 20).unwrap();
-        // The spool's directory vanishes: the write fails and the report is kept.
-        std::fs::remove_dir_all(dir.join("spool")).unwrap();
-        outbox.push(traffic(1, 10));
-        assert!(outbox.carry.is_some());
-        std::fs::create_dir_all(dir.join("spool")).unwrap();
-        outbox.push(traffic(2, 5));
-        assert!(outbox.carry.is_none());
-        let mut spool = outbox.shared.spool();
-        let ids: Vec<u64> = spool.ids().collect();
-        let reports: Vec<Report> = ids.into_iter().filter_map(|id| spool.read(id)).collect();
-        assert_eq!(reports.len(), 1);
-        assert_eq!(reports[0].header.report_id, 2);
-        assert_eq!(reports[0].metrics.network_stats.unwrap().bytes_in, 15);
-        drop(spool);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,19 +1,24 @@
 //! The spool: reports waiting for the broker's acknowledgement, one file per report in
 //! `<state dir>/spool`, named by the zero-padded report id and holding the report's
 //! long-name JSON. A report is written (and synced) before it is published and removed
-//! only once acknowledged, so outages and restarts lose nothing. Bounded in bytes: the
-//! oldest reports go first. Holds only ids and sizes in memory: a report is read back from
-//! its file when it is wanted. Never encodes or sends anything.
+//! only once acknowledged, so outages and restarts lose nothing. While the directory cannot
+//! be written (read-only, full, not the account's), reports wait in memory instead, said
+//! once in the log, and go to disk as soon as it can be written again. Bounded in bytes,
+//! disk and memory together: the oldest reports go first. Of the reports on disk it holds
+//! only ids and sizes: a report is read back from its file, and checked, when it is
+//! wanted. Never encodes or sends anything.
 
 use std::{
     collections::BTreeMap,
-    fs,
+    fmt::Display,
+    fs, io,
     os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
+    time::SystemTime,
 };
 
 use anyhow::{Context, Result};
-use log::{error, warn};
+use log::{debug, error, info, warn};
 
 use crate::{
     config::state_dir,
@@ -21,7 +26,7 @@ use crate::{
         durable,
         files::{self, Links},
     },
-    report::Report,
+    report::{Report, ids},
 };
 
 const DIR: &str = state_dir::SPOOL;
@@ -30,33 +35,69 @@ const SUFFIX: &str = ".json";
 pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
-    /// Report id -> its size on disk, oldest first.
-    entries: BTreeMap<u64, u64>,
+    /// Report id -> where the report waits, oldest first.
+    entries: BTreeMap<u64, Entry>,
+    /// On disk and in memory together.
     bytes: u64,
+    /// The last write failed: new reports wait in memory, and the failure was said.
+    unwritable: bool,
+}
+
+enum Entry {
+    /// In its file, of this many bytes.
+    Disk(u64),
+    /// In memory while the directory cannot be written: the bytes its file would hold.
+    Held(Vec<u8>),
+}
+
+impl Entry {
+    fn size(&self) -> u64 {
+        match self {
+            Self::Disk(size) => *size,
+            Self::Held(bytes) => bytes.len() as u64,
+        }
+    }
 }
 
 impl Spool {
-    /// Opens (creating it 0700 if needed) the spool in `state_dir` and checks what an earlier
-    /// run left there. Entries that do not parse are renamed `*.corrupt` and skipped.
-    pub fn open(state_dir: &Path, max_bytes: u64) -> Result<Self> {
-        let dir = state_dir.join(DIR);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("creating the spool directory {}", dir.display()))?;
+    /// Opens (creating it 0700 if needed) the spool in `state_dir` and lists what an earlier
+    /// run left there, by name and size: nothing is read until it is wanted. An entry whose
+    /// name is no usable report id, or larger than the whole spool may be, is renamed
+    /// `*.corrupt`; then the oldest go while the spool is over its bound. Returns the spool
+    /// and how many reports that dropped. A spool that cannot be made or listed starts in
+    /// memory.
+    pub fn open(state_dir: &Path, max_bytes: u64) -> (Self, u64) {
         let mut spool = Self {
-            dir,
+            dir: state_dir.join(DIR),
             max_bytes,
             entries: BTreeMap::new(),
             bytes: 0,
+            unwritable: false,
         };
-        let listing = fs::read_dir(&spool.dir)
-            .with_context(|| format!("listing the spool {}", spool.dir.display()))?;
-        for entry in listing {
-            let path = entry
-                .with_context(|| format!("listing the spool {}", spool.dir.display()))?
-                .path();
+        if let Err(e) = spool.list() {
+            spool.cannot_write(&e);
+        }
+        let dropped = spool.trim();
+        if let (Some(first), Some(last)) = (dropped.first(), dropped.last()) {
+            warn!(
+                "spool {} held more than spool-bytes ({max_bytes} bytes): dropped the {} \
+                 oldest undelivered report(s), {first} to {last}",
+                spool.dir.display(),
+                dropped.len()
+            );
+        }
+        (spool, dropped.len() as u64)
+    }
+
+    fn list(&mut self) -> io::Result<()> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)?;
+        let now = SystemTime::now();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let path = entry.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             let Some(stem) = name.strip_suffix(SUFFIX) else {
                 if name.ends_with(".tmp") {
@@ -66,47 +107,136 @@ impl Spool {
                 }
                 continue;
             };
-            let checked = stem
-                .parse()
-                .context("its name is not a report id")
-                .and_then(|id| load(&path, id, max_bytes).map(|(_, size)| (id, size)));
-            match checked {
-                Ok((id, size)) => {
-                    spool.bytes += size;
-                    spool.entries.insert(id, size);
-                }
-                Err(err) => set_aside(&path, &err),
+            let listed = match stem.parse() {
+                Err(_) => Err("its name is not a report id".to_owned()),
+                Ok(id) => match ids::unusable(id, now) {
+                    Some(why) => Err(format!("its name is {why}")),
+                    None => entry
+                        .metadata()
+                        .map_err(|e| format!("cannot look at it: {e}"))
+                        .and_then(|meta| match meta.len() {
+                            size if size > self.max_bytes => Err(format!(
+                                "it is {size} bytes, more than the whole spool may hold ({})",
+                                self.max_bytes
+                            )),
+                            size => Ok((id, size)),
+                        }),
+                },
+            };
+            match listed {
+                Ok((id, size)) => self.insert(id, Entry::Disk(size)),
+                Err(why) => set_aside(&path, &why),
             }
         }
-        Ok(spool)
+        Ok(())
     }
 
-    /// Writes `report` durably, then drops the oldest reports while over the byte bound.
-    /// Returns how many reports were dropped.
+    /// Keeps `report` until it is acknowledged: written durably, or held in memory while
+    /// the spool cannot be written. Then drops the oldest reports while over the byte
+    /// bound; returns how many it dropped.
     pub fn push(&mut self, report: &Report) -> Result<u64> {
         let id = report.header.report_id;
         let bytes = serde_json::to_vec(report).context("serialising a report for the spool")?;
-        let path = self.path(id);
-        durable::replace(&path, &bytes)
-            .with_context(|| format!("writing report {id} to {}", path.display()))?;
-        let size = bytes.len() as u64;
-        if let Some(old) = self.entries.insert(id, size) {
-            self.bytes -= old;
-        }
-        self.bytes += size;
-        let mut dropped = 0;
-        while self.bytes > self.max_bytes && self.entries.len() > 1 {
-            let Some((&oldest, _)) = self.entries.first_key_value() else {
-                break;
-            };
-            self.remove(oldest);
-            dropped += 1;
+        let entry = match self.write(id, &bytes) {
+            Ok(()) => {
+                if self.unwritable {
+                    self.write_held();
+                }
+                Entry::Disk(bytes.len() as u64)
+            }
+            Err(e) => {
+                self.cannot_write(&e);
+                Entry::Held(bytes)
+            }
+        };
+        self.insert(id, entry);
+        let dropped = self.trim();
+        for oldest in &dropped {
             warn!(
                 "spool over {} bytes: dropped undelivered report {oldest}, the oldest",
                 self.max_bytes
             );
         }
-        Ok(dropped)
+        Ok(dropped.len() as u64)
+    }
+
+    /// Writes one entry whole or not at all: the one way an entry reaches the disk. A spool
+    /// directory that went away is made again.
+    fn write(&self, id: u64, bytes: &[u8]) -> io::Result<()> {
+        let path = self.path(id);
+        match durable::replace(&path, bytes) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&self.dir)?;
+                durable::replace(&path, bytes)
+            }
+            written => written,
+        }
+    }
+
+    /// The spool can be written again: what waits in memory goes to disk, oldest first. If
+    /// the disk refuses one again (full once more), the rest waits for the next write; the
+    /// trouble was said already.
+    fn write_held(&mut self) {
+        let held: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| matches!(entry, Entry::Held(_)))
+            .map(|(&id, _)| id)
+            .collect();
+        for &id in &held {
+            let Some(Entry::Held(bytes)) = self.entries.get(&id) else {
+                continue;
+            };
+            let size = bytes.len() as u64;
+            if let Err(e) = self.write(id, bytes) {
+                debug!("report {id} held in memory still cannot be spooled: {e}");
+                return;
+            }
+            self.entries.insert(id, Entry::Disk(size));
+        }
+        self.unwritable = false;
+        let moved = match held.len() {
+            0 => String::new(),
+            n => format!(": the {n} report(s) held in memory are in it"),
+        };
+        info!(
+            "the spool {} can be written again{moved}",
+            self.dir.display()
+        );
+    }
+
+    /// Says, once until a write succeeds again, why the spool cannot be written and how to
+    /// fix it; reports wait in memory meanwhile.
+    fn cannot_write(&mut self, e: &io::Error) {
+        if self.unwritable {
+            return;
+        }
+        self.unwritable = true;
+        let fix = match e.raw_os_error() {
+            Some(libc::EROFS) => {
+                "its file system is read-only: remount it read-write, or point --state-dir \
+                 (tern.state-dir) at a writable directory"
+            }
+            Some(libc::ENOSPC | libc::EDQUOT) => {
+                "its file system is full: free space there, or point --state-dir \
+                 (tern.state-dir) at a file system with room"
+            }
+            Some(libc::EACCES | libc::EPERM) => {
+                "tern's account may not write there: give the directory back to the account \
+                 with mode 0700 (restarting tern does)"
+            }
+            _ => "check the disk and its file system",
+        };
+        error!(
+            "cannot write the spool {}: {e}; {fix}. Until it can be written, undelivered \
+             reports wait in memory (up to spool-bytes, {} bytes, the oldest dropped first) \
+             and are lost if tern stops",
+            self.dir.display(),
+            self.max_bytes
+        );
     }
 
     /// The ids of the reports waiting, oldest first.
@@ -114,14 +244,28 @@ impl Spool {
         self.entries.keys().copied()
     }
 
+    /// The newest report waiting.
+    pub fn newest(&self) -> Option<u64> {
+        self.entries.keys().next_back().copied()
+    }
+
     /// Reads report `id` back. One that can no longer be read is set aside and forgotten.
     pub fn read(&mut self, id: u64) -> Option<Report> {
         let path = self.path(id);
-        match load(&path, id, self.max_bytes) {
-            Ok((report, _)) => Some(report),
+        let loaded = match self.entries.get(&id)? {
+            Entry::Held(bytes) => parse_as(bytes, id),
+            Entry::Disk(_) => files::read(&path, self.max_bytes, Links::Refuse)
+                .context("reading it")
+                .and_then(|contents| parse_as(&contents.bytes, id)),
+        };
+        match loaded {
+            Ok(report) => Some(report),
             Err(err) => {
-                set_aside(&path, &err);
-                self.forget(id);
+                if let Some(Entry::Disk(_)) = self.forget(id) {
+                    set_aside(&path, &format!("{err:#}"));
+                } else {
+                    error!("report {id} held in memory is unusable ({err:#}); dropped");
+                }
                 None
             }
         }
@@ -137,10 +281,12 @@ impl Spool {
 
     /// Removes an acknowledged (or dropped) report; a report already gone is not an error.
     pub fn remove(&mut self, id: u64) {
-        self.forget(id);
+        let Some(Entry::Disk(_)) = self.forget(id) else {
+            return;
+        };
         let path = self.path(id);
         if let Err(e) = fs::remove_file(&path)
-            && e.kind() != std::io::ErrorKind::NotFound
+            && e.kind() != io::ErrorKind::NotFound
         {
             error!(
                 "cannot remove delivered report {}: {e}; it may be sent again after a restart",
@@ -149,11 +295,56 @@ impl Spool {
         }
     }
 
-    /// Drops report `id` from the books, not from the disk.
-    fn forget(&mut self, id: u64) {
-        if let Some(size) = self.entries.remove(&id) {
-            self.bytes -= size;
+    /// At stop: reports held in memory are written if the spool takes them now, and what
+    /// is left is said: on disk, it waits for the next run; in memory, it is lost.
+    pub fn close(&mut self) {
+        if self.unwritable {
+            self.write_held();
         }
+        let held = self
+            .entries
+            .values()
+            .filter(|entry| matches!(entry, Entry::Held(_)))
+            .count();
+        let spooled = self.entries.len() - held;
+        if spooled > 0 {
+            info!("{spooled} undelivered report(s) stay spooled for the next run");
+        }
+        if held > 0 {
+            error!(
+                "{held} undelivered report(s) held in memory are lost: the spool {} could \
+                 not be written",
+                self.dir.display()
+            );
+        }
+    }
+
+    fn insert(&mut self, id: u64, entry: Entry) {
+        self.bytes += entry.size();
+        if let Some(old) = self.entries.insert(id, entry) {
+            self.bytes -= old.size();
+        }
+    }
+
+    /// Drops report `id` from the books, not from the disk.
+    fn forget(&mut self, id: u64) -> Option<Entry> {
+        let entry = self.entries.remove(&id)?;
+        self.bytes -= entry.size();
+        Some(entry)
+    }
+
+    /// Drops the oldest reports while over the byte bound, always keeping the newest;
+    /// returns their ids.
+    fn trim(&mut self) -> Vec<u64> {
+        let mut dropped = Vec::new();
+        while self.bytes > self.max_bytes && self.entries.len() > 1 {
+            let Some(&oldest) = self.entries.keys().next() else {
+                break;
+            };
+            self.remove(oldest);
+            dropped.push(oldest);
+        }
+        dropped
     }
 
     fn path(&self, id: u64) -> PathBuf {
@@ -161,19 +352,16 @@ impl Spool {
     }
 }
 
-/// Reads the report in `path`, which its name says is report `id`; returns it and its size.
-/// An entry larger than the whole spool may hold is not one tern wrote.
-fn load(path: &Path, id: u64, max_bytes: u64) -> Result<(Report, u64)> {
-    let bytes = files::read(path, max_bytes, Links::Refuse)
-        .context("reading it")?
-        .bytes;
-    let report = parse(&bytes)?;
+/// The report in a spool entry whose name says it is report `id`, if it is one tern could
+/// have written.
+fn parse_as(bytes: &[u8], id: u64) -> Result<Report> {
+    let report = parse(bytes)?;
     anyhow::ensure!(
         id == report.header.report_id,
         "its name says report {id} but it holds report {}",
         report.header.report_id
     );
-    Ok((report, bytes.len() as u64))
+    Ok(report)
 }
 
 /// A spool entry's report, if it is one tern could have written.
@@ -186,159 +374,19 @@ pub fn parse(bytes: &[u8]) -> Result<Report> {
 }
 
 /// Moves a bad entry out of the way for a person to look at; the spool goes on.
-fn set_aside(path: &Path, err: &anyhow::Error) {
+fn set_aside(path: &Path, why: &dyn Display) {
     match durable::set_aside(path) {
         Ok(aside) => warn!(
-            "spool entry {} is unusable ({err:#}); moved it to {}",
+            "spool entry {} is unusable ({why}); moved it to {}",
             path.display(),
             aside.display()
         ),
         Err(e) => error!(
-            "spool entry {} is unusable ({err:#}); cannot move it aside: {e}",
+            "spool entry {} is unusable ({why}); cannot move it aside: {e}",
             path.display()
         ),
     }
 }
 
 #[cfg(test)]
-pub mod tests {
-    use super::*;
-    use crate::report::{Metrics, NetworkStats};
-
-    /// A report of `bytes_in` bytes of traffic.
-    pub fn report(id: u64, bytes_in: u64) -> Report {
-        Report::new(
-            id,
-            Metrics {
-                network_stats: Some(NetworkStats {
-                    bytes_in,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        )
-    }
-
-    #[test]
-    fn fuzz_spool_entries() {
-        let mut full = report(7, 1500);
-        full.metrics.listening_tcp_ports = Some(crate::report::PortList {
-            ports: vec![crate::report::Port {
-                port: 22,
-                interface: Some("eth0".into()),
-            }],
-            total: 1,
-        });
-        full.custom_metrics.insert(
-            "interval_execs".into(),
-            [crate::report::CustomMetric::from(3)],
-        );
-        let seeds = [report(1, 10), full].map(|r| serde_json::to_vec(&r).unwrap());
-        crate::host::fuzz::run("spool", &seeds, |bytes| {
-            let _ = parse(bytes);
-        });
-    }
-
-    fn temp(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("tern-spool-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        dir
-    }
-
-    #[test]
-    fn reports_survive_a_reopen_in_order_until_removed() {
-        let dir = temp("reopen");
-        let mut spool = Spool::open(&dir, 1 << 20).unwrap();
-        for id in [30, 10, 20] {
-            assert_eq!(spool.push(&report(id, id * 100)).unwrap(), 0);
-        }
-        spool.remove(10);
-        let mut again = Spool::open(&dir, 1 << 20).unwrap();
-        let ids: Vec<u64> = again.ids().collect();
-        assert_eq!(ids, [20, 30]);
-        assert_eq!(again.read(20).unwrap(), report(20, 2000));
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn when_full_the_oldest_goes_first() {
-        let dir = temp("full");
-        let size = serde_json::to_vec(&report(1_000_000, 1)).unwrap().len() as u64;
-        let mut spool = Spool::open(&dir, size * 3).unwrap();
-        let mut dropped = 0;
-        for id in 1_000_000..1_000_005 {
-            dropped += spool.push(&report(id, 1)).unwrap();
-        }
-        assert_eq!(dropped, 2);
-        let ids: Vec<u64> = spool.ids().collect();
-        assert_eq!(ids, [1_000_002, 1_000_003, 1_000_004]);
-        assert_eq!(fs::read_dir(dir.join(DIR)).unwrap().count(), 3);
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn an_entry_that_breaks_the_documents_rules_is_set_aside_not_sent() {
-        let dir = std::env::temp_dir().join(format!("tern-spool-rules-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(dir.join(DIR)).unwrap();
-        let planted = [
-            (
-                7,
-                r#"{"header":{"report_id":7,"version":"2.0"},"metrics":{"network_stats":{"bytes_in":1,"bytes_out":1,"packets_in":1,"packets_out":1}}}"#,
-            ),
-            (
-                8,
-                r#"{"header":{"report_id":8,"version":"1.0"},"metrics":{"listening_tcp_ports":{"ports":[{"port":22}],"total":99999}}}"#,
-            ),
-            (
-                9,
-                r#"{"header":{"report_id":9,"version":"1.0"},"custom_metrics":{"aws:forged":[{"number":1}]}}"#,
-            ),
-            (
-                10,
-                r#"{"header":{"report_id":10,"version":"1.0"},"metrics":{"listening_tcp_ports":{"ports":[{"port":22}],"total":1}}}"#,
-            ),
-        ];
-        for (id, text) in planted {
-            fs::write(dir.join(DIR).join(format!("{id:020}.json")), text).unwrap();
-        }
-        let mut spool = Spool::open(&dir, 1 << 20).unwrap();
-        assert_eq!(spool.ids().collect::<Vec<_>>(), vec![10]);
-        assert!(spool.read(10).is_some());
-        for id in [7, 8, 9] {
-            assert!(
-                dir.join(DIR).join(format!("{id:020}.corrupt")).exists(),
-                "{id}"
-            );
-        }
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_corrupt_entry_is_set_aside_and_the_rest_load() {
-        let dir = temp("corrupt");
-        let mut spool = Spool::open(&dir, 1 << 20).unwrap();
-        spool.push(&report(5, 1)).unwrap();
-        fs::write(dir.join(DIR).join(format!("{:020}.json", 4)), b"{not json").unwrap();
-        fs::write(dir.join(DIR).join(format!("{:020}.json", 3)), b"{}").unwrap();
-        let again = Spool::open(&dir, 1 << 20).unwrap();
-        assert_eq!(again.len(), 1);
-        assert!(dir.join(DIR).join(format!("{:020}.corrupt", 4)).exists());
-        assert!(dir.join(DIR).join(format!("{:020}.corrupt", 3)).exists());
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn an_entry_gone_bad_after_opening_is_set_aside_when_read() {
-        let dir = temp("bad-later");
-        let mut spool = Spool::open(&dir, 1 << 20).unwrap();
-        spool.push(&report(6, 1)).unwrap();
-        spool.push(&report(7, 1)).unwrap();
-        fs::write(spool.path(6), b"{not json").unwrap();
-        assert!(spool.read(6).is_none());
-        assert_eq!(spool.ids().collect::<Vec<_>>(), [7]);
-        assert!(dir.join(DIR).join(format!("{:020}.corrupt", 6)).exists());
-        assert_eq!(spool.read(7).unwrap(), report(7, 1));
-        fs::remove_dir_all(&dir).unwrap();
-    }
-}
+pub mod tests;

@@ -1,7 +1,10 @@
-//! Report ids: strictly increasing across reports, restarts and wall-clock steps. An id is
-//! the wall clock in milliseconds, or the last id + 1 when the clock is behind it; the last
-//! id is kept in the state directory so a restart (or a reboot with a wrong clock) never
-//! reuses one.
+//! Report ids: strictly increasing across reports, restarts and wall-clock steps, and never
+//! above 2^53 - 1, the largest integer the service's number type (a JSON number, a double)
+//! holds exactly. An id is the wall clock in milliseconds, or the last id + 1 when the clock
+//! is behind it. The last id is kept in the state directory, and a restart goes on above it
+//! and above the newest report still spooled, so neither a restart (or a reboot with a wrong
+//! clock) nor a lost state file reuses one. A stored id tern could not have given (see
+//! [`unusable`]) is set aside, with a log line, and the clock takes over.
 
 use std::{
     path::{Path, PathBuf},
@@ -9,11 +12,23 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use log::{error, info, warn};
 
 use crate::host::{
     durable,
     files::{self, Links},
 };
+
+/// The largest report id: 2^53 - 1.
+pub const ID_BOUND: u64 = (1 << 53) - 1;
+/// How far ahead of the clock a stored id may be: as far as a clock can plausibly have
+/// stepped back since it was given (a dead RTC battery, a firmware's build date).
+const AHEAD_MS: u64 = 10 * 31_557_600_000;
+/// A clock before 2025-01-01 has not been set (no RTC, no time sync yet)...
+const CLOCK_FLOOR_MS: u64 = 1_735_689_600_000;
+/// ...and one after 9999-12-31 is broken: neither can judge an id, and then only ids more
+/// than `AHEAD_MS` past this are refused. Every usable id is thus far below `ID_BOUND`.
+const CLOCK_CEILING_MS: u64 = 253_402_300_799_999;
 
 /// A report id and its newline.
 const ID_MAX: u64 = 64;
@@ -24,54 +39,123 @@ const FILE: &str = "last_report_id";
 pub struct ReportIds {
     last: u64,
     path: PathBuf,
+    /// The last id could not be recorded: said once, until it can again.
+    unsaved: bool,
+}
+
+/// Why `id` is not one tern could have given at `now`, if it is not: 0, above `ID_BOUND`, or
+/// more than 10 years ahead of the clock (of the year 9999 when the clock is unset or
+/// broken).
+pub fn unusable(id: u64, now: SystemTime) -> Option<String> {
+    let clock = millis(now);
+    let judge = if (CLOCK_FLOOR_MS..=CLOCK_CEILING_MS).contains(&clock) {
+        clock
+    } else {
+        CLOCK_CEILING_MS
+    };
+    if id == 0 {
+        Some("report id 0".into())
+    } else if id > ID_BOUND {
+        Some(format!(
+            "report id {id}, above {ID_BOUND} (2^53 - 1), the largest a JSON number holds \
+             exactly"
+        ))
+    } else if id > judge + AHEAD_MS {
+        Some(format!(
+            "report id {id}, more than 10 years ahead of the clock ({judge} ms)"
+        ))
+    } else {
+        None
+    }
 }
 
 impl ReportIds {
-    /// Ids continuing from the last one recorded in `state_dir`, if any.
-    pub fn open(state_dir: &Path) -> Result<Self> {
+    /// Ids continuing from the last one recorded in `state_dir`, if any, and from
+    /// `spooled`, the newest report id waiting in the spool, if any.
+    pub fn open(state_dir: &Path, spooled: Option<u64>) -> Result<Self> {
         let path = state_dir.join(FILE);
-        let last = match files::read_text(&path, ID_MAX, Links::Refuse) {
-            Ok((text, _)) => match text.trim().parse() {
-                Ok(last) => last,
-                Err(_) => {
-                    // Set aside for a person to look at; the wall clock takes over.
-                    let aside = durable::set_aside(&path)
-                        .with_context(|| format!("moving {} aside", path.display()))?;
-                    log::warn!(
-                        "{} does not hold a report id; moved it to {} and continuing from \
-                         the clock",
-                        path.display(),
-                        aside.display()
-                    );
+        let stored = match files::read_text(&path, ID_MAX, Links::Refuse) {
+            Ok((text, _)) => {
+                let why = match text.trim().parse() {
+                    Ok(id) => unusable(id, SystemTime::now()).map_or(Ok(id), Err),
+                    Err(_) => Err("no report id".to_owned()),
+                };
+                why.unwrap_or_else(|why| {
+                    set_aside(&path, &why);
                     0
-                }
-            },
+                })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        Ok(Self { last, path })
+        let last = match spooled {
+            Some(spooled) if spooled > stored => {
+                info!(
+                    "report ids go on above {spooled}, the newest spooled report's ({} is \
+                     missing or behind it)",
+                    path.display()
+                );
+                spooled
+            }
+            _ => stored,
+        };
+        Ok(Self {
+            last,
+            path,
+            unsaved: false,
+        })
     }
 
-    /// The next id, recorded before it is returned. If it cannot be recorded the id is still
-    /// good for this run; the error says why a restart might not continue from it.
-    pub fn next(&mut self) -> (u64, Result<()>) {
+    /// The next id, recorded before it is returned. One that cannot be recorded is still
+    /// good for this run; the log says once why a restart might not continue from it.
+    pub fn next(&mut self) -> u64 {
         let id = self.next_at(SystemTime::now());
-        (id, save(&self.path, id))
+        match durable::replace(&self.path, format!("{id}\n").as_bytes()) {
+            Ok(()) if self.unsaved => {
+                self.unsaved = false;
+                info!("{} can be written again", self.path.display());
+            }
+            Ok(()) => {}
+            Err(e) if !self.unsaved => {
+                self.unsaved = true;
+                error!(
+                    "writing {}: {e}; after a restart, report ids may not continue from {id}",
+                    self.path.display()
+                );
+            }
+            Err(_) => {}
+        }
+        id
     }
 
     fn next_at(&mut self, now: SystemTime) -> u64 {
-        let wall = now
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        self.last = wall.max(self.last.saturating_add(1));
+        let wall = millis(now).min(CLOCK_CEILING_MS);
+        // Every usable last id is far below the bound: this only keeps the promise.
+        self.last = wall.max(self.last + 1).min(ID_BOUND);
         self.last
     }
 }
 
-/// Records `id`; a crash leaves the old id or the new one, never half.
-fn save(path: &Path, id: u64) -> Result<()> {
-    durable::replace(path, format!("{id}\n").as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+fn millis(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Moves an unusable id file aside for a person to look at, and says so; the clock takes
+/// over. One that cannot be moved (a read-only state directory) is left and ignored.
+fn set_aside(path: &Path, why: &str) {
+    match durable::set_aside(path) {
+        Ok(aside) => warn!(
+            "{} holds {why}: moved it to {} and continuing from the clock",
+            path.display(),
+            aside.display()
+        ),
+        Err(e) => warn!(
+            "{} holds {why}: ignoring it and continuing from the clock (cannot move it \
+             aside: {e})",
+            path.display()
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -84,7 +168,19 @@ mod tests {
         ReportIds {
             last: 0,
             path: PathBuf::new(),
+            unsaved: false,
         }
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tern-ids-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn now_ms() -> u64 {
+        millis(SystemTime::now())
     }
 
     #[test]
@@ -100,31 +196,77 @@ mod tests {
 
     #[test]
     fn a_restart_continues_above_the_last_id_even_with_a_clock_far_behind() {
-        let dir = std::env::temp_dir().join(format!("tern-ids-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join(FILE), format!("{}\n", u64::MAX / 2)).unwrap();
-        let mut ids = ReportIds::open(&dir).unwrap();
-        let (id, saved) = ids.next();
-        saved.unwrap();
-        assert_eq!(id, u64::MAX / 2 + 1);
-        let mut again = ReportIds::open(&dir).unwrap();
-        assert_eq!(again.next().0, u64::MAX / 2 + 2);
+        let dir = scratch("restart");
+        let ahead = now_ms() + 5 * 31_557_600_000;
+        fs::write(dir.join(FILE), format!("{ahead}\n")).unwrap();
+        let mut ids = ReportIds::open(&dir, None).unwrap();
+        assert_eq!(ids.next(), ahead + 1);
+        let mut again = ReportIds::open(&dir, None).unwrap();
+        assert_eq!(again.next(), ahead + 2);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ids_go_on_above_the_newest_spooled_report() {
+        let dir = scratch("spooled");
+        let spooled = now_ms() + 3_600_000;
+        let mut ids = ReportIds::open(&dir, Some(spooled)).unwrap();
+        assert_eq!(ids.next(), spooled + 1);
+        fs::write(dir.join(FILE), format!("{}\n", spooled + 10)).unwrap();
+        let mut ids = ReportIds::open(&dir, Some(spooled)).unwrap();
+        assert_eq!(ids.next(), spooled + 11);
         fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_corrupt_id_file_is_set_aside_and_the_clock_takes_over() {
-        let dir = std::env::temp_dir().join(format!("tern-ids-bad-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("bad");
         fs::write(dir.join(FILE), "garbage").unwrap();
-        let mut ids = ReportIds::open(&dir).unwrap();
+        let mut ids = ReportIds::open(&dir, None).unwrap();
         assert_eq!(
             fs::read_to_string(dir.join("last_report_id.corrupt")).unwrap(),
             "garbage"
         );
-        let (id, saved) = ids.next();
-        saved.unwrap();
-        assert!(id > 1_700_000_000_000);
+        assert!(ids.next() > 1_700_000_000_000);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ids_above_the_bound_or_far_ahead_of_the_clock_are_set_aside() {
+        for (tag, stored) in [
+            ("max", u64::MAX - 2),
+            ("bound", ID_BOUND),
+            ("ahead", now_ms() + 11 * 31_557_600_000),
+        ] {
+            let dir = scratch(tag);
+            fs::write(dir.join(FILE), format!("{stored}\n")).unwrap();
+            let mut ids = ReportIds::open(&dir, None).unwrap();
+            assert!(dir.join("last_report_id.corrupt").exists(), "{tag}");
+            let (first, second) = (ids.next(), ids.next());
+            assert!(
+                first >= now_ms() - 60_000 && first < second,
+                "{tag}: {first}"
+            );
+            assert!(second <= now_ms() + 1000, "{tag}: {second}");
+            fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_unset_or_broken_clock_judges_ids_by_the_year_9999() {
+        let unset = UNIX_EPOCH + Duration::from_secs(60);
+        let now_ish = 1_800_000_000_000;
+        assert_eq!(
+            unusable(now_ish, unset),
+            None,
+            "a clock at 1970 cannot judge"
+        );
+        assert!(unusable(CLOCK_CEILING_MS + AHEAD_MS + 1, unset).is_some());
+        let broken = UNIX_EPOCH + Duration::from_secs(u64::MAX / 2);
+        assert_eq!(unusable(CLOCK_CEILING_MS, broken), None);
+        assert!(unusable(0, broken).is_some());
+        let mut ids = in_memory();
+        assert_eq!(ids.next_at(broken), CLOCK_CEILING_MS);
+        assert_eq!(ids.next_at(broken), CLOCK_CEILING_MS + 1);
     }
 }

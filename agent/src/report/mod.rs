@@ -7,7 +7,7 @@
 mod assemble;
 pub mod catalog;
 mod encode;
-mod ids;
+pub mod ids;
 
 use std::{collections::BTreeMap, str::FromStr};
 

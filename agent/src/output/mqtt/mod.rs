@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use log::{debug, error, info, warn};
+use log::{debug, error, warn};
 use tokio::time::Instant;
 
 use crate::{
@@ -159,16 +159,14 @@ impl Publisher {
     }
 
     /// Asks the publisher to stop: it delivers what it can within a short grace period if
-    /// connected; what is left stays spooled for the next run.
+    /// connected; what is left stays spooled for the next run (what waits in memory, if the
+    /// spool cannot be written, is said to be lost).
     pub fn stop(self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.wake.notify_one();
         // A panic is caught, logged and told by the thread itself.
         let _ = self.thread.join();
-        let left = self.shared.spool().len();
-        if left > 0 {
-            info!("{left} undelivered report(s) stay spooled for the next run");
-        }
+        self.shared.spool().close();
     }
 }
 
@@ -287,7 +285,7 @@ mod tests {
     fn a_publisher_thread_that_dies_is_told_and_wakes_the_main_loop() {
         let dir = std::env::temp_dir().join(format!("tern-supervised-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let outbox = crate::output::outbox::Outbox::open(&dir, 1 << 20).unwrap();
+        let outbox = crate::output::outbox::Outbox::open(&dir, 1 << 20);
         let shared = outbox.shared();
         // tern's own handler, as `run` installs it: the alarm is the real one.
         crate::process::stop::install().unwrap();

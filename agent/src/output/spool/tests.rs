@@ -1,0 +1,269 @@
+//! The spool's tests: entries on disk and in memory, their bounds, and what is set aside.
+
+use super::*;
+use crate::report::{Metrics, NetworkStats};
+
+/// A report of `bytes_in` bytes of traffic.
+pub fn report(id: u64, bytes_in: u64) -> Report {
+    Report::new(
+        id,
+        Metrics {
+            network_stats: Some(NetworkStats {
+                bytes_in,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+}
+
+#[test]
+fn fuzz_spool_entries() {
+    let mut full = report(7, 1500);
+    full.metrics.listening_tcp_ports = Some(crate::report::PortList {
+        ports: vec![crate::report::Port {
+            port: 22,
+            interface: Some("eth0".into()),
+        }],
+        total: 1,
+    });
+    full.custom_metrics.insert(
+        "interval_execs".into(),
+        [crate::report::CustomMetric::from(3)],
+    );
+    let seeds = [report(1, 10), full].map(|r| serde_json::to_vec(&r).unwrap());
+    crate::host::fuzz::run("spool", &seeds, |bytes| {
+        let _ = parse(bytes);
+    });
+}
+
+fn temp(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tern-spool-{tag}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    dir
+}
+
+fn open(dir: &Path, max_bytes: u64) -> Spool {
+    Spool::open(dir, max_bytes).0
+}
+
+/// The names in the spool directory of `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir.join(DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn name(id: u64, suffix: &str) -> String {
+    format!("{id:020}{suffix}")
+}
+
+#[test]
+fn reports_survive_a_reopen_in_order_until_removed() {
+    let dir = temp("reopen");
+    let mut spool = open(&dir, 1 << 20);
+    for id in [30, 10, 20] {
+        assert_eq!(spool.push(&report(id, id * 100)).unwrap(), 0);
+    }
+    spool.remove(10);
+    let mut again = open(&dir, 1 << 20);
+    let ids: Vec<u64> = again.ids().collect();
+    assert_eq!(ids, [20, 30]);
+    assert_eq!(again.newest(), Some(30));
+    assert_eq!(again.read(20).unwrap(), report(20, 2000));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn when_full_the_oldest_goes_first() {
+    let dir = temp("full");
+    let size = serde_json::to_vec(&report(1_000_000, 1)).unwrap().len() as u64;
+    let mut spool = open(&dir, size * 3);
+    let mut dropped = 0;
+    for id in 1_000_000..1_000_005 {
+        dropped += spool.push(&report(id, 1)).unwrap();
+    }
+    assert_eq!(dropped, 2);
+    let ids: Vec<u64> = spool.ids().collect();
+    assert_eq!(ids, [1_000_002, 1_000_003, 1_000_004]);
+    assert_eq!(fs::read_dir(dir.join(DIR)).unwrap().count(), 3);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_spool_over_its_bound_drops_its_oldest_at_open() {
+    let dir = temp("over");
+    let size = serde_json::to_vec(&report(1_000_000, 1)).unwrap().len() as u64;
+    let mut spool = open(&dir, 1 << 20);
+    for id in 1_000_000..1_000_005 {
+        spool.push(&report(id, 1)).unwrap();
+    }
+    let (again, dropped) = Spool::open(&dir, size * 3);
+    assert_eq!(dropped, 2);
+    assert_eq!(again.bytes, size * 3);
+    assert_eq!(
+        names(&dir),
+        (1_000_002..1_000_005)
+            .map(|id| name(id, ".json"))
+            .collect::<Vec<_>>()
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn opening_reads_no_entry_and_sets_aside_names_no_report_could_have() {
+    let dir = temp("names");
+    fs::create_dir_all(dir.join(DIR)).unwrap();
+    let planted = [
+        (name(10, ".json"), 10),
+        // Garbage in a well-named entry is found when it is read, not at open.
+        (name(11, ".json"), 10),
+        (name(u64::MAX - 1, ".json"), 10),
+        (name(ids::ID_BOUND, ".json"), 10),
+        ("12.5.json".into(), 10),
+        (name(13, ".json"), 2000),
+        (name(14, ".tmp"), 10),
+    ];
+    for (name, size) in &planted {
+        fs::write(dir.join(DIR).join(name), vec![b'x'; *size]).unwrap();
+    }
+    let mut spool = open(&dir, 1000);
+    assert_eq!(spool.ids().collect::<Vec<_>>(), [10, 11]);
+    assert_eq!(spool.bytes, 20);
+    let mut expected = vec![
+        name(10, ".json"),
+        name(11, ".json"),
+        name(u64::MAX - 1, ".corrupt"),
+        name(ids::ID_BOUND, ".corrupt"),
+        "12.5.corrupt".into(),
+        name(13, ".corrupt"),
+    ];
+    expected.sort();
+    assert_eq!(names(&dir), expected);
+    assert!(spool.read(11).is_none());
+    assert_eq!(spool.ids().collect::<Vec<_>>(), [10]);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn reports_the_disk_refuses_wait_in_memory_bounded_then_go_to_disk() {
+    let dir = temp("held");
+    let size = serde_json::to_vec(&report(1_000_000, 1)).unwrap().len() as u64;
+    let mut spool = open(&dir, size * 3);
+    spool.push(&report(1_000_000, 1)).unwrap();
+    // A file where the spool's directory was: every write fails.
+    fs::remove_dir_all(dir.join(DIR)).unwrap();
+    fs::write(dir.join(DIR), b"").unwrap();
+    let mut dropped = 0;
+    for id in 1_000_001..1_000_005 {
+        dropped += spool.push(&report(id, id % 10)).unwrap();
+    }
+    assert_eq!(dropped, 2, "one on disk and one in memory");
+    assert!(spool.unwritable);
+    assert_eq!(
+        spool.ids().collect::<Vec<_>>(),
+        [1_000_002, 1_000_003, 1_000_004]
+    );
+    assert_eq!(spool.read(1_000_003).unwrap(), report(1_000_003, 3));
+    spool.remove(1_000_003);
+
+    fs::remove_file(dir.join(DIR)).unwrap();
+    spool.push(&report(1_000_005, 5)).unwrap();
+    assert!(!spool.unwritable);
+    assert!(spool.entries.values().all(|e| matches!(e, Entry::Disk(_))));
+    assert_eq!(
+        names(&dir),
+        [1_000_002, 1_000_004, 1_000_005].map(|id| name(id, ".json"))
+    );
+    let mut again = open(&dir, size * 3);
+    assert_eq!(again.read(1_000_004).unwrap(), report(1_000_004, 4));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_spool_that_cannot_be_made_starts_in_memory() {
+    let dir = temp("unmade");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join(DIR), b"").unwrap();
+    let (mut spool, dropped) = Spool::open(&dir, 1 << 20);
+    assert_eq!(dropped, 0);
+    assert!(spool.unwritable);
+    spool.push(&report(1, 1)).unwrap();
+    assert_eq!(spool.read(1).unwrap(), report(1, 1));
+    assert!(matches!(spool.entries[&1], Entry::Held(_)));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn at_close_held_reports_go_to_disk_if_it_takes_them_now() {
+    let dir = temp("close");
+    let mut spool = open(&dir, 1 << 20);
+    fs::remove_dir_all(dir.join(DIR)).unwrap();
+    fs::write(dir.join(DIR), b"").unwrap();
+    spool.push(&report(1, 1)).unwrap();
+    spool.push(&report(2, 1)).unwrap();
+    assert!(spool.unwritable);
+    fs::remove_file(dir.join(DIR)).unwrap();
+    spool.close();
+    assert_eq!(names(&dir), [1, 2].map(|id| name(id, ".json")));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_entry_that_breaks_the_documents_rules_is_set_aside_not_sent() {
+    let dir = temp("rules");
+    fs::create_dir_all(dir.join(DIR)).unwrap();
+    let planted = [
+        (
+            7,
+            r#"{"header":{"report_id":7,"version":"2.0"},"metrics":{"network_stats":{"bytes_in":1,"bytes_out":1,"packets_in":1,"packets_out":1}}}"#,
+        ),
+        (
+            8,
+            r#"{"header":{"report_id":8,"version":"1.0"},"metrics":{"listening_tcp_ports":{"ports":[{"port":22}],"total":99999}}}"#,
+        ),
+        (
+            9,
+            r#"{"header":{"report_id":9,"version":"1.0"},"custom_metrics":{"aws:forged":[{"number":1}]}}"#,
+        ),
+        (
+            10,
+            r#"{"header":{"report_id":10,"version":"1.0"},"metrics":{"listening_tcp_ports":{"ports":[{"port":22}],"total":1}}}"#,
+        ),
+        (
+            11,
+            r#"{"header":{"report_id":12,"version":"1.0"},"metrics":{"listening_tcp_ports":{"ports":[{"port":22}],"total":1}}}"#,
+        ),
+    ];
+    for (id, text) in planted {
+        fs::write(dir.join(DIR).join(name(id, ".json")), text).unwrap();
+    }
+    let mut spool = open(&dir, 1 << 20);
+    let sent: Vec<u64> = [7, 8, 9, 10, 11]
+        .into_iter()
+        .filter(|&id| spool.read(id).is_some())
+        .collect();
+    assert_eq!(sent, [10]);
+    assert_eq!(spool.ids().collect::<Vec<_>>(), [10]);
+    for id in [7, 8, 9, 11] {
+        assert!(dir.join(DIR).join(name(id, ".corrupt")).exists(), "{id}");
+    }
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_entry_gone_bad_after_opening_is_set_aside_when_read() {
+    let dir = temp("bad-later");
+    let mut spool = open(&dir, 1 << 20);
+    spool.push(&report(6, 1)).unwrap();
+    spool.push(&report(7, 1)).unwrap();
+    fs::write(spool.path(6), b"{not json").unwrap();
+    assert!(spool.read(6).is_none());
+    assert_eq!(spool.ids().collect::<Vec<_>>(), [7]);
+    assert!(dir.join(DIR).join(name(6, ".corrupt")).exists());
+    assert_eq!(spool.read(7).unwrap(), report(7, 1));
+    fs::remove_dir_all(&dir).unwrap();
+}
