@@ -250,6 +250,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let mut all_reported = false;
     // Why no report can get anywhere any more, once that is so.
     let mut lost = None;
+    // Whether the last report's readings could not be kept: said once, not every interval.
+    let mut baseline_failing = false;
     // Whether a report went out; an error once no report can get anywhere again.
     let no_interfaces = HashSet::new();
     let mut report = |programs: &mut Option<Programs>| -> Result<bool> {
@@ -284,8 +286,19 @@ pub fn run(args: &RunArgs) -> Result<()> {
             }
         }
         // Once the report is out: a crash before this line reports its interval again.
-        if let Err(err) = baseline.save(&settings.state_dir) {
-            error!("{err:#}; a crash before the next report would report this interval again");
+        match baseline.save(&settings.state_dir) {
+            Err(err) if !baseline_failing => {
+                error!(
+                    "{err:#}; until it can be written, a crash would report again what was \
+                     reported since the last readings kept"
+                );
+                baseline_failing = true;
+            }
+            Ok(()) if baseline_failing => {
+                info!("the readings of the last report are kept again");
+                baseline_failing = false;
+            }
+            _ => {}
         }
         Ok(true)
     };

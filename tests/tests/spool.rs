@@ -431,6 +431,13 @@ fn with_the_state_directory_read_only_reports_go_out_from_memory_until_it_is_wri
     ] {
         assert!(lines[0].contains(words), "{words:?} in {}", lines[0]);
     }
+    // The last report's readings, kept beside the spool, are said once too, and their return.
+    let lines = said(&log, "until it can be written, a crash would report again");
+    assert_eq!(lines.len(), 1, "said once: {lines:?}");
+    assert_eq!(
+        said(&log, "readings of the last report are kept again").len(),
+        1
+    );
     assert_eq!(leftovers(&state), Vec::<String>::new());
 }
 
