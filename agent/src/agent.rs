@@ -216,7 +216,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
     state_dir::settle(&settings.state_dir, &account)?;
     // After a crash: the counts since the last report are in this run's first one.
     let boot = Baseline::this_boot()?;
-    if let Some(baseline) = Baseline::load(&settings.state_dir, &boot) {
+    let (mut output, spooled) = Output::open(&settings, broker)?;
+    if let Some(baseline) = Baseline::load(&settings.state_dir, &boot, spooled) {
         info!(
             "continuing from the last report of the tern before{}",
             match (generation, pins.as_ref().is_some_and(|p| p.adopted)) {
@@ -228,7 +229,6 @@ pub fn run(args: &RunArgs) -> Result<()> {
         );
         collectors.resume(baseline, generation);
     }
-    let mut output = Output::open(&settings, broker)?;
     let mut ids = ReportIds::open(&settings.state_dir, output.newest_spooled())?;
     let publisher = output.publisher_health();
     match programs.as_ref().filter(|p| p.count_traffic()) {
@@ -268,8 +268,24 @@ pub fn run(args: &RunArgs) -> Result<()> {
         let connections = collected.tcp_connections.established_connections.total;
         let report = collected.into_report(id, &settings.custom_metrics);
         let collected_in = started.elapsed();
-        let baseline = collectors.baseline(boot.clone(), generation);
-        match output.send(report) {
+        let baseline = collectors.baseline(id, boot.clone(), generation);
+        // Once the report is out, and before it can be delivered: a crash between the two
+        // finds these readings in the spool, so no interval is reported twice.
+        let keep = || match baseline.save(&settings.state_dir) {
+            Err(err) if !baseline_failing => {
+                error!(
+                    "{err:#}; until it can be written, a crash would report again what was \
+                     reported since the last readings kept"
+                );
+                baseline_failing = true;
+            }
+            Ok(()) if baseline_failing => {
+                info!("the readings of the last report are kept again");
+                baseline_failing = false;
+            }
+            _ => {}
+        };
+        match output.send(report, &baseline.to_bytes(), keep) {
             Ok(bytes) => debug!(
                 "report {id} built in {} us (collected in {} us): {connections} connections{}",
                 started.elapsed().as_micros(),
@@ -284,21 +300,6 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 }
                 return Ok(false);
             }
-        }
-        // Once the report is out: a crash before this line reports its interval again.
-        match baseline.save(&settings.state_dir) {
-            Err(err) if !baseline_failing => {
-                error!(
-                    "{err:#}; until it can be written, a crash would report again what was \
-                     reported since the last readings kept"
-                );
-                baseline_failing = true;
-            }
-            Ok(()) if baseline_failing => {
-                info!("the readings of the last report are kept again");
-                baseline_failing = false;
-            }
-            _ => {}
         }
         Ok(true)
     };

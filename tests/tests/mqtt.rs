@@ -339,6 +339,48 @@ fn a_killed_tern_loses_and_repeats_nothing_it_counted_or_spooled() {
     assert_eq!(spooled(&cloud.state()), 0);
 }
 
+/// A crash after a report reached the spool but before its readings reached the state
+/// directory: the state directory's readings are older than the spool's newest report, as
+/// the test leaves them. The next tern continues from the readings spooled with that report,
+/// so the interval is not reported twice.
+#[test]
+fn a_crash_between_spooling_a_report_and_keeping_its_readings_repeats_nothing() {
+    let _bpffs = Bpffs::ensure();
+    let mut cloud = Cloud::start("window", Verdicts::Judge);
+    cloud.broker.stop();
+    let config = cloud.direct_config(json!({}));
+    let state = cloud.state();
+    let mut udp = Udp::new(&cloud.pair);
+
+    let first = cloud.launch(&config);
+    udp.send(250, 800, 40, 120);
+    let spooled_one =
+        wait_until(
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || match spooled(&state) {
+                0 => Err(()),
+                _ => fs::read(state.join("baseline")).map_err(|_| ()),
+            },
+        );
+    let older = spooled_one.expect("a report spooled and its readings kept");
+    udp.send(600, 300, 70, 90);
+    thread::sleep(Duration::from_millis(2500));
+    udp.send(100, 200, 10, 50);
+    let killed = first.kill();
+    assert!(spooled(&state) >= 3, "{:?}", killed.log);
+    fs::write(state.join("baseline"), older).expect("putting the older readings back");
+
+    cloud.broker.restart();
+    let second = cloud.launch(&config);
+    udp.send(30, 100, 3, 100);
+    thread::sleep(Duration::from_millis(1500));
+    let stopped = second.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+    wait_for_totals(&cloud.responder, udp.sent);
+    assert_eq!(spooled(&cloud.state()), 0);
+}
+
 #[test]
 fn cbor_reports_and_replies_work_the_same() {
     let cloud = Cloud::start("cbor", Verdicts::Judge);

@@ -1,9 +1,9 @@
-//! The baseline: the readings the collectors take their next deltas from, kept in the state
-//! directory after every report, so that a tern started after a crash continues where the
-//! last report left off and the kernel's counts since are reported once, neither lost nor
-//! repeated. Valid only in the boot it was taken in; the readings of the programs' maps only
-//! for the maps they were read from (the pinned counters map's id). A graceful stop, which
-//! reports everything, removes it.
+//! The baseline: the readings the collectors take their next deltas from, kept after every
+//! report (in the state directory, and with the report in the spool), so that a tern started
+//! after a crash continues where the last report left off and the kernel's counts since are
+//! reported once, neither lost nor repeated. Valid only in the boot it was taken in; the
+//! readings of the programs' maps only for the maps they were read from (the pinned counters
+//! map's id). A graceful stop, which reports everything, removes it.
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +23,8 @@ const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Baseline {
+    /// The report these readings were taken for.
+    pub report: u64,
     /// The kernel's boot id: counters start again at every boot.
     pub boot: String,
     /// The id of the counters map the programs' readings come from.
@@ -50,9 +52,27 @@ impl Baseline {
         Ok(text.trim().to_owned())
     }
 
-    /// The baseline an earlier tern of this boot kept, if any; one that cannot be read is
-    /// moved aside with a line saying so.
-    pub fn load(state_dir: &Path, boot: &str) -> Option<Self> {
+    /// The newest baseline an earlier tern of this boot kept: in the state directory, or
+    /// `spooled` with the newest report waiting in the spool (kept there first).
+    pub fn load(state_dir: &Path, boot: &str, spooled: Option<Vec<u8>>) -> Option<Self> {
+        let spooled = spooled
+            .and_then(|bytes| serde_json::from_slice::<Self>(&bytes).ok())
+            .filter(|b| b.boot == boot);
+        match (Self::load_file(state_dir, boot), spooled) {
+            (Some(file), Some(spooled)) if spooled.report > file.report => Some(spooled),
+            (file, spooled) => file.or(spooled),
+        }
+    }
+
+    /// Its bytes, as the state directory and the spool keep them.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Plain numbers, strings and lists: nothing here can fail to serialise.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The baseline kept in the state directory; one that cannot be read is moved aside
+    /// with a line saying so.
+    fn load_file(state_dir: &Path, boot: &str) -> Option<Self> {
         let path = path(state_dir);
         let text = match files::read_text(&path, MAX_BYTES, Links::Refuse) {
             Ok((text, _)) => text,
@@ -87,8 +107,8 @@ impl Baseline {
     /// Keeps the baseline for a successor; a crash leaves the old one or the new one.
     pub fn save(&self, state_dir: &Path) -> Result<()> {
         let path = path(state_dir);
-        let text = serde_json::to_vec(self).context("encoding the baseline")?;
-        durable::replace(&path, &text).with_context(|| format!("writing {}", path.display()))
+        durable::replace(&path, &self.to_bytes())
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     /// Forgets the baseline: everything counted is reported.
@@ -99,5 +119,52 @@ impl Baseline {
         {
             warn!("cannot remove {}: {e}", path.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn baseline(report: u64, boot: &str) -> Baseline {
+        Baseline {
+            report,
+            boot: boot.to_owned(),
+            program_counters: Some(vec![report; 3]),
+            ..Baseline::default()
+        }
+    }
+
+    #[test]
+    fn the_newest_of_the_state_directory_and_the_spool_is_continued_from() {
+        let dir = std::env::temp_dir().join(format!("tern-baseline-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(Baseline::load(&dir, "b1", None), None);
+        baseline(5, "b1").save(&dir).unwrap();
+        let spooled = |report, boot| Some(baseline(report, boot).to_bytes());
+        // Spooled with a newer report, its readings not yet kept beside it: a crash between.
+        assert_eq!(
+            Baseline::load(&dir, "b1", spooled(7, "b1")),
+            Some(baseline(7, "b1"))
+        );
+        assert_eq!(
+            Baseline::load(&dir, "b1", spooled(3, "b1")),
+            Some(baseline(5, "b1"))
+        );
+        // Readings of another boot are of counters that started again.
+        assert_eq!(
+            Baseline::load(&dir, "b1", spooled(9, "b0")),
+            Some(baseline(5, "b1"))
+        );
+        assert_eq!(Baseline::load(&dir, "b2", spooled(9, "b1")), None);
+        Baseline::remove(&dir);
+        assert_eq!(
+            Baseline::load(&dir, "b1", spooled(2, "b1")),
+            Some(baseline(2, "b1"))
+        );
+        std::fs::write(path(&dir), "not json").unwrap();
+        assert_eq!(Baseline::load(&dir, "b1", None), None);
+        assert!(dir.join("baseline.corrupt").exists(), "set aside");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

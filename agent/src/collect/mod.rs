@@ -155,10 +155,11 @@ impl Collectors {
         })
     }
 
-    /// The readings the next report's deltas will be taken from; `maps` names the maps
-    /// the programs' readings come from.
-    pub fn baseline(&mut self, boot: String, maps: Option<u32>) -> Baseline {
+    /// The readings the next report's deltas will be taken from, once `report` is out;
+    /// `maps` names the maps the programs' readings come from.
+    pub fn baseline(&mut self, report: u64, boot: String, maps: Option<u32>) -> Baseline {
         let mut baseline = Baseline {
+            report,
             boot,
             maps,
             kernel: Some(*self.counters.reading()),

@@ -24,15 +24,20 @@ pub enum Output {
 
 impl Output {
     /// Opens the spool and starts the publisher (the only other thread) when reports go to
-    /// `broker`. Runs after the privilege drop.
-    pub fn open(settings: &Settings, broker: Option<&Broker>) -> Result<Self> {
+    /// `broker`; returns it with the readings spooled with the newest report, read before
+    /// the publisher could deliver it. Runs after the privilege drop.
+    pub fn open(settings: &Settings, broker: Option<&Broker>) -> Result<(Self, Option<Vec<u8>>)> {
         Ok(match broker {
             Some(broker) => {
                 let outbox = Outbox::open(&settings.state_dir, broker.spool_bytes);
+                let readings = {
+                    let spool = outbox.shared().spool();
+                    spool.newest().and_then(|id| spool.trailer(id))
+                };
                 let publisher = mqtt::start_publisher(outbox.shared(), settings, broker)?;
-                Self::Broker(outbox, publisher)
+                (Self::Broker(outbox, publisher), readings)
             }
-            None => Self::Stdout(encoding(settings, usize::MAX)),
+            None => (Self::Stdout(encoding(settings, usize::MAX)), None),
         })
     }
 
@@ -45,13 +50,26 @@ impl Output {
     }
 
     /// Writes or spools `report`; returns its encoded size when it was written.
-    pub fn send(&mut self, report: Report) -> Result<Option<usize>> {
+    /// `readings` (what the report was taken from) are spooled with it, and `sent` runs once
+    /// the report is out but before the publisher can deliver it, so that a successor after
+    /// a crash finds the readings of the newest report that left, in the spool or where
+    /// `sent` keeps them.
+    pub fn send(
+        &mut self,
+        report: Report,
+        readings: &[u8],
+        sent: impl FnOnce(),
+    ) -> Result<Option<usize>> {
         match self {
             Self::Broker(outbox, _) => {
-                outbox.push(report);
+                outbox.push(report, readings, sent);
                 Ok(None)
             }
-            Self::Stdout(encoding) => print(&report, encoding).map(Some),
+            Self::Stdout(encoding) => {
+                let bytes = print(&report, encoding)?;
+                sent();
+                Ok(Some(bytes))
+            }
         }
     }
 

@@ -129,8 +129,10 @@ impl Outbox {
     }
 
     /// Adds the interval's delivery counts to `report`, hands it to the spool (on disk, or
-    /// in memory while the disk refuses) and wakes the publisher.
-    pub fn push(&mut self, mut report: Report) {
+    /// in memory while the disk refuses) with `trailer` after it, runs `spooled` and wakes
+    /// the publisher. Until `spooled` returns, the publisher cannot take the report, so
+    /// whatever `spooled` records about it is recorded before the report can be delivered.
+    pub fn push(&mut self, mut report: Report, trailer: &[u8], spooled: impl FnOnce()) {
         let c = &self.shared.counters;
         for (metric, counter) in [
             (catalog::REPORTS_ACCEPTED, &c.accepted),
@@ -144,10 +146,12 @@ impl Outbox {
             );
         }
         let id = report.header.report_id;
-        let pushed = self.shared.spool().push(&report);
-        match pushed {
+        let mut spool = self.shared.spool();
+        match spool.push(&report, trailer) {
             Ok(dropped) => {
                 c.dropped.fetch_add(dropped, Ordering::SeqCst);
+                spooled();
+                drop(spool);
                 self.shared.wake.notify_one();
                 debug!("report {id} spooled");
             }
@@ -176,11 +180,11 @@ mod tests {
         let size = serde_json::to_vec(&traffic(1_000_000, 1)).unwrap().len() as u64;
         let mut spool = Spool::open(&dir, 1 << 20).0;
         for id in 1_000_000..1_000_005 {
-            spool.push(&traffic(id, 1)).unwrap();
+            spool.push(&traffic(id, 1), &[]).unwrap();
         }
         let mut outbox = Outbox::open(&dir, size * 3);
         assert_eq!(outbox.newest(), Some(1_000_004));
-        outbox.push(traffic(1_000_005, 1));
+        outbox.push(traffic(1_000_005, 1), &[], || {});
         let newest = outbox.shared.spool().read(1_000_005).unwrap();
         assert_eq!(
             newest.custom_metrics[catalog::REPORTS_DROPPED.name],
@@ -207,7 +211,7 @@ mod tests {
                 },
             );
             report.set_custom(catalog::REPORTS_ACCEPTED.name, CustomMetric::from(accepted));
-            spool.push(&report).unwrap();
+            spool.push(&report, &[]).unwrap();
         }
         let shared = Shared {
             spool: Mutex::new(spool),

@@ -1,6 +1,7 @@
 //! The spool: reports waiting for the broker's acknowledgement, one file per report in
 //! `<state dir>/spool`, named by the zero-padded report id and holding the report's
-//! long-name JSON. A report is written (and synced) before it is published and removed
+//! long-name JSON on its first line, and after it a trailer the spool does not read (the
+//! readings the report was taken from, for a successor after a crash). A report is written (and synced) before it is published and removed
 //! only once acknowledged, so outages and restarts lose nothing. While the directory cannot
 //! be written (read-only, full, not the account's), reports wait in memory instead, said
 //! once in the log, and go to disk as soon as it can be written again. Bounded in bytes,
@@ -134,9 +135,13 @@ impl Spool {
     /// Keeps `report` until it is acknowledged: written durably, or held in memory while
     /// the spool cannot be written. Then drops the oldest reports while over the byte
     /// bound; returns how many it dropped.
-    pub fn push(&mut self, report: &Report) -> Result<u64> {
+    pub fn push(&mut self, report: &Report, trailer: &[u8]) -> Result<u64> {
         let id = report.header.report_id;
-        let bytes = serde_json::to_vec(report).context("serialising a report for the spool")?;
+        let mut bytes = serde_json::to_vec(report).context("serialising a report for the spool")?;
+        if !trailer.is_empty() {
+            bytes.push(b'\n');
+            bytes.extend_from_slice(trailer);
+        }
         let entry = match self.write(id, &bytes) {
             Ok(()) => {
                 if self.unwritable {
@@ -247,6 +252,20 @@ impl Spool {
     /// The newest report waiting.
     pub fn newest(&self) -> Option<u64> {
         self.entries.keys().next_back().copied()
+    }
+
+    /// What follows report `id` in its entry (see `push`), if anything.
+    pub fn trailer(&self, id: u64) -> Option<Vec<u8>> {
+        let bytes = match self.entries.get(&id)? {
+            Entry::Held(bytes) => bytes.clone(),
+            Entry::Disk(_) => {
+                files::read(&self.path(id), self.max_bytes, Links::Refuse)
+                    .ok()?
+                    .bytes
+            }
+        };
+        let at = bytes.iter().position(|&b| b == b'\n')?;
+        Some(bytes[at + 1..].to_vec())
     }
 
     /// Reads report `id` back. One that can no longer be read is set aside and forgotten.
@@ -364,9 +383,11 @@ fn parse_as(bytes: &[u8], id: u64) -> Result<Report> {
     Ok(report)
 }
 
-/// A spool entry's report, if it is one tern could have written.
+/// A spool entry's report, if it is one tern could have written: its first line (a trailer
+/// may follow).
 pub fn parse(bytes: &[u8]) -> Result<Report> {
-    let report: Report = serde_json::from_slice(bytes).context("it is not a report")?;
+    let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+    let report: Report = serde_json::from_slice(line).context("it is not a report")?;
     report
         .check()
         .map_err(|why| anyhow::anyhow!("it breaks the document's rules: {why}"))?;

@@ -66,7 +66,7 @@ fn reports_survive_a_reopen_in_order_until_removed() {
     let dir = temp("reopen");
     let mut spool = open(&dir, 1 << 20);
     for id in [30, 10, 20] {
-        assert_eq!(spool.push(&report(id, id * 100)).unwrap(), 0);
+        assert_eq!(spool.push(&report(id, id * 100), &[]).unwrap(), 0);
     }
     spool.remove(10);
     let mut again = open(&dir, 1 << 20);
@@ -78,13 +78,26 @@ fn reports_survive_a_reopen_in_order_until_removed() {
 }
 
 #[test]
+fn a_trailer_rides_with_its_report_and_is_no_part_of_it() {
+    let dir = temp("trailer");
+    let mut spool = open(&dir, 1 << 20);
+    spool.push(&report(40, 1), b"{\"readings\":[1,2]}").unwrap();
+    spool.push(&report(41, 2), &[]).unwrap();
+    let mut again = open(&dir, 1 << 20);
+    assert_eq!(again.read(40).unwrap(), report(40, 1));
+    assert_eq!(again.trailer(40).unwrap(), b"{\"readings\":[1,2]}");
+    assert_eq!(again.trailer(41), None);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn when_full_the_oldest_goes_first() {
     let dir = temp("full");
     let size = serde_json::to_vec(&report(1_000_000, 1)).unwrap().len() as u64;
     let mut spool = open(&dir, size * 3);
     let mut dropped = 0;
     for id in 1_000_000..1_000_005 {
-        dropped += spool.push(&report(id, 1)).unwrap();
+        dropped += spool.push(&report(id, 1), &[]).unwrap();
     }
     assert_eq!(dropped, 2);
     let ids: Vec<u64> = spool.ids().collect();
@@ -99,7 +112,7 @@ fn a_spool_over_its_bound_drops_its_oldest_at_open() {
     let size = serde_json::to_vec(&report(1_000_000, 1)).unwrap().len() as u64;
     let mut spool = open(&dir, 1 << 20);
     for id in 1_000_000..1_000_005 {
-        spool.push(&report(id, 1)).unwrap();
+        spool.push(&report(id, 1), &[]).unwrap();
     }
     let (again, dropped) = Spool::open(&dir, size * 3);
     assert_eq!(dropped, 2);
@@ -153,13 +166,13 @@ fn reports_the_disk_refuses_wait_in_memory_bounded_then_go_to_disk() {
     let dir = temp("held");
     let size = serde_json::to_vec(&report(1_000_000, 1)).unwrap().len() as u64;
     let mut spool = open(&dir, size * 3);
-    spool.push(&report(1_000_000, 1)).unwrap();
+    spool.push(&report(1_000_000, 1), &[]).unwrap();
     // A file where the spool's directory was: every write fails.
     fs::remove_dir_all(dir.join(DIR)).unwrap();
     fs::write(dir.join(DIR), b"").unwrap();
     let mut dropped = 0;
     for id in 1_000_001..1_000_005 {
-        dropped += spool.push(&report(id, id % 10)).unwrap();
+        dropped += spool.push(&report(id, id % 10), &[]).unwrap();
     }
     assert_eq!(dropped, 2, "one on disk and one in memory");
     assert!(spool.unwritable);
@@ -171,7 +184,7 @@ fn reports_the_disk_refuses_wait_in_memory_bounded_then_go_to_disk() {
     spool.remove(1_000_003);
 
     fs::remove_file(dir.join(DIR)).unwrap();
-    spool.push(&report(1_000_005, 5)).unwrap();
+    spool.push(&report(1_000_005, 5), &[]).unwrap();
     assert!(!spool.unwritable);
     assert!(spool.entries.values().all(|e| matches!(e, Entry::Disk(_))));
     assert_eq!(
@@ -191,7 +204,7 @@ fn a_spool_that_cannot_be_made_starts_in_memory() {
     let (mut spool, dropped) = Spool::open(&dir, 1 << 20);
     assert_eq!(dropped, 0);
     assert!(spool.unwritable);
-    spool.push(&report(1, 1)).unwrap();
+    spool.push(&report(1, 1), &[]).unwrap();
     assert_eq!(spool.read(1).unwrap(), report(1, 1));
     assert!(matches!(spool.entries[&1], Entry::Held(_)));
     fs::remove_dir_all(&dir).unwrap();
@@ -203,8 +216,8 @@ fn at_close_held_reports_go_to_disk_if_it_takes_them_now() {
     let mut spool = open(&dir, 1 << 20);
     fs::remove_dir_all(dir.join(DIR)).unwrap();
     fs::write(dir.join(DIR), b"").unwrap();
-    spool.push(&report(1, 1)).unwrap();
-    spool.push(&report(2, 1)).unwrap();
+    spool.push(&report(1, 1), &[]).unwrap();
+    spool.push(&report(2, 1), &[]).unwrap();
     assert!(spool.unwritable);
     fs::remove_file(dir.join(DIR)).unwrap();
     spool.close();
@@ -258,8 +271,8 @@ fn an_entry_that_breaks_the_documents_rules_is_set_aside_not_sent() {
 fn an_entry_gone_bad_after_opening_is_set_aside_when_read() {
     let dir = temp("bad-later");
     let mut spool = open(&dir, 1 << 20);
-    spool.push(&report(6, 1)).unwrap();
-    spool.push(&report(7, 1)).unwrap();
+    spool.push(&report(6, 1), &[]).unwrap();
+    spool.push(&report(7, 1), &[]).unwrap();
     fs::write(spool.path(6), b"{not json").unwrap();
     assert!(spool.read(6).is_none());
     assert_eq!(spool.ids().collect::<Vec<_>>(), [7]);
