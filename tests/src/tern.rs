@@ -254,22 +254,32 @@ impl Tern {
         lines.pop().expect("the line found")
     }
 
+    /// Waits for a log line containing any of `needles`; panics after `timeout`.
+    pub fn wait_log_any(&self, needles: &[&str], timeout: Duration) -> String {
+        let mut lines = self.log_until_any(needles, timeout);
+        lines.pop().expect("the line found")
+    }
+
     /// Every line logged from now until one containing `needle`, that one last; panics
     /// after `timeout`.
     pub fn log_until(&self, needle: &str, timeout: Duration) -> Vec<String> {
+        self.log_until_any(&[needle], timeout)
+    }
+
+    fn log_until_any(&self, needles: &[&str], timeout: Duration) -> Vec<String> {
         let deadline = Instant::now() + timeout;
         let mut lines = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.log.recv_timeout(left) {
                 Ok(line) => {
-                    let found = line.contains(needle);
+                    let found = needles.iter().any(|needle| line.contains(needle));
                     lines.push(line);
                     if found {
                         return lines;
                     }
                 }
-                Err(_) => panic!("tern did not log {needle:?} within {timeout:?}"),
+                Err(_) => panic!("tern did not log any of {needles:?} within {timeout:?}"),
             }
         }
     }
