@@ -55,7 +55,9 @@ struct Snapshot {
 #[derive(Default)]
 struct Current {
     ports: BTreeSet<Port>,
+    /// The connections now, unless the report lists the interval's.
     connections: Vec<Connection>,
+    /// The connections now, when the report lists the interval's.
     connection_keys: BTreeSet<TcpSock>,
     untracked: u64,
 }
@@ -215,8 +217,13 @@ impl TcpCollector {
                     .insert(ports::port(sock.local_port, local, owners));
             } else if sock.kind == TCP_CONNECTION {
                 snapshot.remotes.insert(ip(sock.family, &sock.remote_addr));
-                current.connections.push(connection(&sock, owners));
-                current.connection_keys.insert(sock);
+                // A report lists the connections now or those of the interval, never both:
+                // only the one it lists is built.
+                if self.interval_connections {
+                    current.connection_keys.insert(sock);
+                } else {
+                    current.connections.push(connection(&sock, owners));
+                }
             }
         }
         current.connections.sort_unstable();

@@ -1,3 +1,5 @@
+// Over 400 lines: the document is written from the report beside the rule that sizes its
+// entries, so what is sized and what is written cannot drift apart.
 //! Encoding: a report as bytes in long or short field names, JSON or CBOR, never larger
 //! than a byte budget.
 //!
@@ -7,16 +9,21 @@
 //! `total` fields and custom numbers are never changed. N comes from sizes, not from trial
 //! encodings: a document with its lists cut to N is the document with empty lists plus, for
 //! each list, its first N entries as each encodes alone and the list's framing (JSON's
-//! commas, CBOR's array header).
+//! commas, CBOR's array header). The document is written straight from the report, keys
+//! in the order a JSON value sorts them: only entries up to the first that does not fit are
+//! sized, and only those kept are written.
 
-use std::{io, mem};
+use std::io;
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Map, Value};
+use serde::{
+    Serialize, Serializer,
+    ser::{SerializeMap, SerializeSeq},
+};
 
 use super::{
-    Connections, CustomMetric, Kind, Metrics, NetworkStats, Number, PortList, Report,
-    TcpConnections,
+    Connection, Connections, CustomMetric, Kind, Metrics, NetworkStats, Number, Port, PortList,
+    Report, TcpConnections,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -77,46 +84,22 @@ pub struct Encoded {
 impl Encoding {
     /// Encodes `report` within the budget, cutting its lists by the module's rule if needed.
     pub fn encode(&self, report: &Report) -> Result<Encoded> {
-        let mut doc = serde_json::to_value(report).context("serialising a report")?;
-        if self.names == Names::Short {
-            shorten(&mut doc);
-        }
-        let lists = lists(report, self.names);
-        for list in &lists {
-            if let (Some(order), Some(items)) = (&list.order, array(&mut doc, &list.pointer)) {
-                let mut unsorted = mem::take(items);
-                *items = order.iter().map(|&i| mem::take(&mut unsorted[i])).collect();
-            }
-        }
-        let whole = self.bytes(&doc)?;
-        if whole.len() <= self.budget {
-            return Ok(Encoded {
-                bytes: whole,
-                cut: false,
-            });
-        }
-        // Over budget: every list grows from empty, one entry at a time, while it fits.
-        let mut entries: Vec<Vec<Value>> = lists
-            .iter()
-            .map(|list| {
-                array(&mut doc, &list.pointer)
-                    .map(mem::take)
-                    .unwrap_or_default()
-            })
-            .collect();
-        let mut size = self.size(&doc)?;
-        if size > self.budget {
+        let doc = Doc::new(report, self.names);
+        let empty = self.size(&doc.cut(0))?;
+        if empty > self.budget {
             bail!(
-                "a report without any list entry takes {size} bytes, over the budget of {}",
+                "a report without any list entry takes {empty} bytes, over the budget of {}",
                 self.budget
             );
         }
-        let longest = entries.iter().map(Vec::len).max().unwrap_or(0);
-        let mut keep = 0;
+        // Every list grows from empty, one entry at a time, while it fits; only the entries
+        // up to the first that does not fit are ever sized.
+        let longest = doc.lists.iter().map(Entries::len).max().unwrap_or(0);
+        let (mut size, mut keep) = (empty, 0);
         while keep < longest {
             let mut grown = size;
-            for items in entries.iter().filter(|items| items.len() > keep) {
-                grown += self.size(&items[keep])? + self.format.framing(keep + 1)
+            for entries in doc.lists.iter().filter(|entries| entries.len() > keep) {
+                grown += self.size(&doc.entry(entries, keep))? + self.format.framing(keep + 1)
                     - self.format.framing(keep);
             }
             if grown > self.budget {
@@ -124,14 +107,12 @@ impl Encoding {
             }
             (size, keep) = (grown, keep + 1);
         }
-        for (list, items) in lists.iter().zip(&mut entries) {
-            if let Some(cut) = array(&mut doc, &list.pointer) {
-                items.truncate(keep);
-                *cut = mem::take(items);
-            }
-        }
-        let bytes = self.bytes(&doc)?;
-        Ok(Encoded { bytes, cut: true })
+        let mut bytes = Vec::with_capacity(size);
+        self.write(&doc.cut(keep), &mut bytes)?;
+        Ok(Encoded {
+            bytes,
+            cut: keep < longest,
+        })
     }
 
     /// The size of the largest report that has every list cut to nothing, carrying the
@@ -175,27 +156,17 @@ impl Encoding {
             };
             report.set_custom(name, value);
         }
-        let mut doc = serde_json::to_value(&report).context("serialising a report")?;
-        if self.names == Names::Short {
-            shorten(&mut doc);
-        }
-        self.size(&doc)
-    }
-
-    fn bytes(&self, doc: &Value) -> Result<Vec<u8>> {
-        let mut bytes = Vec::new();
-        self.write(doc, &mut bytes)?;
-        Ok(bytes)
+        self.size(&Doc::new(&report, self.names).cut(0))
     }
 
     /// The encoded size of `value`, written nowhere.
-    fn size(&self, value: &Value) -> Result<usize> {
+    fn size(&self, value: &impl Serialize) -> Result<usize> {
         let mut count = Count(0);
         self.write(value, &mut count)?;
         Ok(count.0)
     }
 
-    fn write(&self, value: &Value, out: impl io::Write) -> Result<()> {
+    fn write(&self, value: &impl Serialize, out: impl io::Write) -> Result<()> {
         match self.format {
             Format::Json => serde_json::to_writer(out, value).context("encoding a report as JSON"),
             Format::Cbor => ciborium::into_writer(value, out).context("encoding a report as CBOR"),
@@ -234,26 +205,6 @@ impl io::Write for Count {
     }
 }
 
-/// Renames long keys to short ones everywhere but inside `custom_metrics`.
-fn shorten(value: &mut Value) {
-    let Value::Object(map) = value else {
-        if let Value::Array(items) = value {
-            items.iter_mut().for_each(shorten);
-        }
-        return;
-    };
-    let old = mem::take(map);
-    let mut new = Map::with_capacity(old.len());
-    for (key, mut inner) in old {
-        if key != "custom_metrics" {
-            shorten(&mut inner);
-        }
-        let key = short(&key).map_or(key, str::to_owned);
-        new.insert(key, inner);
-    }
-    *map = new;
-}
-
 fn short(long: &str) -> Option<&'static str> {
     SHORT
         .iter()
@@ -261,65 +212,258 @@ fn short(long: &str) -> Option<&'static str> {
         .map(|(_, short)| *short)
 }
 
-/// A list of a report: where it sits in the report's document, as a JSON pointer, and the
-/// order that sorts its entries (none when they are sorted already).
-struct List {
-    pointer: String,
-    order: Option<Vec<usize>>,
+/// The report's document, built from the report without copying it: what a JSON value of
+/// the report would hold, its objects' keys sorted as a JSON value sorts them, and each list
+/// sorted by the module's rule.
+struct Doc<'a> {
+    root: Node<'a>,
+    lists: Vec<Entries<'a>>,
+    keys: Keys,
 }
 
-/// The lists of `report`: its ports, connections and custom-metric lists.
-fn lists(report: &Report, names: Names) -> Vec<List> {
-    fn list<T: Ord>(pointer: String, entries: &[T]) -> List {
-        let order = (!entries.is_sorted()).then(|| {
-            let mut order: Vec<usize> = (0..entries.len()).collect();
-            order.sort_unstable_by(|&a, &b| entries[a].cmp(&entries[b]));
-            order
-        });
-        List { pointer, order }
-    }
-    let key = |long: &'static str| match names {
-        Names::Long => long,
-        Names::Short => short(long).unwrap_or(long),
-    };
-    let metrics = key("metrics");
-    let m = &report.metrics;
-    let mut out = Vec::new();
-    for (field, ports) in [
-        ("listening_tcp_ports", &m.listening_tcp_ports),
-        ("listening_udp_ports", &m.listening_udp_ports),
-    ] {
-        if let Some(ports) = ports {
-            let pointer = format!("/{metrics}/{}/{}", key(field), key("ports"));
-            out.push(list(pointer, &ports.ports));
+/// A part of the document other than a list's entries.
+enum Node<'a> {
+    Count(u64),
+    /// Written as a JSON value holds a float: null when it is not finite.
+    Reading(f64),
+    Text(&'a str),
+    /// An object, its keys sorted.
+    Object(Vec<(&'a str, Node<'a>)>),
+    /// A one-element array: a custom metric's value.
+    One(Box<Node<'a>>),
+    /// The document's list `lists[i]`.
+    List(usize),
+}
+
+/// A list's entries, sorted.
+enum Entries<'a> {
+    Ports(Vec<&'a Port>),
+    Connections(Vec<&'a Connection>),
+    Numbers(Vec<u64>),
+    Texts(Vec<&'a str>),
+}
+
+/// The field names of list entries, in the document's names.
+struct Keys {
+    port: &'static str,
+    interface: &'static str,
+    remote_addr: &'static str,
+    local_port: &'static str,
+    local_interface: &'static str,
+}
+
+impl Entries<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Entries::Ports(l) => l.len(),
+            Entries::Connections(l) => l.len(),
+            Entries::Numbers(l) => l.len(),
+            Entries::Texts(l) => l.len(),
         }
     }
-    if let Some(tcp) = &m.tcp_connections {
-        let pointer = format!(
-            "/{metrics}/{}/{}/{}",
-            key("tcp_connections"),
-            key("established_connections"),
-            key("connections")
-        );
-        out.push(list(pointer, &tcp.established_connections.connections));
-    }
-    let custom = key("custom_metrics");
-    for (name, [metric]) in &report.custom_metrics {
-        // A custom metric's name is the user's: escaped as a JSON pointer escapes.
-        let name = name.replace('~', "~0").replace('/', "~1");
-        let pointer = |kind: &str| format!("/{custom}/{name}/0/{kind}");
-        out.push(match metric {
-            CustomMetric::NumberList(l) => list(pointer("number_list"), l),
-            CustomMetric::StringList(l) => list(pointer("string_list"), l),
-            CustomMetric::IpList(l) => list(pointer("ip_list"), l),
-            CustomMetric::Number(_) => continue,
-        });
-    }
-    out
 }
 
-fn array<'a>(doc: &'a mut Value, pointer: &str) -> Option<&'a mut Vec<Value>> {
-    doc.pointer_mut(pointer).and_then(Value::as_array_mut)
+fn sorted<T: Ord>(mut entries: Vec<T>) -> Vec<T> {
+    entries.sort_unstable();
+    entries
+}
+
+impl<'a> Doc<'a> {
+    fn new(report: &'a Report, names: Names) -> Self {
+        let key = |long: &'static str| match names {
+            Names::Long => long,
+            Names::Short => short(long).unwrap_or(long),
+        };
+        let object = |mut fields: Vec<(&'a str, Node<'a>)>| {
+            fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            Node::Object(fields)
+        };
+        let mut lists = Vec::new();
+        let mut list = |entries: Entries<'a>| {
+            lists.push(entries);
+            Node::List(lists.len() - 1)
+        };
+        let m = &report.metrics;
+        let mut metrics = Vec::new();
+        for (field, ports) in [
+            ("listening_tcp_ports", &m.listening_tcp_ports),
+            ("listening_udp_ports", &m.listening_udp_ports),
+        ] {
+            if let Some(ports) = ports {
+                let entries = Entries::Ports(sorted(ports.ports.iter().collect()));
+                let fields = vec![
+                    (key("ports"), list(entries)),
+                    (key("total"), Node::Count(ports.total)),
+                ];
+                metrics.push((key(field), object(fields)));
+            }
+        }
+        if let Some(stats) = &m.network_stats {
+            let fields = [
+                ("bytes_in", stats.bytes_in),
+                ("bytes_out", stats.bytes_out),
+                ("packets_in", stats.packets_in),
+                ("packets_out", stats.packets_out),
+            ];
+            let fields = fields.map(|(field, n)| (key(field), Node::Count(n)));
+            metrics.push((key("network_stats"), object(fields.into())));
+        }
+        if let Some(tcp) = &m.tcp_connections {
+            let established = &tcp.established_connections;
+            let entries = Entries::Connections(sorted(established.connections.iter().collect()));
+            let fields = vec![
+                (key("connections"), list(entries)),
+                (key("total"), Node::Count(established.total)),
+            ];
+            let fields = vec![(key("established_connections"), object(fields))];
+            metrics.push((key("tcp_connections"), object(fields)));
+        }
+        let mut custom = Vec::new();
+        for (name, [metric]) in &report.custom_metrics {
+            let (kind, value) = match metric {
+                CustomMetric::Number(Number::Count(n)) => ("number", Node::Count(*n)),
+                CustomMetric::Number(Number::Reading(r)) => ("number", Node::Reading(*r)),
+                CustomMetric::NumberList(l) => {
+                    ("number_list", list(Entries::Numbers(sorted(l.clone()))))
+                }
+                CustomMetric::StringList(l) => (
+                    "string_list",
+                    list(Entries::Texts(sorted(
+                        l.iter().map(String::as_str).collect(),
+                    ))),
+                ),
+                CustomMetric::IpList(l) => (
+                    "ip_list",
+                    list(Entries::Texts(sorted(
+                        l.iter().map(String::as_str).collect(),
+                    ))),
+                ),
+            };
+            custom.push((
+                name.as_str(),
+                Node::One(Box::new(object(vec![(kind, value)]))),
+            ));
+        }
+        let header = vec![
+            (key("report_id"), Node::Count(report.header.report_id)),
+            (key("version"), Node::Text(&report.header.version)),
+        ];
+        let mut root = vec![(key("header"), object(header))];
+        if !metrics.is_empty() {
+            root.push((key("metrics"), object(metrics)));
+        }
+        if !custom.is_empty() {
+            root.push((key("custom_metrics"), object(custom)));
+        }
+        Doc {
+            root: object(root),
+            lists,
+            keys: Keys {
+                port: key("port"),
+                interface: key("interface"),
+                remote_addr: key("remote_addr"),
+                local_port: key("local_port"),
+                local_interface: key("local_interface"),
+            },
+        }
+    }
+
+    /// The document with every list cut to its first `keep` entries.
+    fn cut(&self, keep: usize) -> Part<'_, 'a> {
+        Part {
+            doc: self,
+            node: &self.root,
+            keep,
+        }
+    }
+
+    /// Entry `i` of `entries`, alone.
+    fn entry<'d>(&'d self, entries: &'d Entries<'a>, i: usize) -> Entry<'d, 'a> {
+        Entry {
+            keys: &self.keys,
+            entries,
+            i,
+        }
+    }
+}
+
+/// A node of a document whose lists are cut to `keep` entries.
+struct Part<'d, 'a> {
+    doc: &'d Doc<'a>,
+    node: &'d Node<'a>,
+    keep: usize,
+}
+
+impl Serialize for Part<'_, '_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let part = |node| Part { node, ..*self };
+        match self.node {
+            Node::Count(n) => serializer.serialize_u64(*n),
+            Node::Reading(r) if r.is_finite() => serializer.serialize_f64(*r),
+            Node::Reading(_) => serializer.serialize_unit(),
+            Node::Text(text) => serializer.serialize_str(text),
+            Node::Object(fields) => {
+                let mut map = serializer.serialize_map(Some(fields.len()))?;
+                for (key, node) in fields {
+                    map.serialize_entry(key, &part(node))?;
+                }
+                map.end()
+            }
+            Node::One(node) => {
+                let mut seq = serializer.serialize_seq(Some(1))?;
+                seq.serialize_element(&part(node))?;
+                seq.end()
+            }
+            Node::List(i) => {
+                let entries = &self.doc.lists[*i];
+                let kept = entries.len().min(self.keep);
+                let mut seq = serializer.serialize_seq(Some(kept))?;
+                for i in 0..kept {
+                    seq.serialize_element(&self.doc.entry(entries, i))?;
+                }
+                seq.end()
+            }
+        }
+    }
+}
+
+/// One entry of a list, as the document writes it.
+struct Entry<'d, 'a> {
+    keys: &'d Keys,
+    entries: &'d Entries<'a>,
+    i: usize,
+}
+
+impl Serialize for Entry<'_, '_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let k = self.keys;
+        // Fields in sorted key order, which is the same in long and short names.
+        match self.entries {
+            Entries::Numbers(l) => serializer.serialize_u64(l[self.i]),
+            Entries::Texts(l) => serializer.serialize_str(l[self.i]),
+            Entries::Ports(l) => {
+                let port = l[self.i];
+                let len = 1 + usize::from(port.interface.is_some());
+                let mut map = serializer.serialize_map(Some(len))?;
+                if let Some(interface) = &port.interface {
+                    map.serialize_entry(k.interface, interface)?;
+                }
+                map.serialize_entry(k.port, &u64::from(port.port))?;
+                map.end()
+            }
+            Entries::Connections(l) => {
+                let c = l[self.i];
+                let len = 2 + usize::from(c.local_interface.is_some());
+                let mut map = serializer.serialize_map(Some(len))?;
+                if let Some(interface) = &c.local_interface {
+                    map.serialize_entry(k.local_interface, interface)?;
+                }
+                map.serialize_entry(k.local_port, &u64::from(c.local_port))?;
+                map.serialize_entry(k.remote_addr, &c.remote_addr)?;
+                map.end()
+            }
+        }
+    }
 }
 
 #[cfg(test)]

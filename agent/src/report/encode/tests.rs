@@ -1,8 +1,10 @@
-// Over 400 lines: the bisection this encoder replaced lives here whole, as the reference
-// every cut is held to, beside the generators that compare the two.
-//! The encoding held to the bisection it replaced, which stays here as the reference.
+// Over 400 lines: the two encoders this one replaced live here whole, as the references
+// every encoding is held to, beside the generators that compare them.
+//! The encoding held to the encoders it replaced, which stay here as references: the
+//! bisection over trial encodings (the cut), and the encoder that built the whole report as
+//! a JSON value (the bytes).
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::*;
 use crate::report::{
@@ -243,6 +245,74 @@ fn the_cut_is_the_one_bisection_finds_across_cbor_array_headers() {
     same_as_bisection(&report, &mut fastrand::Rng::with_seed(1));
 }
 
+#[test]
+fn every_encoding_is_the_value_trees_byte_for_byte() {
+    let mut outcomes = [0; 3];
+    for seed in 0..64 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut report = generated_up_to(&mut rng, [2, 30, 320, 3_000][seed as usize % 4]);
+        let reading = [f64::NAN, f64::INFINITY, -0.0, 5.0, rng.f64() * 1e300][rng.usize(0..5)];
+        report.set_custom(
+            "a/b~\"\u{e9}",
+            CustomMetric::Number(Number::Reading(reading)),
+        );
+        if seed % 8 == 7 {
+            report.metrics = Metrics::default();
+        }
+        let custom: Vec<(&str, Kind)> = report
+            .custom_metrics
+            .iter()
+            .map(|(name, [value])| (name.as_str(), value.kind()))
+            .collect();
+        for names in [Names::Long, Names::Short] {
+            for format in [Format::Json, Format::Cbor] {
+                let size = |report: &Report| {
+                    let whole = value_tree::encode_within(report, names, format, usize::MAX);
+                    whole.unwrap().0.len()
+                };
+                let (whole, empty) = (size(&report), size(&capped(&report, 0)));
+                let encoding = Encoding {
+                    names,
+                    format,
+                    budget: 0,
+                };
+                let floor = encoding.floor(custom.iter().copied()).unwrap();
+                let budgets = [
+                    usize::MAX,
+                    whole,
+                    whole - 1,
+                    rng.usize(empty..=whole),
+                    rng.usize(empty..=whole),
+                    empty,
+                    empty - 1,
+                    floor,
+                ];
+                for budget in budgets {
+                    let expected = value_tree::encode_within(&report, names, format, budget);
+                    let got = encode_within(&report, names, format, budget);
+                    let context = format!("seed {seed} {names:?} {format:?} budget {budget}");
+                    match (expected, got) {
+                        (Ok(expected), Ok(got)) => {
+                            assert!(expected == got, "{context}: bytes differ");
+                            outcomes[usize::from(got.1)] += 1;
+                        }
+                        (Err(expected), Err(got)) => {
+                            assert_eq!(format!("{expected:#}"), format!("{got:#}"), "{context}");
+                            outcomes[2] += 1;
+                        }
+                        (expected, got) => panic!(
+                            "{context}: {:?} vs {:?}",
+                            expected.map(|e| e.1),
+                            got.map(|g| g.1)
+                        ),
+                    }
+                }
+            }
+        }
+    }
+    assert!(outcomes.iter().all(|&n| n > 200), "{outcomes:?}");
+}
+
 /// Compares the cut with bisection's at budgets around its steps; counts the encodings
 /// that fitted whole, were cut, and could not fit.
 fn same_as_bisection(report: &Report, rng: &mut fastrand::Rng) -> [usize; 3] {
@@ -284,10 +354,15 @@ fn same_as_bisection(report: &Report, rng: &mut fastrand::Rng) -> [usize; 3] {
 /// A report with lists of varied lengths (across CBOR's 24 and 256), entries of varied
 /// sizes, repeats and escapes, unsorted.
 fn generated(rng: &mut fastrand::Rng) -> Report {
+    generated_up_to(rng, 320)
+}
+
+/// A generated report whose lists are shorter than `longest`.
+fn generated_up_to(rng: &mut fastrand::Rng, longest: usize) -> Report {
     let len = |rng: &mut fastrand::Rng| match rng.u8(0..4) {
         0 => 0,
-        1 => rng.usize(1..30),
-        _ => rng.usize(1..320),
+        1 => rng.usize(1..30.min(longest)),
+        _ => rng.usize(1..longest),
     };
     let interface = |rng: &mut fastrand::Rng| {
         (rng.u8(0..3) > 0).then(|| ["eth0", "wlan12", "br-lan\"\u{e9}"][rng.usize(0..3)].into())
@@ -413,7 +488,7 @@ mod bisection {
     pub fn encode(report: &Report, names: Names, format: Format) -> Result<Vec<u8>> {
         let mut value = serde_json::to_value(report).context("serialising a report")?;
         if names == Names::Short {
-            shorten(&mut value);
+            value_tree::shorten(&mut value);
         }
         match format {
             Format::Json => serde_json::to_vec(&value).context("encoding a report as JSON"),
@@ -491,5 +566,162 @@ mod bisection {
         let mut report = report.clone();
         each_list(&mut report, ListOp::Sort);
         report
+    }
+}
+
+/// The encoder this one replaced, which built the whole report as a JSON value: the
+/// reference every encoding is held to byte for byte.
+mod value_tree {
+    use std::mem;
+
+    use serde_json::Map;
+
+    use super::*;
+
+    pub fn encode_within(
+        report: &Report,
+        names: Names,
+        format: Format,
+        budget: usize,
+    ) -> Result<(Vec<u8>, bool)> {
+        let encoding = Encoding {
+            names,
+            format,
+            budget,
+        };
+        let mut doc = serde_json::to_value(report).context("serialising a report")?;
+        if names == Names::Short {
+            shorten(&mut doc);
+        }
+        let lists = lists(report, names);
+        for list in &lists {
+            if let (Some(order), Some(items)) = (&list.order, array(&mut doc, &list.pointer)) {
+                let mut unsorted = mem::take(items);
+                *items = order.iter().map(|&i| mem::take(&mut unsorted[i])).collect();
+            }
+        }
+        let whole = bytes(&encoding, &doc)?;
+        if whole.len() <= budget {
+            return Ok((whole, false));
+        }
+        let mut entries: Vec<Vec<Value>> = lists
+            .iter()
+            .map(|list| {
+                array(&mut doc, &list.pointer)
+                    .map(mem::take)
+                    .unwrap_or_default()
+            })
+            .collect();
+        let mut size = encoding.size(&doc)?;
+        if size > budget {
+            bail!(
+                "a report without any list entry takes {size} bytes, over the budget of {budget}"
+            );
+        }
+        let longest = entries.iter().map(Vec::len).max().unwrap_or(0);
+        let mut keep = 0;
+        while keep < longest {
+            let mut grown = size;
+            for items in entries.iter().filter(|items| items.len() > keep) {
+                grown +=
+                    encoding.size(&items[keep])? + format.framing(keep + 1) - format.framing(keep);
+            }
+            if grown > budget {
+                break;
+            }
+            (size, keep) = (grown, keep + 1);
+        }
+        for (list, items) in lists.iter().zip(&mut entries) {
+            if let Some(cut) = array(&mut doc, &list.pointer) {
+                items.truncate(keep);
+                *cut = mem::take(items);
+            }
+        }
+        Ok((bytes(&encoding, &doc)?, true))
+    }
+
+    fn bytes(encoding: &Encoding, doc: &Value) -> Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        encoding.write(doc, &mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// Renames long keys to short ones everywhere but inside `custom_metrics`.
+    pub fn shorten(value: &mut Value) {
+        let Value::Object(map) = value else {
+            if let Value::Array(items) = value {
+                items.iter_mut().for_each(shorten);
+            }
+            return;
+        };
+        let old = mem::take(map);
+        let mut new = Map::with_capacity(old.len());
+        for (key, mut inner) in old {
+            if key != "custom_metrics" {
+                shorten(&mut inner);
+            }
+            let key = short(&key).map_or(key, str::to_owned);
+            new.insert(key, inner);
+        }
+        *map = new;
+    }
+
+    /// A list of a report: where it sits in the report's document, as a JSON pointer, and
+    /// the order that sorts its entries (none when they are sorted already).
+    struct List {
+        pointer: String,
+        order: Option<Vec<usize>>,
+    }
+
+    fn lists(report: &Report, names: Names) -> Vec<List> {
+        fn list<T: Ord>(pointer: String, entries: &[T]) -> List {
+            let order = (!entries.is_sorted()).then(|| {
+                let mut order: Vec<usize> = (0..entries.len()).collect();
+                order.sort_unstable_by(|&a, &b| entries[a].cmp(&entries[b]));
+                order
+            });
+            List { pointer, order }
+        }
+        let key = |long: &'static str| match names {
+            Names::Long => long,
+            Names::Short => short(long).unwrap_or(long),
+        };
+        let metrics = key("metrics");
+        let m = &report.metrics;
+        let mut out = Vec::new();
+        for (field, ports) in [
+            ("listening_tcp_ports", &m.listening_tcp_ports),
+            ("listening_udp_ports", &m.listening_udp_ports),
+        ] {
+            if let Some(ports) = ports {
+                let pointer = format!("/{metrics}/{}/{}", key(field), key("ports"));
+                out.push(list(pointer, &ports.ports));
+            }
+        }
+        if let Some(tcp) = &m.tcp_connections {
+            let pointer = format!(
+                "/{metrics}/{}/{}/{}",
+                key("tcp_connections"),
+                key("established_connections"),
+                key("connections")
+            );
+            out.push(list(pointer, &tcp.established_connections.connections));
+        }
+        let custom = key("custom_metrics");
+        for (name, [metric]) in &report.custom_metrics {
+            let name = name.replace('~', "~0").replace('/', "~1");
+            let pointer = |kind: &str| format!("/{custom}/{name}/0/{kind}");
+            out.push(match metric {
+                CustomMetric::NumberList(l) => list(pointer("number_list"), l),
+                CustomMetric::StringList(l) => list(pointer("string_list"), l),
+                CustomMetric::IpList(l) => list(pointer("ip_list"), l),
+                CustomMetric::Number(_) => continue,
+            });
+        }
+        out
+    }
+
+    fn array<'a>(doc: &'a mut Value, pointer: &str) -> Option<&'a mut Vec<Value>> {
+        doc.pointer_mut(pointer).and_then(Value::as_array_mut)
     }
 }
