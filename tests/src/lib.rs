@@ -35,8 +35,8 @@ pub use netns::{
     ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, DEV_A, DEV_B, LinkStats, Netns, Pair, UDP_OVERHEAD, spawn_in,
 };
 pub use temp::TempDir;
-pub use tern::{Launch, Stopped, Tern, pins_of, tern_bin};
-pub use traffic::{Clients, hold_connections, open_connections, transfer};
+pub use tern::{Launch, Stopped, Tern, pins_of, spooled, tern_bin};
+pub use traffic::{Clients, Datagrams, hold_connections, open_connections, transfer};
 pub use truth::{
     TcpInfo, bpf_ids, children_of, kernel_links, kernel_programs, proc_status, sh, ss, tcp_info,
 };

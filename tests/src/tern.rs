@@ -354,6 +354,17 @@ impl Tern {
     }
 }
 
+/// How many reports wait in the spool of `state_dir`.
+pub fn spooled(state_dir: &Path) -> usize {
+    std::fs::read_dir(state_dir.join("spool")).map_or(0, |d| {
+        d.filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        })
+        .count()
+    })
+}
+
 /// Where tern pins the maps of `state_dir` (`/sys/fs/bpf/<binary>-<FNV-1a of the path>`, as
 /// the README says).
 pub fn pins_of(state_dir: &Path) -> PathBuf {

@@ -1,5 +1,6 @@
-//! Traffic a test makes and counts itself: UDP datagrams each received, and TCP connections
-//! held open by a child process.
+//! Traffic a test makes and counts itself: UDP datagrams each received (and across a pair,
+//! added up as tern's reports must count them), and TCP connections held open by a child
+//! process.
 
 use std::{
     io::{BufRead, BufReader},
@@ -9,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use crate::Netns;
+use crate::{LinkStats, Netns, Pair, UDP_OVERHEAD};
 
 /// Sends `count` datagrams of `size` bytes from `from` to `to`, in small batches each
 /// received before the next, so no socket buffer or backlog overflows and every datagram
@@ -32,6 +33,35 @@ pub fn transfer(from: &UdpSocket, to: &UdpSocket, count: u64, size: usize) {
             assert_eq!(n, size);
             sent += 1;
         }
+    }
+}
+
+/// Datagrams across a pair's veth link, with the traffic they make on `a`'s side.
+pub struct Datagrams {
+    a: UdpSocket,
+    b: UdpSocket,
+    pub sent: LinkStats,
+}
+
+impl Datagrams {
+    pub fn new(pair: &Pair) -> Self {
+        let (a, b) = pair.udp();
+        Self {
+            a,
+            b,
+            sent: LinkStats::default(),
+        }
+    }
+
+    /// `count_in` datagrams of `size_in` bytes into `a`'s namespace and `count_out` of
+    /// `size_out` out of it.
+    pub fn send(&mut self, count_in: u64, size_in: usize, count_out: u64, size_out: usize) {
+        transfer(&self.b, &self.a, count_in, size_in);
+        transfer(&self.a, &self.b, count_out, size_out);
+        self.sent.packets_in += count_in;
+        self.sent.bytes_in += count_in * (size_in as u64 + UDP_OVERHEAD);
+        self.sent.packets_out += count_out;
+        self.sent.bytes_out += count_out * (size_out as u64 + UDP_OVERHEAD);
     }
 }
 

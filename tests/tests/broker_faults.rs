@@ -6,18 +6,13 @@
 //! Ground truth is what the fake broker received and sent, the UDP traffic each test sends
 //! across its veth pair, and the spool on disk.
 
-use std::{
-    fs,
-    net::UdpSocket,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{fs, path::PathBuf, time::Duration};
 
 use serde_json::json;
 use tern_tests::{
-    LinkStats, Pair, TempDir, Tern, UDP_OVERHEAD,
+    Datagrams, LinkStats, Pair, TempDir, Tern,
     broker::{Arrival, Conduct, FakeBroker, Pki, Reply},
-    custom_number, transfer, wait_until,
+    custom_number, spooled, wait_until,
 };
 
 const PORT: u16 = 18893;
@@ -109,44 +104,6 @@ fn counted<'a>(reports: impl IntoIterator<Item = &'a Arrival>, name: &str) -> u6
         .sum()
 }
 
-fn spooled(state: &Path) -> usize {
-    fs::read_dir(state.join("spool")).map_or(0, |d| {
-        d.filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json"))
-        })
-        .count()
-    })
-}
-
-struct Udp {
-    a: UdpSocket,
-    b: UdpSocket,
-    sent: LinkStats,
-}
-
-impl Udp {
-    fn new(pair: &Pair) -> Self {
-        let (a, b) = pair.udp();
-        Self {
-            a,
-            b,
-            sent: LinkStats::default(),
-        }
-    }
-
-    /// `count_in` datagrams of `size_in` bytes into tern's namespace and `count_out` of
-    /// `size_out` out of it.
-    fn send(&mut self, count_in: u64, size_in: usize, count_out: u64, size_out: usize) {
-        transfer(&self.b, &self.a, count_in, size_in);
-        transfer(&self.a, &self.b, count_out, size_out);
-        self.sent.packets_in += count_in;
-        self.sent.bytes_in += count_in * (size_in as u64 + UDP_OVERHEAD);
-        self.sent.packets_out += count_out;
-        self.sent.bytes_out += count_out * (size_out as u64 + UDP_OVERHEAD);
-    }
-}
-
 /// A broker that takes a report and never acknowledges it, while it answers every ping:
 /// tern gives up on that connection after the keep-alive, says so naming the broker and the
 /// cause, reconnects and sends the report again. Every report reaches the broker and is
@@ -163,7 +120,7 @@ fn a_broker_that_answers_pings_but_never_acknowledges_is_left_and_nothing_is_los
     };
     let world = World::start("no-puback", &[silent, good]);
     let tern = world.launch(1, 5);
-    let mut udp = Udp::new(&world.pair);
+    let mut udp = Datagrams::new(&world.pair);
     udp.send(200, 500, 30, 100);
     let reconnected = wait_until(
         Duration::from_secs(20),

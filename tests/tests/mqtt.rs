@@ -9,7 +9,6 @@
 use std::{
     collections::BTreeMap,
     fs,
-    net::UdpSocket,
     path::{Path, PathBuf},
     thread,
     time::Duration,
@@ -17,9 +16,9 @@ use std::{
 
 use serde_json::{Value, json};
 use tern_tests::{
-    Bpffs, LinkStats, Pair, TempDir, Tern, UDP_OVERHEAD,
+    Bpffs, Datagrams, LinkStats, Pair, TempDir, Tern,
     broker::{Identity, Mosquitto, Pki, Proxy, Received, Responder, Verdicts},
-    custom_number, transfer, wait_until,
+    custom_number, spooled, wait_until,
 };
 
 const BROKER: u16 = 18883;
@@ -104,34 +103,6 @@ impl Cloud {
     }
 }
 
-struct Udp {
-    a: UdpSocket,
-    b: UdpSocket,
-    sent: LinkStats,
-}
-
-impl Udp {
-    fn new(pair: &Pair) -> Self {
-        let (a, b) = pair.udp();
-        Self {
-            a,
-            b,
-            sent: LinkStats::default(),
-        }
-    }
-
-    /// `count_in` datagrams of `size_in` bytes into tern's namespace and `count_out` of
-    /// `size_out` out of it.
-    fn send(&mut self, count_in: u64, size_in: usize, count_out: u64, size_out: usize) {
-        transfer(&self.b, &self.a, count_in, size_in);
-        transfer(&self.a, &self.b, count_out, size_out);
-        self.sent.packets_in += count_in;
-        self.sent.bytes_in += count_in * (size_in as u64 + UDP_OVERHEAD);
-        self.sent.packets_out += count_out;
-        self.sent.bytes_out += count_out * (size_out as u64 + UDP_OVERHEAD);
-    }
-}
-
 /// The reports of THING by report_id, checking that tern published each once and in
 /// increasing order of report_id. A second copy is accepted only when the broker marked it
 /// as its own redelivery to the responder, which tern has no part in.
@@ -185,23 +156,13 @@ fn wait_for_totals(responder: &Responder, expected: LinkStats) -> BTreeMap<u64, 
     })
 }
 
-fn spooled(state: &Path) -> usize {
-    fs::read_dir(state.join("spool")).map_or(0, |d| {
-        d.filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json"))
-        })
-        .count()
-    })
-}
-
 #[test]
 fn reports_arrive_valid_accepted_and_in_order() {
     let cloud = Cloud::start("flow", Verdicts::Judge);
     let responder = &cloud.responder;
     let tern = cloud.launch(&cloud.direct_config(json!({})));
     tern.wait_log("connected to localhost", Duration::from_secs(10));
-    let mut udp = Udp::new(&cloud.pair);
+    let mut udp = Datagrams::new(&cloud.pair);
     udp.send(300, 700, 120, 300);
     responder.wait_for(3, Duration::from_secs(10));
     udp.send(50, 1200, 0, 0);
@@ -249,7 +210,7 @@ fn broker_down_at_start_restarted_and_a_half_open_link_lose_nothing() {
         json!({}),
     );
     let tern = cloud.launch(&config);
-    let mut udp = Udp::new(&cloud.pair);
+    let mut udp = Datagrams::new(&cloud.pair);
 
     // Broker down when tern starts.
     tern.wait_log("retrying in", Duration::from_secs(10));
@@ -293,7 +254,7 @@ fn reports_spooled_while_the_broker_is_down_are_delivered_after_a_restart() {
     cloud.broker.stop();
     let config = cloud.direct_config(json!({}));
     let state = cloud.state();
-    let mut udp = Udp::new(&cloud.pair);
+    let mut udp = Datagrams::new(&cloud.pair);
 
     let first = cloud.launch(&config);
     udp.send(250, 800, 40, 120);
@@ -324,7 +285,7 @@ fn a_killed_tern_loses_and_repeats_nothing_it_counted_or_spooled() {
     let mut cloud = Cloud::start("killed", Verdicts::Judge);
     cloud.broker.stop();
     let config = cloud.direct_config(json!({}));
-    let mut udp = Udp::new(&cloud.pair);
+    let mut udp = Datagrams::new(&cloud.pair);
 
     let first = cloud.launch(&config);
     udp.send(250, 800, 40, 120);
@@ -354,7 +315,7 @@ fn a_crash_between_spooling_a_report_and_keeping_its_readings_repeats_nothing() 
     cloud.broker.stop();
     let config = cloud.direct_config(json!({}));
     let state = cloud.state();
-    let mut udp = Udp::new(&cloud.pair);
+    let mut udp = Datagrams::new(&cloud.pair);
 
     let first = cloud.launch(&config);
     udp.send(250, 800, 40, 120);
@@ -389,7 +350,7 @@ fn a_crash_between_spooling_a_report_and_keeping_its_readings_repeats_nothing() 
 fn cbor_reports_and_replies_work_the_same() {
     let cloud = Cloud::start("cbor", Verdicts::Judge);
     let tern = cloud.launch(&cloud.direct_config(json!({"format": "cbor"})));
-    let mut udp = Udp::new(&cloud.pair);
+    let mut udp = Datagrams::new(&cloud.pair);
     udp.send(120, 333, 12, 222);
     tern.wait_log("accepted; reports accepted", Duration::from_secs(10));
     let stopped = tern.stop();

@@ -18,9 +18,9 @@ use std::{
 
 use serde_json::{Value, json};
 use tern_tests::{
-    LinkStats, Netns, Pair, TempDir, Tern, UDP_OVERHEAD,
+    Datagrams, LinkStats, Netns, Pair, TempDir, Tern,
     broker::{Mosquitto, Pki, Received, Responder, Verdicts},
-    proc_status, sh, transfer, wait_until,
+    proc_status, sh, spooled, wait_until,
 };
 
 const BROKER: u16 = 18883;
@@ -201,17 +201,6 @@ fn plant(state: &Path, id: u64, bytes: &[u8]) {
     give_to_account(&path, 0o600);
 }
 
-/// Reports spooled on disk in `state`.
-fn spooled(state: &Path) -> usize {
-    fs::read_dir(state.join("spool")).map_or(0, |d| {
-        d.filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json"))
-        })
-        .count()
-    })
-}
-
 /// Files in `state` and its spool that a failed write left: `*.tmp`, or empty.
 fn leftovers(state: &Path) -> Vec<String> {
     [state.to_path_buf(), state.join("spool")]
@@ -272,30 +261,6 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// UDP datagrams from `b` into tern's namespace, counted as the reports must count them.
-struct Udp {
-    a: std::net::UdpSocket,
-    b: std::net::UdpSocket,
-    sent: LinkStats,
-}
-
-impl Udp {
-    fn new(pair: &Pair) -> Self {
-        let (a, b) = pair.udp();
-        Self {
-            a,
-            b,
-            sent: LinkStats::default(),
-        }
-    }
-
-    fn send(&mut self, count: u64, size: usize) {
-        transfer(&self.b, &self.a, count, size);
-        self.sent.packets_in += count;
-        self.sent.bytes_in += count * (size as u64 + UDP_OVERHEAD);
     }
 }
 
@@ -396,15 +361,15 @@ fn with_the_state_directory_read_only_reports_go_out_from_memory_until_it_is_wri
     let state = cloud.state();
     state_dir(&state);
     let mount = Mount::read_only(&state);
-    let mut udp = Udp::new(&cloud.pair);
+    let mut udp = Datagrams::new(&cloud.pair);
     let (tern, mut log) = cloud.launch(&cloud.config(json!({})), &state);
-    udp.send(100, 500);
+    udp.send(100, 500, 0, 0);
     let first = cloud.wait_ids(3, Duration::from_secs(15));
     assert_sendable(&first);
 
     // The broker away: reports wait in memory; the directory writable: they go to disk.
     cloud.broker.stop();
-    udp.send(50, 700);
+    udp.send(50, 700, 0, 0);
     thread::sleep(Duration::from_millis(2500));
     mount.remount("rw");
     log.extend(tern.log_until("held in memory are in it", Duration::from_secs(10)));
@@ -414,7 +379,7 @@ fn with_the_state_directory_read_only_reports_go_out_from_memory_until_it_is_wri
     });
     assert!(on_disk.is_ok(), "{on_disk:?} report(s) spooled");
     cloud.broker.restart();
-    udp.send(30, 900);
+    udp.send(30, 900, 0, 0);
     cloud.wait_totals(udp.sent);
     let stopped = tern.stop();
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
@@ -484,9 +449,9 @@ fn a_full_disk_leaves_no_temporary_file_and_every_report_still_goes_out() {
     let state = cloud.state();
     fs::create_dir_all(&state).unwrap();
     let _mount = Mount::tmpfs(&state, 4 * 4096);
-    let mut udp = Udp::new(&cloud.pair);
+    let mut udp = Datagrams::new(&cloud.pair);
     let (tern, _) = cloud.launch(&cloud.config(json!({})), &state);
-    udp.send(80, 600);
+    udp.send(80, 600, 0, 0);
     let full = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
         let avail = sh("df", &["-B1", "--output=avail", state.to_str().unwrap()]);
         match avail.lines().nth(1).map(str::trim) {
@@ -495,7 +460,7 @@ fn a_full_disk_leaves_no_temporary_file_and_every_report_still_goes_out() {
         }
     });
     assert!(full.is_ok(), "the tmpfs did not fill: {full:?}");
-    udp.send(40, 800);
+    udp.send(40, 800, 0, 0);
     thread::sleep(Duration::from_millis(2500));
     assert_eq!(leftovers(&state), Vec::<String>::new());
 
