@@ -63,6 +63,7 @@ mod tests {
         collections::HashMap,
         io::ErrorKind,
         net::{TcpListener, TcpStream, UdpSocket},
+        os::fd::AsRawFd,
         process::Command,
         time::Duration,
     };
@@ -154,14 +155,16 @@ mod tests {
         }
     }
 
-    /// Connects to a closed port `count` times: each SYN gets one reset, and each attempt
-    /// fails.
+    /// Connects to a port nothing listens on `count` times: each SYN gets one reset, and
+    /// each attempt fails.
     fn connects_to_closed_port(address: &str, count: u64) {
-        let port = TcpListener::bind((address, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let listener = TcpListener::bind((address, 0)).unwrap();
+        // Shut down, a listener stops listening but keeps its port, so no other socket can
+        // take the port and answer while the test connects to it.
+        // SAFETY: shutdown on a socket this function owns.
+        let shut = unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RD) };
+        assert_eq!(shut, 0, "{}", std::io::Error::last_os_error());
+        let port = listener.local_addr().unwrap().port();
         for _ in 0..count {
             let err = TcpStream::connect((address, port)).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
