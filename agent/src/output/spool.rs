@@ -12,7 +12,8 @@
 use std::{
     collections::BTreeMap,
     fmt::Display,
-    fs, io,
+    fs,
+    io::{self, Read, Seek, SeekFrom},
     os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
     time::SystemTime,
@@ -30,6 +31,8 @@ use crate::{
     report::{Report, ids},
 };
 
+/// The largest trailer read back.
+const TRAILER_MAX: usize = 1 << 20;
 const DIR: &str = state_dir::SPOOL;
 const SUFFIX: &str = ".json";
 
@@ -255,17 +258,23 @@ impl Spool {
     }
 
     /// What follows report `id` in its entry (see `push`), if anything.
+    /// Only the entry's end is read, never a whole report: the trailer is its last line, of at
+    /// most `TRAILER_MAX` bytes.
     pub fn trailer(&self, id: u64) -> Option<Vec<u8>> {
-        let bytes = match self.entries.get(&id)? {
-            Entry::Held(bytes) => bytes.clone(),
+        let tail = match self.entries.get(&id)? {
+            Entry::Held(bytes) => bytes[bytes.len().saturating_sub(TRAILER_MAX)..].to_vec(),
             Entry::Disk(_) => {
-                files::read(&self.path(id), self.max_bytes, Links::Refuse)
-                    .ok()?
-                    .bytes
+                let (mut file, meta) = files::open(&self.path(id), Links::Refuse).ok()?;
+                let from = meta.len().saturating_sub(TRAILER_MAX as u64);
+                file.seek(SeekFrom::Start(from)).ok()?;
+                let mut tail = Vec::new();
+                file.take(TRAILER_MAX as u64).read_to_end(&mut tail).ok()?;
+                tail
             }
         };
-        let at = bytes.iter().position(|&b| b == b'\n')?;
-        Some(bytes[at + 1..].to_vec())
+        // Neither the report's JSON nor the trailer holds a newline: the last one parts them.
+        let at = tail.iter().rposition(|&b| b == b'\n')?;
+        Some(tail[at + 1..].to_vec())
     }
 
     /// Reads report `id` back. One that can no longer be read is set aside and forgotten.
