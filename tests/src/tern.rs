@@ -1,3 +1,5 @@
+// Over 400 lines: the process under test, started every way the tests need and read every
+// way they check it.
 //! The tern process under test: started in a namespace, its reports and log read as it prints
 //! them, stopped or waited for.
 

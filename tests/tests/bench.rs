@@ -1,3 +1,4 @@
+// Over 400 lines: one test per benchmark figure, sharing the workloads and the peers.
 // Long by design: one test per figure, each read top to bottom, and the README names this file.
 //! Benchmarks: figures, not pass/fail. `cargo xtask bench [--quick]` runs them (they are
 //! ignored by a plain test run) and gathers the figure files each writes into

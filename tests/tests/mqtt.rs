@@ -1,3 +1,5 @@
+// Over 400 lines: the publishing tests share one world (broker, responder, proxy) and its
+// helpers.
 //! Publishing to a real broker: mosquitto with mutual TLS and per-thing ACLs, certificates
 //! made by the test, a responder playing the Device Defender service, and the real tern
 //! counting in the real kernel.

@@ -1,3 +1,5 @@
+// Over 400 lines: starting, resuming and collecting share the ladder's decisions and the
+// collectors it chose; apart, each would pass them to the others.
 //! Collection: fills one `report::Interval` from the best source of each group of metrics
 //! (`ladder`): the kernel maps where the programs run, else sock_diag, the links' 64-bit
 //! counters and the kernel's own counters; for CPU and memory, /proc; for the operator's

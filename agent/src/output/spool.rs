@@ -1,3 +1,5 @@
+// Over 400 lines: entries on disk and held in memory keep one set of books (ids, sizes,
+// the bound); split, each half would need the other's.
 //! The spool: reports waiting for the broker's acknowledgement, one file per report in
 //! `<state dir>/spool`, named by the zero-padded report id and holding the report's
 //! long-name JSON on its first line, and after it a trailer the spool does not read (the
