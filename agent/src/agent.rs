@@ -246,6 +246,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let interval = Duration::from_secs(settings.interval);
     let mut next = Instant::now() + interval;
     let mut sent = 0;
+    // The newest report that went out.
+    let mut last_id = 0;
     // Whether everything counted went into a report: at a stop, nothing is left to carry.
     let mut all_reported = false;
     // Why no report can get anywhere any more, once that is so.
@@ -301,6 +303,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 return Ok(false);
             }
         }
+        last_id = id;
         Ok(true)
     };
     loop {
@@ -385,7 +388,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     output.close();
     if all_reported {
-        Baseline::remove(&settings.state_dir);
+        Baseline::close(&settings.state_dir, last_id, &boot);
         if let Some(pins) = &pins {
             pins.release();
         }

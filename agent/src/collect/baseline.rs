@@ -3,7 +3,7 @@
 //! after a crash continues where the last report left off and the kernel's counts since are
 //! reported once, neither lost nor repeated. Valid only in the boot it was taken in; the
 //! readings of the programs' maps only for the maps they were read from (the pinned counters
-//! map's id). A graceful stop, which reports everything, removes it.
+//! map's id). A graceful stop, which reports everything, closes it.
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +34,9 @@ pub struct Baseline {
     pub program_counters: Option<Vec<u64>>,
     pub link_traffic: Option<Vec<(u32, [u64; 4])>>,
     pub kernel: Option<KernelCounters>,
+    /// Written at a graceful stop: nothing to continue from.
+    #[serde(default)]
+    pub closed: bool,
 }
 
 /// Where the baseline of `state_dir` is kept.
@@ -53,15 +56,17 @@ impl Baseline {
     }
 
     /// The newest baseline an earlier tern of this boot kept: in the state directory, or
-    /// `spooled` with the newest report waiting in the spool (kept there first).
+    /// `spooled` with the newest report waiting in the spool (kept there first); none after a
+    /// graceful stop.
     pub fn load(state_dir: &Path, boot: &str, spooled: Option<Vec<u8>>) -> Option<Self> {
         let spooled = spooled
             .and_then(|bytes| serde_json::from_slice::<Self>(&bytes).ok())
             .filter(|b| b.boot == boot);
-        match (Self::load_file(state_dir, boot), spooled) {
+        let newest = match (Self::load_file(state_dir, boot), spooled) {
             (Some(file), Some(spooled)) if spooled.report > file.report => Some(spooled),
             (file, spooled) => file.or(spooled),
-        }
+        };
+        newest.filter(|b| !b.closed)
     }
 
     /// Its bytes, as the state directory and the spool keep them.
@@ -111,13 +116,21 @@ impl Baseline {
             .with_context(|| format!("writing {}", path.display()))
     }
 
-    /// Forgets the baseline: everything counted is reported.
-    pub fn remove(state_dir: &Path) {
-        let path = path(state_dir);
-        if let Err(e) = std::fs::remove_file(&path)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            warn!("cannot remove {}: {e}", path.display());
+    /// Closes the books at a graceful stop: everything counted up to report `last` is
+    /// reported, so no successor continues from these readings, nor from those spooled
+    /// with reports up to `last` that still wait for the broker.
+    pub fn close(state_dir: &Path, last: u64, boot: &str) {
+        let closed = Self {
+            report: last,
+            boot: boot.to_owned(),
+            closed: true,
+            ..Self::default()
+        };
+        if let Err(err) = closed.save(state_dir) {
+            warn!(
+                "{err:#}; a tern started next may report the kernel's own counts since the \
+                 last report again"
+            );
         }
     }
 }
@@ -157,7 +170,14 @@ mod tests {
             Some(baseline(5, "b1"))
         );
         assert_eq!(Baseline::load(&dir, "b2", spooled(9, "b1")), None);
-        Baseline::remove(&dir);
+        // A graceful stop after report 9: what is spooled up to it is no longer continued.
+        Baseline::close(&dir, 9, "b1");
+        assert_eq!(Baseline::load(&dir, "b1", spooled(9, "b1")), None);
+        assert_eq!(
+            Baseline::load(&dir, "b1", spooled(10, "b1")),
+            Some(baseline(10, "b1"))
+        );
+        std::fs::remove_file(path(&dir)).unwrap();
         assert_eq!(
             Baseline::load(&dir, "b1", spooled(2, "b1")),
             Some(baseline(2, "b1"))
