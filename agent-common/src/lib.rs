@@ -152,7 +152,8 @@ pub mod sockets {
 
     /// Where `sock:inet_sock_set_state` keeps each field, read from its format file at
     /// start, and where `struct sock` keeps its namespace, from the kernel's BTF or the
-    /// layout every kernel shares.
+    /// layout every kernel shares. The `sk_*` members of the socket, from the BTF, are what
+    /// the raw tracepoint reads; they are set only where it is attached.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct SockStateOffsets {
@@ -173,6 +174,19 @@ pub mod sockets {
         /// The size of the kernel's pointers and longs (kprobe arguments): 4 on a 32-bit
         /// kernel, else 8 (0, unset, reads as 8).
         pub pointer_size: u32,
+        pub sk_daddr: u32,
+        /// `inet_saddr` and `inet_sport` of `struct inet_sock`, which the tracepoint's record
+        /// takes: a socket's bound port (`skc_num`) is cleared before its last change is
+        /// traced.
+        pub sk_saddr: u32,
+        /// In network order, as `sk_dport`.
+        pub sk_sport: u32,
+        pub sk_dport: u32,
+        pub sk_family: u32,
+        /// A whole 16-bit member (Linux 5.6 on; a bitfield before).
+        pub sk_protocol: u32,
+        pub sk_v6_daddr: u32,
+        pub sk_v6_rcv_saddr: u32,
     }
 
     #[cfg(feature = "user")]
@@ -334,6 +348,7 @@ pub mod names {
     pub const TC_INGRESS: &str = "p00";
     pub const TC_EGRESS: &str = "p01";
     pub const INET_SOCK_SET_STATE: &str = "p02";
+    pub const INET_SOCK_SET_STATE_RAW: &str = "p18";
     pub const TCP_SOCK_OPS: &str = "p03";
     pub const UDP_POST_BIND4: &str = "p04";
     pub const UDP_POST_BIND6: &str = "p05";
@@ -366,6 +381,11 @@ pub mod names {
             INET_SOCK_SET_STATE,
             "tcp.rs",
             "follows TCP sockets' states (tracepoint sock:inet_sock_set_state)",
+        ),
+        (
+            INET_SOCK_SET_STATE_RAW,
+            "tcp.rs",
+            "follows TCP sockets' states where the BTF describes struct sock (raw tracepoint inet_sock_set_state)",
         ),
         (
             TCP_SOCK_OPS,

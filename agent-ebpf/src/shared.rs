@@ -21,8 +21,9 @@ use tern_common::{
 
 use crate::trouble::{Trouble, report};
 
-/// Where `sock:inet_sock_set_state` keeps its fields and `struct sock` its namespace cookie;
-/// user space reads them from the tracepoint's format and the BTF.
+/// Where `sock:inet_sock_set_state` keeps its fields and `struct sock` its namespace and the
+/// members the raw tracepoint reads; user space reads them from the tracepoint's format and
+/// the BTF.
 #[unsafe(no_mangle)]
 static SOCK_STATE_OFFSETS: SockStateOffsets = SockStateOffsets {
     skaddr: 0,
@@ -38,6 +39,14 @@ static SOCK_STATE_OFFSETS: SockStateOffsets = SockStateOffsets {
     daddr_v6: 0,
     sock_net: 0,
     pointer_size: 0,
+    sk_daddr: 0,
+    sk_saddr: 0,
+    sk_sport: 0,
+    sk_dport: 0,
+    sk_family: 0,
+    sk_protocol: 0,
+    sk_v6_daddr: 0,
+    sk_v6_rcv_saddr: 0,
 };
 
 #[map(name = "m11")]

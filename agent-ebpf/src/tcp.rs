@@ -7,6 +7,12 @@
 //! Its field offsets and the offset of the namespace in `struct sock` come from user space
 //! (`SOCK_STATE_OFFSETS`), which reads them from the tracepoint's format and the BTF.
 //!
+//! Where the BTF describes `struct sock`, the same tracepoint is followed raw instead: the
+//! program reads the socket itself, and the kernel skips it only when it is already running
+//! on that CPU. A tracepoint program is skipped whenever any tracing program, or a map
+//! access from user space (tern's own reads at each report among them), is under way on
+//! its CPU: every state change of a softirq that interrupts one would be lost.
+//!
 //! Where tracepoint programs cannot run, a sock_ops program on the cgroup-v2 root stands in
 //! (never both: each would count every socket). It is called as a socket connects, is
 //! established or listens, and asks then for that socket's state changes, which give its
@@ -22,10 +28,10 @@ use aya_ebpf::{
         BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_CLOSE,
         BPF_TCP_ESTABLISHED, BPF_TCP_LISTEN, BPF_TCP_SYN_SENT,
     },
-    helpers::bpf_get_netns_cookie,
-    macros::{map, sock_ops, tracepoint},
+    helpers::{bpf_get_netns_cookie, bpf_probe_read_kernel},
+    macros::{map, raw_tracepoint, sock_ops, tracepoint},
     maps::HashMap,
-    programs::{SockOpsContext, TracePointContext},
+    programs::{RawTracePointContext, SockOpsContext, TracePointContext},
 };
 use tern_common::{
     counters::Counter,
@@ -161,6 +167,65 @@ fn on_state_change(ctx: &TracePointContext) -> Option<()> {
     }
     record(&mut sock, change);
     Some(())
+}
+
+/// `names::INET_SOCK_SET_STATE_RAW`: follows TCP sockets' states where the BTF describes struct sock (raw tracepoint inet_sock_set_state).
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn p18(ctx: RawTracePointContext) -> u32 {
+    let _ = on_raw_state_change(&ctx);
+    0
+}
+
+/// The raw tracepoint's arguments are the socket and its old and new states; the socket's
+/// members read are those the tracepoint's record takes.
+#[inline(always)]
+fn on_raw_state_change(ctx: &RawTracePointContext) -> Option<()> {
+    let sk: u64 = ctx.arg(0);
+    let old: u64 = ctx.arg(1);
+    let new: u64 = ctx.arg(2);
+    let change = change(old as u32, new as u32)?;
+    let offsets = sock_state_offsets();
+    let protocol: u16 = member(sk, offsets.sk_protocol)?;
+    if protocol != IPPROTO_TCP {
+        return None;
+    }
+    let netns = sock_netns_of(sk, &offsets);
+    if !followed(FOLLOWED_BY_ADDRESS, netns) {
+        return None;
+    }
+    let family: u16 = member(sk, offsets.sk_family)?;
+    let mut sock = TcpSock {
+        netns,
+        family,
+        local_port: u16::from_be(member(sk, offsets.sk_sport)?),
+        remote_port: u16::from_be(member(sk, offsets.sk_dport)?),
+        ..TcpSock::default()
+    };
+    if family == AF_INET {
+        let local: [u8; 4] = member(sk, offsets.sk_saddr)?;
+        let remote: [u8; 4] = member(sk, offsets.sk_daddr)?;
+        sock.local_addr[..4].copy_from_slice(&local);
+        sock.remote_addr[..4].copy_from_slice(&remote);
+    } else if family == AF_INET6 {
+        sock.local_addr = member(sk, offsets.sk_v6_rcv_saddr)?;
+        sock.remote_addr = member(sk, offsets.sk_v6_daddr)?;
+    } else {
+        return None;
+    }
+    record(&mut sock, change);
+    Some(())
+}
+
+/// The member at `offset` of the socket at `sk`; a read that fails is reported.
+#[inline(always)]
+fn member<T>(sk: u64, offset: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one yields an error, not a
+    // fault.
+    let value = unsafe { bpf_probe_read_kernel((sk + u64::from(offset)) as *const T) }.ok();
+    if value.is_none() {
+        report(Trouble::StateSock);
+    }
+    value
 }
 
 /// Where the tracepoint cannot run. Returns 1: the operation goes on as it would without

@@ -39,6 +39,7 @@ pub(crate) enum Trouble {
     StateSaddrV6,
     StateDaddrV6,
     StateSkaddr,
+    StateSock,
     SockNetns,
     SkbNetns,
     ExecFilename,
@@ -112,6 +113,9 @@ impl Trouble {
             }
             Self::StateSkaddr => {
                 "cannot read field skaddr of sock:inet_sock_set_state: a socket's namespace is unknown"
+            }
+            Self::StateSock => {
+                "cannot read the socket of a TCP state change: a TCP state change is missed"
             }
             Self::SockNetns => "cannot read the namespace of a socket",
             Self::SkbNetns => "cannot read the namespace of a packet's device",

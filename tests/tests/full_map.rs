@@ -177,7 +177,7 @@ fn full_map(launch: Launch) {
     let (tern, lines) = Tern::start_launched(&ns, launch, &["--interval", "2"]);
     let source = match launch {
         Launch::DenyPerfEvents => "tcp:sock_ops",
-        _ => "tcp:tracepoint",
+        _ => "tcp:raw_tracepoint",
     };
     assert!(
         lines.iter().any(|l| l.contains(source)),

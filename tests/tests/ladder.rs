@@ -182,7 +182,7 @@ fn under_ip_netns_exec_tern_mounts_what_it_needs_for_itself_alone() {
     let report = reports.last().expect("a report");
     let sources = sources(report);
     assert!(
-        sources.contains("tcp:tracepoint") && sources.contains("udp:cgroup_hooks"),
+        sources.contains("tcp:raw_tracepoint") && sources.contains("udp:cgroup_hooks"),
         "{sources:?}"
     );
     assert_eq!(
@@ -343,7 +343,9 @@ fn without_tracepoints_the_sock_ops_program_follows_tcp_beside_a_busy_namespace(
     );
     let sources = sources(report);
     assert!(
-        sources.contains("tcp:sock_ops") && !sources.contains("tcp:tracepoint"),
+        sources.contains("tcp:sock_ops")
+            && !sources.contains("tcp:tracepoint")
+            && !sources.contains("tcp:raw_tracepoint"),
         "{sources:?}"
     );
     for (name, made) in [

@@ -115,8 +115,8 @@ impl Ladder {
                 why(traffic)
             )
         });
-        if ok(tracepoint) {
-            ladder.sources.push("tcp:tracepoint".to_owned());
+        if let Some(Ok(kind)) = tracepoint {
+            ladder.sources.push(format!("tcp:{kind}"));
         } else if ok(hooks) {
             ladder.sources.push("tcp:sock_ops".to_owned());
             warn!(
@@ -305,7 +305,7 @@ mod tests {
     fn attached(tracepoint: Outcome, hooks: Option<Outcome>) -> Attached {
         Attached {
             traffic: Ok(()),
-            tcp: tracepoint,
+            tcp: tracepoint.map(|()| "tracepoint"),
             tcp_hooks: hooks,
             udp: Ok(()),
             signals: [

@@ -42,6 +42,7 @@ mod tests {
                 names::TC_INGRESS,
                 names::TC_EGRESS,
                 names::INET_SOCK_SET_STATE,
+                names::INET_SOCK_SET_STATE_RAW,
                 names::TCP_SOCK_OPS,
                 names::UDP_POST_BIND4,
                 names::UDP_POST_BIND6,

@@ -63,7 +63,15 @@ pub enum SockNet {
     Layout,
 }
 
-pub fn read() -> Result<(SockStateOffsets, SockNet)> {
+/// What the TCP state programs read, and where the namespace offset came from. `raw`: the
+/// BTF gave every member of `struct sock` the raw tracepoint reads.
+pub struct SockState {
+    pub offsets: SockStateOffsets,
+    pub sock_net: SockNet,
+    pub raw: bool,
+}
+
+pub fn read() -> Result<SockState> {
     let text = tracepoint_format(SET_STATE).context(
         "the tracepoint sock:inet_sock_set_state is not visible: mount tracefs \
          (mount -t tracefs nodev /sys/kernel/tracing); it needs Linux 4.16 or later",
@@ -71,10 +79,12 @@ pub fn read() -> Result<(SockStateOffsets, SockNet)> {
     let mut offsets =
         tracepoint_offsets(&text).context("unexpected format of sock:inet_sock_set_state")?;
     offsets.pointer_size = field_size(&text, "skaddr").unwrap_or_else(pointer_size);
-    let from_btf = fs::read(VMLINUX_BTF)
-        .map_err(anyhow::Error::from)
-        .and_then(|btf| member_offset(&btf, "sock_common", "skc_net"));
-    let found = match from_btf {
+    let btf = fs::read(VMLINUX_BTF).map_err(anyhow::Error::from);
+    let from_btf = btf
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .and_then(|btf| member_offset(btf, "sock_common", "skc_net"));
+    let sock_net = match from_btf {
         Ok(sock_net) => {
             offsets.sock_net = sock_net;
             SockNet::Btf
@@ -85,7 +95,52 @@ pub fn read() -> Result<(SockStateOffsets, SockNet)> {
             SockNet::Layout
         }
     };
-    Ok((offsets, found))
+    let raw = match btf.and_then(|btf| sock_members(&btf, &mut offsets)) {
+        Ok(()) => true,
+        Err(err) => {
+            debug!("the raw tracepoint cannot read struct sock: {err:#}");
+            false
+        }
+    };
+    Ok(SockState {
+        offsets,
+        sock_net,
+        raw,
+    })
+}
+
+/// Fills the members of `struct sock` the raw tracepoint reads. The IPv6 addresses are
+/// absent from a kernel without IPv6, which has no IPv6 socket to read them from.
+fn sock_members(btf: &[u8], offsets: &mut SockStateOffsets) -> Result<()> {
+    let types = Btf::parse(btf)?;
+    let member = |name: &str, member: &str| -> Result<Member> {
+        let id = types
+            .struct_named(name)
+            .with_context(|| format!("no struct {name}"))?;
+        types
+            .find_member(id, member, 0)?
+            .with_context(|| format!("struct {name} has no member {member}"))
+    };
+    // The members of struct sock_common are the socket's own from where it sits in sock.
+    let common = member("sock", "__sk_common")?.offset;
+    let of_common = |name: &str| member("sock_common", name).map(|m| common + m.offset);
+    let protocol = member("sock", "sk_protocol")?;
+    if !types.whole_u16(&protocol)? {
+        bail!("sk_protocol is not a whole 16-bit member (a bitfield before Linux 5.6)");
+    }
+    offsets.sk_protocol = protocol.offset;
+    // struct inet_sock opens with its struct sock.
+    if member("inet_sock", "sk")?.offset != 0 {
+        bail!("struct inet_sock does not open with its struct sock");
+    }
+    offsets.sk_saddr = member("inet_sock", "inet_saddr")?.offset;
+    offsets.sk_sport = member("inet_sock", "inet_sport")?.offset;
+    offsets.sk_daddr = of_common("skc_daddr")?;
+    offsets.sk_dport = of_common("skc_dport")?;
+    offsets.sk_family = of_common("skc_family")?;
+    offsets.sk_v6_daddr = of_common("skc_v6_daddr").unwrap_or(0);
+    offsets.sk_v6_rcv_saddr = of_common("skc_v6_rcv_saddr").unwrap_or(0);
+    Ok(())
 }
 
 /// The tracepoints of resets sent and ICMP errors sent, "category/name".
@@ -189,9 +244,20 @@ fn member_offset(btf: &[u8], name: &str, member: &str) -> Result<u32> {
         .with_context(|| format!("no struct {name}"))?;
     types
         .find_member(id, member, 0)?
+        .map(|m| m.offset)
         .with_context(|| format!("struct {name} has no member {member}"))
 }
 
+/// A member of a struct, as the BTF places it.
+struct Member {
+    /// In bytes, from the start of the outermost struct searched.
+    offset: u32,
+    type_id: u32,
+    /// The width of a bitfield member; 0 for a whole one.
+    bits: u32,
+}
+
+const BTF_KIND_INT: u32 = 1;
 const BTF_KIND_STRUCT: u32 = 4;
 const BTF_KIND_UNION: u32 = 5;
 const BTF_KIND_TYPEDEF: u32 = 8;
@@ -269,22 +335,31 @@ impl<'a> Btf<'a> {
         })
     }
 
-    /// Offset of `member` within struct or union `id`, which itself sits at `base`.
-    fn find_member(&self, id: u32, member: &str, base: u32) -> Result<Option<u32>> {
+    /// `member` of struct or union `id`, which itself sits at `base`.
+    fn find_member(&self, id: u32, member: &str, base: u32) -> Result<Option<Member>> {
         let (start, _) = self.kind(id)?;
         let info = self.u32(start + 4)?;
         let vlen = (info & 0xffff) as usize;
         let kind_flag = info >> 31 == 1;
         for i in 0..vlen {
             let m = start + 12 + i * 12;
-            let bits = self.u32(m + 8)?;
-            let offset = base + if kind_flag { bits & 0x00ff_ffff } else { bits } / 8;
+            let placed = self.u32(m + 8)?;
+            let (bit_offset, bits) = match kind_flag {
+                true => (placed & 0x00ff_ffff, placed >> 24),
+                false => (placed, 0),
+            };
+            let offset = base + bit_offset / 8;
             let name = self.string(self.u32(m)?);
+            let type_id = self.u32(m + 4)?;
             if name == member.as_bytes() {
-                return Ok(Some(offset));
+                return Ok(Some(Member {
+                    offset,
+                    type_id,
+                    bits,
+                }));
             }
             if name.is_empty() {
-                let inner = self.resolve(self.u32(m + 4)?)?;
+                let inner = self.resolve(type_id)?;
                 if matches!(self.kind(inner)?.1, BTF_KIND_STRUCT | BTF_KIND_UNION)
                     && let Some(found) = self.find_member(inner, member, offset)?
                 {
@@ -293,6 +368,18 @@ impl<'a> Btf<'a> {
             }
         }
         Ok(None)
+    }
+
+    /// Whether `member` is a whole 16-bit integer: not a bitfield, by the member's own
+    /// width or (older BTF) by its integer type's.
+    fn whole_u16(&self, member: &Member) -> Result<bool> {
+        let (start, kind) = self.kind(self.resolve(member.type_id)?)?;
+        if kind != BTF_KIND_INT || self.u32(start + 8)? != 2 {
+            return Ok(false);
+        }
+        let encoding = self.u32(start + 12)?;
+        let (int_offset, int_bits) = ((encoding >> 16) & 0xff, encoding & 0xff);
+        Ok(matches!(member.bits, 0 | 16) && int_offset == 0 && int_bits == 16)
     }
 
     /// Follows typedefs and qualifiers to the type they name.
@@ -382,6 +469,36 @@ format:
             member_offset(&btf, "sock_common", "skc_net").unwrap(),
             skc_net_by_layout(size_of::<usize>() as u32)
         );
+    }
+
+    #[test]
+    fn the_raw_tracepoint_reads_struct_sock_where_this_kernels_btf_places_it() {
+        let btf = fs::read(VMLINUX_BTF).expect("this machine's kernel has BTF");
+        let mut offsets = SockStateOffsets::default();
+        sock_members(&btf, &mut offsets).unwrap();
+        // struct sock_common opens struct sock: the two IPv4 addresses, a hash, the two
+        // ports and the family, the same on every kernel since 4.x.
+        assert_eq!(
+            (offsets.sk_daddr, offsets.sk_dport, offsets.sk_family),
+            (0, 12, 16)
+        );
+        assert!(offsets.sk_v6_daddr > offsets.sk_family);
+        assert_eq!(offsets.sk_v6_rcv_saddr, offsets.sk_v6_daddr + 16);
+        assert!(offsets.sk_protocol > offsets.sk_v6_rcv_saddr);
+        // struct inet_sock's own members follow its struct sock.
+        assert!(offsets.sk_saddr > offsets.sk_protocol);
+        assert!(offsets.sk_sport > offsets.sk_protocol);
+        let types = Btf::parse(&btf).unwrap();
+        let sock = types.struct_named("sock").unwrap();
+        let whole = |name: &str| {
+            let member = types.find_member(sock, name, 0).unwrap().unwrap();
+            types.whole_u16(&member).unwrap()
+        };
+        assert!(whole("sk_protocol"));
+        // sk_type is 16 bits too; sk_rcvbuf is an int.
+        assert!(whole("sk_type"));
+        assert!(!whole("sk_rcvbuf"));
+        assert!(sock_members(&btf[..10], &mut offsets).is_err());
     }
 
     #[test]

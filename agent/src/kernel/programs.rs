@@ -2,8 +2,9 @@
 // (`Attached`), which the capability ladder reads as a whole.
 //! Kernel programs: loads tern's eBPF object (`object`), attaches the traffic counters to
 //! TC ingress and egress of every interface tern counts (following interfaces as they come
-//! and go), the TCP state tracepoint (else the TCP sock_ops program), the signals'
-//! tracepoints, and the UDP socket hooks on the cgroup-v2 root. Reads no map itself.
+//! and go), the TCP state tracepoint, raw where the BTF allows (else the TCP sock_ops
+//! program), the signals' tracepoints, and the UDP socket hooks on the cgroup-v2 root.
+//! Reads no map itself.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -17,7 +18,7 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{
         CgroupAttachMode, CgroupSock, CgroupSockAddr, KProbe, ProgramError, ProgramType,
-        SchedClassifier, SockOps, TracePoint, kprobe::KProbeLinkId,
+        RawTracePoint, SchedClassifier, SockOps, TracePoint, kprobe::KProbeLinkId,
     },
     sys::is_program_supported,
     util::KernelVersion,
@@ -142,8 +143,9 @@ pub type Outcome = Result<(), String>;
 pub struct Attached {
     /// The TC programs loaded (they attach per interface as interfaces come).
     pub traffic: Outcome,
-    /// The TCP state tracepoint.
-    pub tcp: Outcome,
+    /// The TCP state tracepoint: the kind of program following it ("raw_tracepoint",
+    /// "tracepoint"), or why none does.
+    pub tcp: Result<&'static str, String>,
     /// The TCP sock_ops program on the cgroup-v2 root, tried only where the tracepoint could
     /// not be attached (both would count every socket twice); None where it was not tried.
     pub tcp_hooks: Option<Outcome>,
@@ -179,11 +181,11 @@ impl Programs {
                 pointer_size: super::offsets::pointer_size(),
                 ..SockStateOffsets::default()
             },
-            |(offsets, _)| *offsets,
+            |state| state.offsets,
         );
         let btf = sock_state
             .as_ref()
-            .is_ok_and(|(_, found)| *found == SockNet::Btf);
+            .is_ok_and(|state| state.sock_net == SockNet::Btf);
         let signals = super::offsets::read_signals();
         let record_connections = u32::from(options.record_connections);
         let mut loader = EbpfLoader::new();
@@ -210,10 +212,7 @@ impl Programs {
                 Ok(())
             })
             .map_err(|e| format!("{e:#}"));
-        let tcp = sock_state.and_then(|_| {
-            attach_tracepoint(&mut ebpf, names::INET_SOCK_SET_STATE, SET_STATE)
-                .map_err(|e| format!("{e:#}"))
-        });
+        let tcp = sock_state.and_then(|state| attach_tcp(&mut ebpf, state.raw));
         let tcp_hooks = tcp
             .is_err()
             .then(|| attach_tcp_hooks(&mut ebpf).map_err(|e| format!("{e:#}")));
@@ -602,6 +601,37 @@ fn attach_kprobe(ebpf: &mut Ebpf, name_of_program: &str, function: &str) -> Resu
 }
 
 /// Loads program `name_of_program` and attaches it to tracepoint `event` ("category/name").
+/// Follows TCP state changes with the raw tracepoint where the BTF lets it read the socket,
+/// else (or where the kernel refuses it) with the tracepoint.
+fn attach_tcp(ebpf: &mut Ebpf, raw: bool) -> Result<&'static str, String> {
+    if raw {
+        let attached =
+            program::<RawTracePoint>(ebpf, names::INET_SOCK_SET_STATE_RAW).and_then(|program| {
+                program.load().with_context(|| {
+                    format!(
+                        "the kernel refused program {}",
+                        names::INET_SOCK_SET_STATE_RAW
+                    )
+                })?;
+                program
+                    .attach(
+                        SET_STATE
+                            .split_once('/')
+                            .map_or(SET_STATE, |(_, name)| name),
+                    )
+                    .context("attaching to the raw tracepoint inet_sock_set_state")?;
+                Ok(())
+            });
+        match attached {
+            Ok(()) => return Ok("raw_tracepoint"),
+            Err(err) => debug!("{err:#}; following TCP states with the tracepoint"),
+        }
+    }
+    attach_tracepoint(ebpf, names::INET_SOCK_SET_STATE, SET_STATE)
+        .map(|()| "tracepoint")
+        .map_err(|e| format!("{e:#}"))
+}
+
 fn attach_tracepoint(ebpf: &mut Ebpf, name_of_program: &str, event: &str) -> Result<()> {
     let (category, name) = event
         .split_once('/')

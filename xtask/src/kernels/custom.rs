@@ -250,11 +250,18 @@ fn sources(s: &Sections, reports: &[Value]) -> Vec<String> {
     let expected = [
         ("cls_bpf", "traffic:tc"),
         ("cgroup2", "udp:cgroup_hooks"),
-        ("sock/inet_sock_set_state", "tcp:tracepoint"),
         ("tcp/tcp_retransmit_skb", "tcp_retransmit_skb:tracepoint"),
         ("sched/sched_process_exec", "sched_process_exec:tracepoint"),
     ];
-    for (feature, source) in expected {
+    // The TCP state tracepoint is followed raw where the BTF describes struct sock.
+    let tcp = match features.contains("btf") {
+        true => "tcp:raw_tracepoint",
+        false => "tcp:tracepoint",
+    };
+    for (feature, source) in expected
+        .into_iter()
+        .chain([("sock/inet_sock_set_state", tcp)])
+    {
         if features.contains(feature) && !used.contains(source) {
             differs.push(format!(
                 "{feature} is there but {source} not in use: {used:?}"
