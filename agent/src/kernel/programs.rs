@@ -8,8 +8,8 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    fs::File,
-    os::fd::AsFd,
+    fs::{self, File},
+    os::fd::{AsFd, AsRawFd},
     path::Path,
 };
 
@@ -17,7 +17,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, KProbe, ProgramError, ProgramType,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, KProbe, Program, ProgramError, ProgramType,
         RawTracePoint, SchedClassifier, SockOps, TracePoint, kprobe::KProbeLinkId,
     },
     sys::is_program_supported,
@@ -348,6 +348,28 @@ impl Programs {
         self.gone.clear();
     }
 
+    /// How many runs of tern's tracing programs the kernel skipped since they were loaded,
+    /// by its own count (`recursion_misses` in each program's fdinfo, Linux 5.12 on; 0
+    /// before): each skipped run is an event not counted.
+    pub fn skipped(&self) -> u64 {
+        let Some(ebpf) = &self.ebpf else {
+            return 0;
+        };
+        ebpf.programs()
+            .filter(|(_, program)| {
+                matches!(
+                    program,
+                    Program::TracePoint(_) | Program::RawTracePoint(_) | Program::KProbe(_)
+                )
+            })
+            .filter_map(|(_, program)| program.fd().ok())
+            .filter_map(|fd| {
+                let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+                recursion_misses(&fs::read_to_string(path).ok()?)
+            })
+            .sum()
+    }
+
     pub fn counted_names(&self) -> Vec<&str> {
         let mut names: Vec<_> = self.attached.values().map(|a| a.name.as_str()).collect();
         names.sort_unstable();
@@ -601,6 +623,14 @@ fn attach_kprobe(ebpf: &mut Ebpf, name_of_program: &str, function: &str) -> Resu
 }
 
 /// Loads program `name_of_program` and attaches it to tracepoint `event` ("category/name").
+/// The `recursion_misses` line of a program's fdinfo.
+fn recursion_misses(fdinfo: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("recursion_misses:"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
 /// Follows TCP state changes with the raw tracepoint where the BTF lets it read the socket,
 /// else (or where the kernel refuses it) with the tracepoint.
 fn attach_tcp(ebpf: &mut Ebpf, raw: bool) -> Result<&'static str, String> {
@@ -740,7 +770,19 @@ fn attach_udp_hooks(ebpf: &mut Ebpf) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::verdict;
+    use super::{recursion_misses, verdict};
+
+    #[test]
+    fn the_kernels_count_of_skipped_runs_is_read_from_a_programs_fdinfo() {
+        let fdinfo = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t2077\nprog_type:\t17\n\
+                      prog_jited:\t1\nprog_tag:\t074fbb98b1e67510\nmemlock:\t4096\n\
+                      prog_id:\t33095\nrun_time_ns:\t0\nrun_cnt:\t0\n\
+                      recursion_misses:\t178\nverified_insns:\t412\n";
+        assert_eq!(recursion_misses(fdinfo), Some(178));
+        // Before Linux 5.12 the kernel kept no such count.
+        let old = fdinfo.replace("recursion_misses:\t178\n", "");
+        assert_eq!(recursion_misses(&old), None);
+    }
 
     #[test]
     fn a_refusal_is_said_by_the_verifiers_verdict() {
