@@ -58,10 +58,8 @@ fn take<K: Pod, V: Pod>(
     netns: Option<u64>,
     netns_of: impl Fn(&K) -> u64,
 ) -> Vec<K> {
-    for key in &past {
-        // Already gone is fine: nothing else deletes, so it is not lost either.
-        let _ = set.remove(key);
-    }
+    // Already gone is fine: nothing else deletes, so it is not lost either.
+    batch::delete(set, &past);
     past.retain(|k| followed(netns, netns_of(k)));
     past
 }
