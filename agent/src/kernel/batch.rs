@@ -41,14 +41,7 @@ struct BatchAttr {
 
 /// Every entry of `map`, in the kernel's order.
 pub fn entries<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>) -> Result<Vec<(K, V)>, MapError> {
-    in_chunks(map, CHUNK)
-}
-
-fn in_chunks<K: Pod, V: Pod>(
-    map: &HashMap<MapData, K, V>,
-    chunk: usize,
-) -> Result<Vec<(K, V)>, MapError> {
-    match batched(map, chunk) {
+    match batched(map, CHUNK) {
         Ok(entries) => Ok(entries),
         Err(err) if unsupported(&err) => {
             static TOLD: AtomicBool = AtomicBool::new(false);
