@@ -9,6 +9,8 @@ use aya::{
 };
 use tern_common::sockets::{Seen, TcpSock};
 
+use crate::kernel::batch;
+
 /// Whether a socket of namespace `netns` is reported when following `own` (None: every
 /// namespace). The user-space half of the kernel programs' `followed`.
 pub fn followed(own: Option<u64>, netns: u64) -> bool {
@@ -22,13 +24,7 @@ pub fn drain_seen(
     epoch: u32,
     netns: Option<u64>,
 ) -> Result<Vec<Seen>> {
-    let mut past = Vec::new();
-    for key in set.keys() {
-        let key = key.context("reading an interval set")?;
-        if key.epoch != epoch {
-            past.push(key);
-        }
-    }
+    let past = past(set, |key, _| key.epoch != epoch)?;
     Ok(take(set, past, netns, |s| s.netns))
 }
 
@@ -38,14 +34,21 @@ pub fn drain_connections(
     epoch: u32,
     netns: Option<u64>,
 ) -> Result<Vec<TcpSock>> {
-    let mut past = Vec::new();
-    for entry in set.iter() {
-        let (key, seen_in) = entry.context("reading an interval set")?;
-        if seen_in != epoch {
-            past.push(key);
-        }
-    }
+    let past = past(set, |_, seen_in| *seen_in != epoch)?;
     Ok(take(set, past, netns, |s| s.netns))
+}
+
+/// The keys of `set` whose entries `is_past` says are of past intervals.
+fn past<K: Pod, V: Pod>(
+    set: &HashMap<MapData, K, V>,
+    is_past: impl Fn(&K, &V) -> bool,
+) -> Result<Vec<K>> {
+    let entries = batch::entries(set).context("reading an interval set")?;
+    Ok(entries
+        .into_iter()
+        .filter(|(k, v)| is_past(k, v))
+        .map(|(k, _)| k)
+        .collect())
 }
 
 /// Deletes `past` from `set` and keeps the entries of the namespaces reported.
@@ -55,10 +58,8 @@ fn take<K: Pod, V: Pod>(
     netns: Option<u64>,
     netns_of: impl Fn(&K) -> u64,
 ) -> Vec<K> {
-    for key in &past {
-        // Already gone is fine: nothing else deletes, so it is not lost either.
-        let _ = set.remove(key);
-    }
+    // Already gone is fine: nothing else deletes, so it is not lost either.
+    batch::delete(set, &past);
     past.retain(|k| followed(netns, netns_of(k)));
     past
 }

@@ -27,7 +27,7 @@ use super::{
     seed, sets,
 };
 use crate::{
-    kernel::maps::TcpMaps,
+    kernel::{batch, maps::TcpMaps},
     report::{
         Connection, Connections, CustomMetric, Port, PortList, TcpConnections,
         catalog::{self, Metric},
@@ -238,13 +238,13 @@ impl TcpCollector {
             (&self.maps.listeners, "TCP_LISTENERS"),
             (&self.maps.socks, "TCP_SOCKS"),
         ] {
-            // Keys only: one syscall per socket instead of two.
-            for sock in map.keys() {
-                let sock = sock.with_context(|| format!("reading the {name} map"))?;
-                if sets::followed(self.netns, sock.netns) {
-                    held.push(sock);
-                }
-            }
+            let entries = batch::entries(map).with_context(|| format!("reading the {name} map"))?;
+            held.extend(
+                entries
+                    .into_iter()
+                    .map(|(sock, _)| sock)
+                    .filter(|sock| sets::followed(self.netns, sock.netns)),
+            );
         }
         Ok(held)
     }

@@ -12,7 +12,7 @@ use super::{
     sets,
 };
 use crate::{
-    kernel::maps::UdpMaps,
+    kernel::{batch, maps::UdpMaps},
     report::{
         CustomMetric, Port, PortList,
         catalog::{self, Metric},
@@ -64,8 +64,7 @@ impl UdpCollector {
     /// The ports of the bound sockets now, with their interfaces.
     fn current(&self, owners: &Owners) -> Result<BTreeSet<Port>> {
         let mut current = BTreeSet::new();
-        for entry in &self.maps.socks {
-            let (_, sock) = entry.context("reading the UDP_SOCKS map")?;
+        for (_, sock) in batch::entries(&self.maps.socks).context("reading the UDP_SOCKS map")? {
             if !sets::followed(self.netns, sock.netns) {
                 continue;
             }

@@ -121,6 +121,7 @@ const MAP_COMMANDS: &[u32] = &[
     3,  // BPF_MAP_DELETE_ELEM
     4,  // BPF_MAP_GET_NEXT_KEY
     24, // BPF_MAP_LOOKUP_BATCH
+    27, // BPF_MAP_DELETE_BATCH
 ];
 
 /// The main process: traced on 6.18 publishing over TLS and on stdout, built with glibc and
@@ -433,6 +434,8 @@ mod tests {
             &[
                 ("map lookup", libc::SYS_bpf, bpf(1), false),
                 ("map next key", libc::SYS_bpf, bpf(4), false),
+                ("map batch lookup", libc::SYS_bpf, bpf(24), false),
+                ("map batch delete", libc::SYS_bpf, bpf(27), false),
                 ("prog load", libc::SYS_bpf, bpf(5), true),
                 ("prog detach", libc::SYS_bpf, bpf(9), true),
                 ("link update", libc::SYS_bpf, bpf(29), true),
