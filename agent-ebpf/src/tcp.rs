@@ -177,7 +177,8 @@ pub fn p18(ctx: RawTracePointContext) -> u32 {
 }
 
 /// The raw tracepoint's arguments are the socket and its old and new states; the socket's
-/// members read are those the tracepoint's record takes.
+/// members read are those the tracepoint's record takes, in as few reads as their layout
+/// allows (user space checked it): each read is a helper call.
 #[inline(always)]
 fn on_raw_state_change(ctx: &RawTracePointContext) -> Option<()> {
     let sk: u64 = ctx.arg(0);
@@ -193,27 +194,45 @@ fn on_raw_state_change(ctx: &RawTracePointContext) -> Option<()> {
     if !followed(FOLLOWED_BY_ADDRESS, netns) {
         return None;
     }
-    let family: u16 = member(sk, offsets.sk_family)?;
+    let head: SockHead = member(sk, 0)?;
+    let inet: [u8; 12] = member(sk, offsets.sk_saddr)?;
+    // Where inet_sport follows inet_saddr: 6 bytes on, or 8 where a field sits between.
+    let sport = match offsets.sk_sport - offsets.sk_saddr {
+        6 => [inet[6], inet[7]],
+        _ => [inet[8], inet[9]],
+    };
     let mut sock = TcpSock {
         netns,
-        family,
-        local_port: u16::from_be(member(sk, offsets.sk_sport)?),
-        remote_port: u16::from_be(member(sk, offsets.sk_dport)?),
+        family: head.family,
+        local_port: u16::from_be_bytes(sport),
+        remote_port: u16::from_be(head.dport),
         ..TcpSock::default()
     };
-    if family == AF_INET {
-        let local: [u8; 4] = member(sk, offsets.sk_saddr)?;
-        let remote: [u8; 4] = member(sk, offsets.sk_daddr)?;
-        sock.local_addr[..4].copy_from_slice(&local);
-        sock.remote_addr[..4].copy_from_slice(&remote);
-    } else if family == AF_INET6 {
-        sock.local_addr = member(sk, offsets.sk_v6_rcv_saddr)?;
-        sock.remote_addr = member(sk, offsets.sk_v6_daddr)?;
+    if head.family == AF_INET {
+        sock.local_addr[..4].copy_from_slice(&inet[..4]);
+        sock.remote_addr[..4].copy_from_slice(&head.daddr);
+    } else if head.family == AF_INET6 {
+        let [remote, local]: [[u8; 16]; 2] = member(sk, offsets.sk_v6_daddr)?;
+        sock.local_addr = local;
+        sock.remote_addr = remote;
     } else {
         return None;
     }
     record(&mut sock, change);
     Some(())
+}
+
+/// The start of `struct sock_common`, which opens every socket: the same from Linux 4.x on.
+#[repr(C)]
+struct SockHead {
+    daddr: [u8; 4],
+    /// skc_rcv_saddr and skc_hash.
+    _between: [u8; 8],
+    /// In network order.
+    dport: u16,
+    /// skc_num, cleared before a socket's last change is traced: inet_sport is read instead.
+    _num: u16,
+    family: u16,
 }
 
 /// The member at `offset` of the socket at `sk`; a read that fails is reported.
