@@ -195,11 +195,19 @@ fn on_raw_state_change(ctx: &RawTracePointContext) -> Option<()> {
         return None;
     }
     let head: SockHead = member(sk, 0)?;
-    let inet: [u8; 12] = member(sk, offsets.sk_saddr)?;
-    // Where inet_sport follows inet_saddr: 6 bytes on, or 8 where a field sits between.
+    let inet: [u8; 20] = member(sk, offsets.sk_saddr)?;
+    // inet_sport follows inet_saddr by an even 4 to 18 bytes (6 in Linux 6.12, 8 in 5.10,
+    // 16 in 6.1 on 64 bits). Each index a constant: a variable one into the stack is refused
+    // by older verifiers.
     let sport = match offsets.sk_sport - offsets.sk_saddr {
+        4 => [inet[4], inet[5]],
         6 => [inet[6], inet[7]],
-        _ => [inet[8], inet[9]],
+        8 => [inet[8], inet[9]],
+        10 => [inet[10], inet[11]],
+        12 => [inet[12], inet[13]],
+        14 => [inet[14], inet[15]],
+        16 => [inet[16], inet[17]],
+        _ => [inet[18], inet[19]],
     };
     let mut sock = TcpSock {
         netns,
