@@ -195,9 +195,9 @@ fn on_raw_state_change(ctx: &RawTracePointContext) -> Option<()> {
         return None;
     }
     let head: SockHead = member(sk, 0)?;
-    let inet: [u8; 20] = member(sk, offsets.sk_saddr)?;
-    // inet_sport follows inet_saddr by an even 4 to 18 bytes (6 in Linux 6.12, 8 in 5.10,
-    // 16 in 6.1 on 64 bits). Each index a constant: a variable one into the stack is refused
+    let inet: [u8; 24] = member(sk, offsets.sk_saddr)?;
+    // inet_sport follows inet_saddr by an even 4 to 22 bytes (6 in Linux 6.12, 8 in 5.10,
+    // 20 in 6.1 on 64 bits). Each index a constant: a variable one into the stack is refused
     // by older verifiers.
     let sport = match offsets.sk_sport - offsets.sk_saddr {
         4 => [inet[4], inet[5]],
@@ -207,7 +207,9 @@ fn on_raw_state_change(ctx: &RawTracePointContext) -> Option<()> {
         12 => [inet[12], inet[13]],
         14 => [inet[14], inet[15]],
         16 => [inet[16], inet[17]],
-        _ => [inet[18], inet[19]],
+        18 => [inet[18], inet[19]],
+        20 => [inet[20], inet[21]],
+        _ => [inet[22], inet[23]],
     };
     let mut sock = TcpSock {
         netns,

@@ -144,15 +144,15 @@ fn sock_members(btf: &[u8], offsets: &mut SockStateOffsets) -> Result<()> {
 }
 
 /// Whether the program can read the members as it does, a few at a time: the start of
-/// `struct sock_common` in one read, inet_saddr with inet_sport (an even 4 to 18 bytes on)
+/// `struct sock_common` in one read, inet_saddr with inet_sport (an even 4 to 22 bytes on)
 /// in another, and the two IPv6 addresses side by side in a third.
 fn raw_layout(offsets: &SockStateOffsets) -> Result<()> {
     if (offsets.sk_daddr, offsets.sk_dport, offsets.sk_family) != (0, 12, 16) {
         bail!("struct sock_common does not open with the addresses, ports and family");
     }
     let sport = offsets.sk_sport.checked_sub(offsets.sk_saddr);
-    if !sport.is_some_and(|delta| delta % 2 == 0 && (4..=18).contains(&delta)) {
-        bail!("inet_sport is not an even 4 to 18 bytes after inet_saddr");
+    if !sport.is_some_and(|delta| delta % 2 == 0 && (4..=22).contains(&delta)) {
+        bail!("inet_sport is not an even 4 to 22 bytes after inet_saddr");
     }
     if offsets.sk_v6_daddr != 0 && offsets.sk_v6_rcv_saddr != offsets.sk_v6_daddr + 16 {
         bail!("the two IPv6 addresses of struct sock_common are not side by side");
@@ -516,7 +516,7 @@ format:
         assert!(whole("sk_type"));
         assert!(!whole("sk_rcvbuf"));
         assert!(sock_members(&btf[..10], &mut offsets).is_err());
-        for (delta, readable) in [(2, false), (6, true), (8, true), (16, true), (20, false)] {
+        for (delta, readable) in [(2, false), (6, true), (8, true), (20, true), (24, false)] {
             let mut moved = offsets;
             moved.sk_sport = moved.sk_saddr + delta;
             assert_eq!(
