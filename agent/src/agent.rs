@@ -254,8 +254,6 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let mut lost = None;
     // Whether the last report's readings could not be kept: said once, not every interval.
     let mut baseline_failing = false;
-    // The kernel's count of runs it skipped, at the last report.
-    let mut skipped = programs.as_ref().map_or(0, Programs::skipped);
     // Whether a report went out; an error once no report can get anywhere again.
     let no_interfaces = HashSet::new();
     let mut report = |programs: &mut Option<Programs>| -> Result<bool> {
@@ -267,17 +265,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         };
         if let Some(programs) = programs.as_mut() {
             programs.clear_gone();
-            let now = programs.skipped();
-            if now > skipped {
-                warn!(
-                    "the kernel skipped {} runs of tern's tracing programs since the last \
-                     report (one of them was already running on that CPU, or, for a \
-                     tracepoint, another tracing program or a map access): this report's \
-                     TCP events and signals may be short by up to that many",
-                    now - skipped
-                );
-            }
-            skipped = now;
+            programs.say_skipped();
         }
         let id = ids.next();
         let connections = collected.tcp_connections.established_connections.total;

@@ -1,3 +1,5 @@
+// Over 400 lines: the socket scenarios share this file's churn, waits and readers of
+// reported ports; split, each part would repeat them.
 //! Listening ports, established connections and the interval's sockets, against `ss` and
 //! against the sockets the tests themselves open. tern runs in namespace `a`; its peer `b`
 //! is another namespace, whose sockets must never show up in `a`'s reports.

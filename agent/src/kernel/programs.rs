@@ -133,6 +133,8 @@ pub struct Programs {
     /// Interfaces counted since the last report that are gone: their last packets are still
     /// to be read.
     gone: HashSet<u32>,
+    /// The kernel's count of runs of tern's programs it skipped, when last said.
+    skipped: u64,
 }
 
 /// What a group of programs gives on this kernel: attached, or why not.
@@ -238,6 +240,7 @@ impl Programs {
             attached: HashMap::new(),
             ignored: HashSet::new(),
             gone: HashSet::new(),
+            skipped: 0,
         };
         let attached = Attached {
             traffic,
@@ -348,14 +351,15 @@ impl Programs {
         self.gone.clear();
     }
 
-    /// How many runs of tern's tracing programs the kernel skipped since they were loaded,
-    /// by its own count (`recursion_misses` in each program's fdinfo, Linux 5.12 on; 0
+    /// Says how many runs of tern's tracing programs the kernel skipped since the last time,
+    /// by its own count (`recursion_misses` in each program's fdinfo, Linux 5.12 on; none
     /// before): each skipped run is an event not counted.
-    pub fn skipped(&self) -> u64 {
+    pub fn say_skipped(&mut self) {
         let Some(ebpf) = &self.ebpf else {
-            return 0;
+            return;
         };
-        ebpf.programs()
+        let skipped: u64 = ebpf
+            .programs()
             .filter(|(_, program)| {
                 matches!(
                     program,
@@ -367,7 +371,17 @@ impl Programs {
                 let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
                 recursion_misses(&fs::read_to_string(path).ok()?)
             })
-            .sum()
+            .sum();
+        if skipped > self.skipped {
+            warn!(
+                "the kernel skipped {} runs of tern's tracing programs since the last report \
+                 (one of them was already running on that CPU, or, for a tracepoint, another \
+                 tracing program or a map access): this report's TCP events and signals may \
+                 be short by up to that many",
+                skipped - self.skipped
+            );
+        }
+        self.skipped = skipped;
     }
 
     pub fn counted_names(&self) -> Vec<&str> {
