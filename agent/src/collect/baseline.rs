@@ -91,6 +91,10 @@ impl Baseline {
                 return None;
             }
         };
+        // What a power loss leaves of a file written without a sync: nothing, or zeros.
+        if text.bytes().all(|b| b == 0) {
+            return None;
+        }
         match serde_json::from_str::<Self>(&text) {
             Ok(baseline) if baseline.boot == boot => Some(baseline),
             Ok(_) => None,
@@ -109,10 +113,12 @@ impl Baseline {
         }
     }
 
-    /// Keeps the baseline for a successor; a crash leaves the old one or the new one.
+    /// Keeps the baseline for a successor of this boot; a crash leaves the old one or the
+    /// new one.
     pub fn save(&self, state_dir: &Path) -> Result<()> {
         let path = path(state_dir);
-        durable::replace(&path, &self.to_bytes())
+        // Readings of another boot are never continued from: a power loss may lose these.
+        durable::replace_for_this_boot(&path, &self.to_bytes())
             .with_context(|| format!("writing {}", path.display()))
     }
 
@@ -185,6 +191,14 @@ mod tests {
         std::fs::write(path(&dir), "not json").unwrap();
         assert_eq!(Baseline::load(&dir, "b1", None), None);
         assert!(dir.join("baseline.corrupt").exists(), "set aside");
+        // What a power loss leaves of an unsynced file is no baseline, and nothing to set
+        // aside.
+        std::fs::remove_file(dir.join("baseline.corrupt")).unwrap();
+        for left in [&b""[..], &[0; 64][..]] {
+            std::fs::write(path(&dir), left).unwrap();
+            assert_eq!(Baseline::load(&dir, "b1", None), None);
+            assert!(!dir.join("baseline.corrupt").exists());
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

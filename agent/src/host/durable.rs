@@ -16,6 +16,19 @@ use std::{
 /// what it names. A write that fails (a full disk) removes its `*.tmp`: nothing empty or
 /// partial is left behind.
 pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_and_rename(path, bytes, true)
+}
+
+/// As `replace`, for a file that matters only until the machine stops: a process's crash
+/// leaves the old file or the new one (the rename is atomic in the page cache, which the
+/// crash does not take), and a power loss may leave either or the old one, which the next
+/// boot does not read anyway. Nothing is synced: no disk write waits, and flash is not worn
+/// at every report.
+pub fn replace_for_this_boot(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_and_rename(path, bytes, false)
+}
+
+fn write_and_rename(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     match fs::remove_file(&tmp) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -29,7 +42,7 @@ pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .open(&tmp)?;
     let written = file
         .write_all(bytes)
-        .and_then(|()| file.sync_all())
+        .and_then(|()| if sync { file.sync_all() } else { Ok(()) })
         .and_then(|()| fs::rename(&tmp, path));
     if let Err(e) = written {
         drop(file);
@@ -37,6 +50,9 @@ pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
         // next write to the same path.
         let _ = fs::remove_file(&tmp);
         return Err(e);
+    }
+    if !sync {
+        return Ok(());
     }
     let dir = path
         .parent()
@@ -66,6 +82,10 @@ mod tests {
         replace(&path, b"new").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"new");
         assert!(!dir.join("state.tmp").exists());
+        replace_for_this_boot(&path, b"newer").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"newer");
+        assert!(!dir.join("state.tmp").exists());
+        replace(&path, b"new").unwrap();
         let aside = set_aside(&path).unwrap();
         assert_eq!(aside, dir.join("state.corrupt"));
         assert_eq!(fs::read(&aside).unwrap(), b"new");
@@ -80,6 +100,9 @@ mod tests {
         fs::create_dir_all(dir.join("state")).unwrap();
         // The rename fails: a directory cannot be replaced by a file.
         let err = replace(&dir.join("state"), b"new").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::IsADirectory, "{err}");
+        assert!(!dir.join("state.tmp").exists());
+        let err = replace_for_this_boot(&dir.join("state"), b"new").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::IsADirectory, "{err}");
         assert!(!dir.join("state.tmp").exists());
         fs::remove_dir_all(&dir).unwrap();
