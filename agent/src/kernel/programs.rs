@@ -636,7 +636,6 @@ fn attach_kprobe(ebpf: &mut Ebpf, name_of_program: &str, function: &str) -> Resu
         .with_context(|| format!("cannot probe the kernel function {function}"))
 }
 
-/// Loads program `name_of_program` and attaches it to tracepoint `event` ("category/name").
 /// The `recursion_misses` line of a program's fdinfo.
 fn recursion_misses(fdinfo: &str) -> Option<u64> {
     fdinfo
@@ -676,6 +675,7 @@ fn attach_tcp(ebpf: &mut Ebpf, raw: bool) -> Result<&'static str, String> {
         .map_err(|e| format!("{e:#}"))
 }
 
+/// Loads program `name_of_program` and attaches it to tracepoint `event` ("category/name").
 fn attach_tracepoint(ebpf: &mut Ebpf, name_of_program: &str, event: &str) -> Result<()> {
     let (category, name) = event
         .split_once('/')
