@@ -310,6 +310,35 @@ pub mod counters {
     }
 }
 
+pub mod changes {
+    //! Which maps changed: per-CPU counts of the inserts and deletes that change a map's
+    //! keys, so that user space reads a map again only when it may have changed.
+
+    /// A map whose changes are counted, at its own index of `CHANGES`.
+    #[repr(u32)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Changed {
+        TcpListeners,
+        TcpSocks,
+        UdpSocks,
+        TcpListened,
+        UdpListened,
+        RemotesSeen,
+        ConnectionsSeen,
+        Contacted,
+        Executed,
+    }
+
+    impl Changed {
+        /// The map's length.
+        pub const COUNT: u32 = Changed::Executed as u32 + 1;
+
+        pub const fn index(self) -> u32 {
+            self as u32
+        }
+    }
+}
+
 pub mod names {
     //! The names user space finds the object's globals, maps and programs by. The kernel
     //! side cannot spell them with these constants (`#[map]`, `#[unsafe(no_mangle)]` and the
@@ -341,6 +370,7 @@ pub mod names {
     pub const EPOCH: &str = "m12";
     pub const FOLLOWED: &str = "m13";
     pub const TROUBLE_THROTTLE: &str = "m14";
+    pub const CHANGES: &str = "m15";
     /// The programs' own log: aya-log's ring buffer (read by aya-log, which names it so).
     pub const AYA_LOGS: &str = "AYA_LOGS";
 
@@ -516,6 +546,11 @@ pub mod names {
             TROUBLE_THROTTLE,
             "trouble.rs",
             "when each kind of trouble was last logged (per CPU)",
+        ),
+        (
+            CHANGES,
+            "shared.rs",
+            "how often each socket map and interval set changed (per CPU)",
         ),
     ];
 }

@@ -15,6 +15,7 @@ use aya_ebpf::{
     programs::{ProbeContext, TracePointContext},
 };
 use tern_common::{
+    changes::Changed,
     counters::Counter,
     sockets::{FOLLOWED_SLOTS, Seen, SockStateOffsets},
 };
@@ -51,6 +52,9 @@ static SOCK_STATE_OFFSETS: SockStateOffsets = SockStateOffsets {
 
 #[map(name = "m11")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+#[map(name = "m15")]
+static CHANGES: PerCpuArray<u64> = PerCpuArray::with_max_entries(Changed::COUNT, 0);
 
 #[map(name = "m12")]
 static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
@@ -146,13 +150,25 @@ pub(crate) fn epoch() -> u32 {
 /// many connections): a lookup takes no lock, where an update would lock the bucket and
 /// replace the element, contending with every CPU that sees the same peer.
 #[inline(always)]
-pub(crate) fn remember(set: &HashMap<Seen, u32>, seen: &Seen, full: Trouble) {
+pub(crate) fn remember(set: &HashMap<Seen, u32>, which: Changed, seen: &Seen, full: Trouble) {
     if set.get_ptr(seen).is_some() {
         return;
     }
     if set.insert(seen, &0, u64::from(BPF_ANY)).is_err() {
         count(Counter::DetailsDropped);
         report(full);
+    } else {
+        changed(which);
+    }
+}
+
+/// Counts a change to the keys of `map`, after it is made: a count user space has read
+/// was made after every change it counts.
+#[inline(always)]
+pub(crate) fn changed(map: Changed) {
+    if let Some(changes) = CHANGES.get_ptr_mut(map.index()) {
+        // SAFETY: a per-CPU slot, touched by this CPU only.
+        unsafe { *changes += 1 };
     }
 }
 

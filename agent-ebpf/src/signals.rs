@@ -19,6 +19,7 @@ use aya_ebpf::{
     programs::{ProbeContext, TracePointContext},
 };
 use tern_common::{
+    changes::Changed,
     counters::Counter,
     signals::{EXEC_PATH_LEN, SignalOffsets},
     sockets::{FOLLOWED_BY_ADDRESS, SEEN_MAX_ENTRIES},
@@ -26,7 +27,7 @@ use tern_common::{
 
 use crate::{
     shared::{
-        count, followed, probe_arg, probe_pointer, read, read_pointer, sock_netns_of,
+        changed, count, followed, probe_arg, probe_pointer, read, read_pointer, sock_netns_of,
         sock_state_offsets,
     },
     trouble::{Trouble, report},
@@ -195,11 +196,12 @@ pub fn p17(ctx: TracePointContext) -> u32 {
     // SAFETY: the helper checks the source address and bounds the copy to `path`.
     if unsafe { bpf_probe_read_kernel_str_bytes(src, &mut path) }.is_err() {
         report(Trouble::ExecPath);
-    } else if EXECUTED.get_ptr(&path).is_none()
-        // Looked up first, as `remember` does: the same programs run again and again.
-        && EXECUTED.insert(&path, &0, u64::from(BPF_ANY)).is_err()
-    {
-        report(Trouble::ExecutedFull);
+    // Looked up first, as `remember` does: the same programs run again and again.
+    } else if EXECUTED.get_ptr(&path).is_none() {
+        match EXECUTED.insert(&path, &0, u64::from(BPF_ANY)) {
+            Ok(()) => changed(Changed::Executed),
+            Err(_) => report(Trouble::ExecutedFull),
+        }
     }
     0
 }

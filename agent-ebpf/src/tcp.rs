@@ -34,6 +34,7 @@ use aya_ebpf::{
     programs::{RawTracePointContext, SockOpsContext, TracePointContext},
 };
 use tern_common::{
+    changes::Changed,
     counters::Counter,
     sockets::{
         AF_INET, AF_INET6, FOLLOWED_BY_ADDRESS, OPENED_INBOUND, OPENED_OUTBOUND, SEEN_MAX_ENTRIES,
@@ -44,7 +45,8 @@ use tern_common::{
 
 use crate::{
     shared::{
-        count, epoch, followed, read, read_pointer, remember, sock_netns_of, sock_state_offsets,
+        changed, count, epoch, followed, read, read_pointer, remember, sock_netns_of,
+        sock_state_offsets,
     },
     trouble::{Trouble, report},
 };
@@ -389,7 +391,12 @@ fn record(sock: &mut TcpSock, change: Change) {
                 port: sock.remote_port,
                 family: sock.family,
             };
-            remember(&CONTACTED, &contacted, Trouble::ContactedFull);
+            remember(
+                &CONTACTED,
+                Changed::Contacted,
+                &contacted,
+                Trouble::ContactedFull,
+            );
         }
         Change::Failed => count(Counter::FailedConnects),
         Change::ListenerOpened | Change::ListenerClosed => {
@@ -443,8 +450,10 @@ fn listener_opened(sock: &TcpSock, epoch: u32) {
     // Another socket may share the key (SO_REUSEPORT): then it is one more on it.
     if TCP_LISTENERS
         .insert(sock, &state, u64::from(BPF_NOEXIST))
-        .is_err()
+        .is_ok()
     {
+        changed(Changed::TcpListeners);
+    } else {
         match TCP_LISTENERS.get_ptr_mut(sock) {
             // SAFETY: a valid map value. Not atomic (the BPF target has no read-modify-write
             // atomics in core): two sockets of one reuse group changing state on two CPUs
@@ -460,7 +469,12 @@ fn listener_opened(sock: &TcpSock, epoch: u32) {
         port: sock.local_port,
         family: sock.family,
     };
-    remember(&TCP_LISTENED, &seen, Trouble::TcpListenedFull);
+    remember(
+        &TCP_LISTENED,
+        Changed::TcpListened,
+        &seen,
+        Trouble::TcpListenedFull,
+    );
 }
 
 #[inline(always)]
@@ -471,8 +485,8 @@ fn listener_closed(sock: &TcpSock) {
             (*existing).count = (*existing).count.saturating_sub(1);
             (*existing).count
         };
-        if left == 0 {
-            let _ = TCP_LISTENERS.remove(sock);
+        if left == 0 && TCP_LISTENERS.remove(sock).is_ok() {
+            changed(Changed::TcpListeners);
         }
     }
 }
@@ -498,8 +512,9 @@ fn connection_opened(sock: &TcpSock, flags: u32, epoch: u32) {
         flags,
         count: 1,
     };
-    if TCP_SOCKS.insert(sock, &state, u64::from(BPF_ANY)).is_err() {
-        untracked(Trouble::TcpSocksFull);
+    match TCP_SOCKS.insert(sock, &state, u64::from(BPF_ANY)) {
+        Ok(()) => changed(Changed::TcpSocks),
+        Err(_) => untracked(Trouble::TcpSocksFull),
     }
     let remote = Seen {
         netns: sock.netns,
@@ -508,14 +523,20 @@ fn connection_opened(sock: &TcpSock, flags: u32, epoch: u32) {
         port: 0,
         family: sock.family,
     };
-    remember(&REMOTES_SEEN, &remote, Trouble::RemotesSeenFull);
-    if record_connections()
-        && CONNECTIONS_SEEN
-            .insert(sock, &epoch, u64::from(BPF_ANY))
-            .is_err()
-    {
-        count(Counter::DetailsDropped);
-        report(Trouble::ConnectionsSeenFull);
+    remember(
+        &REMOTES_SEEN,
+        Changed::RemotesSeen,
+        &remote,
+        Trouble::RemotesSeenFull,
+    );
+    if record_connections() {
+        match CONNECTIONS_SEEN.insert(sock, &epoch, u64::from(BPF_ANY)) {
+            Ok(()) => changed(Changed::ConnectionsSeen),
+            Err(_) => {
+                count(Counter::DetailsDropped);
+                report(Trouble::ConnectionsSeenFull);
+            }
+        }
     }
 }
 
@@ -526,7 +547,9 @@ fn connection_closed(sock: &TcpSock, epoch: u32) {
         if state.opened_epoch == epoch {
             count(Counter::ShortLived);
         }
-        let _ = TCP_SOCKS.remove(sock);
+        if TCP_SOCKS.remove(sock).is_ok() {
+            changed(Changed::TcpSocks);
+        }
     }
 }
 

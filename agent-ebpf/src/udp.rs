@@ -13,12 +13,13 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext},
 };
 use tern_common::{
+    changes::Changed,
     counters::Counter,
     sockets::{FOLLOWED_BY_COOKIE, SEEN_MAX_ENTRIES, SOCKS_MAX_ENTRIES, Seen, UdpSock},
 };
 
 use crate::{
-    shared::{count, epoch, followed, remember},
+    shared::{changed, count, epoch, followed, remember},
     trouble::{Trouble, report},
 };
 
@@ -130,12 +131,12 @@ fn udp_listening<const V6: bool>(cookie: u64, netns: u64, sk: *const bpf_sock) {
         let ip4 = unsafe { (*sk).src_ip4 };
         sock.local_addr[..4].copy_from_slice(&ip4.to_ne_bytes());
     }
-    if UDP_SOCKS
-        .insert(&cookie, &sock, u64::from(BPF_ANY))
-        .is_err()
-    {
-        count(Counter::DetailsDropped);
-        report(Trouble::UdpSocksFull);
+    match UDP_SOCKS.insert(&cookie, &sock, u64::from(BPF_ANY)) {
+        Ok(()) => changed(Changed::UdpSocks),
+        Err(_) => {
+            count(Counter::DetailsDropped);
+            report(Trouble::UdpSocksFull);
+        }
     }
     let seen = Seen {
         netns,
@@ -144,7 +145,12 @@ fn udp_listening<const V6: bool>(cookie: u64, netns: u64, sk: *const bpf_sock) {
         port,
         family,
     };
-    remember(&UDP_LISTENED, &seen, Trouble::UdpListenedFull);
+    remember(
+        &UDP_LISTENED,
+        Changed::UdpListened,
+        &seen,
+        Trouble::UdpListenedFull,
+    );
 }
 
 /// A connected UDP socket is not listening.
@@ -179,5 +185,7 @@ fn udp_forget(ctx: *mut core::ffi::c_void, protocol: u32) {
     }
     // SAFETY: `ctx` is the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx) };
-    let _ = UDP_SOCKS.remove(&cookie);
+    if UDP_SOCKS.remove(&cookie).is_ok() {
+        changed(Changed::UdpSocks);
+    }
 }

@@ -140,6 +140,67 @@ fn listeners_and_connections_match_ss_for_sockets_old_and_new() {
     ));
 }
 
+/// Reports equal to `ss` (listeners, UDP listeners, connections), each collected after
+/// `since`.
+fn assert_matches_ss(tern: &Tern, ns: &Netns, since: Instant, what: &str) -> Value {
+    let report = report_after(tern, since);
+    let (tcp, _) = reported_ports(&report, "listening_tcp_ports");
+    let (udp, _) = reported_ports(&report, "listening_udp_ports");
+    let (conns, total) = reported_connections(&report);
+    assert_eq!(
+        tcp,
+        ss::listening(ns, 't'),
+        "{what}: TCP listeners against ss"
+    );
+    assert_eq!(
+        udp,
+        ss::listening(ns, 'u'),
+        "{what}: UDP listeners against ss"
+    );
+    let truth = ss::established(ns);
+    assert_eq!(conns, truth, "{what}: connections against ss");
+    assert_eq!(total, truth.len() as u64, "{what}");
+    report
+}
+
+/// A map that did not change is not read again: sockets that open or close after reports
+/// with no change are still in the very next report, and stay listed while they live.
+#[test]
+fn sockets_that_change_after_quiet_reports_are_in_the_next_report() {
+    let pair = Pair::new();
+    let (a, b) = (&pair.a, &pair.b);
+    let peer = b.enter(|| TcpListener::bind((ADDR_B, 7403)).unwrap());
+    let tern = Tern::start(a, &["--interval", "1"]);
+    for _ in 0..3 {
+        tern.next_report(REPORT_WAIT);
+    }
+    let opened = a.enter(|| {
+        (
+            TcpListener::bind((ADDR_A, 7401)).unwrap(),
+            UdpSocket::bind((ADDR_A, 7402)).unwrap(),
+            TcpStream::connect((ADDR_B, 7403)).unwrap(),
+        )
+    });
+    let served = peer.accept().unwrap();
+    let report = assert_matches_ss(&tern, a, Instant::now(), "opened");
+    assert!(
+        reported_ports(&report, "listening_tcp_ports")
+            .0
+            .contains(&(7401, Some(DEV_A.to_owned())))
+    );
+    assert!(numbers(&report, "interval_listening_udp_ports").contains(&7402));
+    for quiet in 0..2 {
+        let report = assert_matches_ss(&tern, a, Instant::now(), "quiet");
+        assert_eq!(reported_connections(&report).1, 1, "quiet report {quiet}");
+        assert!(numbers(&report, "interval_listening_tcp_ports").contains(&7401));
+    }
+    drop((opened, served));
+    wait_connections_closed(a);
+    let report = assert_matches_ss(&tern, a, Instant::now(), "closed");
+    assert_eq!(reported_connections(&report).1, 0);
+    assert!(reported_ports(&report, "listening_tcp_ports").0.is_empty());
+}
+
 /// The churn: 2,000 inbound connections opened and closed, a listener and a UDP socket that
 /// live 100 ms, and one outbound connection to an address contacted only then.
 fn churn(pair: &Pair, port: u16) {

@@ -6,6 +6,7 @@
 //! metrics, their files. Never formats or sends.
 
 mod baseline;
+mod changes;
 mod counters;
 mod delta;
 mod device;
@@ -40,6 +41,7 @@ use crate::{
     },
 };
 pub use baseline::Baseline;
+use changes::Changes;
 use counters::CounterSignals;
 use delta::Readings;
 use device::DeviceCollector;
@@ -97,6 +99,7 @@ struct Programs {
     shared: SharedMaps,
     epoch: u32,
     counters: Readings<(), { Counter::ALL.len() }>,
+    changes: Changes,
 }
 
 /// Every collector: the kernel programs' where they run, and what stands in for them.
@@ -368,6 +371,7 @@ impl Programs {
             epoch: shared.epoch.get(&0, 0).unwrap_or(0),
             shared,
             counters: Readings::default(),
+            changes: Changes::default(),
         };
         programs.next_epoch()?;
         let first = programs.read_counters()?;
@@ -376,6 +380,7 @@ impl Programs {
     }
 
     fn collect(&mut self) -> Result<Events> {
+        self.changes.read(&self.shared.changes)?;
         // Events from here on belong to the next interval; the sets of this one are drained.
         let epoch = self.next_epoch()?;
         let now = self.read_counters()?;
@@ -384,14 +389,14 @@ impl Programs {
         let tcp = self
             .tcp
             .as_mut()
-            .map(|tcp| tcp.collect(epoch, &growth, &owners))
+            .map(|tcp| tcp.collect(epoch, &growth, &owners, &mut self.changes))
             .transpose()?;
         let udp = self
             .udp
             .as_mut()
-            .map(|udp| udp.collect(epoch, &owners))
+            .map(|udp| udp.collect(epoch, &owners, &mut self.changes))
             .transpose()?;
-        let signals = self.signals.collect(epoch, &growth)?;
+        let signals = self.signals.collect(epoch, &growth, &mut self.changes)?;
         // While the TCP fallback lasts, the sockets the maps lack are details dropped too.
         let untracked = tcp.as_ref().map_or(0, |tcp| tcp.untracked);
         Ok(Events {

@@ -118,9 +118,10 @@ fn already_there(err: &MapError) -> bool {
 
 /// Removes the seeded TCP sockets of this thread's namespace (named `netns`) that sock_diag
 /// no longer lists: they closed. For programs that see no close of a socket older than
-/// them; those they follow are left to them.
-pub fn forget_closed(maps: &mut TcpMaps, netns: u64) -> Result<()> {
+/// them; those they follow are left to them. Returns whether it removed any.
+pub fn forget_closed(maps: &mut TcpMaps, netns: u64) -> Result<bool> {
     let open = open_tcp(netns)?;
+    let mut removed = false;
     for (map, name) in [
         (&mut maps.listeners, "TCP_LISTENERS"),
         (&mut maps.socks, "TCP_SOCKS"),
@@ -134,22 +135,20 @@ pub fn forget_closed(maps: &mut TcpMaps, netns: u64) -> Result<()> {
             .filter(|key| key.netns == netns && !open.contains_key(key))
             .collect();
         for key in &unlisted {
-            forget_seeded(map, key, |s| s.flags);
+            removed |= forget_seeded(map, key, |s| s.flags);
         }
     }
-    Ok(())
+    Ok(removed)
 }
 
 /// Removes `key` from `map` if it was seeded rather than seen opening (`flags` of its value
-/// say which).
+/// say which); returns whether it did.
 fn forget_seeded<K: Pod, V: Pod>(
     map: &mut BpfHashMap<MapData, K, V>,
     key: &K,
     flags: impl Fn(&V) -> u32,
-) {
-    if map.get(key, 0).is_ok_and(|v| flags(&v) & SEEDED != 0) {
-        let _ = map.remove(key);
-    }
+) -> bool {
+    map.get(key, 0).is_ok_and(|v| flags(&v) & SEEDED != 0) && map.remove(key).is_ok()
 }
 
 fn tcp_seeds(sockets: &[DiagSocket], netns: u64) -> HashMap<TcpSock, TcpState> {

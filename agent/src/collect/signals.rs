@@ -8,9 +8,9 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use tern_common::{counters::Counter, signals::EXEC_PATH_LEN, sockets::ip};
+use tern_common::{changes::Changed, counters::Counter, signals::EXEC_PATH_LEN, sockets::ip};
 
-use super::{Growth, sets};
+use super::{Growth, changes::Changes, sets};
 use crate::{
     kernel::maps::SignalMaps,
     report::{
@@ -41,9 +41,20 @@ impl SignalCollector {
     }
 
     /// The signals of the interval before `epoch`, whose counters grew by `growth`.
-    pub fn collect(&mut self, epoch: u32, growth: &Growth) -> Result<Signals> {
-        let contacted = sets::drain_seen(&mut self.maps.contacted, epoch, self.netns)?;
-        let new_executables = self.new_executables()?;
+    pub fn collect(
+        &mut self,
+        epoch: u32,
+        growth: &Growth,
+        changes: &mut Changes,
+    ) -> Result<Signals> {
+        let contacted = sets::drain_seen(
+            &mut self.maps.contacted,
+            Changed::Contacted,
+            changes,
+            epoch,
+            self.netns,
+        )?;
+        let new_executables = self.new_executables(changes)?;
         let ports: BTreeSet<u64> = contacted.iter().map(|s| u64::from(s.port)).collect();
         let addresses: BTreeSet<IpAddr> = contacted.iter().map(|s| ip(s.family, &s.addr)).collect();
         Ok(vec![
@@ -75,7 +86,10 @@ impl SignalCollector {
 
     /// Executables run during the interval that were never seen since start, as Device
     /// Defender string values (see `sanitize`).
-    fn new_executables(&mut self) -> Result<Vec<String>> {
+    fn new_executables(&mut self, changes: &mut Changes) -> Result<Vec<String>> {
+        if !changes.changed(Changed::Executed) {
+            return Ok(Vec::new());
+        }
         let mut paths = Vec::new();
         for key in self.maps.executed.keys() {
             paths.push(key.context("reading the EXECUTED map")?);
@@ -91,6 +105,7 @@ impl SignalCollector {
                 new.insert(name);
             }
         }
+        changes.walked(Changed::Executed);
         Ok(new.into_iter().collect())
     }
 }

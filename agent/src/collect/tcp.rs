@@ -17,17 +17,19 @@ use std::{
 use anyhow::{Context, Result};
 use log::{info, warn};
 use tern_common::{
+    changes::Changed,
     counters::Counter,
-    sockets::{TCP_CONNECTION, TCP_LISTENER, TcpSock, ip},
+    sockets::{TCP_CONNECTION, TCP_LISTENER, TcpSock, TcpState, ip},
 };
 
 use super::{
     Growth,
+    changes::{Changes, Entries},
     ports::{self, Owners},
     seed, sets,
 };
 use crate::{
-    kernel::{batch, maps::TcpMaps},
+    kernel::maps::TcpMaps,
     report::{
         Connection, Connections, CustomMetric, Port, PortList, TcpConnections,
         catalog::{self, Metric},
@@ -77,6 +79,8 @@ pub struct TcpCollector {
     /// Whether a map could not take a socket and does not hold every socket again yet.
     fallback: bool,
     previous: Snapshot,
+    listeners: Entries<TcpSock, TcpState>,
+    socks: Entries<TcpSock, TcpState>,
 }
 
 /// How the collector starts, besides its maps.
@@ -100,30 +104,52 @@ impl TcpCollector {
             unwatched_seeds: how.unwatched_seeds,
             fallback: false,
             previous: Snapshot::default(),
+            listeners: Entries::new(Changed::TcpListeners),
+            socks: Entries::new(Changed::TcpSocks),
         };
         if how.untracked {
             collector.fall_back();
         }
-        let (now, _) = collector.current(&Owners::new())?;
+        let (now, _) = collector.current(&Owners::new(), &mut Changes::default())?;
         collector.previous = now;
         Ok(collector)
     }
 
     /// The sockets now and those of the interval before `epoch`, whose counters grew by
     /// `growth`.
-    pub fn collect(&mut self, epoch: u32, growth: &Growth, owners: &Owners) -> Result<Tcp> {
-        if self.unwatched_seeds {
-            seed::forget_closed(&mut self.maps, self.own)?;
+    pub fn collect(
+        &mut self,
+        epoch: u32,
+        growth: &Growth,
+        owners: &Owners,
+        changes: &mut Changes,
+    ) -> Result<Tcp> {
+        if self.unwatched_seeds && seed::forget_closed(&mut self.maps, self.own)? {
+            changes.forget(Changed::TcpListeners);
+            changes.forget(Changed::TcpSocks);
         }
         if growth.of(Counter::TcpSocksFull) > 0 {
             self.fall_back();
         }
-        let (now, current) = self.current(owners)?;
+        let (now, current) = self.current(owners, changes)?;
         let netns = self.netns;
-        let listened = sets::drain_seen(&mut self.maps.listened, epoch, netns)?;
-        let remotes_seen = sets::drain_seen(&mut self.maps.remotes_seen, epoch, netns)?;
+        let maps = &mut self.maps;
+        let listened = sets::drain_seen(
+            &mut maps.listened,
+            Changed::TcpListened,
+            changes,
+            epoch,
+            netns,
+        )?;
+        let remotes_seen = sets::drain_seen(
+            &mut maps.remotes_seen,
+            Changed::RemotesSeen,
+            changes,
+            epoch,
+            netns,
+        )?;
         let connections_seen =
-            sets::drain_connections(&mut self.maps.connections_seen, epoch, netns)?;
+            sets::drain_connections(&mut maps.connections_seen, changes, epoch, netns)?;
 
         let mut connections = current.connections;
         if self.interval_connections {
@@ -189,8 +215,8 @@ impl TcpCollector {
 
     /// The sockets that exist now: from the maps, or during the fallback from sock_diag for
     /// tern's namespace; the fallback ends here once the maps hold what sock_diag lists.
-    fn current(&mut self, owners: &Owners) -> Result<(Snapshot, Current)> {
-        let mut socks = self.held()?;
+    fn current(&mut self, owners: &Owners, changes: &mut Changes) -> Result<(Snapshot, Current)> {
+        let mut socks = self.held(changes)?;
         let mut untracked = 0;
         if self.fallback {
             let listed = seed::open_tcp(self.own)?.into_keys().collect();
@@ -232,17 +258,19 @@ impl TcpCollector {
 
     /// The sockets of the namespaces reported that the maps hold: listeners, then
     /// connections.
-    fn held(&self) -> Result<Vec<TcpSock>> {
+    fn held(&mut self, changes: &mut Changes) -> Result<Vec<TcpSock>> {
         let mut held = Vec::new();
-        for (map, name) in [
-            (&self.maps.listeners, "TCP_LISTENERS"),
-            (&self.maps.socks, "TCP_SOCKS"),
+        for (entries, map, name) in [
+            (&mut self.listeners, &self.maps.listeners, "TCP_LISTENERS"),
+            (&mut self.socks, &self.maps.socks, "TCP_SOCKS"),
         ] {
-            let entries = batch::entries(map).with_context(|| format!("reading the {name} map"))?;
+            let entries = entries
+                .of(map, changes)
+                .with_context(|| format!("reading the {name} map"))?;
             held.extend(
                 entries
-                    .into_iter()
-                    .map(|(sock, _)| sock)
+                    .iter()
+                    .map(|(sock, _)| *sock)
                     .filter(|sock| sets::followed(self.netns, sock.netns)),
             );
         }

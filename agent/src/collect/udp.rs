@@ -5,14 +5,18 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
-use tern_common::sockets::ip;
+use tern_common::{
+    changes::Changed,
+    sockets::{UdpSock, ip},
+};
 
 use super::{
+    changes::{Changes, Entries},
     ports::{self, Owners},
     sets,
 };
 use crate::{
-    kernel::{batch, maps::UdpMaps},
+    kernel::maps::UdpMaps,
     report::{
         CustomMetric, Port, PortList,
         catalog::{self, Metric},
@@ -31,6 +35,7 @@ pub struct UdpCollector {
     netns: Option<u64>,
     /// Ports bound at the previous report: they were bound at the start of this interval.
     previous: BTreeSet<u16>,
+    socks: Entries<u64, UdpSock>,
 }
 
 impl UdpCollector {
@@ -40,16 +45,23 @@ impl UdpCollector {
             maps,
             netns,
             previous: BTreeSet::new(),
+            socks: Entries::new(Changed::UdpSocks),
         };
-        collector.previous = numbers(&collector.current(&Owners::new())?);
+        collector.previous = numbers(&collector.current(&Owners::new(), &mut Changes::default())?);
         Ok(collector)
     }
 
     /// The sockets now and the ports of the interval before `epoch`.
-    pub fn collect(&mut self, epoch: u32, owners: &Owners) -> Result<Udp> {
-        let current = self.current(owners)?;
+    pub fn collect(&mut self, epoch: u32, owners: &Owners, changes: &mut Changes) -> Result<Udp> {
+        let current = self.current(owners, changes)?;
         let now = numbers(&current);
-        let listened = sets::drain_seen(&mut self.maps.listened, epoch, self.netns)?;
+        let listened = sets::drain_seen(
+            &mut self.maps.listened,
+            Changed::UdpListened,
+            changes,
+            epoch,
+            self.netns,
+        )?;
         let custom = vec![(
             catalog::UDP_PORTS,
             CustomMetric::NumberList(ports::interval_ports(&self.previous, &now, &listened)),
@@ -62,9 +74,13 @@ impl UdpCollector {
     }
 
     /// The ports of the bound sockets now, with their interfaces.
-    fn current(&self, owners: &Owners) -> Result<BTreeSet<Port>> {
+    fn current(&mut self, owners: &Owners, changes: &mut Changes) -> Result<BTreeSet<Port>> {
         let mut current = BTreeSet::new();
-        for (_, sock) in batch::entries(&self.maps.socks).context("reading the UDP_SOCKS map")? {
+        let socks = self
+            .socks
+            .of(&self.maps.socks, changes)
+            .context("reading the UDP_SOCKS map")?;
+        for (_, sock) in socks {
             if !sets::followed(self.netns, sock.netns) {
                 continue;
             }

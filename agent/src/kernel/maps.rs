@@ -58,10 +58,11 @@ pub struct NetnsNames {
     pub by_cookie: Option<u64>,
 }
 
-/// What every program shares: the event counters, the interval number and the namespace
-/// they follow.
+/// What every program shares: the event counters, the counts of changes to the maps, the
+/// interval number and the namespace they follow.
 pub struct SharedMaps {
     pub counters: PerCpuArray<MapData, u64>,
+    pub changes: PerCpuArray<MapData, u64>,
     pub epoch: Array<MapData, u32>,
     pub followed: Array<MapData, u64>,
 }
@@ -119,6 +120,7 @@ impl Maps {
             },
             shared: SharedMaps {
                 counters: PerCpuArray::try_from(take(names::COUNTERS)?)?,
+                changes: PerCpuArray::try_from(take(names::CHANGES)?)?,
                 epoch: Array::try_from(take(names::EPOCH)?)?,
                 followed: Array::try_from(take(names::FOLLOWED)?)?,
             },

@@ -86,6 +86,7 @@ mod tests {
                 names::FOLLOWED,
                 names::AYA_LOGS,
                 names::TROUBLE_THROTTLE,
+                names::CHANGES,
             ])
         );
         // Patching, as the loader does, refuses a global that is missing or of another size.
