@@ -8,7 +8,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{SocketAddr, TcpListener, UdpSocket},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     process::{Child, Command, Stdio},
     sync::{
         Arc,
@@ -467,6 +467,29 @@ fn fig3_collection_cost() {
             .map(|_| built(tern.wait_log("built in", Duration::from_secs(30))))
             .collect();
         let tern_cpu = (process_cpu_ns(tern.pid()) - cpu_before) as f64 / 1e3 / reports as f64;
+        // The same, with a connection opened and closed every 100 ms: every report then reads
+        // the socket maps and sets again and builds every connection anew.
+        let stop = Arc::new(AtomicBool::new(false));
+        let churner = {
+            let stop = stop.clone();
+            let server = pair.a.enter(|| TcpListener::bind((ADDR_A, 7904)).unwrap());
+            pair.b.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let client = TcpStream::connect((ADDR_A, 7904)).unwrap();
+                    let served = server.accept().unwrap();
+                    drop((client, served));
+                    thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        built(tern.wait_log("built in", Duration::from_secs(30)));
+        let cpu_before = process_cpu_ns(tern.pid());
+        let changing_wall: Vec<f64> = (0..reports)
+            .map(|_| built(tern.wait_log("built in", Duration::from_secs(30))))
+            .collect();
+        let changing_cpu = (process_cpu_ns(tern.pid()) - cpu_before) as f64 / 1e3 / reports as f64;
+        stop.store(true, Ordering::Relaxed);
+        churner.join().expect("the churn thread");
         let (rss, _) = rss_kib(tern.pid());
         drop(tern);
 
@@ -492,6 +515,7 @@ fn fig3_collection_cost() {
             n.to_string(),
             ms(tern_ms),
             ms(tern_cpu),
+            ms(changing_cpu),
             fmt(rss as f64 / 1024.0, 1),
             ms(py_wall),
             ms(py_cpu),
@@ -502,6 +526,7 @@ fn fig3_collection_cost() {
         raw.push(json!({
             "connections": n, "listeners": listeners,
             "tern_wall_us": tern_wall, "tern_cpu_us_per_report": tern_cpu, "tern_rss_kib": rss,
+            "changing_wall_us": changing_wall, "changing_cpu_us_per_report": changing_cpu,
             "python_wall_us": python.as_deref().map(|s| s.iter().map(|x| x.wall_us).collect::<Vec<_>>()),
             "python_cpu_us": python.as_deref().map(|s| s.iter().map(|x| x.cpu_us).collect::<Vec<_>>()),
             "proc_wall_us": poller.iter().map(|x| x.wall_us).collect::<Vec<_>>(),
@@ -510,7 +535,7 @@ fn fig3_collection_cost() {
     }
     drop(held);
     let mut notes = vec![format!(
-        "one report = read, build and encode; {listeners} TCP listeners present; tern's time from its log, its CPU from the scheduler per report; medians of {reports} reports (the Python collector once at 10,000)"
+        "one report = read, build and encode; {listeners} TCP listeners present; tern's time from its log, its CPU from the scheduler per report; medians of {reports} reports (the Python collector once at 10,000). tern reads a kernel map again only when the programs counted a change to it, and builds the connections anew only then: \"sockets changing\" is the CPU of the same reports with a connection opened and closed every 100 ms, so that every report reads and builds everything"
     )];
     if peers::python().is_none() {
         notes.push("Python collector not run: TERN_BENCH_PYTHON unset".to_owned());
@@ -522,6 +547,7 @@ fn fig3_collection_cost() {
             "connections",
             "tern wall ms",
             "tern CPU ms",
+            "tern CPU ms, sockets changing",
             "tern RSS MiB",
             "Python wall ms",
             "Python CPU ms",

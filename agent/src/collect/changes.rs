@@ -63,6 +63,8 @@ impl Changes {
 pub struct Entries<K, V> {
     map: Changed,
     entries: Vec<(K, V)>,
+    /// How many times the map was walked: while it stays, so do the entries.
+    walks: u64,
 }
 
 impl<K: Pod, V: Pod> Entries<K, V> {
@@ -70,7 +72,12 @@ impl<K: Pod, V: Pod> Entries<K, V> {
         Self {
             map,
             entries: Vec::new(),
+            walks: 0,
         }
+    }
+
+    pub fn walks(&self) -> u64 {
+        self.walks
     }
 
     /// The entries `map` holds now.
@@ -81,6 +88,7 @@ impl<K: Pod, V: Pod> Entries<K, V> {
     ) -> Result<&[(K, V)], MapError> {
         if changes.changed(self.map) {
             self.entries = batch::entries(map)?;
+            self.walks += 1;
             changes.walked(self.map);
         }
         Ok(&self.entries)

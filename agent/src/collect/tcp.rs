@@ -48,13 +48,13 @@ pub struct Tcp {
 
 /// What existed at one moment: kept from one report to the next, because what existed at
 /// the start of an interval existed during it.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Snapshot {
     ports: BTreeSet<u16>,
     remotes: BTreeSet<IpAddr>,
 }
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Current {
     ports: BTreeSet<Port>,
     /// The connections now, unless the report lists the interval's.
@@ -81,6 +81,17 @@ pub struct TcpCollector {
     previous: Snapshot,
     listeners: Entries<TcpSock, TcpState>,
     socks: Entries<TcpSock, TcpState>,
+    built: Option<Built>,
+}
+
+/// What `current` built from the maps, kept while neither map is walked again and the
+/// addresses' owners stay: formatting and sorting thousands of connections is most of what
+/// a report costs.
+struct Built {
+    walks: [u64; 2],
+    owners: Owners,
+    snapshot: Snapshot,
+    current: Current,
 }
 
 /// How the collector starts, besides its maps.
@@ -106,6 +117,7 @@ impl TcpCollector {
             previous: Snapshot::default(),
             listeners: Entries::new(Changed::TcpListeners),
             socks: Entries::new(Changed::TcpSocks),
+            built: None,
         };
         if how.untracked {
             collector.fall_back();
@@ -217,6 +229,14 @@ impl TcpCollector {
     /// tern's namespace; the fallback ends here once the maps hold what sock_diag lists.
     fn current(&mut self, owners: &Owners, changes: &mut Changes) -> Result<(Snapshot, Current)> {
         let mut socks = self.held(changes)?;
+        let walks = [self.listeners.walks(), self.socks.walks()];
+        if let Some(built) = self
+            .built
+            .as_ref()
+            .filter(|b| !self.fallback && b.walks == walks && b.owners == *owners)
+        {
+            return Ok((built.snapshot.clone(), built.current.clone()));
+        }
         let mut untracked = 0;
         if self.fallback {
             let listed = seed::open_tcp(self.own)?.into_keys().collect();
@@ -253,6 +273,12 @@ impl TcpCollector {
             }
         }
         current.connections.sort_unstable();
+        self.built = (!self.fallback).then(|| Built {
+            walks,
+            owners: owners.clone(),
+            snapshot: snapshot.clone(),
+            current: current.clone(),
+        });
         Ok((snapshot, current))
     }
 

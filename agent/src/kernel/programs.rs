@@ -191,7 +191,11 @@ impl Programs {
         let signals = super::offsets::read_signals();
         let record_connections = u32::from(options.record_connections);
         let mut loader = EbpfLoader::new();
+        // The object carries no BTF, so nothing in it is relocated against the kernel's: the
+        // kernel's, which the loader parses when it is made, is dropped rather than held
+        // (megabytes) through the load.
         loader
+            .btf(None)
             .override_global(names::SOCK_STATE_OFFSETS, &offsets, true)
             .override_global(names::RECORD_CONNECTIONS, &record_connections, true)
             .override_global(names::SIGNAL_OFFSETS, &signals, true);
