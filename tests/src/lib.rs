@@ -36,7 +36,10 @@ pub use netns::{
 };
 pub use temp::TempDir;
 pub use tern::{Launch, Stopped, Tern, pins_of, spooled, tern_bin};
-pub use traffic::{Clients, Datagrams, hold_connections, open_connections, transfer};
+pub use traffic::{
+    Accepted, Clients, Datagrams, hold_accepted, hold_connections, open_connections,
+    raise_fd_limit, transfer,
+};
 pub use truth::{
     TcpInfo, bpf_ids, children_of, kernel_links, kernel_programs, proc_status, sh, ss, tcp_info,
 };

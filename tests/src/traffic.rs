@@ -124,6 +124,83 @@ pub fn hold_connections() {
     drop(held);
 }
 
+/// A child process in a namespace accepting TCP connections and holding them until dropped:
+/// the calling test binary again, running its ignored test `hold_accepted`, which calls
+/// [`hold_accepted`]. With [`Clients`] on the other side, connections beyond what one
+/// process may hold open.
+pub struct Accepted(Child);
+
+impl Accepted {
+    /// Starts listening on `host:port` in `ns` for `count` connections; `wait` returns once
+    /// all are accepted.
+    pub fn listen(ns: &Netns, host: &str, port: u16, count: usize) -> Self {
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", ns.path()))
+            .arg(std::env::current_exe().expect("the test binary"))
+            .args(["--exact", "hold_accepted", "--ignored", "--nocapture"])
+            .env("HOLD_ACCEPTED", format!("{host} {port} {count}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the accepting process");
+        let ready = Self::line(&mut child, "listening");
+        assert!(ready, "the accepting process did not listen");
+        Self(child)
+    }
+
+    pub fn wait(&mut self) {
+        assert!(
+            Self::line(&mut self.0, "accepted"),
+            "the accepting process did not accept every connection"
+        );
+    }
+
+    fn line(child: &mut Child, wanted: &str) -> bool {
+        let stdout = child.stdout.as_mut().expect("stdout");
+        let mut line = String::new();
+        let mut reader = BufReader::new(stdout);
+        (0..100).any(|_| {
+            line.clear();
+            reader.read_line(&mut line).is_ok_and(|n| n > 0) && line.trim_end() == wanted
+        })
+    }
+}
+
+impl Drop for Accepted {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The body of a test binary's `hold_accepted`: listens as HOLD_ACCEPTED says ("host port
+/// count"), prints "listening", accepts that many, prints "accepted", and holds until
+/// killed, stdin closes, or ten minutes pass. Does nothing when run as an ordinary test.
+pub fn hold_accepted() {
+    let Ok(spec) = std::env::var("HOLD_ACCEPTED") else {
+        return;
+    };
+    let parts: Vec<&str> = spec.split(' ').collect();
+    let (host, port, count): (&str, u16, usize) = (
+        parts[0],
+        parts[1].parse().expect("a port"),
+        parts[2].parse().expect("a count"),
+    );
+    let listener = TcpListener::bind((host, port)).expect("listen");
+    println!("listening");
+    let held: Vec<TcpStream> = (0..count)
+        .map(|_| listener.accept().expect("accept").0)
+        .collect();
+    println!("accepted");
+    thread::spawn(|| {
+        thread::sleep(Duration::from_secs(600));
+        std::process::exit(0);
+    });
+    let mut buf = [0u8; 1];
+    let _ = std::io::Read::read(&mut std::io::stdin(), &mut buf);
+    drop(held);
+}
+
 /// `count` TCP connections from `client` to a listener on `host:port` in `server`: the
 /// client ends in a [`Clients`] process, the accepted ends returned with it, all held open
 /// until dropped.
@@ -143,4 +220,28 @@ pub fn open_connections(
     });
     let clients = Clients::connect(client, host, port, count);
     (clients, accepting.join().unwrap())
+}
+
+/// File descriptors this process and its children may hold: raised to `wanted` where the
+/// hard limit allows it or the test may raise that (CAP_SYS_RESOURCE), else to the hard
+/// limit.
+pub fn raise_fd_limit(wanted: u64) -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit on a valid rlimit of this process.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit), 0);
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_cur.max(wanted),
+            rlim_max: limit.rlim_max.max(wanted),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) == 0 {
+            return raised.rlim_cur;
+        }
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit), 0);
+        limit.rlim_cur
+    }
 }

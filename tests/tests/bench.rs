@@ -21,7 +21,7 @@ use std::{
 use serde_json::{Value, json};
 use tern_common::names;
 use tern_tests::{
-    ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, DEV_A, Netns, Pair, Tern,
+    ADDR_A, ADDR_B, ADDR6_A, ADDR6_B, Accepted, Clients, DEV_A, Netns, Pair, Tern,
     bench::{
         BpfStats, Figure, ProgStat, Size, churn,
         floor::{self, EmptyTc},
@@ -29,7 +29,8 @@ use tern_tests::{
         peers::{self, PythonCollector, Sample},
         process_cpu_ns, prog_delta, prog_ids_of, prog_stats, programs_loaded_by, rss_kib,
     },
-    custom_metric, open_connections, tern_bin,
+    custom_metric, custom_number, open_connections, raise_fd_limit, reported_connections, ss,
+    tern_bin,
 };
 
 /// Not a benchmark: the client process of `Clients` (tests/src/traffic.rs).
@@ -37,6 +38,13 @@ use tern_tests::{
 #[ignore = "run by the benchmarks"]
 fn hold_connections() {
     tern_tests::hold_connections();
+}
+
+/// Not a benchmark: the accepting process of `Accepted` (tests/src/traffic.rs).
+#[test]
+#[ignore = "run by the benchmarks"]
+fn hold_accepted() {
+    tern_tests::hold_accepted();
 }
 
 fn addr(ip: &str, port: u16) -> SocketAddr {
@@ -454,13 +462,6 @@ fn fig3_collection_cost() {
         let (clients, served) = open_connections(&pair.a, &pair.b, ADDR_A, 7903, n);
 
         let tern = Tern::start_with_env(&pair.a, &["--interval", "1"], &[("TERN_LOG", "debug")]);
-        let built = |line: String| -> f64 {
-            line.split("built in ")
-                .nth(1)
-                .and_then(|rest| rest.split(' ').next())
-                .and_then(|us| us.parse().ok())
-                .unwrap_or_else(|| panic!("no time in {line:?}"))
-        };
         built(tern.wait_log("built in", Duration::from_secs(30)));
         let cpu_before = process_cpu_ns(tern.pid());
         let tern_wall: Vec<f64> = (0..reports)
@@ -558,6 +559,104 @@ fn fig3_collection_cost() {
         rows,
         notes,
         raw: json!(raw),
+    }
+    .write();
+}
+
+/// The microseconds a report took, from tern's debug line "report N built in US us".
+fn built(line: String) -> f64 {
+    line.split("built in ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|us| us.parse().ok())
+        .unwrap_or_else(|| panic!("no time in {line:?}"))
+}
+
+/// Figure 7: tern at the limits of its maps. N established connections, more than
+/// `TCP_SOCKS` holds (65,536) at the full size, and outbound attempts to more closed ports
+/// than the contacted set holds (16,384): what reports say, what they cost, and tern's memory.
+#[test]
+#[ignore = "a benchmark: cargo xtask bench"]
+fn fig7_at_the_limits_of_the_maps() {
+    let size = Size::from_env();
+    let n: usize = size.pick(1_000, 20_000, 100_000);
+    let attempts: u16 = size.pick(500, 5_000, 20_000);
+    let reports = size.pick(2, 3, 3);
+    // Each end in processes of their own, as many connections each as one may hold.
+    let per_process =
+        (raise_fd_limit(n as u64 + 1024).saturating_sub(1024) as usize).clamp(1_000, 25_000);
+    let pair = Pair::new();
+    let tern = Tern::start_with_env(&pair.a, &["--interval", "2"], &[("TERN_LOG", "debug")]);
+    let contacted = pair.a.enter(move || {
+        (0..attempts)
+            .filter(|i| {
+                TcpStream::connect_timeout(&addr(ADDR_B, 40_000 + i), Duration::from_secs(1))
+                    .is_err()
+            })
+            .count()
+    });
+    let held: Vec<(Accepted, Clients)> = (0..n.div_ceil(per_process))
+        .map(|i| {
+            let count = per_process.min(n - i * per_process);
+            let port = 7910 + i as u16;
+            let mut accepted = Accepted::listen(&pair.b, ADDR_B, port, count);
+            let clients = Clients::connect(&pair.a, ADDR_B, port, count);
+            accepted.wait();
+            (accepted, clients)
+        })
+        .collect();
+    let opened = Instant::now();
+    let mut seen = tern.reports_through(opened, Duration::from_secs(120));
+    let cpu_before = process_cpu_ns(tern.pid());
+    let mut wall = Vec::new();
+    for _ in 0..reports {
+        wall.push(built(tern.wait_log("built in", Duration::from_secs(120))));
+        seen.push(tern.next_report(Duration::from_secs(60)));
+    }
+    let cpu = (process_cpu_ns(tern.pid()) - cpu_before) as f64 / 1e3 / f64::from(reports);
+    let (rss, peak) = rss_kib(tern.pid());
+    let truth = ss::established(&pair.a).len();
+    let last = seen.last().expect("a report");
+    let (listed, total) = reported_connections(last);
+    let dropped: Vec<u64> = seen
+        .iter()
+        .map(|r| custom_number(r, "interval_details_dropped"))
+        .collect();
+    drop((tern, held));
+    let ms = |us: f64| fmt(us / 1e3, 2);
+    Figure {
+        id: "7-at-the-limits",
+        title: "7. At the limits of the maps: N established connections and a contacted set overflowing",
+        columns: cols(&[
+            "connections (ss)",
+            "reported total",
+            "listed (budget)",
+            "closed ports contacted",
+            "interval_details_dropped, highest",
+            "interval_details_dropped, last",
+            "tern wall ms",
+            "tern CPU ms",
+            "tern RSS MiB (peak)",
+        ]),
+        rows: vec![vec![
+            truth.to_string(),
+            total.to_string(),
+            listed.len().to_string(),
+            contacted.to_string(),
+            dropped.iter().max().copied().unwrap_or(0).to_string(),
+            dropped.last().copied().unwrap_or(0).to_string(),
+            ms(median(&wall)),
+            ms(cpu),
+            format!("{} ({})", fmt(rss as f64 / 1024.0, 1), fmt(peak as f64 / 1024.0, 1)),
+        ]],
+        notes: vec![format!(
+            "{n} connections asked for from tern's namespace to the peer's, opened after tern started (the first column is what the kernel held, by ss), each end in processes of at most {per_process}, and {attempts} connection attempts to closed ports just before; reports every 2 s; the CPU is per report over {reports} reports after the connections opened, the wall time their median; the TCP socket map holds 65,536 sockets and the contacted set 16,384 entries: what the socket map cannot take, reports take from sock_diag, which reads every socket at every report, and interval_details_dropped counts what neither could take"
+        )],
+        raw: json!({
+            "connections": n, "ss": truth, "reported_total": total, "listed": listed.len(),
+            "attempts": attempts, "refused": contacted, "dropped": dropped,
+            "wall_us": wall, "cpu_us_per_report": cpu, "rss_kib": rss, "peak_kib": peak,
+        }),
     }
     .write();
 }

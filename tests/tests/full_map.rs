@@ -15,8 +15,8 @@ use std::{
 
 use serde_json::Value;
 use tern_tests::{
-    Launch, Netns, Tern, custom_list, custom_number, reported_connections, reported_ports, ss,
-    wait_until,
+    Launch, Netns, Tern, custom_list, custom_number, raise_fd_limit, reported_connections,
+    reported_ports, ss, wait_until,
 };
 
 /// Connections opened: both ends in tern's namespace, 67,000 sockets for 65,536 entries.
@@ -28,30 +28,6 @@ const REPORT_WAIT: Duration = Duration::from_secs(60);
 const PAIRS_VAR: &str = "TERN_TEST_LOOPBACK_PAIRS";
 const FULL: &str = "the TCP socket maps are full";
 const HELD_AGAIN: &str = "the TCP socket maps hold every socket again";
-
-/// File descriptors this process and its children may hold: raised to `wanted` where the
-/// hard limit allows it or the test may raise that (CAP_SYS_RESOURCE), else to the hard
-/// limit.
-fn raise_fd_limit(wanted: u64) -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit on a valid rlimit of this process.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit), 0);
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_cur.max(wanted),
-            rlim_max: limit.rlim_max.max(wanted),
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) == 0 {
-            return raised.rlim_cur;
-        }
-        limit.rlim_cur = limit.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit), 0);
-        limit.rlim_cur
-    }
-}
 
 /// A child process in a namespace holding both ends of loopback connections until dropped:
 /// the test binary again, running its ignored test `hold_loopback_pairs`.
