@@ -72,56 +72,13 @@ pub struct Clients(Child);
 
 impl Clients {
     pub fn connect(ns: &Netns, host: &str, port: u16, count: usize) -> Self {
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", ns.path()))
-            .arg(std::env::current_exe().expect("the test binary"))
-            .args(["--exact", "hold_connections", "--ignored", "--nocapture"])
-            .env("HOLD_CONNECTIONS", format!("{host} {port} {count}"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting the client process");
-        let stdout = child.stdout.take().expect("stdout");
-        let ready = BufReader::new(stdout)
-            .lines()
-            .take(100)
-            .any(|l| l.is_ok_and(|l| l == "connected"));
-        assert!(ready, "the client process did not connect");
+        let mut child = spawn_holder(ns, "hold_connections", CLIENTS_VAR, host, port, count);
+        assert!(
+            read_until(&mut child, "connected"),
+            "the client process did not connect"
+        );
         Self(child)
     }
-}
-
-impl Drop for Clients {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The body of a test binary's `hold_connections`: connects as HOLD_CONNECTIONS says
-/// ("host port count"), prints "connected", and holds until killed, stdin closes, or ten
-/// minutes pass. Does nothing when run as an ordinary test.
-pub fn hold_connections() {
-    let Ok(spec) = std::env::var("HOLD_CONNECTIONS") else {
-        return;
-    };
-    let parts: Vec<&str> = spec.split(' ').collect();
-    let (host, port, count): (&str, u16, usize) = (
-        parts[0],
-        parts[1].parse().expect("a port"),
-        parts[2].parse().expect("a count"),
-    );
-    let held: Vec<std::net::TcpStream> = (0..count)
-        .map(|_| std::net::TcpStream::connect((host, port)).expect("connect"))
-        .collect();
-    println!("connected");
-    thread::spawn(|| {
-        thread::sleep(Duration::from_secs(600));
-        std::process::exit(0);
-    });
-    let mut buf = [0u8; 1];
-    let _ = std::io::Read::read(&mut std::io::stdin(), &mut buf);
-    drop(held);
 }
 
 /// A child process in a namespace accepting TCP connections and holding them until dropped:
@@ -134,35 +91,53 @@ impl Accepted {
     /// Starts listening on `host:port` in `ns` for `count` connections; `wait` returns once
     /// all are accepted.
     pub fn listen(ns: &Netns, host: &str, port: u16, count: usize) -> Self {
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", ns.path()))
-            .arg(std::env::current_exe().expect("the test binary"))
-            .args(["--exact", "hold_accepted", "--ignored", "--nocapture"])
-            .env("HOLD_ACCEPTED", format!("{host} {port} {count}"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting the accepting process");
-        let ready = Self::line(&mut child, "listening");
-        assert!(ready, "the accepting process did not listen");
+        let mut child = spawn_holder(ns, "hold_accepted", ACCEPTED_VAR, host, port, count);
+        assert!(
+            read_until(&mut child, "listening"),
+            "the accepting process did not listen"
+        );
         Self(child)
     }
 
     pub fn wait(&mut self) {
         assert!(
-            Self::line(&mut self.0, "accepted"),
+            read_until(&mut self.0, "accepted"),
             "the accepting process did not accept every connection"
         );
     }
+}
 
-    fn line(child: &mut Child, wanted: &str) -> bool {
-        let stdout = child.stdout.as_mut().expect("stdout");
-        let mut line = String::new();
-        let mut reader = BufReader::new(stdout);
-        (0..100).any(|_| {
-            line.clear();
-            reader.read_line(&mut line).is_ok_and(|n| n > 0) && line.trim_end() == wanted
-        })
+const CLIENTS_VAR: &str = "HOLD_CONNECTIONS";
+const ACCEPTED_VAR: &str = "HOLD_ACCEPTED";
+
+/// The calling test binary again in `ns`, running its ignored test `test` with `var` set to
+/// "host port count".
+fn spawn_holder(ns: &Netns, test: &str, var: &str, host: &str, port: u16, count: usize) -> Child {
+    Command::new("nsenter")
+        .arg(format!("--net={}", ns.path()))
+        .arg(std::env::current_exe().expect("the test binary"))
+        .args(["--exact", test, "--ignored", "--nocapture"])
+        .env(var, format!("{host} {port} {count}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {test}: {e}"))
+}
+
+/// Whether `child` printed the line `wanted` within its next 100 lines.
+fn read_until(child: &mut Child, wanted: &str) -> bool {
+    let mut reader = BufReader::new(child.stdout.as_mut().expect("stdout"));
+    let mut line = String::new();
+    (0..100).any(|_| {
+        line.clear();
+        reader.read_line(&mut line).is_ok_and(|n| n > 0) && line.trim_end() == wanted
+    })
+}
+
+impl Drop for Clients {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -173,25 +148,20 @@ impl Drop for Accepted {
     }
 }
 
-/// The body of a test binary's `hold_accepted`: listens as HOLD_ACCEPTED says ("host port
-/// count"), prints "listening", accepts that many, prints "accepted", and holds until
-/// killed, stdin closes, or ten minutes pass. Does nothing when run as an ordinary test.
-pub fn hold_accepted() {
-    let Ok(spec) = std::env::var("HOLD_ACCEPTED") else {
-        return;
-    };
+/// "host port count" from `var`; None when this process is not a holder.
+fn spec(var: &str) -> Option<(String, u16, usize)> {
+    let spec = std::env::var(var).ok()?;
     let parts: Vec<&str> = spec.split(' ').collect();
-    let (host, port, count): (&str, u16, usize) = (
-        parts[0],
+    Some((
+        parts[0].to_owned(),
         parts[1].parse().expect("a port"),
         parts[2].parse().expect("a count"),
-    );
-    let listener = TcpListener::bind((host, port)).expect("listen");
-    println!("listening");
-    let held: Vec<TcpStream> = (0..count)
-        .map(|_| listener.accept().expect("accept").0)
-        .collect();
-    println!("accepted");
+    ))
+}
+
+/// Prints `done`, then holds `held` until killed, stdin closes, or ten minutes pass.
+fn hold<T>(held: T, done: &str) {
+    println!("{done}");
     thread::spawn(|| {
         thread::sleep(Duration::from_secs(600));
         std::process::exit(0);
@@ -199,6 +169,34 @@ pub fn hold_accepted() {
     let mut buf = [0u8; 1];
     let _ = std::io::Read::read(&mut std::io::stdin(), &mut buf);
     drop(held);
+}
+
+/// The body of a test binary's `hold_connections`: connects as HOLD_CONNECTIONS says
+/// ("host port count"), prints "connected", and holds. Does nothing when run as an
+/// ordinary test.
+pub fn hold_connections() {
+    let Some((host, port, count)) = spec(CLIENTS_VAR) else {
+        return;
+    };
+    let held: Vec<TcpStream> = (0..count)
+        .map(|_| TcpStream::connect((host.as_str(), port)).expect("connect"))
+        .collect();
+    hold(held, "connected");
+}
+
+/// The body of a test binary's `hold_accepted`: listens as HOLD_ACCEPTED says ("host port
+/// count"), prints "listening", accepts that many, prints "accepted", and holds. Does
+/// nothing when run as an ordinary test.
+pub fn hold_accepted() {
+    let Some((host, port, count)) = spec(ACCEPTED_VAR) else {
+        return;
+    };
+    let listener = TcpListener::bind((host.as_str(), port)).expect("listen");
+    println!("listening");
+    let held: Vec<TcpStream> = (0..count)
+        .map(|_| listener.accept().expect("accept").0)
+        .collect();
+    hold(held, "accepted");
 }
 
 /// `count` TCP connections from `client` to a listener on `host:port` in `server`: the
