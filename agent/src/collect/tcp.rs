@@ -1,3 +1,5 @@
+// Over 400 lines: the collector keeps the maps, the fallback to sock_diag and what it built
+// from them as one state, and the fallback's merge is tested beside it.
 //! TCP: turns the kernel's TCP maps into the report's listening TCP ports and established
 //! connections (what exists now), and its interval sets into the interval's TCP metrics
 //! (what listened, opened or was connected to since the previous report). Counterpart of the
