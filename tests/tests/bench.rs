@@ -462,12 +462,7 @@ fn fig3_collection_cost() {
         let (clients, served) = open_connections(&pair.a, &pair.b, ADDR_A, 7903, n);
 
         let tern = Tern::start_with_env(&pair.a, &["--interval", "1"], &[("TERN_LOG", "debug")]);
-        built(tern.wait_log("built in", Duration::from_secs(30)));
-        let cpu_before = process_cpu_ns(tern.pid());
-        let tern_wall: Vec<f64> = (0..reports)
-            .map(|_| built(tern.wait_log("built in", Duration::from_secs(30))))
-            .collect();
-        let tern_cpu = (process_cpu_ns(tern.pid()) - cpu_before) as f64 / 1e3 / reports as f64;
+        let (tern_wall, tern_cpu) = report_costs(&tern, reports);
         // The same, with a connection opened and closed every 100 ms: every report then reads
         // the socket maps and sets again and builds every connection anew.
         let stop = Arc::new(AtomicBool::new(false));
@@ -483,12 +478,7 @@ fn fig3_collection_cost() {
                 }
             })
         };
-        built(tern.wait_log("built in", Duration::from_secs(30)));
-        let cpu_before = process_cpu_ns(tern.pid());
-        let changing_wall: Vec<f64> = (0..reports)
-            .map(|_| built(tern.wait_log("built in", Duration::from_secs(30))))
-            .collect();
-        let changing_cpu = (process_cpu_ns(tern.pid()) - cpu_before) as f64 / 1e3 / reports as f64;
+        let (changing_wall, changing_cpu) = report_costs(&tern, reports);
         stop.store(true, Ordering::Relaxed);
         churner.join().expect("the churn thread");
         let (rss, _) = rss_kib(tern.pid());
@@ -561,6 +551,18 @@ fn fig3_collection_cost() {
         raw: json!(raw),
     }
     .write();
+}
+
+/// Each of the `reports` reports after the one in progress: the microseconds it took, from
+/// tern's log, and the CPU tern used per report, in microseconds.
+fn report_costs(tern: &Tern, reports: usize) -> (Vec<f64>, f64) {
+    built(tern.wait_log("built in", Duration::from_secs(30)));
+    let cpu_before = process_cpu_ns(tern.pid());
+    let wall = (0..reports)
+        .map(|_| built(tern.wait_log("built in", Duration::from_secs(30))))
+        .collect();
+    let cpu = (process_cpu_ns(tern.pid()) - cpu_before) as f64 / 1e3 / reports as f64;
+    (wall, cpu)
 }
 
 /// The microseconds a report took, from tern's debug line "report N built in US us".

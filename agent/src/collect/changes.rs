@@ -11,7 +11,7 @@ use aya::{
 };
 use tern_common::changes::Changed;
 
-use crate::kernel::batch;
+use crate::kernel::{batch, maps};
 
 const MAPS: usize = Changed::COUNT as usize;
 
@@ -28,12 +28,7 @@ impl Changes {
     /// Reads the counts. Before the interval number moves on, so that every entry of the
     /// next interval is a change after this read.
     pub fn read(&mut self, counts: &PerCpuArray<MapData, u64>) -> Result<()> {
-        for (i, now) in self.now.iter_mut().enumerate() {
-            let per_cpu = counts
-                .get(&(i as u32), 0)
-                .context("reading the CHANGES map")?;
-            *now = per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v));
-        }
+        self.now = maps::per_cpu_sums(counts).context("reading the CHANGES map")?;
         // The reads of the maps that follow see every change these counts include.
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         Ok(())
@@ -78,6 +73,11 @@ impl<K: Pod, V: Pod> Entries<K, V> {
 
     pub fn walks(&self) -> u64 {
         self.walks
+    }
+
+    /// The entries of the last walk.
+    pub fn held(&self) -> &[(K, V)] {
+        &self.entries
     }
 
     /// The entries `map` holds now.

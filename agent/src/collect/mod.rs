@@ -32,7 +32,7 @@ use tern_common::{counters::Counter, sockets::FOLLOWED_BY_ADDRESS};
 use crate::{
     host::netns,
     kernel::{
-        maps::{Maps, NetnsNames, SharedMaps, SignalMaps, TcpMaps, UdpMaps},
+        maps::{self, Maps, NetnsNames, SharedMaps, SignalMaps, TcpMaps, UdpMaps},
         programs::Attached,
     },
     report::{
@@ -419,15 +419,6 @@ impl Programs {
 
     /// The kernel's cumulative counters, each summed over all CPUs.
     fn read_counters(&self) -> Result<[u64; Counter::ALL.len()]> {
-        let mut out = [0; Counter::ALL.len()];
-        for counter in Counter::ALL {
-            let per_cpu = self
-                .shared
-                .counters
-                .get(&counter.index(), 0)
-                .context("reading the COUNTERS map")?;
-            out[counter.index() as usize] = per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v));
-        }
-        Ok(out)
+        maps::per_cpu_sums(&self.shared.counters).context("reading the COUNTERS map")
     }
 }

@@ -230,7 +230,14 @@ impl TcpCollector {
     /// The sockets that exist now: from the maps, or during the fallback from sock_diag for
     /// tern's namespace; the fallback ends here once the maps hold what sock_diag lists.
     fn current(&mut self, owners: &Owners, changes: &mut Changes) -> Result<(Snapshot, Current)> {
-        let mut socks = self.held(changes)?;
+        for (entries, map, name) in [
+            (&mut self.listeners, &self.maps.listeners, "TCP_LISTENERS"),
+            (&mut self.socks, &self.maps.socks, "TCP_SOCKS"),
+        ] {
+            entries
+                .of(map, changes)
+                .with_context(|| format!("reading the {name} map"))?;
+        }
         let walks = [self.listeners.walks(), self.socks.walks()];
         if let Some(built) = self
             .built
@@ -239,6 +246,7 @@ impl TcpCollector {
         {
             return Ok((built.snapshot.clone(), built.current.clone()));
         }
+        let mut socks = self.held();
         let mut untracked = 0;
         if self.fallback {
             let listed = seed::open_tcp(self.own)?.into_keys().collect();
@@ -284,25 +292,15 @@ impl TcpCollector {
         Ok((snapshot, current))
     }
 
-    /// The sockets of the namespaces reported that the maps hold: listeners, then
-    /// connections.
-    fn held(&mut self, changes: &mut Changes) -> Result<Vec<TcpSock>> {
-        let mut held = Vec::new();
-        for (entries, map, name) in [
-            (&mut self.listeners, &self.maps.listeners, "TCP_LISTENERS"),
-            (&mut self.socks, &self.maps.socks, "TCP_SOCKS"),
-        ] {
-            let entries = entries
-                .of(map, changes)
-                .with_context(|| format!("reading the {name} map"))?;
-            held.extend(
-                entries
-                    .iter()
-                    .map(|(sock, _)| *sock)
-                    .filter(|sock| sets::followed(self.netns, sock.netns)),
-            );
-        }
-        Ok(held)
+    /// The sockets of the namespaces reported that the maps held at their last walk:
+    /// listeners, then connections.
+    fn held(&self) -> Vec<TcpSock> {
+        [&self.listeners, &self.socks]
+            .into_iter()
+            .flat_map(Entries::held)
+            .map(|(sock, _)| *sock)
+            .filter(|sock| sets::followed(self.netns, sock.netns))
+            .collect()
     }
 }
 

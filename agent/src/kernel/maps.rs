@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap},
 };
 use tern_common::{
     names,
@@ -65,6 +65,18 @@ pub struct SharedMaps {
     pub changes: PerCpuArray<MapData, u64>,
     pub epoch: Array<MapData, u32>,
     pub followed: Array<MapData, u64>,
+}
+
+/// The first `N` slots of a per-CPU array of counts, each summed over the CPUs.
+pub fn per_cpu_sums<const N: usize>(map: &PerCpuArray<MapData, u64>) -> Result<[u64; N], MapError> {
+    let mut sums = [0; N];
+    for (i, sum) in sums.iter_mut().enumerate() {
+        *sum = map
+            .get(&(i as u32), 0)?
+            .iter()
+            .fold(0u64, |a, v| a.wrapping_add(*v));
+    }
+    Ok(sums)
 }
 
 impl SharedMaps {
