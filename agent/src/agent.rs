@@ -30,7 +30,7 @@ use crate::{
         notify::Notifier,
         state_dir, stop,
     },
-    report::ReportIds,
+    report::{ReportIds, most_connections},
 };
 
 #[derive(clap::Args, Debug)]
@@ -164,6 +164,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         &SocketOptions {
             all_namespaces: args.all_namespaces,
             interval_connections: args.interval_connections,
+            most_listed: most_connections(usize::try_from(settings.budget).unwrap_or(usize::MAX)),
         },
         args.include_loopback,
         settings.metrics.clone(),

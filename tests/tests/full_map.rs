@@ -118,14 +118,25 @@ fn report_after(tern: &Tern, since: Instant) -> Value {
     reports.into_iter().last().expect("a report")
 }
 
-/// The report's listening ports and established total against `ss` now.
+/// The report's listening ports, established total and listed connections against `ss`
+/// now: a report cut to its budget lists the first connections in its order.
 fn assert_exact(ns: &Netns, report: &Value) {
     let (ports, total) = reported_ports(report, "listening_tcp_ports");
     let truth = ss::listening(ns, 't');
     assert_eq!(ports, truth, "TCP listeners against ss");
     assert_eq!(total, truth.len() as u64);
-    let (_, connections) = reported_connections(report);
-    assert_eq!(connections, established(ns), "established total against ss");
+    let (listed, connections) = reported_connections(report);
+    let truth = ss::established(ns);
+    assert_eq!(
+        connections,
+        truth.len() as u64,
+        "established total against ss"
+    );
+    assert!(
+        listed.len() <= truth.len() && listed[..] == truth[..listed.len()],
+        "the connections listed are not the first {} of ss's in report order",
+        listed.len()
+    );
 }
 
 #[test]

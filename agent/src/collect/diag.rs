@@ -10,12 +10,13 @@ use tern_common::sockets::{TCP_CONNECTION, TcpSock, ip, raw};
 
 use super::{
     ports::{self, Owners},
+    shortlist::Shortlist,
     tcp::{self, Tcp},
     udp::Udp,
 };
 use crate::{
     host::sockdiag::{self, DiagSocket},
-    report::{Connections, TcpConnections},
+    report::{Port, TcpConnections},
 };
 
 /// The TCP and UDP standard metrics of tern's namespace now, with no custom metrics.
@@ -25,10 +26,16 @@ use crate::{
 /// interval. Nor can reporting every namespace: sock_diag answers for the namespace of the
 /// socket asking, and entering the others at each report needs CAP_SYS_ADMIN, which tern
 /// gives up after start.
-pub fn collect() -> Result<(Tcp, Udp)> {
-    let tcp = sockdiag::dump(
+///
+/// A report lists at most `most_listed` connections: only those are kept, however many
+/// sockets sock_diag lists.
+pub fn collect(most_listed: usize) -> Result<(Tcp, Udp)> {
+    let owners = ports::owners();
+    let mut tcp = TcpMetrics::new(most_listed, &owners);
+    sockdiag::each(
         sockdiag::IPPROTO_TCP,
         sockdiag::states(&[sockdiag::TCP_LISTEN, sockdiag::TCP_ESTABLISHED]),
+        |s| tcp.add(&s),
     )?;
     // A bound unconnected UDP socket is CLOSE; a connected one is ESTABLISHED and left out,
     // as the kernel programs leave it out.
@@ -36,31 +43,44 @@ pub fn collect() -> Result<(Tcp, Udp)> {
         sockdiag::IPPROTO_UDP,
         sockdiag::states(&[sockdiag::TCP_CLOSE]),
     )?;
-    let owners = ports::owners();
-    Ok((tcp_metrics(&tcp, &owners), udp_metrics(&udp, &owners)))
+    Ok((tcp.finish(), udp_metrics(&udp, &owners)))
 }
 
-fn tcp_metrics(sockets: &[DiagSocket], owners: &Owners) -> Tcp {
-    let mut listening = BTreeSet::new();
-    let mut connections = Vec::new();
-    for s in sockets {
-        if s.state == sockdiag::TCP_LISTEN {
-            listening.insert(ports::port(s.local_port, as_read(s.local), owners));
-        } else if s.state == sockdiag::TCP_ESTABLISHED {
-            connections.push(tcp::connection(&connection_key(s), owners));
+/// The TCP metrics, taken in one socket at a time.
+struct TcpMetrics<'a> {
+    owners: &'a Owners,
+    listening: BTreeSet<Port>,
+    connections: Shortlist,
+}
+
+impl<'a> TcpMetrics<'a> {
+    fn new(most_listed: usize, owners: &'a Owners) -> Self {
+        Self {
+            owners,
+            listening: BTreeSet::new(),
+            connections: Shortlist::new(most_listed),
         }
     }
-    connections.sort_unstable();
-    Tcp {
-        listening_tcp_ports: ports::port_list(listening),
-        tcp_connections: TcpConnections {
-            established_connections: Connections {
-                total: connections.len() as u64,
-                connections,
+
+    fn add(&mut self, s: &DiagSocket) {
+        if s.state == sockdiag::TCP_LISTEN {
+            self.listening
+                .insert(ports::port(s.local_port, as_read(s.local), self.owners));
+        } else if s.state == sockdiag::TCP_ESTABLISHED {
+            self.connections
+                .add(tcp::connection(&connection_key(s), self.owners));
+        }
+    }
+
+    fn finish(self) -> Tcp {
+        Tcp {
+            listening_tcp_ports: ports::port_list(self.listening),
+            tcp_connections: TcpConnections {
+                established_connections: self.connections.connections(),
             },
-        },
-        custom: Vec::new(),
-        untracked: 0,
+            custom: Vec::new(),
+            untracked: 0,
+        }
     }
 }
 
@@ -140,24 +160,27 @@ mod tests {
     #[test]
     fn sockets_convert_as_the_kernel_maps_convert_them() {
         use sockdiag::{TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN};
-        let tcp = tcp_metrics(
-            &[
-                socket(TCP_LISTEN, "0.0.0.0", 80, "0.0.0.0", 0),
-                socket(TCP_LISTEN, "::", 80, "::", 0),
-                socket(TCP_LISTEN, "::ffff:10.0.0.5", 81, "::", 0),
-                socket(TCP_LISTEN, "2001:db8::5", 82, "::", 0),
-                socket(
-                    TCP_ESTABLISHED,
-                    "::ffff:10.0.0.5",
-                    5000,
-                    "::ffff:192.0.2.7",
-                    443,
-                ),
-                socket(TCP_ESTABLISHED, "2001:db8::5", 5001, "2001:db8::9", 22),
-                socket(TCP_ESTABLISHED, "127.0.0.1", 5002, "127.0.0.1", 80),
-            ],
-            &owners(),
-        );
+        let owners = owners();
+        // Keeps two of three connections: the first two in report order.
+        let mut tcp = TcpMetrics::new(2, &owners);
+        for s in [
+            socket(TCP_LISTEN, "0.0.0.0", 80, "0.0.0.0", 0),
+            socket(TCP_LISTEN, "::", 80, "::", 0),
+            socket(TCP_LISTEN, "::ffff:10.0.0.5", 81, "::", 0),
+            socket(TCP_LISTEN, "2001:db8::5", 82, "::", 0),
+            socket(
+                TCP_ESTABLISHED,
+                "::ffff:10.0.0.5",
+                5000,
+                "::ffff:192.0.2.7",
+                443,
+            ),
+            socket(TCP_ESTABLISHED, "2001:db8::5", 5001, "2001:db8::9", 22),
+            socket(TCP_ESTABLISHED, "127.0.0.1", 5002, "127.0.0.1", 80),
+        ] {
+            tcp.add(&s);
+        }
+        let tcp = tcp.finish();
         assert_eq!(
             tcp.listening_tcp_ports.ports,
             [
@@ -178,10 +201,9 @@ mod tests {
             [
                 connection("127.0.0.1:80", 5002, "lo"),
                 connection("192.0.2.7:443", 5000, "eth0"),
-                connection("[2001:db8::9]:22", 5001, "eth0"),
             ]
         );
-        assert_eq!(established.total, 3);
+        assert_eq!(established.total, 3, "every connection is counted");
         assert!(tcp.custom.is_empty());
 
         let udp = udp_metrics(
@@ -192,7 +214,7 @@ mod tests {
                 socket(TCP_ESTABLISHED, "10.0.0.5", 4000, "192.0.2.7", 53),
                 socket(TCP_CLOSE, "::ffff:10.0.0.5", 4001, "::", 0),
             ],
-            &owners(),
+            &owners,
         );
         assert_eq!(
             udp.listening_udp_ports.ports,
@@ -318,7 +340,7 @@ mod tests {
             .map(|&a| TcpStream::connect(a).unwrap_or_else(|e| panic!("connecting to {a:?}: {e}")))
             .collect();
 
-            let (tcp, udp_metrics) = collect().unwrap();
+            let (tcp, udp_metrics) = collect(usize::MAX).unwrap();
             let tcp_truth = listening(&["-Htln"]);
             let udp_truth = listening(&["-Huln"]);
             let interface = interfaces();

@@ -18,6 +18,7 @@ mod names;
 mod ports;
 mod seed;
 mod sets;
+mod shortlist;
 mod signals;
 mod tcp;
 mod traffic;
@@ -59,6 +60,9 @@ pub struct SocketOptions {
     /// List every connection of the interval in `established_connections`, not only the
     /// ones established at report time.
     pub interval_connections: bool,
+    /// The most connections a report can list (`encode::most_connections`): collectors keep
+    /// no more.
+    pub most_listed: usize,
 }
 
 /// How much each kernel counter grew over the interval.
@@ -110,6 +114,7 @@ pub struct Collectors {
     counters: CounterSignals,
     device: DeviceCollector,
     files: Vec<FileMetric>,
+    most_listed: usize,
 }
 
 impl Collectors {
@@ -157,6 +162,7 @@ impl Collectors {
             counters: CounterSignals::start()?,
             device: DeviceCollector::start(),
             files,
+            most_listed: options.most_listed,
         })
     }
 
@@ -276,7 +282,7 @@ impl Collectors {
         let (mut tcp, mut udp) = match (tcp, udp) {
             (Some(tcp), Some(udp)) => (tcp, udp),
             (tcp, udp) => {
-                let (listed_tcp, listed_udp) = diag::collect()?;
+                let (listed_tcp, listed_udp) = diag::collect(self.most_listed)?;
                 (tcp.unwrap_or(listed_tcp), udp.unwrap_or(listed_udp))
             }
         };
@@ -356,6 +362,7 @@ impl Programs {
                             .context("the TCP programs gave tern's namespace no name")?,
                         interval_connections: options.interval_connections,
                         unwatched_seeds: ladder.tcp_hooks,
+                        most_listed: options.most_listed,
                         untracked: seeded.tcp_untracked > 0,
                     },
                 )?),

@@ -154,26 +154,8 @@ fn forget_seeded<K: Pod, V: Pod>(
 fn tcp_seeds(sockets: &[DiagSocket], netns: u64) -> HashMap<TcpSock, TcpState> {
     let mut seeds: HashMap<TcpSock, TcpState> = HashMap::new();
     for s in sockets {
-        let listener = s.state == sockdiag::TCP_LISTEN;
-        let (family, local) = raw(s.local);
-        let mut key = TcpSock {
-            netns,
-            local_addr: local,
-            local_port: s.local_port,
-            family,
-            kind: if listener {
-                TCP_LISTENER
-            } else {
-                TCP_CONNECTION
-            },
-            ..TcpSock::default()
-        };
-        if !listener {
-            key.remote_addr = raw(s.remote).1;
-            key.remote_port = s.remote_port;
-        }
         seeds
-            .entry(key)
+            .entry(tcp_key(s, netns))
             .and_modify(|state| state.count += 1)
             .or_insert(TcpState {
                 opened_epoch: u32::MAX,
@@ -182,6 +164,40 @@ fn tcp_seeds(sockets: &[DiagSocket], netns: u64) -> HashMap<TcpSock, TcpState> {
             });
     }
     seeds
+}
+
+/// Hands `f` each TCP socket of this thread's namespace (named `netns`) that sock_diag lists
+/// now, keyed as the programs key them, one at a time: a listener of a reuse group once per
+/// socket.
+pub fn each_open_tcp(netns: u64, mut f: impl FnMut(TcpSock)) -> Result<()> {
+    sockdiag::each(
+        sockdiag::IPPROTO_TCP,
+        sockdiag::states(&[sockdiag::TCP_LISTEN, sockdiag::TCP_ESTABLISHED]),
+        |s| f(tcp_key(&s, netns)),
+    )
+}
+
+/// Socket `s` of namespace `netns` as the programs key it.
+fn tcp_key(s: &DiagSocket, netns: u64) -> TcpSock {
+    let listener = s.state == sockdiag::TCP_LISTEN;
+    let (family, local) = raw(s.local);
+    let mut key = TcpSock {
+        netns,
+        local_addr: local,
+        local_port: s.local_port,
+        family,
+        kind: if listener {
+            TCP_LISTENER
+        } else {
+            TCP_CONNECTION
+        },
+        ..TcpSock::default()
+    };
+    if !listener {
+        key.remote_addr = raw(s.remote).1;
+        key.remote_port = s.remote_port;
+    }
+    key
 }
 
 fn udp_seeds(sockets: &[DiagSocket], netns: u64) -> HashMap<u64, UdpSock> {

@@ -29,6 +29,7 @@ use super::{
     changes::{Changes, Entries},
     ports::{self, Owners},
     seed, sets,
+    shortlist::Shortlist,
 };
 use crate::{
     kernel::maps::TcpMaps,
@@ -56,11 +57,11 @@ struct Snapshot {
     remotes: BTreeSet<IpAddr>,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Current {
     ports: BTreeSet<Port>,
     /// The connections now, unless the report lists the interval's.
-    connections: Vec<Connection>,
+    connections: Connections,
     /// The connections now, when the report lists the interval's.
     connection_keys: BTreeSet<TcpSock>,
     untracked: u64,
@@ -80,6 +81,8 @@ pub struct TcpCollector {
     unwatched_seeds: bool,
     /// Whether a map could not take a socket and does not hold every socket again yet.
     fallback: bool,
+    /// The most connections a report can list.
+    most_listed: usize,
     previous: Snapshot,
     listeners: Entries<TcpSock, TcpState>,
     socks: Entries<TcpSock, TcpState>,
@@ -102,6 +105,8 @@ pub struct TcpStart {
     pub own: u64,
     pub interval_connections: bool,
     pub unwatched_seeds: bool,
+    /// The most connections a report can list.
+    pub most_listed: usize,
     /// Whether seeding left sockets out of a full map.
     pub untracked: bool,
 }
@@ -116,6 +121,7 @@ impl TcpCollector {
             interval_connections: how.interval_connections,
             unwatched_seeds: how.unwatched_seeds,
             fallback: false,
+            most_listed: how.most_listed,
             previous: Snapshot::default(),
             listeners: Entries::new(Changed::TcpListeners),
             socks: Entries::new(Changed::TcpSocks),
@@ -165,12 +171,16 @@ impl TcpCollector {
         let connections_seen =
             sets::drain_connections(&mut maps.connections_seen, changes, epoch, netns)?;
 
-        let mut connections = current.connections;
-        if self.interval_connections {
-            let mut all: BTreeSet<TcpSock> = current.connection_keys;
-            all.extend(connections_seen);
-            connections = all.iter().map(|s| connection(s, owners)).collect();
-        }
+        let connections = match self.interval_connections {
+            true => {
+                let mut all: BTreeSet<TcpSock> = current.connection_keys;
+                all.extend(connections_seen);
+                let mut list = Shortlist::new(self.most_listed);
+                all.iter().for_each(|s| list.add(connection(s, owners)));
+                list.connections()
+            }
+            false => current.connections,
+        };
         let mut remotes: BTreeSet<IpAddr> =
             self.previous.remotes.union(&now.remotes).copied().collect();
         remotes.extend(remotes_seen.iter().map(|s| ip(s.family, &s.addr)));
@@ -198,10 +208,7 @@ impl TcpCollector {
         Ok(Tcp {
             listening_tcp_ports: ports::port_list(current.ports),
             tcp_connections: TcpConnections {
-                established_connections: Connections {
-                    total: connections.len() as u64,
-                    connections,
-                },
+                established_connections: connections,
             },
             custom,
             untracked: current.untracked,
@@ -246,11 +253,29 @@ impl TcpCollector {
         {
             return Ok((built.snapshot.clone(), built.current.clone()));
         }
-        let mut socks = self.held();
+        let mut build = Build::new(self.interval_connections, self.most_listed, owners);
+        let held = [&self.listeners, &self.socks]
+            .into_iter()
+            .flat_map(Entries::held)
+            .map(|(sock, _)| *sock)
+            .filter(|sock| sets::followed(self.netns, sock.netns));
         let mut untracked = 0;
         if self.fallback {
-            let listed = seed::open_tcp(self.own)?.into_keys().collect();
-            (socks, untracked) = merge(socks, self.own, listed);
+            let mut own = BTreeSet::new();
+            for sock in held {
+                if sock.netns == self.own {
+                    own.insert(sock);
+                } else {
+                    build.add(sock);
+                }
+            }
+            let mut compare = Compare::new(own);
+            seed::each_open_tcp(self.own, |sock| {
+                if compare.listed(&sock) {
+                    build.add(sock);
+                }
+            })?;
+            untracked = compare.untracked();
             if untracked == 0 {
                 self.fallback = false;
                 info!(
@@ -258,31 +283,10 @@ impl TcpCollector {
                      connections come from them again"
                 );
             }
+        } else {
+            held.for_each(|sock| build.add(sock));
         }
-        let mut snapshot = Snapshot::default();
-        let mut current = Current {
-            untracked,
-            ..Current::default()
-        };
-        for sock in socks {
-            if sock.kind == TCP_LISTENER {
-                snapshot.ports.insert(sock.local_port);
-                let local = ip(sock.family, &sock.local_addr);
-                current
-                    .ports
-                    .insert(ports::port(sock.local_port, local, owners));
-            } else if sock.kind == TCP_CONNECTION {
-                snapshot.remotes.insert(ip(sock.family, &sock.remote_addr));
-                // A report lists the connections now or those of the interval, never both:
-                // only the one it lists is built.
-                if self.interval_connections {
-                    current.connection_keys.insert(sock);
-                } else {
-                    current.connections.push(connection(&sock, owners));
-                }
-            }
-        }
-        current.connections.sort_unstable();
+        let (snapshot, current) = build.finish(untracked);
         self.built = (!self.fallback).then(|| Built {
             walks,
             owners: owners.clone(),
@@ -291,34 +295,103 @@ impl TcpCollector {
         });
         Ok((snapshot, current))
     }
+}
 
-    /// The sockets of the namespaces reported that the maps held at their last walk:
-    /// listeners, then connections.
-    fn held(&self) -> Vec<TcpSock> {
-        [&self.listeners, &self.socks]
-            .into_iter()
-            .flat_map(Entries::held)
-            .map(|(sock, _)| *sock)
-            .filter(|sock| sets::followed(self.netns, sock.netns))
-            .collect()
+/// The sockets that exist now, turned into a snapshot and a report's ports and connections
+/// one at a time.
+struct Build<'a> {
+    owners: &'a Owners,
+    interval_connections: bool,
+    snapshot: Snapshot,
+    ports: BTreeSet<Port>,
+    connections: Shortlist,
+    connection_keys: BTreeSet<TcpSock>,
+}
+
+impl<'a> Build<'a> {
+    fn new(interval_connections: bool, most_listed: usize, owners: &'a Owners) -> Self {
+        Self {
+            owners,
+            interval_connections,
+            snapshot: Snapshot::default(),
+            ports: BTreeSet::new(),
+            connections: Shortlist::new(most_listed),
+            connection_keys: BTreeSet::new(),
+        }
+    }
+
+    fn add(&mut self, sock: TcpSock) {
+        if sock.kind == TCP_LISTENER {
+            self.snapshot.ports.insert(sock.local_port);
+            let local = ip(sock.family, &sock.local_addr);
+            self.ports
+                .insert(ports::port(sock.local_port, local, self.owners));
+        } else if sock.kind == TCP_CONNECTION {
+            self.snapshot
+                .remotes
+                .insert(ip(sock.family, &sock.remote_addr));
+            // A report lists the connections now or those of the interval, never both: only
+            // the one it lists is built.
+            if self.interval_connections {
+                self.connection_keys.insert(sock);
+            } else {
+                self.connections.add(connection(&sock, self.owners));
+            }
+        }
+    }
+
+    fn finish(self, untracked: u64) -> (Snapshot, Current) {
+        let current = Current {
+            ports: self.ports,
+            connections: self.connections.connections(),
+            connection_keys: self.connection_keys,
+            untracked,
+        };
+        (self.snapshot, current)
     }
 }
 
-/// The sockets to report during the fallback: those of namespace `own` as sock_diag `listed`
-/// them, and those of other namespaces as the maps `held` them; and how many sockets the
-/// maps lack: 0 when they hold exactly what sock_diag lists, else at least 1 (a socket held
-/// but not listed means the two reads saw different moments, and the next report looks
-/// again).
-fn merge(held: Vec<TcpSock>, own: u64, listed: BTreeSet<TcpSock>) -> (Vec<TcpSock>, u64) {
-    let (held_own, mut socks): (Vec<TcpSock>, Vec<TcpSock>) =
-        held.into_iter().partition(|s| s.netns == own);
-    let held_own: BTreeSet<TcpSock> = held_own.into_iter().collect();
-    let untracked = match held_own == listed {
-        true => 0,
-        false => (listed.difference(&held_own).count() as u64).max(1),
-    };
-    socks.extend(listed);
-    (socks, untracked)
+/// During the fallback, what the maps held of tern's namespace against what sock_diag lists
+/// of it, one listed socket at a time.
+struct Compare {
+    held: BTreeSet<TcpSock>,
+    /// Listeners listed so far: sock_diag lists a reuse group's listener once per socket.
+    listeners: BTreeSet<TcpSock>,
+    matched: usize,
+    missing: u64,
+}
+
+impl Compare {
+    fn new(held: BTreeSet<TcpSock>) -> Self {
+        Self {
+            held,
+            listeners: BTreeSet::new(),
+            matched: 0,
+            missing: 0,
+        }
+    }
+
+    /// Takes in a listed socket; whether it is one not listed before.
+    fn listed(&mut self, sock: &TcpSock) -> bool {
+        if sock.kind == TCP_LISTENER && !self.listeners.insert(*sock) {
+            return false;
+        }
+        match self.held.contains(sock) {
+            true => self.matched += 1,
+            false => self.missing += 1,
+        }
+        true
+    }
+
+    /// How many sockets the maps lack: 0 when they hold exactly what sock_diag listed, else
+    /// at least 1 (a socket held but not listed means the two reads saw different moments,
+    /// and the next report looks again).
+    fn untracked(&self) -> u64 {
+        match self.missing == 0 && self.matched == self.held.len() {
+            true => 0,
+            false => self.missing.max(1),
+        }
+    }
 }
 
 pub(super) fn connection(sock: &TcpSock, owners: &Owners) -> Connection {
@@ -374,38 +447,34 @@ mod tests {
     }
 
     #[test]
-    fn the_fallback_reports_what_sock_diag_lists_for_its_namespace() {
-        let (own, other) = (7, 9);
-        let listener = sock(own, TCP_LISTENER, 22);
-        let (held_conn, missing_conn) = (
-            sock(own, TCP_CONNECTION, 5000),
-            sock(own, TCP_CONNECTION, 5001),
-        );
-        let elsewhere = sock(other, TCP_LISTENER, 80);
-        let listed = BTreeSet::from([listener, held_conn, missing_conn]);
-
-        let (socks, untracked) = merge(vec![elsewhere, held_conn], own, listed.clone());
-        let socks: BTreeSet<TcpSock> = socks.into_iter().collect();
+    fn the_fallback_counts_what_the_maps_lack_of_what_sock_diag_lists() {
+        let listener = sock(7, TCP_LISTENER, 22);
+        let (held_conn, missing_conn) =
+            (sock(7, TCP_CONNECTION, 5000), sock(7, TCP_CONNECTION, 5001));
+        let listed = [listener, listener, held_conn, missing_conn];
+        let compare = |held: &[TcpSock]| {
+            let mut compare = Compare::new(held.iter().copied().collect());
+            let new: Vec<bool> = listed.iter().map(|s| compare.listed(s)).collect();
+            assert_eq!(
+                new,
+                [true, false, true, true],
+                "a reuse group's listener is one socket"
+            );
+            compare.untracked()
+        };
         assert_eq!(
-            socks,
-            BTreeSet::from([listener, held_conn, missing_conn, elsewhere])
+            compare(&[held_conn]),
+            2,
+            "the listener and one connection are missing"
         );
-        assert_eq!(untracked, 2, "the listener and one connection are missing");
-
-        let (socks, untracked) = merge(
-            vec![elsewhere, listener, held_conn, missing_conn],
-            own,
-            listed.clone(),
+        assert_eq!(
+            compare(&[listener, held_conn, missing_conn]),
+            0,
+            "the maps hold every socket again"
         );
-        assert_eq!(socks.len(), 4);
-        assert_eq!(untracked, 0, "the maps hold every socket again");
-
         // Held but no longer listed: it closed between the two reads, or the maps are stale;
         // either way, not over yet.
-        let closed = sock(own, TCP_CONNECTION, 5002);
-        let (socks, untracked) =
-            merge(vec![listener, held_conn, missing_conn, closed], own, listed);
-        assert!(!socks.contains(&closed));
-        assert_eq!(untracked, 1);
+        let closed = sock(7, TCP_CONNECTION, 5002);
+        assert_eq!(compare(&[listener, held_conn, missing_conn, closed]), 1);
     }
 }

@@ -17,12 +17,25 @@ pub fn dump<I>(socket: &Socket, buf: &mut Vec<u8>, request: I) -> Result<Vec<I>>
 where
     I: NetlinkSerializable + NetlinkDeserializable,
 {
+    let mut messages = Vec::new();
+    each(socket, buf, request, |message| messages.push(message))?;
+    Ok(messages)
+}
+
+/// Sends a dump request and hands each message of the answer to `f` as it arrives: a dump
+/// of many thousand sockets is never held whole.
+pub fn each<I>(socket: &Socket, buf: &mut Vec<u8>, request: I, mut f: impl FnMut(I)) -> Result<()>
+where
+    I: NetlinkSerializable + NetlinkDeserializable,
+{
     send(socket, request, NLM_F_REQUEST | NLM_F_DUMP)?;
     let mut messages = Vec::new();
     // A dump ends with NLMSG_DONE; the bound keeps a misbehaving kernel from holding us.
     for _ in 0..1_000_000 {
-        if receive(socket, buf, 0, &mut messages)? {
-            return Ok(messages);
+        let done = receive(socket, buf, 0, &mut messages)?;
+        messages.drain(..).for_each(&mut f);
+        if done {
+            return Ok(());
         }
     }
     Err(Error::new(

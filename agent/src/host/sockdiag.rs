@@ -32,6 +32,14 @@ pub struct DiagSocket {
 
 /// Every socket of `protocol` (IPv4 and IPv6) in one of `states`.
 pub fn dump(protocol: u8, states: StateFlags) -> Result<Vec<DiagSocket>> {
+    let mut all = Vec::new();
+    each(protocol, states, |socket| all.push(socket))?;
+    Ok(all)
+}
+
+/// Hands every socket of `protocol` (IPv4 and IPv6) in one of `states` to `f`, one at a
+/// time as the kernel lists them.
+pub fn each(protocol: u8, states: StateFlags, mut f: impl FnMut(DiagSocket)) -> Result<()> {
     let mut socket =
         Socket::new(NETLINK_SOCK_DIAG).context("opening a NETLINK_SOCK_DIAG socket")?;
     socket
@@ -41,7 +49,6 @@ pub fn dump(protocol: u8, states: StateFlags) -> Result<Vec<DiagSocket>> {
         .connect(&SocketAddr::new(0, 0))
         .context("connecting the NETLINK_SOCK_DIAG socket")?;
     let mut buf = Vec::with_capacity(64 * 1024);
-    let mut all = Vec::new();
     for family in [AF_INET, AF_INET6] {
         let socket_id = if family == AF_INET {
             SocketId::new_v4()
@@ -55,16 +62,14 @@ pub fn dump(protocol: u8, states: StateFlags) -> Result<Vec<DiagSocket>> {
             states: states.clone(),
             socket_id,
         });
-        let messages =
-            netlink::dump(&socket, &mut buf, request).context("listing the sockets (sock_diag)")?;
-        for message in messages {
+        netlink::each(&socket, &mut buf, request, |message| {
             let SockDiagMessage::InetResponse(response) = message else {
-                continue;
+                return;
             };
             let id = &response.header.socket_id;
             let words = [&id.cookie[..4], &id.cookie[4..]]
                 .map(|w| u64::from(u32::from_ne_bytes(w.try_into().expect("4 bytes"))));
-            all.push(DiagSocket {
+            f(DiagSocket {
                 state: response.header.state,
                 local: id.source_address,
                 local_port: id.source_port,
@@ -72,9 +77,10 @@ pub fn dump(protocol: u8, states: StateFlags) -> Result<Vec<DiagSocket>> {
                 remote_port: id.destination_port,
                 cookie: words[0] | words[1] << 32,
             });
-        }
+        })
+        .context("listing the sockets (sock_diag)")?;
     }
-    Ok(all)
+    Ok(())
 }
 
 pub fn states(states: &[u8]) -> StateFlags {

@@ -75,6 +75,17 @@ pub struct Encoding {
     pub budget: usize,
 }
 
+/// The fewest bytes one connection takes in a report, whatever its names and format: in
+/// short CBOR, `{"rad": "[::]:0", "lp": 0}` is a map header (1), the key "rad" (4), the
+/// address (7), the key "lp" (3) and the port (1).
+const CONNECTION_BYTES_LEAST: usize = 16;
+
+/// The most connections a report within `budget` bytes can list: a collector need keep no
+/// more.
+pub fn most_connections(budget: usize) -> usize {
+    budget / CONNECTION_BYTES_LEAST
+}
+
 pub struct Encoded {
     pub bytes: Vec<u8>,
     /// Whether the report's lists were cut to fit the budget.

@@ -725,3 +725,58 @@ mod value_tree {
         doc.pointer_mut(pointer).and_then(Value::as_array_mut)
     }
 }
+
+/// The smallest connection: the shortest address and port, no interface.
+fn least_connections(n: usize) -> Report {
+    let mut report = with_connections(0);
+    let list = &mut report.metrics.tcp_connections.as_mut().unwrap();
+    list.established_connections = Connections {
+        connections: vec![
+            Connection {
+                remote_addr: "[::]:0".into(),
+                local_port: 0,
+                local_interface: None,
+            };
+            n
+        ],
+        total: n as u64,
+    };
+    report
+}
+
+#[test]
+fn no_report_lists_more_connections_than_collectors_keep() {
+    let grown = |names, format| {
+        let size = |n| encode_within(&least_connections(n), names, format, 1 << 20).unwrap();
+        size(1).0.len() - size(0).0.len()
+    };
+    // The bound is the smallest entry's exact size, so a collector keeps no more than needed.
+    assert_eq!(grown(Names::Short, Format::Cbor), 16);
+    for names in [Names::Long, Names::Short] {
+        for format in [Format::Json, Format::Cbor] {
+            assert!(grown(names, format) >= 16, "{names:?} {format:?}");
+            for budget in [1024, 4096, 131_072] {
+                let most = most_connections(budget);
+                let (bytes, cut) =
+                    encode_within(&least_connections(most + 50), names, format, budget).unwrap();
+                let listed = match format {
+                    Format::Json => serde_json::from_slice::<Value>(&bytes).unwrap(),
+                    Format::Cbor => ciborium::from_reader::<Value, _>(&bytes[..]).unwrap(),
+                };
+                let pointer = match names {
+                    Names::Long => "/metrics/tcp_connections/established_connections/connections",
+                    Names::Short => "/met/tc/ec/cs",
+                };
+                let n = listed
+                    .pointer(pointer)
+                    .and_then(Value::as_array)
+                    .unwrap()
+                    .len();
+                assert!(
+                    cut && n <= most,
+                    "{names:?} {format:?} {budget}: {n} > {most}"
+                );
+            }
+        }
+    }
+}
