@@ -169,6 +169,30 @@ impl Attached {
     }
 }
 
+/// A loader that holds no kernel BTF. The object carries no BTF, so nothing in it is
+/// relocated against the kernel's; yet `EbpfLoader::new()` always reads and parses it,
+/// megabytes that would set the process's peak memory for life. The loader is made in a
+/// thread of its own whose root is a directory without the BTF, so it finds none; where
+/// that thread cannot change its root, the BTF parsed is dropped at once.
+fn loader_without_btf() -> EbpfLoader<'static> {
+    let made = std::thread::spawn(|| {
+        // SAFETY: unshare(CLONE_FS) gives this thread its own root and working directory,
+        // which chroot then changes for this thread alone; both take only constants.
+        let _ = unsafe {
+            libc::unshare(libc::CLONE_FS) == 0 && libc::chroot(c"/proc/self/fdinfo".as_ptr()) == 0
+        };
+        let mut loader = EbpfLoader::new();
+        loader.btf(None);
+        loader
+    })
+    .join();
+    made.unwrap_or_else(|_| {
+        let mut loader = EbpfLoader::new();
+        loader.btf(None);
+        loader
+    })
+}
+
 impl Programs {
     /// Loads the object and attaches each group it can. An error means no eBPF at all: the
     /// object (its maps) could not be loaded.
@@ -190,12 +214,8 @@ impl Programs {
             .is_ok_and(|state| state.sock_net == SockNet::Btf);
         let signals = super::offsets::read_signals();
         let record_connections = u32::from(options.record_connections);
-        let mut loader = EbpfLoader::new();
-        // The object carries no BTF, so nothing in it is relocated against the kernel's: the
-        // kernel's, which the loader parses when it is made, is dropped rather than held
-        // (megabytes) through the load.
+        let mut loader = loader_without_btf();
         loader
-            .btf(None)
             .override_global(names::SOCK_STATE_OFFSETS, &offsets, true)
             .override_global(names::RECORD_CONNECTIONS, &record_connections, true)
             .override_global(names::SIGNAL_OFFSETS, &signals, true);
