@@ -6,7 +6,12 @@
 //! since 4.x shares). Tracepoint offsets differ between kernels and architectures, so none
 //! is compiled in.
 
-use std::{fs, path::Path};
+use std::{
+    fs::{self, File},
+    io::{Read, Write},
+    os::fd::FromRawFd,
+    path::Path,
+};
 
 use anyhow::{Context, Result, bail};
 use log::debug;
@@ -71,7 +76,128 @@ pub struct SockState {
     pub raw: bool,
 }
 
-pub fn read() -> Result<SockState> {
+/// What tern takes from the kernel's BTF: the offsets of the members its programs read, 0
+/// where the BTF lacks one or there is no BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct Members {
+    skc_net: u32,
+    /// The raw tracepoint's members of `struct sock`, where `raw` is 1: every one found and
+    /// laid out as the program reads them.
+    sock: SockStateOffsets,
+    raw: u32,
+    icmp_data: u32,
+    skb_dev: u32,
+    dev_net: u32,
+    skb_head: u32,
+    skb_transport_header: u32,
+}
+
+// SAFETY: repr(C), u32 fields and a struct of u32 fields only: no padding, and every bit
+// pattern is valid.
+unsafe impl aya::Pod for Members {}
+
+impl Members {
+    /// Reads the BTF in a child process where it can: the file is megabytes, which would
+    /// otherwise set tern's peak memory for life.
+    pub fn read() -> Self {
+        in_child(Self::read_here).unwrap_or_else(Self::read_here)
+    }
+
+    fn read_here() -> Self {
+        let btf = match fs::read(VMLINUX_BTF) {
+            Ok(btf) => btf,
+            Err(err) => {
+                debug!("no BTF ({VMLINUX_BTF}: {err})");
+                return Self::default();
+            }
+        };
+        let member = |name: &str, member: &str| match member_offset(&btf, name, member) {
+            Ok(offset) => offset,
+            Err(err) => {
+                debug!("no BTF for {name}.{member}: {err:#}");
+                0
+            }
+        };
+        let mut sock = SockStateOffsets::default();
+        let raw = match sock_members(&btf, &mut sock) {
+            Ok(()) => 1,
+            Err(err) => {
+                debug!("the raw tracepoint cannot read struct sock: {err:#}");
+                0
+            }
+        };
+        Self {
+            skc_net: member("sock_common", "skc_net"),
+            sock,
+            raw,
+            icmp_data: member("icmp_bxm", "data"),
+            skb_dev: member("sk_buff", "dev"),
+            dev_net: member("net_device", "nd_net"),
+            skb_head: member("sk_buff", "head"),
+            skb_transport_header: member("sk_buff", "transport_header"),
+        }
+    }
+}
+
+/// `f()`, computed in a child process whose memory goes with it. None where this process
+/// runs other threads (a child of a threaded process must not allocate: another thread may
+/// have held the allocator's lock at the fork), or where the child failed.
+fn in_child<T: aya::Pod>(f: impl FnOnce() -> T) -> Option<T> {
+    let threads = fs::read_to_string("/proc/self/status").ok()?;
+    if !threads
+        .lines()
+        .any(|l| l.split_whitespace().eq(["Threads:", "1"]))
+    {
+        return None;
+    }
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two descriptors it is given.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return None;
+    }
+    // SAFETY: two new descriptors that nothing else owns.
+    let (from_child, to_parent) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    // SAFETY: this process has one thread, so the child may run any code.
+    match unsafe { libc::fork() } {
+        -1 => None,
+        0 => {
+            drop(from_child);
+            let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let value = f();
+                // SAFETY: a Pod value is plain bytes.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts((&raw const value).cast::<u8>(), size_of::<T>())
+                };
+                (&to_parent).write_all(bytes).is_ok()
+            }));
+            // SAFETY: the child ends here, running none of the parent's exit handlers.
+            unsafe { libc::_exit(if written.unwrap_or(false) { 0 } else { 1 }) }
+        }
+        child => {
+            drop(to_parent);
+            let mut bytes = vec![0u8; size_of::<T>()];
+            let read = (&from_child).read_exact(&mut bytes).is_ok();
+            let mut status = 0;
+            // A signal (SIGINT, SIGTERM: no SA_RESTART) interrupts the wait; the child ends
+            // soon, either way.
+            for _ in 0..1000 {
+                // SAFETY: waits for our own child.
+                if unsafe { libc::waitpid(child, &mut status, 0) } == child
+                    || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)
+                {
+                    break;
+                }
+            }
+            let exited = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+            // SAFETY: the child wrote a whole Pod value, read unaligned from the buffer.
+            (read && exited)
+                .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+        }
+    }
+}
+
+pub fn read(members: &Members) -> Result<SockState> {
     let text = tracepoint_format(SET_STATE).context(
         "the tracepoint sock:inet_sock_set_state is not visible: mount tracefs \
          (mount -t tracefs nodev /sys/kernel/tracing); it needs Linux 4.16 or later",
@@ -79,29 +205,28 @@ pub fn read() -> Result<SockState> {
     let mut offsets =
         tracepoint_offsets(&text).context("unexpected format of sock:inet_sock_set_state")?;
     offsets.pointer_size = field_size(&text, "skaddr").unwrap_or_else(pointer_size);
-    let btf = fs::read(VMLINUX_BTF).map_err(anyhow::Error::from);
-    let from_btf = btf
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("{e:#}"))
-        .and_then(|btf| member_offset(btf, "sock_common", "skc_net"));
-    let sock_net = match from_btf {
-        Ok(sock_net) => {
-            offsets.sock_net = sock_net;
-            SockNet::Btf
-        }
-        Err(err) => {
-            debug!("no BTF for struct sock_common ({VMLINUX_BTF}: {err:#})");
+    let sock_net = match members.skc_net {
+        0 => {
             offsets.sock_net = skc_net_by_layout(offsets.pointer_size);
             SockNet::Layout
         }
-    };
-    let raw = match btf.and_then(|btf| sock_members(&btf, &mut offsets)) {
-        Ok(()) => true,
-        Err(err) => {
-            debug!("the raw tracepoint cannot read struct sock: {err:#}");
-            false
+        skc_net => {
+            offsets.sock_net = skc_net;
+            SockNet::Btf
         }
     };
+    let raw = members.raw != 0;
+    if raw {
+        let sock = &members.sock;
+        offsets.sk_protocol = sock.sk_protocol;
+        offsets.sk_saddr = sock.sk_saddr;
+        offsets.sk_sport = sock.sk_sport;
+        offsets.sk_daddr = sock.sk_daddr;
+        offsets.sk_dport = sock.sk_dport;
+        offsets.sk_family = sock.sk_family;
+        offsets.sk_v6_daddr = sock.sk_v6_daddr;
+        offsets.sk_v6_rcv_saddr = sock.sk_v6_rcv_saddr;
+    }
     Ok(SockState {
         offsets,
         sock_net,
@@ -176,19 +301,13 @@ pub fn reset_tracepoint_complete() -> bool {
 /// offsets stay 0 (every namespace's events count, and so do resets the kernel does not
 /// send because the segment carried RST itself), and `struct icmp_bxm` is taken to have
 /// the layout it has had since Linux 2.6: a pointer and two ints before the ICMP header.
-pub fn read_signals() -> SignalOffsets {
+pub fn read_signals(members: &Members) -> SignalOffsets {
     let field = |event: &str, name: &str| {
         tracepoint_format(event)
             .and_then(|f| field_offset(&f, name).ok())
             .unwrap_or(0)
     };
-    let btf = fs::read(VMLINUX_BTF).ok();
-    let member = |name: &str, member: &str| {
-        btf.as_deref()
-            .and_then(|b| member_offset(b, name, member).ok())
-            .unwrap_or(0)
-    };
-    let icmp_param_header = match member("icmp_bxm", "data") {
+    let icmp_param_header = match members.icmp_data {
         0 => pointer_size() + 2 * size_of::<u32>() as u32,
         offset => offset,
     };
@@ -200,10 +319,10 @@ pub fn read_signals() -> SignalOffsets {
         icmp_type: field(ICMP_SEND, "type"),
         icmp_code: field(ICMP_SEND, "code"),
         exec_filename: field("sched/sched_process_exec", "filename"),
-        skb_dev: member("sk_buff", "dev"),
-        dev_net: member("net_device", "nd_net"),
-        skb_head: member("sk_buff", "head"),
-        skb_transport_header: member("sk_buff", "transport_header"),
+        skb_dev: members.skb_dev,
+        dev_net: members.dev_net,
+        skb_head: members.skb_head,
+        skb_transport_header: members.skb_transport_header,
         icmp_param_header,
     }
 }

@@ -198,8 +198,9 @@ impl Programs {
     /// object (its maps) could not be loaded.
     pub fn load(options: &LoadOptions) -> Result<(Self, Maps, Attached)> {
         let tracefs = super::mounts::tracefs().map_err(|e| format!("{e:#}"));
+        let members = super::offsets::Members::read();
         let sock_state = match &tracefs {
-            Ok(()) => super::offsets::read().map_err(|e| format!("{e:#}")),
+            Ok(()) => super::offsets::read(&members).map_err(|e| format!("{e:#}")),
             Err(err) => Err(err.clone()),
         };
         let offsets = sock_state.as_ref().map_or_else(
@@ -212,7 +213,7 @@ impl Programs {
         let btf = sock_state
             .as_ref()
             .is_ok_and(|state| state.sock_net == SockNet::Btf);
-        let signals = super::offsets::read_signals();
+        let signals = super::offsets::read_signals(&members);
         let record_connections = u32::from(options.record_connections);
         let mut loader = loader_without_btf();
         loader
