@@ -1,12 +1,14 @@
+// Over 400 lines: `run` is the agent's life, one sequence in the order process/ states;
+// split, that order would be spread over files.
 //! The agent's life: check the configuration, attach, drop privileges, open the output
 //! (starting the publisher when reports go to a broker), then at every interval collect,
-//! build one report and send it. Link changes are applied as they arrive, so a new
-//! interface is counted from its first packet. A publisher thread that dies ends the run
-//! with an error.
+//! build one report, judge the behaviours given on it and send it with their violations.
+//! Link changes are applied as they arrive, so a new interface is counted from its first
+//! packet. A publisher thread that dies ends the run with an error.
 
 use std::{
     collections::HashSet,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Result, anyhow, bail};
@@ -78,6 +80,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
     // Checks every setting and the account, as check-config does, and loads the TLS material
     // into memory, before anything else.
     let (settings, account) = config::load(&args.config)?;
+    let mut detector = settings.detection.as_ref().map(|detection| {
+        detection.lines().iter().for_each(|line| info!("{line}"));
+        detection.detector(settings.interval)
+    });
     let broker = match (args.output, &settings.broker) {
         (Some(Destination::Mqtt), None) => {
             bail!("--output mqtt needs an endpoint: set endpoint in the config or --endpoint")
@@ -271,6 +277,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
         let id = ids.next();
         let connections = collected.tcp_connections.established_connections.total;
         let report = collected.into_report(id, &settings.custom_metrics);
+        // Judged whole, before the encoding cuts any list to fit.
+        let violations = detector
+            .as_mut()
+            .map(|d| d.judge(&report, SystemTime::now()));
         let collected_in = started.elapsed();
         let baseline = collectors.baseline(id, boot.clone(), generation);
         // Once the report is out, and before it can be delivered: a crash between the two
@@ -289,7 +299,17 @@ pub fn run(args: &RunArgs) -> Result<()> {
             }
             _ => {}
         };
-        match output.send(report, &baseline.to_bytes(), keep) {
+        let sent = output.send(report, &baseline.to_bytes(), keep);
+        // After the report they were judged on, whether or not it went out (a closed stdout
+        // fails the report too).
+        if let Err(err) = violations
+            .iter()
+            .flatten()
+            .try_for_each(|v| output.violation(v))
+        {
+            error!("{err:#}");
+        }
+        match sent {
             Ok(bytes) => debug!(
                 "report {id} built in {} us (collected in {} us): {connections} connections{}",
                 started.elapsed().as_micros(),

@@ -9,6 +9,7 @@
 mod agent;
 mod collect;
 mod config;
+mod detect;
 mod host;
 mod install;
 mod kernel;

@@ -61,6 +61,10 @@ pub struct ConfigArgs {
     /// metric of the same name.
     #[arg(long = "metric", value_name = "NAME=TYPE:PATH")]
     pub metrics: Vec<FileMetric>,
+    /// Device Defender behaviours to judge on the device at every report: a security
+    /// profile as describe-security-profile prints it, or its list of behaviours.
+    #[arg(long, value_name = "FILE")]
+    pub behaviors: Option<PathBuf>,
     /// Unprivileged user to run as once the programs are attached (default: the user
     /// `install` created, named like this binary).
     #[arg(long)]

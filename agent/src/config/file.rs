@@ -53,6 +53,7 @@ pub struct TernSection {
     pub shared_user: Option<bool>,
     pub custom_metrics: Option<SelectionSpec>,
     pub metrics: Option<Vec<MetricSpec>>,
+    pub behaviors: Option<String>,
 }
 
 /// `"all"`, `"none"`, `"a,b"` or `["a", "b"]`.

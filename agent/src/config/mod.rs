@@ -6,6 +6,7 @@
 
 mod account;
 mod args;
+mod behaviors;
 mod broker;
 mod endpoint;
 mod file;
@@ -23,6 +24,7 @@ use std::{
 pub use account::Account;
 use anyhow::{Result, bail};
 pub use args::ConfigArgs;
+pub use behaviors::Detection;
 use broker::{AWS_MIN_INTERVAL, BrokerInputs};
 use file::{File, expand, read_file};
 use rustls::ClientConfig;
@@ -50,6 +52,8 @@ pub struct Settings {
     pub user: Option<String>,
     /// Whether a user other processes share is accepted (`--shared-user`).
     pub shared_user: bool,
+    /// The behaviours judged on the device, when a behaviours file is given.
+    pub detection: Option<Detection>,
 }
 
 #[derive(Clone, Debug)]
@@ -216,6 +220,8 @@ fn resolve(args: &ConfigArgs, problems: &mut Vec<Problem>) -> Option<(Settings, 
         format,
         budget: usize::try_from(budget).unwrap_or(usize::MAX),
     };
+    let thing = args.thing_name.clone().or(file.thing_name);
+    let detection = behaviors::load(args, &tern, &thing, &custom_metrics, &metrics, problems);
     let key = args.key.clone().or(file.key.as_deref().map(expand));
     let endpoint = args.endpoint.clone().or(file.endpoint);
     // With an endpoint, reports carry the delivery counts too.
@@ -241,7 +247,7 @@ fn resolve(args: &ConfigArgs, problems: &mut Vec<Problem>) -> Option<(Settings, 
             let inputs = BrokerInputs {
                 source: &source,
                 endpoint: &endpoint,
-                thing_name: args.thing_name.clone().or(file.thing_name),
+                thing_name: thing,
                 cert: args.cert.clone().or(file.cert.as_deref().map(expand)),
                 key,
                 root_ca: args.root_ca.clone().or(file.root_ca.as_deref().map(expand)),
@@ -264,6 +270,7 @@ fn resolve(args: &ConfigArgs, problems: &mut Vec<Problem>) -> Option<(Settings, 
         metrics,
         user: args.user.clone().or(tern.user),
         shared_user: args.shared_user || tern.shared_user.unwrap_or(false),
+        detection,
     };
     // The account, and what it must reach: the state directory, the metric files.
     let account = Account::resolve(settings.user.as_deref(), settings.shared_user)
@@ -296,6 +303,8 @@ pub fn check(args: &ConfigArgs) -> Result<()> {
                     settings.interval, account.name
                 ),
             }
+            let detection = settings.detection.iter().flat_map(Detection::lines);
+            detection.for_each(|line| println!("{line}"));
             Ok(())
         }
         Err(problems) => {

@@ -1,5 +1,6 @@
-//! Output: where reports go, one per line on stdout or through the spool to an MQTT broker.
-//! Never collects.
+//! Output: where reports go, one per line on stdout or through the spool to an MQTT broker,
+//! and the violations of behaviours judged on the device, in the log and on stdout beside
+//! the reports. Never collects.
 
 pub mod mqtt;
 mod outbox;
@@ -8,10 +9,11 @@ mod spool;
 use std::io::Write;
 
 use anyhow::{Context, Result};
-use log::info;
+use log::{info, warn};
 
 use crate::{
     config::{Broker, Settings},
+    detect::violation::{EventType, Violation},
     report::{Encoded, Encoding, Format, Report},
 };
 use mqtt::Publisher;
@@ -71,6 +73,26 @@ impl Output {
                 Ok(Some(bytes))
             }
         }
+    }
+
+    /// Logs `violation` in one line and, when reports go to stdout, prints it there as one
+    /// JSON line of its own, `{"violation": {...}}`.
+    pub fn violation(&mut self, violation: &Violation) -> Result<()> {
+        match violation.violation_event_type {
+            EventType::InAlarm => warn!("{}", violation.log_line()),
+            EventType::AlarmCleared => info!("{}", violation.log_line()),
+        }
+        if let Self::Stdout(_) = self {
+            let mut out = std::io::stdout().lock();
+            out.write_all(violation.json_line().as_bytes())
+                .and_then(|()| out.write_all(b"\n"))
+                .and_then(|()| out.flush())
+                .map_err(anyhow::Error::from)
+                .with_context(|| {
+                    format!("writing violation {} to stdout", violation.violation_id)
+                })?;
+        }
+        Ok(())
     }
 
     /// The publisher's health, when reports go to a broker.

@@ -268,6 +268,7 @@ mod tests {
             metrics: Vec::new(),
             user: None,
             shared_user: false,
+            detection: None,
         };
         let target = Target::new(&settings, &test_broker(packet_limit));
         assert_eq!(target.topic, "$aws/things/gw/defender/metrics/json");

@@ -1,0 +1,97 @@
+//! Judgement of one behaviour, with the service's semantics: a datapoint outside the criteria
+//! is a violation; `consecutiveDatapointsToAlarm` violations in a row raise the alarm and
+//! `consecutiveDatapointsToClear` normal datapoints in a row clear it; with
+//! `durationSeconds` the datapoint is the sum of the reports that span the duration.
+
+use std::collections::VecDeque;
+
+use super::{behaviors::Behavior, datapoint::Datapoint};
+
+/// What one datapoint did to a behaviour's alarm.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    Raised(Datapoint),
+    Cleared(Datapoint),
+}
+
+/// One behaviour's state: its window of reports, whether it is in alarm, and the datapoints
+/// in a row that count towards changing that.
+#[derive(Debug)]
+pub struct Watch {
+    pub behavior: Behavior,
+    /// The latest reports' values, newest last, when the datapoint spans several reports.
+    window: VecDeque<Option<Datapoint>>,
+    span: usize,
+    in_alarm: bool,
+    streak: u32,
+}
+
+impl Watch {
+    /// A watch for reports `interval` seconds apart: a duration spans the fewest reports that
+    /// cover it.
+    pub fn new(behavior: Behavior, interval: u64) -> Self {
+        let span = behavior.criteria.duration.map_or(1, |d| {
+            usize::try_from(d.div_ceil(interval.max(1))).unwrap_or(usize::MAX)
+        });
+        Self {
+            behavior,
+            window: VecDeque::new(),
+            span: span.max(1),
+            in_alarm: false,
+            streak: 0,
+        }
+    }
+
+    /// Judges one report's value of the metric (none when the report lacks it, which leaves
+    /// the state as it is). A sum over a window still short of reports, or with a report that
+    /// lacked the metric, can only grow: it is judged only where growing cannot make it
+    /// normal.
+    pub fn report(&mut self, value: Option<Datapoint>) -> Option<Change> {
+        let criteria = &self.behavior.criteria;
+        let (datapoint, whole) = if criteria.duration.is_some() {
+            self.window.push_back(value);
+            while self.window.len() > self.span {
+                self.window.pop_front();
+            }
+            let mut present = self.window.iter().flatten();
+            let first = present.next()?.clone();
+            let sum = present.try_fold(first, |sum, d| sum.plus(d))?;
+            let whole = self.window.len() == self.span && self.window.iter().all(Option::is_some);
+            (sum, whole)
+        } else {
+            (value?, true)
+        };
+        let normal = criteria.normal(&datapoint);
+        if !whole && (normal || !criteria.violated_for_good(&datapoint)) {
+            return None;
+        }
+        self.step(!normal, datapoint)
+    }
+
+    fn step(&mut self, violated: bool, datapoint: Datapoint) -> Option<Change> {
+        let criteria = &self.behavior.criteria;
+        if violated != self.in_alarm {
+            self.streak += 1;
+        } else {
+            self.streak = 0;
+        }
+        let needed = if self.in_alarm {
+            criteria.to_clear
+        } else {
+            criteria.to_alarm
+        };
+        if self.streak < needed {
+            return None;
+        }
+        self.streak = 0;
+        self.in_alarm = violated;
+        Some(if violated {
+            Change::Raised(datapoint)
+        } else {
+            Change::Cleared(datapoint)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
