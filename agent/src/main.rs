@@ -2,8 +2,9 @@
 //! Defender metrics. This file is the command line; `agent` is the agent's life.
 //!
 //! Data flows one way: `kernel` (programs and maps) -> `collect` -> `report` -> `output`
-//! (stdout, or the spool and an MQTT broker), with `agent` and `process` (privilege,
-//! lifecycle) above and `host` (netlink, namespaces) below. ARCHITECTURE.md states the
+//! (stdout, or the spool and an MQTT broker), with `detect` judging behaviours on each
+//! report on the way, `agent` and `process` (privilege, lifecycle) above and `host`
+//! (netlink, namespaces) below. ARCHITECTURE.md states the
 //! dependency rule.
 
 mod agent;
