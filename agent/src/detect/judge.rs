@@ -61,15 +61,16 @@ impl Watch {
         } else {
             (value?, true)
         };
-        let normal = criteria.normal(&datapoint);
-        if !whole && (normal || !criteria.violated_for_good(&datapoint)) {
+        if !whole && !criteria.violated_for_good(&datapoint) {
             return None;
         }
-        self.step(!normal, datapoint)
+        let violated = !criteria.normal(&datapoint);
+        self.step(violated, datapoint)
     }
 
     fn step(&mut self, violated: bool, datapoint: Datapoint) -> Option<Change> {
         let criteria = &self.behavior.criteria;
+        // A datapoint that agrees with the state breaks the run towards the other one.
         if violated != self.in_alarm {
             self.streak += 1;
         } else {
