@@ -18,6 +18,7 @@ use log::{debug, error, info, warn};
 use crate::{
     collect::{Baseline, Collectors, SocketOptions},
     config::{self, ConfigArgs},
+    detect::Detector,
     host::{descriptors, links::LinkWatch},
     kernel::{
         object,
@@ -34,6 +35,19 @@ use crate::{
     },
     report::{ReportIds, most_connections},
 };
+
+/// How often the counts that can raise an alarm early are read: an alarm comes within this
+/// of the event that makes it certain.
+const LOOK_EVERY: Duration = Duration::from_millis(250);
+
+/// What a pass of the loop does.
+#[derive(PartialEq, Eq)]
+enum Due {
+    /// Builds and sends the report of the interval.
+    Report,
+    /// Reads the counts that can raise an alarm before the report, and judges them.
+    Look,
+}
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -263,7 +277,30 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let mut baseline_failing = false;
     // Whether a report went out; an error once no report can get anywhere again.
     let no_interfaces = HashSet::new();
-    let mut report = |programs: &mut Option<Programs>| -> Result<bool> {
+    // The counts whose growth can raise an alarm before the report: read as they grow.
+    let mut early: Vec<String> = detector
+        .iter()
+        .flat_map(Detector::early)
+        .filter(|metric| collectors.runs(metric))
+        .map(str::to_owned)
+        .collect();
+    early.sort_unstable();
+    early.dedup();
+    let early: Vec<&str> = early.iter().map(String::as_str).collect();
+    let mut next_look = (!early.is_empty()).then(|| Instant::now() + LOOK_EVERY);
+    let mut report = |programs: &mut Option<Programs>, due: Due| -> Result<bool> {
+        if due == Due::Look {
+            let running = collectors.running(&early);
+            for violation in detector
+                .iter_mut()
+                .flat_map(|d| d.judge_running(&running, SystemTime::now()))
+            {
+                if let Err(err) = output.violation(&violation) {
+                    error!("{err:#}");
+                }
+            }
+            return Ok(false);
+        }
         let started = Instant::now();
         let counted: HashSet<u32> = programs.iter().flat_map(Programs::counted).collect();
         let gone = programs.as_ref().map_or(&no_interfaces, Programs::gone);
@@ -348,8 +385,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
             link_child_pid = None;
         }
         let until_report = next.saturating_duration_since(Instant::now());
+        let until_look = next_look.map(|at| at.saturating_duration_since(Instant::now()));
         links.wait(Some(
-            ping_every.map_or(until_report, |ping| ping.min(until_report)),
+            [ping_every, until_look]
+                .into_iter()
+                .flatten()
+                .fold(until_report, Duration::min),
         ));
         // A loop that stops coming here (hung) stops the pings, and systemd restarts tern.
         if ping_every.is_some() {
@@ -371,7 +412,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         if stop::stop_requested() {
             notify("STOPPING=1");
             // What was counted since the last report is reported, not dropped.
-            match report(&mut programs) {
+            match report(&mut programs, Due::Report) {
                 Ok(went) => {
                     sent += u64::from(went);
                     all_reported = went;
@@ -380,6 +421,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
             }
             break;
         }
+        if let Some(at) = next_look.as_mut().filter(|at| **at <= Instant::now()) {
+            *at = Instant::now() + LOOK_EVERY;
+            report(&mut programs, Due::Look)?;
+        }
         if Instant::now() < next {
             continue;
         }
@@ -387,7 +432,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         while next <= Instant::now() {
             next += interval;
         }
-        match report(&mut programs) {
+        match report(&mut programs, Due::Report) {
             Ok(went) => sent += u64::from(went),
             Err(err) => {
                 lost = Some(err);

@@ -41,7 +41,14 @@ impl<K: Eq + Hash, const N: usize> Default for Readings<K, N> {
 impl<K: Eq + Hash, const N: usize> Readings<K, N> {
     /// Records `cur` for `key` and returns each counter's growth since the last reading.
     pub fn advance(&mut self, key: K, cur: [u64; N]) -> [u64; N] {
-        let prev = self.last.insert(key, cur).unwrap_or([0; N]);
+        let growth = self.since(&key, cur);
+        self.last.insert(key, cur);
+        growth
+    }
+
+    /// Each counter's growth from the last reading to `cur`, recording nothing.
+    pub fn since(&self, key: &K, cur: [u64; N]) -> [u64; N] {
+        let prev = self.last.get(key).copied().unwrap_or([0; N]);
         std::array::from_fn(|i| delta(prev[i], cur[i]))
     }
 

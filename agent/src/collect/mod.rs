@@ -27,7 +27,7 @@ mod udp;
 use std::collections::HashSet;
 
 use anyhow::{Context, Result};
-use log::{error, info};
+use log::{debug, error, info};
 use tern_common::{counters::Counter, sockets::FOLLOWED_BY_ADDRESS};
 
 use crate::{
@@ -72,7 +72,37 @@ impl Growth {
     pub fn of(&self, counter: Counter) -> u64 {
         self.0[counter.index() as usize]
     }
+
+    /// The interval counts `metrics` (of `COUNTED`), as the report carries them.
+    fn counted(&self, metrics: &[Metric]) -> Vec<Own> {
+        COUNTED
+            .iter()
+            .filter(|(metric, _)| metrics.contains(metric))
+            .map(|(metric, counters)| (*metric, self.sum(counters).into()))
+            .collect()
+    }
+
+    fn sum(&self, counters: &[Counter]) -> u64 {
+        counters.iter().map(|c| self.of(*c)).sum()
+    }
 }
+
+/// The interval counts that are the kernel programs' counters added up: reports carry them
+/// at the end of each interval, and `Collectors::running` reads them as they grow.
+const COUNTED: [(Metric, &[Counter]); 9] = [
+    (
+        catalog::OPENED,
+        &[Counter::OpenedInbound, Counter::OpenedOutbound],
+    ),
+    (catalog::OPENED_INBOUND, &[Counter::OpenedInbound]),
+    (catalog::OPENED_OUTBOUND, &[Counter::OpenedOutbound]),
+    (catalog::SHORT_LIVED, &[Counter::ShortLived]),
+    (catalog::RESETS, &[Counter::ResetsSent]),
+    (catalog::CLOSED_PORTS, &[Counter::ClosedPortAttempts]),
+    (catalog::FAILED, &[Counter::FailedConnects]),
+    (catalog::RETRANSMITTED, &[Counter::Retransmits]),
+    (catalog::EXECUTIONS, &[Counter::Execs]),
+];
 
 /// One of tern's own custom metrics with its value.
 type Own = (Metric, CustomMetric);
@@ -217,6 +247,37 @@ impl Collectors {
             && let Some(Ok(counts)) = baseline.program_counters.map(<[u64; _]>::try_from)
         {
             programs.counters.restore([((), counts)]);
+        }
+    }
+
+    /// Whether `running` can read metric `name` as it grows: one of the programs' counts
+    /// that the report takes from them.
+    pub fn runs(&self, name: &str) -> bool {
+        self.programs.is_some()
+            && COUNTED
+                .iter()
+                .any(|(metric, _)| metric.name == name && self.wanted(metric, Source::Programs))
+    }
+
+    /// The programs' interval counts `names` so far, by name: what the report at the end of
+    /// the interval would carry now. Moves nothing on. A failed read gives nothing: the
+    /// report judges them in any case.
+    pub fn running<'a>(&self, names: &[&'a str]) -> Vec<(&'a str, u64)> {
+        let Some(growth) = self.programs.as_ref().map(Programs::running) else {
+            return Vec::new();
+        };
+        match growth {
+            Ok(growth) => names
+                .iter()
+                .filter_map(|name| {
+                    let (_, counters) = COUNTED.iter().find(|(m, _)| m.name == *name)?;
+                    Some((*name, growth.sum(counters)))
+                })
+                .collect(),
+            Err(err) => {
+                debug!("{err:#}");
+                Vec::new()
+            }
         }
     }
 
@@ -412,6 +473,11 @@ impl Programs {
             signals,
             dropped: growth.of(Counter::DetailsDropped).max(untracked),
         })
+    }
+
+    /// How much each counter grew since the last report, as the next one would find it.
+    fn running(&self) -> Result<Growth> {
+        Ok(Growth(self.counters.since(&(), self.read_counters()?)))
     }
 
     /// Starts the next interval in the kernel programs; returns its number.

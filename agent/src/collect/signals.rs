@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use tern_common::{changes::Changed, counters::Counter, signals::EXEC_PATH_LEN, sockets::ip};
+use tern_common::{changes::Changed, signals::EXEC_PATH_LEN, sockets::ip};
 
 use super::{Growth, changes::Changes, sets};
 use crate::{
@@ -57,18 +57,14 @@ impl SignalCollector {
         let new_executables = self.new_executables(changes)?;
         let ports: BTreeSet<u64> = contacted.iter().map(|s| u64::from(s.port)).collect();
         let addresses: BTreeSet<IpAddr> = contacted.iter().map(|s| ip(s.family, &s.addr)).collect();
-        Ok(vec![
-            (catalog::RESETS, growth.of(Counter::ResetsSent).into()),
-            (
-                catalog::CLOSED_PORTS,
-                growth.of(Counter::ClosedPortAttempts).into(),
-            ),
-            (catalog::FAILED, growth.of(Counter::FailedConnects).into()),
-            (
-                catalog::RETRANSMITTED,
-                growth.of(Counter::Retransmits).into(),
-            ),
-            (catalog::EXECUTIONS, growth.of(Counter::Execs).into()),
+        let mut signals = growth.counted(&[
+            catalog::RESETS,
+            catalog::CLOSED_PORTS,
+            catalog::FAILED,
+            catalog::RETRANSMITTED,
+            catalog::EXECUTIONS,
+        ]);
+        signals.extend([
             (
                 catalog::NEW_EXECUTABLES,
                 CustomMetric::StringList(new_executables),
@@ -81,7 +77,8 @@ impl SignalCollector {
                 catalog::ADDRESSES_CONTACTED,
                 CustomMetric::IpList(addresses.iter().map(IpAddr::to_string).collect()),
             ),
-        ])
+        ]);
+        Ok(signals)
     }
 
     /// Executables run during the interval that were never seen since start, as Device

@@ -184,13 +184,13 @@ impl TcpCollector {
         let mut remotes: BTreeSet<IpAddr> =
             self.previous.remotes.union(&now.remotes).copied().collect();
         remotes.extend(remotes_seen.iter().map(|s| ip(s.family, &s.addr)));
-        let inbound = growth.of(Counter::OpenedInbound);
-        let outbound = growth.of(Counter::OpenedOutbound);
-        let custom = vec![
-            (catalog::OPENED, CustomMetric::from(inbound + outbound)),
-            (catalog::OPENED_INBOUND, inbound.into()),
-            (catalog::OPENED_OUTBOUND, outbound.into()),
-            (catalog::SHORT_LIVED, growth.of(Counter::ShortLived).into()),
+        let mut custom = growth.counted(&[
+            catalog::OPENED,
+            catalog::OPENED_INBOUND,
+            catalog::OPENED_OUTBOUND,
+            catalog::SHORT_LIVED,
+        ]);
+        custom.extend([
             (
                 catalog::TCP_PORTS,
                 CustomMetric::NumberList(ports::interval_ports(
@@ -203,7 +203,7 @@ impl TcpCollector {
                 catalog::REMOTES,
                 CustomMetric::IpList(remotes.iter().map(IpAddr::to_string).collect()),
             ),
-        ];
+        ]);
         self.previous = now;
         Ok(Tcp {
             listening_tcp_ports: ports::port_list(current.ports),

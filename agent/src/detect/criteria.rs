@@ -292,15 +292,20 @@ impl Criteria {
         }
     }
 
+    /// Whether a growing value can become a violation for good: an upper bound, or a set
+    /// of what is normal.
+    pub fn violated_by_growth(&self) -> bool {
+        !matches!(
+            self.operator,
+            Operator::GreaterThan | Operator::GreaterThanEquals
+        )
+    }
+
     /// Whether a violating datapoint stays one however it grows: a count over an upper bound
     /// only goes further over, and an element a set operator refuses stays in the list. A
     /// partial datapoint (a window short of reports, a running count) alarms only then.
     pub fn violated_for_good(&self, datapoint: &Datapoint) -> bool {
-        !self.normal(datapoint)
-            && !matches!(
-                self.operator,
-                Operator::GreaterThan | Operator::GreaterThanEquals
-            )
+        self.violated_by_growth() && !self.normal(datapoint)
     }
 }
 

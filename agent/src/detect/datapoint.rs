@@ -130,6 +130,15 @@ impl Datapoint {
     }
 
     /// The sum of two datapoints of a metric that counts, for `durationSeconds`.
+    /// An interval count of `metric` as its reports give it: a count for the `aws:`
+    /// metrics, a number for custom ones.
+    pub fn count(metric: &str, count: u64) -> Self {
+        match metric.starts_with("aws:") {
+            true => Self::Count(count),
+            false => Self::Number(count as f64),
+        }
+    }
+
     pub fn plus(&self, other: &Self) -> Option<Self> {
         match (self, other) {
             (Self::Count(a), Self::Count(b)) => Some(Self::Count(a.saturating_add(*b))),

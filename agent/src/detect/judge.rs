@@ -68,6 +68,35 @@ impl Watch {
         self.step(violated, datapoint)
     }
 
+    /// Judges the running value of the interval not reported yet, which can only grow until
+    /// the report. The alarm is raised at once where the report's datapoint is violated for
+    /// good already and completes the run of violations the alarm needs; the report then
+    /// finds the alarm raised and counts nothing twice.
+    pub fn running(&mut self, value: Datapoint) -> Option<Change> {
+        let criteria = &self.behavior.criteria;
+        if self.in_alarm || self.streak + 1 < criteria.to_alarm {
+            return None;
+        }
+        // The window the report will close: the newest reports but one, and this interval.
+        let datapoint = match criteria.duration {
+            Some(_) => {
+                let kept = self.window.len().min(self.span - 1);
+                self.window
+                    .iter()
+                    .skip(self.window.len() - kept)
+                    .flatten()
+                    .try_fold(value, |sum, d| sum.plus(d))?
+            }
+            None => value,
+        };
+        if !criteria.violated_for_good(&datapoint) {
+            return None;
+        }
+        self.streak = 0;
+        self.in_alarm = true;
+        Some(Change::Raised(datapoint))
+    }
+
     fn step(&mut self, violated: bool, datapoint: Datapoint) -> Option<Change> {
         let criteria = &self.behavior.criteria;
         // A datapoint that agrees with the state breaks the run towards the other one.

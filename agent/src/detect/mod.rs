@@ -5,7 +5,8 @@
 //!
 //! A value that can only grow until its interval ends (a running count, a set seen so far)
 //! is judged by [`criteria::Criteria::violated_for_good`], as a window of reports still
-//! short of its duration already is.
+//! short of its duration already is: between reports, the running values of such metrics
+//! raise an alarm as soon as it is certain, not at the end of the interval.
 
 pub mod behaviors;
 pub mod criteria;
@@ -49,42 +50,72 @@ impl Detector {
 
     /// Judges every behaviour on `report`, built at `now`: the alarms it raised and cleared.
     pub fn judge(&mut self, report: &Report, now: SystemTime) -> Vec<Violation> {
+        let mut events = Vec::new();
+        for index in 0..self.watches.len() {
+            let value = Datapoint::of(report, &self.watches[index].0.behavior.metric);
+            let change = self.watches[index].0.report(value);
+            events.extend(change.map(|change| self.event(index, change, now)));
+        }
+        events
+    }
+
+    /// The metrics whose running value, before the report, can raise an alarm: those of
+    /// behaviours that a growing value can violate for good.
+    pub fn early(&self) -> impl Iterator<Item = &str> {
+        self.watches
+            .iter()
+            .map(|(watch, _)| &watch.behavior)
+            .filter(|b| b.criteria.violated_by_growth())
+            .map(|b| b.metric.as_str())
+    }
+
+    /// Judges the interval counts not reported yet (metric and count so far) at `now`: the
+    /// alarms they raise.
+    pub fn judge_running(&mut self, running: &[(&str, u64)], now: SystemTime) -> Vec<Violation> {
+        let mut events = Vec::new();
+        for index in 0..self.watches.len() {
+            let metric = self.watches[index].0.behavior.metric.as_str();
+            let Some((_, count)) = running.iter().find(|(m, _)| *m == metric) else {
+                continue;
+            };
+            let value = Datapoint::count(metric, *count);
+            let change = self.watches[index].0.running(value);
+            events.extend(change.map(|change| self.event(index, change, now)));
+        }
+        events
+    }
+
+    /// The violation event of `change` to watch `index`'s alarm.
+    fn event(&mut self, index: usize, change: Change, now: SystemTime) -> Violation {
         let millis = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let mut events = Vec::new();
-        for (watch, alarm) in &mut self.watches {
-            let value = Datapoint::of(report, &watch.behavior.metric);
-            let Some(change) = watch.report(value) else {
-                continue;
-            };
-            let (kind, datapoint, id) = match change {
-                Change::Raised(datapoint) => {
-                    self.last_alarm = millis.max(self.last_alarm + 1);
-                    let id = format!(
-                        "{}/{}/{}",
-                        self.thing_name, watch.behavior.name, self.last_alarm
-                    );
-                    *alarm = Some(id.clone());
-                    (EventType::InAlarm, datapoint, id)
-                }
-                Change::Cleared(datapoint) => (
-                    EventType::AlarmCleared,
-                    datapoint,
-                    alarm.take().unwrap_or_default(),
-                ),
-            };
-            events.push(Violation {
-                violation_id: id,
-                thing_name: self.thing_name.clone(),
-                security_profile_name: self.profile.clone(),
-                behavior: watch.behavior.given.clone(),
-                metric_value: datapoint.metric_value(),
-                violation_event_type: kind,
-                violation_event_time: millis / 1000,
-            });
+        let (watch, alarm) = &mut self.watches[index];
+        let (kind, datapoint, id) = match change {
+            Change::Raised(datapoint) => {
+                self.last_alarm = millis.max(self.last_alarm + 1);
+                let id = format!(
+                    "{}/{}/{}",
+                    self.thing_name, watch.behavior.name, self.last_alarm
+                );
+                *alarm = Some(id.clone());
+                (EventType::InAlarm, datapoint, id)
+            }
+            Change::Cleared(datapoint) => (
+                EventType::AlarmCleared,
+                datapoint,
+                alarm.take().unwrap_or_default(),
+            ),
+        };
+        Violation {
+            violation_id: id,
+            thing_name: self.thing_name.clone(),
+            security_profile_name: self.profile.clone(),
+            behavior: watch.behavior.given.clone(),
+            metric_value: datapoint.metric_value(),
+            violation_event_type: kind,
+            violation_event_time: millis / 1000,
         }
-        events
     }
 }
 

@@ -109,3 +109,37 @@ fn alarms_of_one_millisecond_have_ids_of_their_own_and_the_profile_name() {
     let again = detector.judge(&report(&[23]), at(5_000));
     assert_eq!(again[0].violation_id, "gw-7/ports/5002");
 }
+
+#[test]
+fn running_counts_raise_the_alarm_that_the_report_then_keeps() {
+    let resets = r#"{"name": "resets", "metric": "interval_tcp_resets_sent",
+        "criteria": {"comparisonOperator": "less-than-equals", "value": {"number": 50}}}"#;
+    let opened = r#"{"name": "busy", "metric": "interval_tcp_connections_opened",
+        "criteria": {"comparisonOperator": "greater-than", "value": {"number": 5}}}"#;
+    let mut detector = detector(&format!("[{resets}, {opened}, {PORTS}]"));
+    // Only an upper bound or a set can be broken for good by a value still growing.
+    assert_eq!(
+        detector.early().collect::<Vec<_>>(),
+        ["interval_tcp_resets_sent", "aws:listening-tcp-ports"]
+    );
+    let running = |n| {
+        [
+            ("interval_tcp_resets_sent", n),
+            ("interval_tcp_connections_opened", 0),
+        ]
+    };
+    assert!(detector.judge_running(&running(50), at(1_000)).is_empty());
+    let raised = detector.judge_running(&running(51), at(2_000));
+    assert_eq!(raised.len(), 1);
+    assert_eq!(raised[0].violation_id, "gw-7/resets/2000");
+    assert_eq!(raised[0].metric_value, json!({"number": 51}));
+    assert!(detector.judge_running(&running(80), at(2_500)).is_empty());
+    let mut report = report(&[22]);
+    report.custom_metrics.insert(
+        "interval_tcp_resets_sent".into(),
+        [crate::report::CustomMetric::from(90)],
+    );
+    // The report of the same interval finds the alarm raised: no second event.
+    let at_report = detector.judge(&report, at(3_000));
+    assert!(at_report.is_empty(), "{at_report:?}");
+}

@@ -283,3 +283,74 @@ fn only_what_growth_cannot_mend_is_violated_for_good() {
     );
     assert!(set.violated_for_good(&Datapoint::Ports([22, 23].into())));
 }
+
+/// What each step did, as `run` says it: `r` steps are running counts, the others reports.
+fn steps(watch: &mut Watch, steps: &[(char, u64)]) -> String {
+    steps
+        .iter()
+        .map(|&(kind, n)| {
+            let value = Datapoint::Number(n as f64);
+            let change = match kind {
+                'r' => watch.running(value),
+                _ => watch.report(Some(value)),
+            };
+            match change {
+                Some(Change::Raised(_)) => 'A',
+                Some(Change::Cleared(_)) => 'C',
+                None => '.',
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_running_count_over_its_bound_alarms_at_once_and_its_report_counts_once() {
+    let bound = || criteria("less-than-equals", json!({"number": 50}));
+    let mut w = watch("num", bound(), 300);
+    // Running 40 is normal; 51 raises; the report of 60 finds the alarm raised; 10 clears.
+    assert_eq!(
+        steps(
+            &mut w,
+            &[('r', 40), ('r', 51), ('r', 55), ('R', 60), ('R', 10)]
+        ),
+        ".A..C"
+    );
+
+    // Two violations in a row: a running count completes the run only after one report.
+    let mut criteria = bound();
+    criteria["consecutiveDatapointsToAlarm"] = json!(2);
+    let mut w = watch("num", criteria, 300);
+    assert_eq!(
+        steps(&mut w, &[('r', 51), ('R', 51), ('r', 51), ('R', 70)]),
+        "..A."
+    );
+
+    // Over 600 s of 300 s reports: the running count adds to the report before it.
+    let mut criteria = bound();
+    criteria["durationSeconds"] = json!(600);
+    let mut w = watch("num", criteria, 300);
+    assert_eq!(
+        steps(
+            &mut w,
+            &[
+                ('R', 30),
+                ('r', 20),
+                ('r', 21),
+                ('R', 30),
+                ('R', 0),
+                ('R', 0)
+            ]
+        ),
+        "..A.C."
+    );
+}
+
+#[test]
+fn a_running_count_never_alarms_where_growing_could_make_it_normal() {
+    let mut w = watch(
+        "num",
+        criteria("greater-than-equals", json!({"number": 10})),
+        300,
+    );
+    assert_eq!(steps(&mut w, &[('r', 0), ('r', 5), ('R', 4)]), "..A");
+}
