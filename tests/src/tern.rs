@@ -59,6 +59,8 @@ pub struct Tern {
     owns_state: bool,
     /// Each report with the moment it was read from tern's stdout.
     reports: Receiver<(Instant, Result<Value, String>)>,
+    /// Each violation event printed, with the moment it was read.
+    violations: Receiver<(Instant, Value)>,
     log: Receiver<String>,
     sizes: Arc<Mutex<Vec<usize>>>,
 }
@@ -202,12 +204,20 @@ impl Tern {
             .spawn()
             .expect("starting tern");
         let (report_tx, reports) = mpsc::channel();
+        let (violation_tx, violations) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout");
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let sizes_seen = sizes.clone();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if line.starts_with(r#"{"violation":"#) {
+                    let event = serde_json::from_str(&line).unwrap_or_else(|e| {
+                        panic!("a violation line that is no JSON ({e}): {line}")
+                    });
+                    let _ = violation_tx.send((Instant::now(), event));
+                    continue;
+                }
                 let bytes = if line.starts_with('{') {
                     line.len()
                 } else {
@@ -235,6 +245,7 @@ impl Tern {
             state_dir,
             owns_state,
             reports,
+            violations,
             log,
             sizes,
         }
@@ -286,13 +297,23 @@ impl Tern {
         }
     }
 
+    /// The next violation event tern printed (`{"violation": {...}}`) and when it was read;
+    /// panics after `timeout`.
+    pub fn next_violation(&self, timeout: Duration) -> (Instant, Value) {
+        match self.violations.recv_timeout(timeout) {
+            Ok((at, event)) => (at, event["violation"].clone()),
+            Err(_) => panic!("no violation event within {timeout:?}"),
+        }
+    }
+
     /// The next report, checked against the document rules and with long names whatever
     /// its encoding; panics after `timeout`.
     pub fn next_report(&self, timeout: Duration) -> Value {
         self.next_timed(timeout).1
     }
 
-    fn next_timed(&self, timeout: Duration) -> (Instant, Value) {
+    /// As [`Tern::next_report`], with the moment the report was read.
+    pub fn next_timed(&self, timeout: Duration) -> (Instant, Value) {
         match self.reports.recv_timeout(timeout) {
             Ok((at, report)) => (at, report.unwrap_or_else(|e| panic!("{e}"))),
             Err(RecvTimeoutError::Timeout) => panic!("no report within {timeout:?}"),
