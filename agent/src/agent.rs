@@ -33,7 +33,7 @@ use crate::{
         notify::Notifier,
         state_dir, stop,
     },
-    report::{ReportIds, most_connections},
+    report::{Encoding, ReportIds},
 };
 
 /// How often the counts that can raise an alarm early are read: an alarm comes within this
@@ -184,7 +184,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
         &SocketOptions {
             all_namespaces: args.all_namespaces,
             interval_connections: args.interval_connections,
-            most_listed: most_connections(usize::try_from(settings.budget).unwrap_or(usize::MAX)),
+            most_listed: Encoding {
+                names: settings.names,
+                format: settings.format,
+                budget: usize::try_from(settings.budget).unwrap_or(usize::MAX),
+            }
+            .most_connections(),
         },
         args.include_loopback,
         settings.metrics.clone(),

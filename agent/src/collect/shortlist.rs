@@ -3,14 +3,12 @@
 //! as the budget could ever hold, and counts the rest: what it keeps is bounded by the
 //! budget, however many sockets exist.
 
-use std::collections::BinaryHeap;
-
 use crate::report::{Connection, Connections};
 
 pub struct Shortlist {
     most: usize,
-    /// The lowest connections added, the highest of them on top.
-    kept: BinaryHeap<Connection>,
+    /// The lowest connections added, with at most as many more not yet sorted out.
+    kept: Vec<Connection>,
     total: u64,
 }
 
@@ -19,26 +17,35 @@ impl Shortlist {
     pub fn new(most: usize) -> Self {
         Self {
             most,
-            kept: BinaryHeap::new(),
+            kept: Vec::new(),
             total: 0,
         }
     }
 
     pub fn add(&mut self, connection: Connection) {
         self.total += 1;
-        if self.kept.len() < self.most {
-            self.kept.push(connection);
-        } else if self.kept.peek().is_some_and(|last| connection < *last) {
-            self.kept.pop();
-            self.kept.push(connection);
+        self.kept.push(connection);
+        // Sorting out in batches of `most` costs a linear selection each, far less than
+        // keeping the lowest in order at every addition.
+        if self.kept.len() >= 2 * self.most.max(1) {
+            self.keep_lowest();
         }
     }
 
     /// The connections kept, sorted, with the count of every connection added.
-    pub fn connections(self) -> Connections {
+    pub fn connections(mut self) -> Connections {
+        self.keep_lowest();
+        self.kept.sort_unstable();
         Connections {
             total: self.total,
-            connections: self.kept.into_sorted_vec(),
+            connections: self.kept,
+        }
+    }
+
+    fn keep_lowest(&mut self) {
+        if self.kept.len() > self.most {
+            self.kept.select_nth_unstable(self.most);
+            self.kept.truncate(self.most);
         }
     }
 }
@@ -91,5 +98,19 @@ mod tests {
             listed.connections,
             [connection("10.0.0.1:1", 1), connection("10.0.0.2:1", 1)]
         );
+    }
+
+    #[test]
+    fn many_batches_keep_what_a_whole_sort_keeps() {
+        let all: Vec<Connection> = (0..1000u32)
+            .map(|i| connection(&format!("10.0.{}.{}:443", i * 7919 % 251, i % 13), i as u16))
+            .collect();
+        let mut list = Shortlist::new(10);
+        all.iter().cloned().for_each(|c| list.add(c));
+        let mut sorted = all;
+        sorted.sort_unstable();
+        let listed = list.connections();
+        assert_eq!(listed.total, 1000);
+        assert_eq!(listed.connections, sorted[..10]);
     }
 }

@@ -80,12 +80,6 @@ pub struct Encoding {
 /// address (7), the key "lp" (3) and the port (1).
 const CONNECTION_BYTES_LEAST: usize = 16;
 
-/// The most connections a report within `budget` bytes can list: a collector need keep no
-/// more.
-pub fn most_connections(budget: usize) -> usize {
-    budget / CONNECTION_BYTES_LEAST
-}
-
 pub struct Encoded {
     pub bytes: Vec<u8>,
     /// Whether the report's lists were cut to fit the budget.
@@ -93,6 +87,44 @@ pub struct Encoded {
 }
 
 impl Encoding {
+    /// The most connections a report within the budget can list: a collector need keep no
+    /// more. Each connection takes at least what the smallest one does (the shortest address
+    /// and port, no interface) in these names and this format.
+    pub fn most_connections(&self) -> usize {
+        let with = |n: usize| {
+            let connections = vec![
+                Connection {
+                    remote_addr: "[::]:0".into(),
+                    local_port: 0,
+                    local_interface: None,
+                };
+                n
+            ];
+            let report = Report::new(
+                1,
+                Metrics {
+                    tcp_connections: Some(TcpConnections {
+                        established_connections: Connections {
+                            total: n as u64,
+                            connections,
+                        },
+                    }),
+                    ..Metrics::default()
+                },
+            );
+            let whole = Self {
+                budget: usize::MAX,
+                ..*self
+            };
+            whole.encode(&report).map(|e| e.bytes.len())
+        };
+        let least = match (with(1), with(0)) {
+            (Ok(one), Ok(none)) if one > none => one - none,
+            _ => CONNECTION_BYTES_LEAST,
+        };
+        self.budget / least
+    }
+
     /// Encodes `report` within the budget, cutting its lists by the module's rule if needed.
     pub fn encode(&self, report: &Report) -> Result<Encoded> {
         let doc = Doc::new(report, self.names);

@@ -16,7 +16,7 @@ use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
 pub use assemble::Interval;
-pub use encode::{Encoded, Encoding, Format, Names, most_connections};
+pub use encode::{Encoded, Encoding, Format, Names};
 pub use ids::ReportIds;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
