@@ -347,7 +347,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         if let Err(err) = violations
             .iter()
             .flatten()
-            .try_for_each(|v| output.violation(v))
+            .try_for_each(|v| output.violation(id, v))
         {
             error!("{err:#}");
         }

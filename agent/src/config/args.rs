@@ -2,7 +2,7 @@
 //! setting of the same name. The ranges clap checks here are the ones `resolve` checks the
 //! file's values against, so a value is refused the same way from either place.
 
-use std::{ops::RangeInclusive, path::PathBuf};
+use std::{ffi::OsString, ops::RangeInclusive, path::PathBuf};
 
 use crate::{
     collect::FileMetric,
@@ -65,6 +65,10 @@ pub struct ConfigArgs {
     /// profile as describe-security-profile prints it, or its list of behaviours.
     #[arg(long, value_name = "FILE")]
     pub behaviors: Option<PathBuf>,
+    /// MQTT topic the violations of the behaviours judged on the device are published to
+    /// [default: tern/things/THING/violations].
+    #[arg(long, value_name = "TOPIC")]
+    pub violations_topic: Option<OsString>,
     /// Unprivileged user to run as once the programs are attached (default: the user
     /// `install` created, named like this binary).
     #[arg(long)]

@@ -13,6 +13,7 @@ use super::{
     file::TernSection,
     problem,
     tls::{add_system_roots, client_config, load_cert, load_key, load_roots},
+    topic,
 };
 use crate::report::Format;
 
@@ -55,6 +56,8 @@ pub struct BrokerInputs<'a> {
     pub format: Format,
     /// The bytes the widest report takes with every list cut to nothing, when known.
     pub report_floor: Option<usize>,
+    /// The violations topic given, and the setting that gave it.
+    pub violations_topic: Option<(&'static str, String)>,
     pub tern: &'a TernSection,
 }
 
@@ -208,6 +211,13 @@ pub fn broker(inputs: BrokerInputs<'_>, problems: &mut Vec<Problem>) -> Option<B
             ),
         );
     }
+    let violations_topic = match inputs.violations_topic {
+        Some((setting, topic)) => {
+            topic::check(source, setting, &topic, aws, problems);
+            topic
+        }
+        None => topic::default(&thing_name),
+    };
     let (chain, private, roots) = (chain?, private?, roots?);
     let tls = client_config(chain, private, roots, alpn, cert.as_deref()?, problems)?;
     Some(Broker {
@@ -221,6 +231,7 @@ pub fn broker(inputs: BrokerInputs<'_>, problems: &mut Vec<Problem>) -> Option<B
         reply_timeout,
         packet_limit: usize::try_from(packet_limit).unwrap_or(usize::MAX),
         spool_bytes,
+        violations_topic,
         tls: Arc::new(tls),
     })
 }

@@ -54,6 +54,7 @@ pub struct TernSection {
     pub custom_metrics: Option<SelectionSpec>,
     pub metrics: Option<Vec<MetricSpec>>,
     pub behaviors: Option<String>,
+    pub violations_topic: Option<String>,
 }
 
 /// `"all"`, `"none"`, `"a,b"` or `["a", "b"]`.

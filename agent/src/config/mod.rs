@@ -1,3 +1,5 @@
+// Over 400 lines: resolving every setting and check-config are one pass over the same
+// settings, which their tests load whole.
 //! Configuration: reads an AWS IoT Device Client config file as it is (plus tern's own
 //! `tern` section), applies command-line overrides, and checks everything a run depends on,
 //! the account it runs as included, reporting every problem at once with the file or key and
@@ -13,6 +15,7 @@ mod file;
 mod reports;
 pub mod state_dir;
 mod tls;
+mod topic;
 
 use std::{
     fmt,
@@ -68,6 +71,8 @@ pub struct Broker {
     pub reply_timeout: u64,
     pub packet_limit: usize,
     pub spool_bytes: u64,
+    /// Where violation events are published.
+    pub violations_topic: String,
     /// TLS client configuration: the device certificate and key, the configured CA only.
     pub tls: Arc<ClientConfig>,
 }
@@ -224,6 +229,7 @@ fn resolve(args: &ConfigArgs, problems: &mut Vec<Problem>) -> Option<(Settings, 
     let detection = behaviors::load(args, &tern, &thing, &custom_metrics, &metrics, problems);
     let key = args.key.clone().or(file.key.as_deref().map(expand));
     let endpoint = args.endpoint.clone().or(file.endpoint);
+    let violations_topic = topic::given(args, &tern, &source, endpoint.is_none(), problems);
     // With an endpoint, reports carry the delivery counts too.
     let floor = reports::floor(
         encoding,
@@ -254,6 +260,7 @@ fn resolve(args: &ConfigArgs, problems: &mut Vec<Problem>) -> Option<(Settings, 
                 interval,
                 format,
                 report_floor: floor,
+                violations_topic,
                 tern: &tern,
             };
             broker::broker(inputs, problems)
@@ -290,13 +297,16 @@ pub fn check(args: &ConfigArgs) -> Result<()> {
         Ok((settings, account)) => {
             match &settings.broker {
                 Some(b) => println!(
-                    "configuration OK: reports every {} s to {}:{} as thing {:?}{}, running as {}",
+                    "configuration OK: reports every {} s to {}:{} as thing {:?}{}, running as \
+                     {}\nviolations of the behaviours judged on the device go to topic {:?} \
+                     (QoS 1)",
                     settings.interval,
                     b.host,
                     b.port,
                     b.thing_name,
                     if b.aws { " (AWS IoT Core)" } else { "" },
-                    account.name
+                    account.name,
+                    b.violations_topic
                 ),
                 None => println!(
                     "configuration OK: reports every {} s on stdout (no endpoint), running as {}",

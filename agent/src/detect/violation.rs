@@ -1,10 +1,11 @@
 //! A violation event, shaped like Device Defender's `ViolationEvent`: the alarm a behaviour
-//! raised or cleared, with the datapoint that did it.
+//! raised or cleared, with the datapoint that did it. It reads back as it is written, so a
+//! spooled event is published as it was raised.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventType {
     #[serde(rename = "in-alarm")]
     InAlarm,
@@ -12,8 +13,8 @@ pub enum EventType {
     AlarmCleared,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Violation {
     /// The same for an alarm and its clearing.
     pub violation_id: String,

@@ -1,6 +1,7 @@
 //! Output: where reports go, one per line on stdout or through the spool to an MQTT broker,
-//! and the violations of behaviours judged on the device, in the log and on stdout beside
-//! the reports. Never collects.
+//! and the violations of behaviours judged on the device, in the log and beside the
+//! reports: on stdout, or through the same spool to the broker's violations topic. Never
+//! collects.
 
 pub mod mqtt;
 mod outbox;
@@ -75,22 +76,25 @@ impl Output {
         }
     }
 
-    /// Logs `violation` in one line and, when reports go to stdout, prints it there as one
-    /// JSON line of its own, `{"violation": {...}}`.
-    pub fn violation(&mut self, violation: &Violation) -> Result<()> {
+    /// Logs `violation`, judged on report `report_id`, in one line, and prints it on stdout
+    /// as one JSON line of its own, `{"violation": {...}}`, or spools it for the broker.
+    pub fn violation(&mut self, report_id: u64, violation: &Violation) -> Result<()> {
         match violation.violation_event_type {
             EventType::InAlarm => warn!("{}", violation.log_line()),
             EventType::AlarmCleared => info!("{}", violation.log_line()),
         }
-        if let Self::Stdout(_) = self {
-            let mut out = std::io::stdout().lock();
-            out.write_all(violation.json_line().as_bytes())
-                .and_then(|()| out.write_all(b"\n"))
-                .and_then(|()| out.flush())
-                .map_err(anyhow::Error::from)
-                .with_context(|| {
-                    format!("writing violation {} to stdout", violation.violation_id)
-                })?;
+        match self {
+            Self::Broker(outbox, _) => outbox.push_violation(report_id, violation),
+            Self::Stdout(_) => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(violation.json_line().as_bytes())
+                    .and_then(|()| out.write_all(b"\n"))
+                    .and_then(|()| out.flush())
+                    .map_err(anyhow::Error::from)
+                    .with_context(|| {
+                        format!("writing violation {} to stdout", violation.violation_id)
+                    })?;
+            }
         }
         Ok(())
     }

@@ -1,10 +1,13 @@
 //! The outbox: what the collecting thread hands the publisher thread. The collecting side
-//! adds tern's delivery counts to each report and spools it; the publishing side takes the
-//! next report to send out of the spool, unencoded. Never connects, never encodes.
+//! adds tern's delivery counts to each report and spools it, and spools each violation
+//! event judged on it; the publishing side takes the next entry to send out of the spool,
+//! unencoded. Never connects, never encodes.
 //!
-//! For a generic broker every report goes out in order; for AWS, which refuses reports about
-//! the past and more than one report per 5 minutes, everything spooled is folded into the
-//! newest report (`Report::absorb`) and sent as one.
+//! Violations go out first, oldest first: an alarm is news now, and it is small, so it does
+//! not wait behind a backlog of reports. For a generic broker every report goes out in
+//! order; for AWS, which refuses reports about the past and more than one report per 5
+//! minutes, everything spooled is folded into the newest report (`Report::absorb`) and sent
+//! as one.
 
 use std::{
     path::Path,
@@ -17,8 +20,11 @@ use std::{
 use log::{debug, error, info};
 use tokio::sync::Notify;
 
-use super::spool::Spool;
-use crate::report::{CustomMetric, Report, catalog, catalog::merge_rule};
+use super::spool::{Key, Spool};
+use crate::{
+    detect::violation::Violation,
+    report::{CustomMetric, Report, catalog, catalog::merge_rule},
+};
 
 /// Counts of the current interval, taken into each report as custom metrics.
 #[derive(Default)]
@@ -80,6 +86,18 @@ impl Shared {
         }
     }
 
+    /// The oldest violation waiting, with its key in the spool. One that can no longer be
+    /// read is skipped.
+    pub fn next_violation(&self) -> Option<(Key, Violation)> {
+        let mut spool = self.spool();
+        loop {
+            let key = spool.first_violation()?;
+            if let Some(violation) = spool.read_violation(key) {
+                return Some((key, violation));
+            }
+        }
+    }
+
     /// Drops spooled reports that cannot be sent, counting them as dropped.
     pub fn drop_unsendable(&self, spooled: &[u64]) {
         let mut spool = self.spool();
@@ -93,6 +111,8 @@ impl Shared {
 /// The collecting side: spools reports and adds tern's own counts to them.
 pub struct Outbox {
     shared: Arc<Shared>,
+    /// The newest violation spooled: the report it was judged on, and its number there.
+    last_violation: Key,
 }
 
 impl Outbox {
@@ -101,9 +121,10 @@ impl Outbox {
     pub fn open(state_dir: &Path, spool_bytes: u64) -> Self {
         let (spool, dropped) = Spool::open(state_dir, spool_bytes);
         if !spool.is_empty() {
+            let (reports, violations) = spool.counts();
             info!(
-                "{} undelivered report(s) from an earlier run are spooled",
-                spool.len()
+                "{reports} undelivered report(s) and {violations} violation(s) from an earlier \
+                 run are spooled"
             );
         }
         let counters = Counters::default();
@@ -115,6 +136,7 @@ impl Outbox {
                 stop: AtomicBool::new(false),
                 counters,
             }),
+            last_violation: Key(0, 0),
         }
     }
 
@@ -161,6 +183,32 @@ impl Outbox {
             }
         }
     }
+
+    /// Spools `violation`, judged on report `report_id` (the one just pushed), after the
+    /// violations already judged on it, and wakes the publisher.
+    pub fn push_violation(&mut self, report_id: u64, violation: &Violation) {
+        let n = match self.last_violation {
+            Key(id, n) if id == report_id => n + 1,
+            _ => 1,
+        };
+        let mut spool = self.shared.spool();
+        match spool.push_violation(report_id, n, violation) {
+            Ok(dropped) => {
+                self.last_violation = Key(report_id, n);
+                self.shared
+                    .counters
+                    .dropped
+                    .fetch_add(dropped, Ordering::SeqCst);
+                drop(spool);
+                self.shared.wake.notify_one();
+                debug!("violation {} spooled", violation.violation_id);
+            }
+            Err(err) => error!(
+                "{err:#}; violation {} is not published (it is in the log)",
+                violation.violation_id
+            ),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -169,7 +217,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        output::spool::tests::report as traffic,
+        output::spool::tests::{report as traffic, violation},
         report::{Encoding, Format, Metrics, Names, NetworkStats},
     };
 
@@ -190,6 +238,36 @@ mod tests {
             newest.custom_metrics[catalog::REPORTS_DROPPED.name],
             [CustomMetric::from(2)]
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn violations_are_numbered_after_their_report_and_go_out_first_oldest_first() {
+        let dir = std::env::temp_dir().join(format!("tern-outbox-v-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut outbox = Outbox::open(&dir, 1 << 20);
+        outbox.push(traffic(100, 1), &[], || {});
+        outbox.push_violation(100, &violation("a", 1_000));
+        outbox.push_violation(100, &violation("b", 1_001));
+        outbox.push(traffic(200, 1), &[], || {});
+        outbox.push_violation(200, &violation("a", 2_000));
+        let shared = outbox.shared();
+        assert_eq!(shared.spool().counts(), (2, 3));
+        let mut sent = Vec::new();
+        while let Some((key, v)) = shared.next_violation() {
+            sent.push((key, v.violation_id));
+            shared.spool().remove(key);
+        }
+        assert_eq!(
+            sent,
+            [
+                (Key(100, 1), "gw-7/a/1000".to_owned()),
+                (Key(100, 2), "gw-7/b/1001".to_owned()),
+                (Key(200, 1), "gw-7/a/2000".to_owned()),
+            ]
+        );
+        assert_eq!(shared.next(false).unwrap().1, [100], "then the reports");
+        assert_eq!(outbox.newest(), Some(200));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

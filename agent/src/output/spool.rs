@@ -1,14 +1,17 @@
 // Over 400 lines: entries on disk and held in memory keep one set of books (ids, sizes,
 // the bound); split, each half would need the other's.
-//! The spool: reports waiting for the broker's acknowledgement, one file per report in
-//! `<state dir>/spool`, named by the zero-padded report id and holding the report's
-//! long-name JSON on its first line, and after it a trailer the spool does not read (the
-//! readings the report was taken from, for a successor after a crash). A report is written (and synced) before it is published and removed
-//! only once acknowledged, so outages and restarts lose nothing. While the directory cannot
-//! be written (read-only, full, not the account's), reports wait in memory instead, said
-//! once in the log, and go to disk as soon as it can be written again. Bounded in bytes,
-//! disk and memory together: the oldest reports go first. Of the reports on disk it holds
-//! only ids and sizes: a report is read back from its file, and checked, when it is
+//! The spool: reports and violation events waiting for the broker's acknowledgement, one
+//! file each in `<state dir>/spool`. A report's is named by the zero-padded report id and
+//! holds the report's long-name JSON on its first line, and after it a trailer the spool
+//! does not read (the readings the report was taken from, for a successor after a crash).
+//! A violation's is named by the report it was judged on and its place among that report's
+//! violations (`<id>-<n>.violation`, a name an older tern leaves alone) and holds the event's
+//! JSON. An entry is written (and synced) before it is published and removed only once
+//! acknowledged, so outages and restarts lose nothing. While the directory cannot be written
+//! (read-only, full, not the account's), entries wait in memory instead, said once in the
+//! log, and go to disk as soon as it can be written again. Bounded in bytes, disk and memory
+//! together: the oldest entries go first, never the newest report. Of the entries on disk it
+//! holds only keys and sizes: an entry is read back from its file, and checked, when it is
 //! wanted. Never encodes or sends anything.
 
 use std::{
@@ -26,6 +29,7 @@ use log::{debug, error, info, warn};
 
 use crate::{
     config::state_dir,
+    detect::violation::Violation,
     host::{
         durable,
         files::{self, Links},
@@ -37,15 +41,42 @@ use crate::{
 const TRAILER_MAX: usize = 1 << 20;
 const DIR: &str = state_dir::SPOOL;
 const SUFFIX: &str = ".json";
+const VIOLATION_SUFFIX: &str = ".violation";
+
+/// An entry's place in the spool's order: report `.0` itself when `.1` is 0, else the
+/// `.1`-th violation judged on it, which comes after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Key(pub u64, pub u32);
+
+impl Key {
+    pub fn is_report(self) -> bool {
+        self.1 == 0
+    }
+}
+
+impl From<u64> for Key {
+    fn from(report_id: u64) -> Self {
+        Self(report_id, 0)
+    }
+}
+
+impl Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.1 {
+            0 => write!(f, "report {}", self.0),
+            n => write!(f, "violation {n} of report {}", self.0),
+        }
+    }
+}
 
 pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
-    /// Report id -> where the report waits, oldest first.
-    entries: BTreeMap<u64, Entry>,
+    /// Where each entry waits, oldest first.
+    entries: BTreeMap<Key, Entry>,
     /// On disk and in memory together.
     bytes: u64,
-    /// The last write failed: new reports wait in memory, and the failure was said.
+    /// The last write failed: new entries wait in memory, and the failure was said.
     unwritable: bool,
 }
 
@@ -68,10 +99,9 @@ impl Entry {
 impl Spool {
     /// Opens (creating it 0700 if needed) the spool in `state_dir` and lists what an earlier
     /// run left there, by name and size: nothing is read until it is wanted. An entry whose
-    /// name is no usable report id, or larger than the whole spool may be, is renamed
-    /// `*.corrupt`; then the oldest go while the spool is over its bound. Returns the spool
-    /// and how many reports that dropped. A spool that cannot be made or listed starts in
-    /// memory.
+    /// name is no usable key, or larger than the whole spool may be, is renamed `*.corrupt`;
+    /// then the oldest go while the spool is over its bound. Returns the spool and how many
+    /// reports that dropped. A spool that cannot be made or listed starts in memory.
     pub fn open(state_dir: &Path, max_bytes: u64) -> (Self, u64) {
         let mut spool = Self {
             dir: state_dir.join(DIR),
@@ -87,12 +117,12 @@ impl Spool {
         if let (Some(first), Some(last)) = (dropped.first(), dropped.last()) {
             warn!(
                 "spool {} held more than spool-bytes ({max_bytes} bytes): dropped the {} \
-                 oldest undelivered report(s), {first} to {last}",
+                 oldest undelivered entries, {first} to {last}",
                 spool.dir.display(),
                 dropped.len()
             );
         }
-        (spool, dropped.len() as u64)
+        (spool, reports(&dropped))
     }
 
     fn list(&mut self) -> io::Result<()> {
@@ -105,17 +135,23 @@ impl Spool {
             let entry = entry?;
             let path = entry.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            let Some(stem) = name.strip_suffix(SUFFIX) else {
+            let key = if let Some(stem) = name.strip_suffix(SUFFIX) {
+                stem.parse::<u64>().map(Key::from).ok()
+            } else if let Some(stem) = name.strip_suffix(VIOLATION_SUFFIX) {
+                stem.split_once('-')
+                    .and_then(|(id, n)| Some(Key(id.parse().ok()?, n.parse().ok()?)))
+                    .filter(|key| !key.is_report())
+            } else {
                 if name.ends_with(".tmp") {
-                    // A write that a crash interrupted; its report was never acknowledged
-                    // as spooled, so it is not a report of the spool.
+                    // A write that a crash interrupted; its entry was never acknowledged
+                    // as spooled, so it is not an entry of the spool.
                     let _ = fs::remove_file(&path);
                 }
                 continue;
             };
-            let listed = match stem.parse() {
-                Err(_) => Err("its name is not a report id".to_owned()),
-                Ok(id) => match ids::unusable(id, now) {
+            let listed = match key {
+                None => Err("its name is not a spool entry's".to_owned()),
+                Some(key) => match ids::unusable(key.0, now) {
                     Some(why) => Err(format!("its name is {why}")),
                     None => entry
                         .metadata()
@@ -125,12 +161,12 @@ impl Spool {
                                 "it is {size} bytes, more than the whole spool may hold ({})",
                                 self.max_bytes
                             )),
-                            size => Ok((id, size)),
+                            size => Ok((key, size)),
                         }),
                 },
             };
             match listed {
-                Ok((id, size)) => self.insert(id, Entry::Disk(size)),
+                Ok((key, size)) => self.insert(key, Entry::Disk(size)),
                 Err(why) => set_aside(&path, &why),
             }
         }
@@ -138,16 +174,28 @@ impl Spool {
     }
 
     /// Keeps `report` until it is acknowledged: written durably, or held in memory while
-    /// the spool cannot be written. Then drops the oldest reports while over the byte
-    /// bound; returns how many it dropped.
+    /// the spool cannot be written. Then drops the oldest entries while over the byte
+    /// bound; returns how many reports it dropped.
     pub fn push(&mut self, report: &Report, trailer: &[u8]) -> Result<u64> {
-        let id = report.header.report_id;
         let mut bytes = serde_json::to_vec(report).context("serialising a report for the spool")?;
         if !trailer.is_empty() {
             bytes.push(b'\n');
             bytes.extend_from_slice(trailer);
         }
-        let entry = match self.write(id, &bytes) {
+        Ok(self.keep(report.header.report_id.into(), bytes))
+    }
+
+    /// Keeps `violation`, the `n`-th (from 1) judged on report `report_id`, as `push` keeps
+    /// a report; returns how many reports making room for it dropped.
+    pub fn push_violation(&mut self, report_id: u64, n: u32, violation: &Violation) -> Result<u64> {
+        anyhow::ensure!(n > 0, "violations are numbered from 1");
+        let bytes =
+            serde_json::to_vec(violation).context("serialising a violation for the spool")?;
+        Ok(self.keep(Key(report_id, n), bytes))
+    }
+
+    fn keep(&mut self, key: Key, bytes: Vec<u8>) -> u64 {
+        let entry = match self.write(key, &bytes) {
             Ok(()) => {
                 if self.unwritable {
                     self.write_held();
@@ -159,21 +207,21 @@ impl Spool {
                 Entry::Held(bytes)
             }
         };
-        self.insert(id, entry);
+        self.insert(key, entry);
         let dropped = self.trim();
         for oldest in &dropped {
             warn!(
-                "spool over {} bytes: dropped undelivered report {oldest}, the oldest",
+                "spool over {} bytes: dropped undelivered {oldest}, the oldest",
                 self.max_bytes
             );
         }
-        Ok(dropped.len() as u64)
+        reports(&dropped)
     }
 
     /// Writes one entry whole or not at all: the one way an entry reaches the disk. A spool
     /// directory that went away is made again.
-    fn write(&self, id: u64, bytes: &[u8]) -> io::Result<()> {
-        let path = self.path(id);
+    fn write(&self, key: Key, bytes: &[u8]) -> io::Result<()> {
+        let path = self.path(key);
         match durable::replace(&path, bytes) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::DirBuilder::new()
@@ -190,27 +238,27 @@ impl Spool {
     /// the disk refuses one again (full once more), the rest waits for the next write; the
     /// trouble was said already.
     fn write_held(&mut self) {
-        let held: Vec<u64> = self
+        let held: Vec<Key> = self
             .entries
             .iter()
             .filter(|(_, entry)| matches!(entry, Entry::Held(_)))
-            .map(|(&id, _)| id)
+            .map(|(&key, _)| key)
             .collect();
-        for &id in &held {
-            let Some(Entry::Held(bytes)) = self.entries.get(&id) else {
+        for &key in &held {
+            let Some(Entry::Held(bytes)) = self.entries.get(&key) else {
                 continue;
             };
             let size = bytes.len() as u64;
-            if let Err(e) = self.write(id, bytes) {
-                debug!("report {id} held in memory still cannot be spooled: {e}");
+            if let Err(e) = self.write(key, bytes) {
+                debug!("{key} held in memory still cannot be spooled: {e}");
                 return;
             }
-            self.entries.insert(id, Entry::Disk(size));
+            self.entries.insert(key, Entry::Disk(size));
         }
         self.unwritable = false;
         let moved = match held.len() {
             0 => String::new(),
-            n => format!(": the {n} report(s) held in memory are in it"),
+            n => format!(": the {n} entries held in memory are in it"),
         };
         info!(
             "the spool {} can be written again{moved}",
@@ -242,8 +290,8 @@ impl Spool {
         };
         error!(
             "cannot write the spool {}: {e}; {fix}. Until it can be written, undelivered \
-             reports wait in memory (up to spool-bytes, {} bytes, the oldest dropped first) \
-             and are lost if tern stops",
+             reports and violations wait in memory (up to spool-bytes, {} bytes, the oldest \
+             dropped first) and are lost if tern stops",
             self.dir.display(),
             self.max_bytes
         );
@@ -251,22 +299,34 @@ impl Spool {
 
     /// The ids of the reports waiting, oldest first.
     pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
-        self.entries.keys().copied()
+        self.entries
+            .keys()
+            .filter(|key| key.is_report())
+            .map(|key| key.0)
     }
 
     /// The newest report waiting.
     pub fn newest(&self) -> Option<u64> {
-        self.entries.keys().next_back().copied()
+        self.entries
+            .keys()
+            .rev()
+            .find(|key| key.is_report())
+            .map(|key| key.0)
+    }
+
+    /// The oldest violation waiting.
+    pub fn first_violation(&self) -> Option<Key> {
+        self.entries.keys().find(|key| !key.is_report()).copied()
     }
 
     /// What follows report `id` in its entry (see `push`), if anything.
     /// Only the entry's end is read, never a whole report: the trailer is its last line, of at
     /// most `TRAILER_MAX` bytes.
     pub fn trailer(&self, id: u64) -> Option<Vec<u8>> {
-        let tail = match self.entries.get(&id)? {
+        let tail = match self.entries.get(&Key::from(id))? {
             Entry::Held(bytes) => bytes[bytes.len().saturating_sub(TRAILER_MAX)..].to_vec(),
             Entry::Disk(_) => {
-                let (mut file, meta) = files::open(&self.path(id), Links::Refuse).ok()?;
+                let (mut file, meta) = files::open(&self.path(id.into()), Links::Refuse).ok()?;
                 let from = meta.len().saturating_sub(TRAILER_MAX as u64);
                 file.seek(SeekFrom::Start(from)).ok()?;
                 let mut tail = Vec::new();
@@ -281,20 +341,34 @@ impl Spool {
 
     /// Reads report `id` back. One that can no longer be read is set aside and forgotten.
     pub fn read(&mut self, id: u64) -> Option<Report> {
-        let path = self.path(id);
-        let loaded = match self.entries.get(&id)? {
-            Entry::Held(bytes) => parse_as(bytes, id),
+        self.load(id.into(), |bytes| parse_as(bytes, id))
+    }
+
+    /// Reads violation `key` back, as `read` reads a report.
+    pub fn read_violation(&mut self, key: Key) -> Option<Violation> {
+        if key.is_report() {
+            return None;
+        }
+        self.load(key, |bytes| {
+            serde_json::from_slice(bytes).context("it is not a violation event")
+        })
+    }
+
+    fn load<T>(&mut self, key: Key, parse: impl Fn(&[u8]) -> Result<T>) -> Option<T> {
+        let path = self.path(key);
+        let loaded = match self.entries.get(&key)? {
+            Entry::Held(bytes) => parse(bytes),
             Entry::Disk(_) => files::read(&path, self.max_bytes, Links::Refuse)
                 .context("reading it")
-                .and_then(|contents| parse_as(&contents.bytes, id)),
+                .and_then(|contents| parse(&contents.bytes)),
         };
         match loaded {
-            Ok(report) => Some(report),
+            Ok(value) => Some(value),
             Err(err) => {
-                if let Some(Entry::Disk(_)) = self.forget(id) {
+                if let Some(Entry::Disk(_)) = self.forget(key) {
                     set_aside(&path, &format!("{err:#}"));
                 } else {
-                    error!("report {id} held in memory is unusable ({err:#}); dropped");
+                    error!("{key} held in memory is unusable ({err:#}); dropped");
                 }
                 None
             }
@@ -305,27 +379,30 @@ impl Spool {
         self.entries.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
+    /// How many reports and how many violations wait.
+    pub fn counts(&self) -> (usize, usize) {
+        let reports = self.ids().count();
+        (reports, self.entries.len() - reports)
     }
 
-    /// Removes an acknowledged (or dropped) report; a report already gone is not an error.
-    pub fn remove(&mut self, id: u64) {
-        let Some(Entry::Disk(_)) = self.forget(id) else {
+    /// Removes an acknowledged (or dropped) entry; one already gone is not an error.
+    pub fn remove(&mut self, key: impl Into<Key>) {
+        let key = key.into();
+        let Some(Entry::Disk(_)) = self.forget(key) else {
             return;
         };
-        let path = self.path(id);
+        let path = self.path(key);
         if let Err(e) = fs::remove_file(&path)
             && e.kind() != io::ErrorKind::NotFound
         {
             error!(
-                "cannot remove delivered report {}: {e}; it may be sent again after a restart",
+                "cannot remove delivered {key} ({}): {e}; it may be sent again after a restart",
                 path.display()
             );
         }
     }
 
-    /// At stop: reports held in memory are written if the spool takes them now, and what
+    /// At stop: entries held in memory are written if the spool takes them now, and what
     /// is left is said: on disk, it waits for the next run; in memory, it is lost.
     pub fn close(&mut self) {
         if self.unwritable {
@@ -338,37 +415,41 @@ impl Spool {
             .count();
         let spooled = self.entries.len() - held;
         if spooled > 0 {
-            info!("{spooled} undelivered report(s) stay spooled for the next run");
+            info!(
+                "{spooled} undelivered entries (reports and violations) stay spooled for the \
+                 next run"
+            );
         }
         if held > 0 {
             error!(
-                "{held} undelivered report(s) held in memory are lost: the spool {} could \
-                 not be written",
+                "{held} undelivered entries (reports or violations) held in memory are lost: \
+                 the spool {} could not be written",
                 self.dir.display()
             );
         }
     }
 
-    fn insert(&mut self, id: u64, entry: Entry) {
+    fn insert(&mut self, key: Key, entry: Entry) {
         self.bytes += entry.size();
-        if let Some(old) = self.entries.insert(id, entry) {
+        if let Some(old) = self.entries.insert(key, entry) {
             self.bytes -= old.size();
         }
     }
 
-    /// Drops report `id` from the books, not from the disk.
-    fn forget(&mut self, id: u64) -> Option<Entry> {
-        let entry = self.entries.remove(&id)?;
+    /// Drops entry `key` from the books, not from the disk.
+    fn forget(&mut self, key: Key) -> Option<Entry> {
+        let entry = self.entries.remove(&key)?;
         self.bytes -= entry.size();
         Some(entry)
     }
 
-    /// Drops the oldest reports while over the byte bound, always keeping the newest;
-    /// returns their ids.
-    fn trim(&mut self) -> Vec<u64> {
+    /// Drops the oldest entries while over the byte bound, always keeping the newest report
+    /// (its readings carry a successor after a crash); returns their keys.
+    fn trim(&mut self) -> Vec<Key> {
+        let newest = self.newest().map(Key::from);
         let mut dropped = Vec::new();
-        while self.bytes > self.max_bytes && self.entries.len() > 1 {
-            let Some(&oldest) = self.entries.keys().next() else {
+        while self.bytes > self.max_bytes {
+            let Some(&oldest) = self.entries.keys().find(|&&key| Some(key) != newest) else {
                 break;
             };
             self.remove(oldest);
@@ -377,9 +458,17 @@ impl Spool {
         dropped
     }
 
-    fn path(&self, id: u64) -> PathBuf {
-        self.dir.join(format!("{id:020}{SUFFIX}"))
+    fn path(&self, key: Key) -> PathBuf {
+        match key {
+            Key(id, 0) => self.dir.join(format!("{id:020}{SUFFIX}")),
+            Key(id, n) => self.dir.join(format!("{id:020}-{n}{VIOLATION_SUFFIX}")),
+        }
     }
+}
+
+/// How many of `keys` are reports.
+fn reports(keys: &[Key]) -> u64 {
+    keys.iter().filter(|key| key.is_report()).count() as u64
 }
 
 /// The report in a spool entry whose name says it is report `id`, if it is one tern could

@@ -56,6 +56,8 @@ impl Health {
 struct Target {
     broker: Broker,
     topic: String,
+    /// Where violation events go.
+    violations_topic: String,
     /// Its budget leaves room in a packet for the topic and MQTT's framing.
     encoding: Encoding,
 }
@@ -73,6 +75,7 @@ impl Target {
         Self {
             broker: broker.clone(),
             topic,
+            violations_topic: broker.violations_topic.clone(),
             encoding: encoding(settings, room),
         }
     }
@@ -202,10 +205,10 @@ async fn serve(shared: Arc<Shared>, target: Target) {
                 let failure = errors::describe(&err, &target.broker.host);
                 (failure.text, failure.authorization)
             }
-            Broken::Unacknowledged { report_id, within } => (
+            Broken::Unacknowledged { what, within } => (
                 format!(
-                    "no acknowledgement (PUBACK) of report {report_id} within {} s (the \
-                     keep-alive); dropped the connection to send the report again on a new one",
+                    "no acknowledgement (PUBACK) of {what} within {} s (the keep-alive); \
+                     dropped the connection to send it again on a new one",
                     within.as_secs()
                 ),
                 false,
@@ -334,6 +337,7 @@ mod tests {
             reply_timeout: 60,
             packet_limit,
             spool_bytes: 1 << 20,
+            violations_topic: "tern/things/gw/violations".into(),
             tls: Arc::new(tls),
         }
     }

@@ -1,10 +1,15 @@
+// Over 400 lines: a connection's life is one state machine (what is in flight, its
+// acknowledgement, its doubt after a break); split, each half would need the other's state.
 //! One MQTT connection, from CONNECT to its end: subscribes to Device Defender's replies,
-//! publishes one report at a time (QoS 1) and removes it from the spool on its PUBACK. A
-//! broker that does not acknowledge a report within one keep-alive has the connection
-//! dropped. A report in flight when a connection broke is in doubt: it may have reached the
-//! broker, so the next connection waits a little for the cloud's reply to it before sending
-//! it again, and a report is not delivered twice. A stopping tern waits out the grace period
-//! for the replies still due. Never reconnects: that is `serve`'s.
+//! publishes one spooled entry at a time (QoS 1), violation events first, then reports, and
+//! removes it from the spool on its PUBACK. A broker that does not acknowledge within one
+//! keep-alive has the connection dropped. A report in flight when a connection broke is in
+//! doubt: it may have reached the broker, so the next connection waits a little for the
+//! cloud's reply to it before sending it again, and a report is not delivered twice. A
+//! violation has no reply to wait for: it is sent again (at least once), unless the
+//! connection broke under it time after time, as AWS IoT Core closes it on a publish the
+//! thing's policy denies. A stopping tern waits out the grace period for the replies still
+//! due. Never reconnects: that is `serve`'s.
 
 use std::{sync::Arc, time::Duration};
 
@@ -19,8 +24,8 @@ use tokio::{
     time::{Instant, sleep_until},
 };
 
-use super::{Target, replies::Replies};
-use crate::output::{encode, outbox::Shared};
+use super::{PUBLISH_OVERHEAD, Target, replies::Replies};
+use crate::output::{encode, outbox::Shared, spool::Key};
 
 /// How long a stopping tern keeps delivering what is spooled, and waits for the replies due,
 /// while connected.
@@ -33,12 +38,41 @@ const STABLE: Duration = Duration::from_secs(60);
 /// reconnected reaches the cloud within moments: a few seconds settle both without holding
 /// up delivery for long.
 const IN_DOUBT_WAIT: Duration = Duration::from_secs(3);
+/// Connections in a row that broke with the same violation in flight before it is taken as
+/// refused by the broker and dropped: a broker that takes it acknowledges it at once, and
+/// one that refuses it (AWS IoT Core, where the policy denies the topic) closes the
+/// connection, which would otherwise hold up every report behind it for good.
+const REFUSED_AFTER: u32 = 3;
 
-/// A report (or, for AWS, several folded into one) published and not yet acknowledged.
+/// A spooled entry published and not yet acknowledged.
 pub struct InFlight {
-    report_id: u64,
-    spooled: Vec<u64>,
+    what: Sending,
     stage: Stage,
+}
+
+/// What is in flight.
+enum Sending {
+    /// A report (or, for AWS, several folded into one), with the spool entries it accounts
+    /// for.
+    Report { id: u64, spooled: Vec<u64> },
+    /// A violation event, with its spool entry.
+    Violation { key: Key, id: String },
+}
+
+impl std::fmt::Display for Sending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Report { id, .. } => write!(f, "report {id}"),
+            Self::Violation { id, .. } => write!(f, "violation {id}"),
+        }
+    }
+}
+
+/// One entry ready to publish: where, what, and its bytes.
+struct Message<'t> {
+    topic: &'t str,
+    what: Sending,
+    bytes: Vec<u8>,
 }
 
 enum Stage {
@@ -68,16 +102,17 @@ impl InFlight {
 pub enum Broken {
     /// rumqttc's: the connection failed, or the broker or the network closed it.
     Connection(ConnectionError),
-    /// The broker did not acknowledge report `report_id` within `within`.
-    Unacknowledged { report_id: u64, within: Duration },
+    /// The broker did not acknowledge `what` (a report or a violation) within `within`.
+    Unacknowledged { what: String, within: Duration },
 }
 
-/// What outlives a connection: the reply bookkeeping, and a report still in flight when one
-/// breaks, which is in doubt.
+/// What outlives a connection: the reply bookkeeping, an entry still in flight when one
+/// breaks, and how many connections in a row broke with a violation in flight.
 #[derive(Default)]
 pub struct Carried {
     replies: Replies,
     in_flight: Option<InFlight>,
+    breaks: Option<(Key, u32)>,
 }
 
 pub struct Session<'a> {
@@ -89,6 +124,7 @@ pub struct Session<'a> {
     _pump: Pump,
     replies: Replies,
     in_flight: Option<InFlight>,
+    breaks: Option<(Key, u32)>,
     /// The connection proved useful (a delivery, or a minute up): the backoff starts over.
     /// A broker that accepts and then drops tern must not be hammered.
     proved: bool,
@@ -118,6 +154,7 @@ impl<'a> Session<'a> {
             _pump: pump,
             replies: carried.replies,
             in_flight: carried.in_flight,
+            breaks: carried.breaks,
             proved: false,
         }
     }
@@ -128,6 +165,7 @@ impl<'a> Session<'a> {
         let carried = Carried {
             replies: self.replies,
             in_flight: self.in_flight,
+            breaks: self.breaks,
         };
         (carried, self.proved)
     }
@@ -169,17 +207,18 @@ impl<'a> Session<'a> {
             }
             let now = Instant::now();
             if let Some(f) = self.in_flight.as_ref().filter(|f| f.due() <= now) {
-                let report_id = f.report_id;
                 if let Stage::Sent { .. } = f.stage {
                     // It stays in flight: in doubt on the next connection.
                     let within = self.ack_wait();
-                    return Err(Broken::Unacknowledged { report_id, within });
+                    let what = f.what.to_string();
+                    return Err(Broken::Unacknowledged { what, within });
                 }
-                info!("no reply to report {report_id}: sending it again");
+                info!("no reply to {}: sending it again", f.what);
                 self.in_flight = None;
             }
             if self.in_flight.is_none() {
-                match self.next_report().map(|next| self.publish(next)) {
+                let next = self.next_violation().or_else(|| self.next_report());
+                match next.map(|next| self.publish(next)) {
                     Some(true) => {}
                     Some(false) => return Err(Broken::Connection(ConnectionError::RequestsDone)),
                     None if self.shared.stopping() && !self.reply_due() => return Ok(()),
@@ -231,18 +270,39 @@ impl<'a> Session<'a> {
     }
 
     /// Puts a report carried over from a broken connection in doubt, or back in the spool's
-    /// hands when no reply will tell whether it arrived.
+    /// hands when no reply will tell whether it arrived. A violation goes back to the spool's
+    /// hands, or out of it when the connection broke under it too often.
     fn resume(&mut self) {
         let Some(f) = self.in_flight.as_mut() else {
             return;
         };
+        if let Sending::Violation { key, id } = &f.what {
+            let breaks = match self.breaks {
+                Some((k, n)) if k == *key => n + 1,
+                _ => 1,
+            };
+            self.breaks = Some((*key, breaks));
+            if breaks >= REFUSED_AFTER {
+                let topic = &self.target.violations_topic;
+                error!(
+                    "the connection broke {breaks} times in a row with violation {id} in \
+                     flight: the broker seems to refuse topic {topic:?} (AWS IoT Core closes \
+                     the connection on a publish the thing's policy denies); dropped it (it is \
+                     in the log). Allow iot:Publish on that topic in the thing's policy, or set \
+                     tern.violations-topic (--violations-topic) to one it allows"
+                );
+                self.shared.spool().remove(*key);
+            }
+            self.in_flight = None;
+            return;
+        }
         if self.replies.expected() {
             let broker = &self.target.broker;
             let wait = IN_DOUBT_WAIT.min(Duration::from_secs(broker.reply_timeout));
             info!(
-                "report {} was in flight when the connection broke; waiting up to {} s for \
-                 its reply before sending it again",
-                f.report_id,
+                "{} was in flight when the connection broke; waiting up to {} s for its reply \
+                 before sending it again",
+                f.what,
                 wait.as_secs()
             );
             f.stage = Stage::InDoubt {
@@ -254,15 +314,50 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// The next report to publish, encoded: its id, the spool entries it accounts for, and
-    /// its bytes. A report that cannot be encoded within the budget is dropped.
-    fn next_report(&self) -> Option<(u64, Vec<u64>, Vec<u8>)> {
+    /// The oldest violation waiting, as published: its Device Defender `ViolationEvent` as
+    /// JSON. One that cannot fit in a packet is dropped: it is in the log already.
+    fn next_violation(&self) -> Option<Message<'a>> {
+        let topic = &self.target.violations_topic;
+        let room = self
+            .target
+            .broker
+            .packet_limit
+            .saturating_sub(PUBLISH_OVERHEAD + topic.len());
+        loop {
+            let (key, violation) = self.shared.next_violation()?;
+            let sized = serde_json::to_vec(&violation);
+            let id = violation.violation_id;
+            match sized {
+                Ok(bytes) if bytes.len() <= room => {
+                    let what = Sending::Violation { key, id };
+                    return Some(Message { topic, what, bytes });
+                }
+                sized => error!(
+                    "violation {id} cannot be published ({}); dropped (it is in the log): \
+                     raise tern.packet-limit",
+                    sized.map_or_else(
+                        |e| e.to_string(),
+                        |b| format!("{} bytes, over the {room} a packet leaves", b.len())
+                    )
+                ),
+            }
+            self.shared.spool().remove(key);
+        }
+    }
+
+    /// The next report to publish, encoded. A report that cannot be encoded within the
+    /// budget is dropped.
+    fn next_report(&self) -> Option<Message<'a>> {
         let encoding = &self.target.encoding;
         loop {
             let (report, spooled) = self.shared.next(self.target.broker.aws)?;
             let id = report.header.report_id;
             match encode(&report, encoding) {
-                Ok(bytes) => return Some((id, spooled, bytes)),
+                Ok(bytes) => {
+                    let topic = &self.target.topic;
+                    let what = Sending::Report { id, spooled };
+                    return Some(Message { topic, what, bytes });
+                }
                 Err(err) => {
                     error!(
                         "report {id} cannot be encoded within {} bytes ({err:#}); dropped",
@@ -274,20 +369,21 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Publishes a report and holds it in flight; false when the event loop is gone.
-    fn publish(&mut self, (report_id, spooled, bytes): (u64, Vec<u64>, Vec<u8>)) -> bool {
+    /// Publishes an entry and holds it in flight; false when the event loop is gone.
+    fn publish(&mut self, Message { topic, what, bytes }: Message<'_>) -> bool {
         if self
             .client
-            .try_publish(&self.target.topic, QoS::AtLeastOnce, false, bytes)
+            .try_publish(topic, QoS::AtLeastOnce, false, bytes)
             .is_err()
         {
             return false;
         }
-        self.replies.published(report_id);
+        if let Sending::Report { id, .. } = what {
+            self.replies.published(id);
+        }
         let now = Instant::now();
         self.in_flight = Some(InFlight {
-            report_id,
-            spooled,
+            what,
             stage: Stage::Sent {
                 pkid: None,
                 ack_by: now + self.ack_wait(),
@@ -324,8 +420,11 @@ impl<'a> Session<'a> {
                     self.target.encoding.format,
                     &self.shared.counters,
                 );
-                let settled = |f: &mut InFlight| {
-                    matches!(f.stage, Stage::InDoubt { .. }) && answered == Some(f.report_id)
+                let settled = |f: &mut InFlight| match f.what {
+                    Sending::Report { id, .. } => {
+                        matches!(f.stage, Stage::InDoubt { .. }) && answered == Some(id)
+                    }
+                    Sending::Violation { .. } => false,
                 };
                 if let Some(f) = self.in_flight.take_if(settled) {
                     self.delivered(&f, "reached the broker before the connection broke");
@@ -345,20 +444,27 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Removes what a delivered report accounts for from the spool.
+    /// Removes what a delivered entry accounts for from the spool.
     fn delivered(&self, f: &InFlight, how: &str) {
         let mut spool = self.shared.spool();
-        for id in &f.spooled {
-            spool.remove(*id);
-        }
-        let merged = match f.spooled.len() {
-            1 => String::new(),
-            n => format!(", accounting for {n} intervals"),
+        let merged = match &f.what {
+            Sending::Report { spooled, .. } => {
+                spooled.iter().for_each(|&id| spool.remove(id));
+                match spooled.len() {
+                    1 => String::new(),
+                    n => format!(", accounting for {n} intervals"),
+                }
+            }
+            Sending::Violation { key, .. } => {
+                spool.remove(*key);
+                String::new()
+            }
         };
+        let (reports, violations) = spool.counts();
         info!(
-            "report {} {how}{merged}; {} waiting in the spool",
-            f.report_id,
-            spool.len()
+            "{} {how}{merged}; {reports} report(s) and {violations} violation(s) waiting in \
+             the spool",
+            f.what
         );
     }
 }

@@ -1,3 +1,5 @@
+// Over 400 lines: every way the spool keeps, bounds and sets aside its entries, reports and
+// violations, each with its own world of files.
 //! The spool's tests: entries on disk and in memory, their bounds, and what is set aside.
 
 use super::*;
@@ -31,9 +33,13 @@ fn fuzz_spool_entries() {
         "interval_execs".into(),
         [crate::report::CustomMetric::from(3)],
     );
-    let seeds = [report(1, 10), full].map(|r| serde_json::to_vec(&r).unwrap());
+    let mut seeds = [report(1, 10), full]
+        .map(|r| serde_json::to_vec(&r).unwrap())
+        .to_vec();
+    seeds.push(serde_json::to_vec(&violation("a", 1_000)).unwrap());
     crate::host::fuzz::run("spool", &seeds, |bytes| {
         let _ = parse(bytes);
+        let _ = serde_json::from_slice::<Violation>(bytes);
     });
 }
 
@@ -206,7 +212,7 @@ fn a_spool_that_cannot_be_made_starts_in_memory() {
     assert!(spool.unwritable);
     spool.push(&report(1, 1), &[]).unwrap();
     assert_eq!(spool.read(1).unwrap(), report(1, 1));
-    assert!(matches!(spool.entries[&1], Entry::Held(_)));
+    assert!(matches!(spool.entries[&Key(1, 0)], Entry::Held(_)));
     fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -273,10 +279,171 @@ fn an_entry_gone_bad_after_opening_is_set_aside_when_read() {
     let mut spool = open(&dir, 1 << 20);
     spool.push(&report(6, 1), &[]).unwrap();
     spool.push(&report(7, 1), &[]).unwrap();
-    fs::write(spool.path(6), b"{not json").unwrap();
+    fs::write(spool.path(Key(6, 0)), b"{not json").unwrap();
     assert!(spool.read(6).is_none());
     assert_eq!(spool.ids().collect::<Vec<_>>(), [7]);
     assert!(dir.join(DIR).join(name(6, ".corrupt")).exists());
     assert_eq!(spool.read(7).unwrap(), report(7, 1));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An alarm of behaviour `name`, raised at `millis`.
+pub fn violation(name: &str, millis: u64) -> Violation {
+    Violation {
+        violation_id: format!("gw-7/{name}/{millis}"),
+        thing_name: "gw-7".into(),
+        security_profile_name: "tern".into(),
+        behavior: serde_json::json!({"name": name, "metric": "aws:num-listening-tcp-ports",
+            "criteria": {"comparisonOperator": "less-than-equals", "value": {"count": 0}}}),
+        metric_value: serde_json::json!({"count": 1}),
+        violation_event_type: crate::detect::violation::EventType::InAlarm,
+        violation_event_time: millis / 1000,
+    }
+}
+
+#[test]
+fn violations_survive_a_reopen_after_the_report_they_were_judged_on() {
+    let dir = temp("violations");
+    let mut spool = open(&dir, 1 << 20);
+    spool.push(&report(10, 1), b"{\"readings\":[]}").unwrap();
+    spool.push_violation(10, 1, &violation("a", 1_000)).unwrap();
+    spool.push_violation(10, 2, &violation("b", 2_000)).unwrap();
+    spool.push(&report(20, 2), &[]).unwrap();
+    spool.push_violation(20, 1, &violation("a", 3_000)).unwrap();
+    assert!(spool.push_violation(20, 0, &violation("c", 4_000)).is_err());
+    let mut expected = [
+        name(10, ".json"),
+        name(10, "-1.violation"),
+        name(10, "-2.violation"),
+        name(20, ".json"),
+        name(20, "-1.violation"),
+    ];
+    expected.sort();
+    assert_eq!(names(&dir), expected);
+
+    let mut again = open(&dir, 1 << 20);
+    assert_eq!(again.ids().collect::<Vec<_>>(), [10, 20]);
+    assert_eq!(again.newest(), Some(20));
+    assert_eq!(again.trailer(10).unwrap(), b"{\"readings\":[]}");
+    assert_eq!(again.counts(), (2, 3));
+    assert_eq!(again.first_violation(), Some(Key(10, 1)));
+    assert_eq!(
+        again.read_violation(Key(10, 1)).unwrap(),
+        violation("a", 1_000)
+    );
+    assert_eq!(
+        again.read_violation(Key(10, 0)),
+        None,
+        "a report is no violation"
+    );
+    again.remove(Key(10, 1));
+    again.remove(10);
+    assert_eq!(again.first_violation(), Some(Key(10, 2)));
+    assert_eq!(again.ids().collect::<Vec<_>>(), [20]);
+    assert_eq!(again.counts(), (1, 2));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn when_full_the_oldest_entries_go_violations_too_never_the_newest_report() {
+    let dir = temp("full-violations");
+    let report_size = serde_json::to_vec(&report(1_000_000, 1)).unwrap().len() as u64;
+    let violation_size = serde_json::to_vec(&violation("a", 1_000)).unwrap().len() as u64;
+    assert!(violation_size > report_size, "the sums below take it");
+    let mut spool = open(&dir, report_size * 2 + violation_size * 3);
+    spool.push(&report(1_000_000, 1), &[]).unwrap();
+    spool
+        .push_violation(1_000_000, 1, &violation("a", 1_000))
+        .unwrap();
+    spool.push(&report(1_000_001, 1), &[]).unwrap();
+    for n in 1..3 {
+        let dropped = spool.push_violation(1_000_001, n, &violation("a", 2_000));
+        assert_eq!(dropped.unwrap(), 0, "all within the bound");
+    }
+    // One more: the oldest entries, a report and a violation, go.
+    let dropped = spool.push_violation(1_000_001, 3, &violation("b", 3_000));
+    assert_eq!(dropped.unwrap(), 1, "one report");
+    assert_eq!(spool.ids().collect::<Vec<_>>(), [1_000_001]);
+    assert_eq!(spool.first_violation(), Some(Key(1_000_001, 1)));
+    // One more: the oldest violation goes, never the newest report.
+    let dropped = spool.push_violation(1_000_001, 4, &violation("c", 4_000));
+    assert_eq!(dropped.unwrap(), 0, "no report");
+    assert_eq!(spool.ids().collect::<Vec<_>>(), [1_000_001]);
+    assert_eq!(spool.first_violation(), Some(Key(1_000_001, 2)));
+    assert!(spool.bytes <= spool.max_bytes);
+    let mut expected = [
+        name(1_000_001, ".json"),
+        name(1_000_001, "-2.violation"),
+        name(1_000_001, "-3.violation"),
+        name(1_000_001, "-4.violation"),
+    ];
+    expected.sort();
+    assert_eq!(names(&dir), expected);
+    fs::remove_dir_all(&dir).unwrap();
+
+    // A violation bigger than the whole spool goes itself; the newest report stays.
+    let dir = temp("tiny-violations");
+    let mut tiny = open(&dir, report_size);
+    tiny.push(&report(1_000_002, 1), &[]).unwrap();
+    let dropped = tiny.push_violation(1_000_002, 1, &violation("a", 1_000));
+    assert_eq!(dropped.unwrap(), 0);
+    assert_eq!(tiny.counts(), (1, 0));
+    assert_eq!(names(&dir), [name(1_000_002, ".json")]);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn violation_entries_that_are_not_one_are_set_aside() {
+    let dir = temp("bad-violations");
+    fs::create_dir_all(dir.join(DIR)).unwrap();
+    let good = serde_json::to_vec(&violation("a", 1_000)).unwrap();
+    let planted: [(String, &[u8]); 5] = [
+        (name(10, "-1.violation"), &good),
+        (name(10, "-2.violation"), b"{\"violationId\":1}"),
+        (name(10, "-0.violation"), &good),
+        (name(10, "-x.violation"), &good),
+        (name(0, "-1.violation"), &good),
+    ];
+    for (name, bytes) in &planted {
+        fs::write(dir.join(DIR).join(name), bytes).unwrap();
+    }
+    let mut spool = open(&dir, 1 << 20);
+    assert_eq!(spool.counts(), (0, 2));
+    assert_eq!(spool.read_violation(Key(10, 2)), None);
+    assert_eq!(
+        spool.read_violation(Key(10, 1)).unwrap(),
+        violation("a", 1_000)
+    );
+    let mut expected = vec![
+        name(10, "-1.violation"),
+        name(10, "-2.corrupt"),
+        name(10, "-0.corrupt"),
+        name(10, "-x.corrupt"),
+        name(0, "-1.corrupt"),
+    ];
+    expected.sort();
+    assert_eq!(names(&dir), expected);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn violations_the_disk_refuses_wait_in_memory_then_go_to_disk() {
+    let dir = temp("held-violations");
+    let mut spool = open(&dir, 1 << 20);
+    fs::remove_dir_all(dir.join(DIR)).unwrap();
+    fs::write(dir.join(DIR), b"").unwrap();
+    spool.push(&report(5, 1), &[]).unwrap();
+    spool.push_violation(5, 1, &violation("a", 1_000)).unwrap();
+    assert!(spool.unwritable);
+    assert_eq!(
+        spool.read_violation(Key(5, 1)).unwrap(),
+        violation("a", 1_000)
+    );
+    fs::remove_file(dir.join(DIR)).unwrap();
+    spool.push(&report(6, 1), &[]).unwrap();
+    assert!(!spool.unwritable);
+    let mut expected = [name(5, ".json"), name(5, "-1.violation"), name(6, ".json")];
+    expected.sort();
+    assert_eq!(names(&dir), expected);
     fs::remove_dir_all(&dir).unwrap();
 }
