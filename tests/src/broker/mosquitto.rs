@@ -10,12 +10,13 @@ use std::{
 use super::Pki;
 use crate::{Netns, TempDir, spawn_in, wait_until};
 
-/// The thing name the responder connects as; the ACL gives it every `$aws` topic.
+/// The thing name the responder and the subscriber connect as; the ACL gives it every
+/// `$aws` topic and lets it read every thing's violations.
 pub const CLOUD: &str = "cloud";
 
 /// mosquitto with mutual TLS on `port` (every loopback address) in a namespace: the client
 /// certificate's CN is the user name, and each thing may only publish its own reports and
-/// read its own replies.
+/// violations (on tern's default topic) and read its own replies.
 pub struct Mosquitto {
     ns: String,
     dir: TempDir,
@@ -33,8 +34,10 @@ impl Mosquitto {
              pattern write $aws/things/%u/defender/metrics/cbor\n\
              pattern read $aws/things/%u/defender/metrics/+/accepted\n\
              pattern read $aws/things/%u/defender/metrics/+/rejected\n\
+             pattern write tern/things/%u/violations\n\
              user cloud\n\
-             topic readwrite $aws/#\n",
+             topic readwrite $aws/#\n\
+             topic read tern/#\n",
         )
         .unwrap();
         fs::write(

@@ -108,7 +108,7 @@ impl Drop for Responder {
     }
 }
 
-fn tls_config(ca: &Path, identity: &Identity) -> ClientConfig {
+pub(super) fn tls_config(ca: &Path, identity: &Identity) -> ClientConfig {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(cert.unwrap()).unwrap();

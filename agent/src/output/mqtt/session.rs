@@ -25,7 +25,10 @@ use tokio::{
 };
 
 use super::{PUBLISH_OVERHEAD, Target, replies::Replies};
-use crate::output::{encode, outbox::Shared, spool::Key};
+use crate::{
+    detect::violation::EventType,
+    output::{encode, outbox::Shared, spool::Key},
+};
 
 /// How long a stopping tern keeps delivering what is spooled, and waits for the replies due,
 /// while connected.
@@ -55,15 +58,26 @@ enum Sending {
     /// A report (or, for AWS, several folded into one), with the spool entries it accounts
     /// for.
     Report { id: u64, spooled: Vec<u64> },
-    /// A violation event, with its spool entry.
-    Violation { key: Key, id: String },
+    /// A violation event, with its spool entry and whether it raised or cleared its alarm
+    /// (an alarm and its clearing share one id).
+    Violation {
+        key: Key,
+        id: String,
+        kind: EventType,
+    },
 }
 
 impl std::fmt::Display for Sending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Report { id, .. } => write!(f, "report {id}"),
-            Self::Violation { id, .. } => write!(f, "violation {id}"),
+            Self::Violation { id, kind, .. } => {
+                let kind = match kind {
+                    EventType::InAlarm => "in-alarm",
+                    EventType::AlarmCleared => "alarm-cleared",
+                };
+                write!(f, "violation {id} ({kind})")
+            }
         }
     }
 }
@@ -276,7 +290,7 @@ impl<'a> Session<'a> {
         let Some(f) = self.in_flight.as_mut() else {
             return;
         };
-        if let Sending::Violation { key, id } = &f.what {
+        if let Sending::Violation { key, .. } = &f.what {
             let breaks = match self.breaks {
                 Some((k, n)) if k == *key => n + 1,
                 _ => 1,
@@ -285,11 +299,12 @@ impl<'a> Session<'a> {
             if breaks >= REFUSED_AFTER {
                 let topic = &self.target.violations_topic;
                 error!(
-                    "the connection broke {breaks} times in a row with violation {id} in \
-                     flight: the broker seems to refuse topic {topic:?} (AWS IoT Core closes \
+                    "the connection broke {breaks} times in a row with {} in flight: the \
+                     broker seems to refuse topic {topic:?} (AWS IoT Core closes \
                      the connection on a publish the thing's policy denies); dropped it (it is \
                      in the log). Allow iot:Publish on that topic in the thing's policy, or set \
-                     tern.violations-topic (--violations-topic) to one it allows"
+                     tern.violations-topic (--violations-topic) to one it allows",
+                    f.what
                 );
                 self.shared.spool().remove(*key);
             }
@@ -329,7 +344,8 @@ impl<'a> Session<'a> {
             let id = violation.violation_id;
             match sized {
                 Ok(bytes) if bytes.len() <= room => {
-                    let what = Sending::Violation { key, id };
+                    let kind = violation.violation_event_type;
+                    let what = Sending::Violation { key, id, kind };
                     return Some(Message { topic, what, bytes });
                 }
                 sized => error!(
