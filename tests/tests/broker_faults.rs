@@ -1,12 +1,12 @@
 //! Brokers that misbehave: the test's own fake broker (real TLS, real MQTT bytes) withholds
 //! acknowledgements while it answers pings, replies on topics that are not a report's reply
-//! topics, holds a reply back, or replies only after tern was asked to stop; the real tern
-//! counts in the real kernel.
+//! topics, holds a reply back, replies only after tern was asked to stop, or closes the
+//! connection on a publish to the violations topic; the real tern counts in the real kernel.
 //!
 //! Ground truth is what the fake broker received and sent, the UDP traffic each test sends
 //! across its veth pair, and the spool on disk.
 
-use std::{fs, path::PathBuf, time::Duration};
+use std::{fs, net::TcpListener, path::PathBuf, time::Duration};
 
 use serde_json::json;
 use tern_tests::{
@@ -50,6 +50,11 @@ impl World {
     /// has 1 s to acknowledge a report), reconnecting within 2 s, waiting `reply_timeout`
     /// seconds for a reply; once attached.
     fn launch(&self, interval: u64, reply_timeout: u64) -> Tern {
+        self.launch_with(interval, reply_timeout, &[])
+    }
+
+    /// As `launch`, with more arguments for `tern run`.
+    fn launch_with(&self, interval: u64, reply_timeout: u64, args: &[&str]) -> Tern {
         let id = self.pki.client(THING);
         let config = json!({
             "endpoint": format!("localhost:{PORT}"),
@@ -62,11 +67,9 @@ impl World {
         });
         let path = self.dir.join("config.json");
         fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-        Tern::launch(
-            &self.pair.a,
-            &self.state(),
-            &["--config", path.to_str().unwrap()],
-        )
+        let mut all = vec!["--config", path.to_str().unwrap()];
+        all.extend_from_slice(args);
+        Tern::launch(&self.pair.a, &self.state(), &all)
     }
 
     /// The broker's arrivals once there are at least `n`; panics after `timeout`.
@@ -316,4 +319,59 @@ fn the_reply_to_the_last_report_before_a_stop_is_waited_for_and_logged() {
         "{:?}",
         stopped.log
     );
+}
+
+/// A broker that closes the connection on every publish to the violations topic, as AWS
+/// IoT Core does when the thing's policy denies it: tern tries the violation on 3
+/// connections, then drops it, naming the topic and the permission it needs, and the
+/// reports behind it are delivered. The violation was raised by a listener the test opened
+/// on a port the behaviour does not allow.
+#[test]
+fn a_violation_the_broker_refuses_is_dropped_after_three_tries_and_reports_go_on() {
+    let good = Conduct {
+        puback: true,
+        reply: Reply::Judge,
+    };
+    let world = World::start("refused-violation", &[good]);
+    let behaviors = world.dir.join("behaviors.json");
+    let behaviour = json!([{
+        "name": "only-the-broker-listens",
+        "metric": "aws:listening-tcp-ports",
+        "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [PORT]}}
+    }]);
+    fs::write(&behaviors, behaviour.to_string()).unwrap();
+    let tern = world.launch_with(1, 5, &["--behaviors", behaviors.to_str().unwrap()]);
+    world.arrivals(1, Duration::from_secs(20));
+    let listener = world
+        .pair
+        .a
+        .enter(|| TcpListener::bind(("127.0.0.1", PORT + 1)).expect("listening"));
+    tern.wait_log("in alarm:", Duration::from_secs(20));
+    let line = tern.wait_log("the broker seems to refuse", Duration::from_secs(30));
+    let topic = "tern/things/gw-1/violations";
+    assert!(
+        line.contains("3 times in a row")
+            && line.contains(&format!("{topic:?}"))
+            && line.contains("iot:Publish"),
+        "{line}"
+    );
+    assert_eq!(world.broker.refused(), [topic; 3]);
+    // The reports behind it go on, and nothing else is tried on that topic.
+    let before = world.broker.arrivals().len();
+    world.arrivals(before + 2, Duration::from_secs(20));
+    assert_eq!(world.broker.refused().len(), 3);
+    let violations = fs::read_dir(world.state().join("spool"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".violation")
+        })
+        .count();
+    assert_eq!(violations, 0, "the refused violation is no longer spooled");
+    let stopped = tern.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+    drop(listener);
 }

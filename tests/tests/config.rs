@@ -336,3 +336,70 @@ fn system_roots_only_when_asked_for() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_violations_topic_is_printed_and_one_no_broker_takes_is_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let pki = Pki::new("topic");
+    let dir = TempDir::new("config-topic");
+    let mut config = device_client_config(
+        "abc123-ats.iot.eu-west-1.amazonaws.com",
+        &pki.client("gw-1"),
+        &pki.ca,
+        "gw-1",
+    );
+    let default = check(&write(&dir, "default.json", &config));
+    assert_eq!(default.code, Some(0), "stderr: {}", default.stderr);
+    assert!(
+        default
+            .stdout
+            .contains("go to topic \"tern/things/gw-1/violations\" (QoS 1)"),
+        "{}",
+        default.stdout
+    );
+    config["tern"] = json!({"violations-topic": "fleet/gw-1/alarms"});
+    let path = write(&dir, "given.json", &config);
+    let given = check(&path);
+    assert_eq!(given.code, Some(0), "stderr: {}", given.stderr);
+    assert!(
+        given.stdout.contains("\"fleet/gw-1/alarms\""),
+        "{}",
+        given.stdout
+    );
+
+    let path = path.to_str().unwrap();
+    let long = "t".repeat(257);
+    for (topic, why) in [
+        ("tern/#", "holds an MQTT wildcard"),
+        ("tern/+/violations", "holds an MQTT wildcard"),
+        ("", "is empty"),
+        ("$aws/things/gw-1/violations", "starts with $"),
+        (long.as_str(), "is 257 bytes, over the 256"),
+        ("a/b/c/d/e/f/g/h/i", "has 8 slashes"),
+    ] {
+        let mut args = vec![
+            "check-config",
+            "--config",
+            path,
+            "--violations-topic",
+            topic,
+        ];
+        args.extend(AS_NOBODY);
+        assert_refused(
+            &tern(&args),
+            &[
+                &format!("--violations-topic {topic:?} {why}"),
+                "tern/things/<thing>/violations",
+            ],
+        );
+    }
+    let output = Command::new(tern_bin())
+        .args(["check-config", "--config", path, "--violations-topic"])
+        .arg(std::ffi::OsStr::from_bytes(b"tern/\xff"))
+        .args(AS_NOBODY)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is not UTF-8"), "{stderr}");
+}

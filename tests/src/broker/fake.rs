@@ -4,7 +4,9 @@
 //! with the test PKI) and real MQTT 3.1.1 bytes, framed here by hand, so it can take reports
 //! without acknowledging them while it answers pings, reply on topics tern never subscribed
 //! to, or hold a reply back. It plays the Device Defender service too, judging each report
-//! as the responder does, and records what it received and what it sent.
+//! as the responder does, and records what it received and what it sent. A publish on any
+//! other topic closes the connection, as AWS IoT Core does with a publish the thing's
+//! policy denies.
 
 use std::{
     io::{ErrorKind, Read, Write},
@@ -80,6 +82,8 @@ struct Record {
     pings: Vec<usize>,
     arrivals: Vec<Arrival>,
     sent: Vec<Sent>,
+    /// The topics of the publishes that closed their connection.
+    refused: Vec<String>,
 }
 
 /// The broker on 127.0.0.1:`port` in a namespace. Connection n (from 0) follows
@@ -168,6 +172,11 @@ impl FakeBroker {
 
     pub fn sent(&self) -> Vec<Sent> {
         self.record.lock().unwrap().sent.clone()
+    }
+
+    /// The topic of each publish that was no report, which closed its connection.
+    pub fn refused(&self) -> Vec<String> {
+        self.record.lock().unwrap().refused.clone()
     }
 }
 
@@ -288,7 +297,8 @@ impl Link<'_> {
             _ => (Some(&body[2 + len..4 + len]), &body[4 + len..]),
         };
         let Some(judged) = judge(&topic, payload) else {
-            return Ok(());
+            self.record.lock().unwrap().refused.push(topic);
+            return Err(ErrorKind::PermissionDenied.into());
         };
         let id = judged.id.expect("a report without report_id");
         self.record.lock().unwrap().arrivals.push(Arrival {
