@@ -218,3 +218,39 @@ fn violations_raised_while_the_broker_is_down_arrive_once_it_is_back() {
     let stopped = tern.stop();
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
 }
+
+/// A violation spooled while the broker is down survives a crash of tern: the next tern on
+/// the same state directory publishes it once the broker is back. That tern starts with
+/// every behaviour normal, so the alarm's clearing never comes; nothing else does either.
+#[test]
+fn a_violation_spooled_before_a_crash_is_published_by_the_next_tern() {
+    let mut cloud = Cloud::start("violations-crash");
+    let tern = cloud.launch();
+    cloud.broker.stop();
+    let listener = cloud.listen();
+    tern.wait_log("in alarm:", Duration::from_secs(20));
+    cloud.wait_spooled(1, Duration::from_secs(5));
+    tern.kill();
+    drop(listener);
+    assert_eq!(cloud.spooled_violations(), 1, "kept across the crash");
+
+    cloud.broker.restart();
+    let tern = cloud.launch();
+    cloud.subscriber.wait_for(1, Duration::from_secs(30));
+    cloud.wait_spooled(0, Duration::from_secs(10));
+    let reports = cloud.responder.received().len();
+    cloud
+        .responder
+        .wait_for(reports + 2, Duration::from_secs(20));
+    let events = events(&cloud.subscriber.received());
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["violationEventType"], "in-alarm", "{}", events[0]);
+    assert_eq!(
+        events[0]["metricValue"],
+        json!({ "ports": [LISTENER] }),
+        "{}",
+        events[0]
+    );
+    let stopped = tern.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+}
