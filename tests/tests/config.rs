@@ -348,25 +348,20 @@ fn the_violations_topic_is_printed_and_one_no_broker_takes_is_refused() {
         &pki.ca,
         "gw-1",
     );
-    let default = check(&write(&dir, "default.json", &config));
-    assert_eq!(default.code, Some(0), "stderr: {}", default.stderr);
-    assert!(
-        default
-            .stdout
-            .contains("go to topic \"tern/things/gw-1/violations\" (QoS 1)"),
-        "{}",
-        default.stdout
-    );
-    config["tern"] = json!({"violations-topic": "fleet/gw-1/alarms"});
-    let path = write(&dir, "given.json", &config);
-    let given = check(&path);
-    assert_eq!(given.code, Some(0), "stderr: {}", given.stderr);
-    assert!(
-        given.stdout.contains("\"fleet/gw-1/alarms\""),
-        "{}",
-        given.stdout
-    );
-
+    for (section, topic) in [
+        (json!({}), "tern/things/gw-1/violations"),
+        (
+            json!({"violations-topic": "fleet/gw-1/alarms"}),
+            "fleet/gw-1/alarms",
+        ),
+    ] {
+        config["tern"] = section;
+        let checked = check(&write(&dir, "topic.json", &config));
+        assert_eq!(checked.code, Some(0), "stderr: {}", checked.stderr);
+        let line = format!("go to topic {topic:?} (QoS 1)");
+        assert!(checked.stdout.contains(&line), "{}", checked.stdout);
+    }
+    let path = dir.join("topic.json");
     let path = path.to_str().unwrap();
     let long = "t".repeat(257);
     for (topic, why) in [
