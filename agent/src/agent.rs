@@ -300,7 +300,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 .iter_mut()
                 .flat_map(|d| d.judge_running(&running, SystemTime::now()))
             {
-                if let Err(err) = output.violation(&violation) {
+                // Filed after the last report's own violations, in the order they come.
+                if let Err(err) = output.violation(last_id, &violation) {
                     error!("{err:#}");
                 }
             }
