@@ -222,3 +222,31 @@ fn a_connection_outside_the_normal_addresses_alarms_with_the_address() {
     let (_, cleared) = next_event(&tern, "alarm-cleared", "destinations");
     assert_eq!(cleared["violationId"], raised["violationId"]);
 }
+
+#[test]
+fn a_listener_outside_the_normal_interval_ports_alarms_within_a_second() {
+    let ns = Netns::new("early-ports");
+    let dir = TempDir::new("detect-early-ports");
+    let tern = start(
+        &ns,
+        &dir,
+        "300",
+        json!([{
+            "name": "interval-ports",
+            "metric": "interval_listening_tcp_ports",
+            "criteria": {"comparisonOperator": "in-set", "value": {"numbers": [22]}}
+        }]),
+    );
+    let (listener, listening) = ns.enter(|| {
+        let listener = TcpListener::bind("0.0.0.0:7314").expect("a listener");
+        (listener, Instant::now())
+    });
+    let (at, raised) = next_event(&tern, "in-alarm", "interval-ports");
+    assert_eq!(raised["metricValue"], json!({"numbers": [7314]}));
+    let late = at.saturating_duration_since(listening);
+    assert!(
+        late < Duration::from_secs(1),
+        "the alarm came {late:?} after the listen"
+    );
+    drop(listener);
+}

@@ -24,11 +24,18 @@ mod tcp;
 mod traffic;
 mod udp;
 
-use std::collections::HashSet;
+use std::{
+    collections::{BTreeSet, HashSet},
+    net::IpAddr,
+};
 
 use anyhow::{Context, Result};
 use log::{debug, error, info};
-use tern_common::{counters::Counter, sockets::FOLLOWED_BY_ADDRESS};
+use tern_common::{
+    changes::Changed,
+    counters::Counter,
+    sockets::{FOLLOWED_BY_ADDRESS, Seen, ip},
+};
 
 use crate::{
     host::netns,
@@ -104,6 +111,43 @@ const COUNTED: [(Metric, &[Counter]); 9] = [
     (catalog::EXECUTIONS, &[Counter::Execs]),
 ];
 
+/// The interval lists that are what the programs' interval sets saw: reports carry them at
+/// the end of each interval, and `Collectors::running` reads what the sets have seen so far.
+const LISTED: [(Metric, Changed, Listed); 5] = [
+    (catalog::TCP_PORTS, Changed::TcpListened, Listed::Ports),
+    (catalog::UDP_PORTS, Changed::UdpListened, Listed::Ports),
+    (catalog::REMOTES, Changed::RemotesSeen, Listed::Addresses),
+    (catalog::PORTS_CONTACTED, Changed::Contacted, Listed::Ports),
+    (
+        catalog::ADDRESSES_CONTACTED,
+        Changed::Contacted,
+        Listed::Addresses,
+    ),
+];
+
+/// What a list takes of each entry of its set.
+#[derive(Clone, Copy)]
+enum Listed {
+    Ports,
+    Addresses,
+}
+
+impl Listed {
+    fn of(self, seen: &[Seen]) -> CustomMetric {
+        match self {
+            Self::Ports => {
+                let ports: BTreeSet<u64> = seen.iter().map(|s| u64::from(s.port)).collect();
+                CustomMetric::NumberList(ports.into_iter().collect())
+            }
+            Self::Addresses => {
+                let addresses: BTreeSet<IpAddr> =
+                    seen.iter().map(|s| ip(s.family, &s.addr)).collect();
+                CustomMetric::IpList(addresses.iter().map(IpAddr::to_string).collect())
+            }
+        }
+    }
+}
+
 /// One of tern's own custom metrics with its value.
 type Own = (Metric, CustomMetric);
 
@@ -134,6 +178,8 @@ struct Programs {
     epoch: u32,
     counters: Readings<(), { Counter::ALL.len() }>,
     changes: Changes,
+    /// What `running` last read of each interval set, with the set's change count then.
+    looked: Vec<(Changed, u64, Vec<Seen>)>,
 }
 
 /// Every collector: the kernel programs' where they run, and what stands in for them.
@@ -250,30 +296,28 @@ impl Collectors {
         }
     }
 
-    /// Whether `running` can read metric `name` as it grows: one of the programs' counts
-    /// that the report takes from them.
+    /// Whether `running` can read metric `name` as it grows: one of the programs' counts or
+    /// lists that the report takes from them.
     pub fn runs(&self, name: &str) -> bool {
+        let metrics = COUNTED
+            .iter()
+            .map(|(m, _)| m)
+            .chain(LISTED.iter().map(|(m, ..)| m));
         self.programs.is_some()
-            && COUNTED
-                .iter()
-                .any(|(metric, _)| metric.name == name && self.wanted(metric, Source::Programs))
+            && metrics
+                .filter(|metric| metric.name == name)
+                .any(|metric| self.wanted(metric, Source::Programs))
     }
 
-    /// The programs' interval counts `names` so far, by name: what the report at the end of
-    /// the interval would carry now. Moves nothing on. A failed read gives nothing: the
-    /// report judges them in any case.
-    pub fn running<'a>(&self, names: &[&'a str]) -> Vec<(&'a str, u64)> {
-        let Some(growth) = self.programs.as_ref().map(Programs::running) else {
+    /// The programs' interval counts and lists `names` so far, by name: what the report at
+    /// the end of the interval would carry now (a list, what it would carry at least).
+    /// Moves nothing on. A failed read gives nothing: the report judges them in any case.
+    pub fn running<'a>(&mut self, names: &[&'a str]) -> Vec<(&'a str, CustomMetric)> {
+        let Some(programs) = self.programs.as_mut() else {
             return Vec::new();
         };
-        match growth {
-            Ok(growth) => names
-                .iter()
-                .filter_map(|name| {
-                    let (_, counters) = COUNTED.iter().find(|(m, _)| m.name == *name)?;
-                    Some((*name, growth.sum(counters)))
-                })
-                .collect(),
+        match programs.running(names) {
+            Ok(running) => running,
             Err(err) => {
                 debug!("{err:#}");
                 Vec::new()
@@ -440,6 +484,7 @@ impl Programs {
             shared,
             counters: Readings::default(),
             changes: Changes::default(),
+            looked: Vec::new(),
         };
         programs.next_epoch()?;
         let first = programs.read_counters()?;
@@ -475,9 +520,62 @@ impl Programs {
         })
     }
 
-    /// How much each counter grew since the last report, as the next one would find it.
-    fn running(&self) -> Result<Growth> {
-        Ok(Growth(self.counters.since(&(), self.read_counters()?)))
+    /// The counts and lists `names` of the interval so far (see `Collectors::running`).
+    fn running<'a>(&mut self, names: &[&'a str]) -> Result<Vec<(&'a str, CustomMetric)>> {
+        let mut running = Vec::new();
+        if names
+            .iter()
+            .any(|n| COUNTED.iter().any(|(m, _)| m.name == *n))
+        {
+            let growth = Growth(self.counters.since(&(), self.read_counters()?));
+            running.extend(names.iter().filter_map(|name| {
+                let (_, counters) = COUNTED.iter().find(|(m, _)| m.name == *name)?;
+                Some((*name, growth.sum(counters).into()))
+            }));
+        }
+        let lists: Vec<(&str, Changed, Listed)> = names
+            .iter()
+            .filter_map(|name| {
+                let (_, which, listed) = LISTED.iter().find(|(m, ..)| m.name == *name)?;
+                Some((*name, *which, *listed))
+            })
+            .collect();
+        if lists.is_empty() {
+            return Ok(running);
+        }
+        let changes: [u64; Changed::COUNT as usize] =
+            maps::per_cpu_sums(&self.shared.changes).context("reading the CHANGES map")?;
+        for (name, which, listed) in lists {
+            let count = changes[which.index() as usize];
+            let look = self.looked.iter().position(|(w, ..)| *w == which);
+            // A set whose count has not moved since it was last read holds what it held.
+            let seen = match look.map(|i| &self.looked[i]) {
+                Some((_, counted, seen)) if *counted == count => seen,
+                _ => {
+                    let seen = self.seen_so_far(which)?;
+                    let entry = (which, count, seen);
+                    match look {
+                        Some(i) => self.looked[i] = entry,
+                        None => self.looked.push(entry),
+                    }
+                    &self.looked[look.unwrap_or(self.looked.len() - 1)].2
+                }
+            };
+            running.push((name, listed.of(seen)));
+        }
+        Ok(running)
+    }
+
+    /// What interval set `which` has seen so far of the interval now.
+    fn seen_so_far(&self, which: Changed) -> Result<Vec<Seen>> {
+        match (which, &self.tcp, &self.udp) {
+            (Changed::TcpListened | Changed::RemotesSeen, Some(tcp), _) => {
+                tcp.seen_so_far(which, self.epoch)
+            }
+            (Changed::UdpListened, _, Some(udp)) => udp.seen_so_far(self.epoch),
+            (Changed::Contacted, ..) => self.signals.seen_so_far(self.epoch),
+            _ => Ok(Vec::new()),
+        }
     }
 
     /// Starts the next interval in the kernel programs; returns its number.

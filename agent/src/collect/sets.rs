@@ -35,6 +35,21 @@ pub fn drain_seen(
     drain(set, which, changes, past, netns, |s| s.netns)
 }
 
+/// What interval set `set` has seen so far of the interval now (`epoch`), of the namespaces
+/// reported; nothing is deleted.
+pub fn seen_so_far(
+    set: &HashMap<MapData, Seen, u32>,
+    epoch: u32,
+    netns: Option<u64>,
+) -> Result<Vec<Seen>> {
+    Ok(batch::entries(set)
+        .context("reading an interval set")?
+        .into_iter()
+        .map(|(key, _)| key)
+        .filter(|key| key.epoch == epoch && followed(netns, key.netns))
+        .collect())
+}
+
 /// As `drain_seen` for the connections of an interval, whose epoch is the value.
 pub fn drain_connections(
     set: &mut HashMap<MapData, TcpSock, u32>,

@@ -8,7 +8,11 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use tern_common::{changes::Changed, signals::EXEC_PATH_LEN, sockets::ip};
+use tern_common::{
+    changes::Changed,
+    signals::EXEC_PATH_LEN,
+    sockets::{Seen, ip},
+};
 
 use super::{Growth, changes::Changes, sets};
 use crate::{
@@ -38,6 +42,11 @@ impl SignalCollector {
             netns,
             known_executables: HashSet::new(),
         }
+    }
+
+    /// The ports and addresses contacted so far in interval `epoch`.
+    pub fn seen_so_far(&self, epoch: u32) -> Result<Vec<Seen>> {
+        sets::seen_so_far(&self.maps.contacted, epoch, self.netns)
     }
 
     /// The signals of the interval before `epoch`, whose counters grew by `growth`.

@@ -21,7 +21,7 @@ use log::{info, warn};
 use tern_common::{
     changes::Changed,
     counters::Counter,
-    sockets::{TCP_CONNECTION, TCP_LISTENER, TcpSock, TcpState, ip},
+    sockets::{Seen, TCP_CONNECTION, TCP_LISTENER, TcpSock, TcpState, ip},
 };
 
 use super::{
@@ -213,6 +213,16 @@ impl TcpCollector {
             custom,
             untracked: current.untracked,
         })
+    }
+
+    /// What set `which` (the listeners or the remote addresses of the interval) has seen
+    /// so far of interval `epoch`.
+    pub fn seen_so_far(&self, which: Changed, epoch: u32) -> Result<Vec<Seen>> {
+        let set = match which {
+            Changed::TcpListened => &self.maps.listened,
+            _ => &self.maps.remotes_seen,
+        };
+        sets::seen_so_far(set, epoch, self.netns)
     }
 
     /// Starts the fallback unless it runs already.

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use anyhow::{Context, Result};
 use tern_common::{
     changes::Changed,
-    sockets::{UdpSock, ip},
+    sockets::{Seen, UdpSock, ip},
 };
 
 use super::{
@@ -49,6 +49,11 @@ impl UdpCollector {
         };
         collector.previous = numbers(&collector.current(&Owners::new(), &mut Changes::default())?);
         Ok(collector)
+    }
+
+    /// The ports set `UdpListened` has seen so far of interval `epoch`.
+    pub fn seen_so_far(&self, epoch: u32) -> Result<Vec<Seen>> {
+        sets::seen_so_far(&self.maps.listened, epoch, self.netns)
     }
 
     /// The sockets now and the ports of the interval before `epoch`.

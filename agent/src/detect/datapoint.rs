@@ -112,30 +112,26 @@ impl Datapoint {
                     .map(|a| canonical(a.ip()))
                     .collect(),
             ),
-            custom => match &report.custom_metrics.get(custom)?[0] {
-                CustomMetric::Number(Number::Count(n)) => Self::Number(*n as f64),
-                CustomMetric::Number(Number::Reading(r)) => Self::Number(*r),
-                CustomMetric::NumberList(list) => {
-                    Self::Numbers(list.iter().map(|n| *n as f64).collect())
-                }
-                CustomMetric::StringList(list) => Self::Strings(list.iter().cloned().collect()),
-                CustomMetric::IpList(list) => Self::Addresses(
-                    list.iter()
-                        .filter_map(|a| a.parse().ok())
-                        .map(canonical)
-                        .collect(),
-                ),
-            },
+            custom => Self::of_custom(&report.custom_metrics.get(custom)?[0]),
         })
     }
 
     /// The sum of two datapoints of a metric that counts, for `durationSeconds`.
-    /// An interval count of `metric` as its reports give it: a count for the `aws:`
-    /// metrics, a number for custom ones.
-    pub fn count(metric: &str, count: u64) -> Self {
-        match metric.starts_with("aws:") {
-            true => Self::Count(count),
-            false => Self::Number(count as f64),
+    /// A custom metric's value as a datapoint.
+    pub fn of_custom(value: &CustomMetric) -> Self {
+        match value {
+            CustomMetric::Number(Number::Count(n)) => Self::Number(*n as f64),
+            CustomMetric::Number(Number::Reading(r)) => Self::Number(*r),
+            CustomMetric::NumberList(list) => {
+                Self::Numbers(list.iter().map(|n| *n as f64).collect())
+            }
+            CustomMetric::StringList(list) => Self::Strings(list.iter().cloned().collect()),
+            CustomMetric::IpList(list) => Self::Addresses(
+                list.iter()
+                    .filter_map(|a| a.parse().ok())
+                    .map(canonical)
+                    .collect(),
+            ),
         }
     }
 

@@ -21,7 +21,7 @@ use datapoint::Datapoint;
 use judge::{Change, Watch};
 use violation::{EventType, Violation};
 
-use crate::report::Report;
+use crate::report::{CustomMetric, Report};
 
 /// The behaviours of one profile, judged report after report.
 #[derive(Debug)]
@@ -69,16 +69,20 @@ impl Detector {
             .map(|b| b.metric.as_str())
     }
 
-    /// Judges the interval counts not reported yet (metric and count so far) at `now`: the
-    /// alarms they raise.
-    pub fn judge_running(&mut self, running: &[(&str, u64)], now: SystemTime) -> Vec<Violation> {
+    /// Judges the interval's custom metrics not reported yet (metric and value so far: a
+    /// count, or what a list holds so far) at `now`: the alarms they raise.
+    pub fn judge_running(
+        &mut self,
+        running: &[(&str, CustomMetric)],
+        now: SystemTime,
+    ) -> Vec<Violation> {
         let mut events = Vec::new();
         for index in 0..self.watches.len() {
             let metric = self.watches[index].0.behavior.metric.as_str();
-            let Some((_, count)) = running.iter().find(|(m, _)| *m == metric) else {
+            let Some((_, value)) = running.iter().find(|(m, _)| *m == metric) else {
                 continue;
             };
-            let value = Datapoint::count(metric, *count);
+            let value = Datapoint::of_custom(value);
             let change = self.watches[index].0.running(value);
             events.extend(change.map(|change| self.event(index, change, now)));
         }

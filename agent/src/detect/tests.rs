@@ -122,10 +122,10 @@ fn running_counts_raise_the_alarm_that_the_report_then_keeps() {
         detector.early().collect::<Vec<_>>(),
         ["interval_tcp_resets_sent", "aws:listening-tcp-ports"]
     );
-    let running = |n| {
+    let running = |n: u64| {
         [
-            ("interval_tcp_resets_sent", n),
-            ("interval_tcp_connections_opened", 0),
+            ("interval_tcp_resets_sent", n.into()),
+            ("interval_tcp_connections_opened", 0.into()),
         ]
     };
     assert!(detector.judge_running(&running(50), at(1_000)).is_empty());
@@ -142,4 +142,25 @@ fn running_counts_raise_the_alarm_that_the_report_then_keeps() {
     // The report of the same interval finds the alarm raised: no second event.
     let at_report = detector.judge(&report, at(3_000));
     assert!(at_report.is_empty(), "{at_report:?}");
+}
+
+#[test]
+fn a_running_list_with_an_element_outside_the_set_raises_the_alarm() {
+    let ports = r#"{"name": "ports", "metric": "interval_listening_tcp_ports",
+        "criteria": {"comparisonOperator": "in-set", "value": {"numbers": [22, 443]}}}"#;
+    let mut detector = detector(&format!("[{ports}]"));
+    assert_eq!(
+        detector.early().collect::<Vec<_>>(),
+        ["interval_listening_tcp_ports"]
+    );
+    let list = |ports: &[u64]| {
+        [(
+            "interval_listening_tcp_ports",
+            crate::report::CustomMetric::NumberList(ports.to_vec()),
+        )]
+    };
+    assert!(detector.judge_running(&list(&[22]), at(1_000)).is_empty());
+    let raised = detector.judge_running(&list(&[22, 8080]), at(2_000));
+    assert_eq!(raised.len(), 1);
+    assert_eq!(raised[0].metric_value, json!({"numbers": [22, 8080]}));
 }
