@@ -878,12 +878,10 @@ fn twenty_behaviours() -> Value {
         "aws:all-packets-in",
         "aws:all-packets-out",
         "aws:num-listening-tcp-ports",
-        "aws:num-listening-udp-ports",
         "aws:num-established-tcp-connections",
     ] {
         all.push(bound(&metric.replace(':', "-"), metric, "count", 1 << 40));
     }
-    all.push(bound("cpu", "cpu_usage", "number", 100));
     all.push(not_in(
         "telnet",
         "aws:listening-tcp-ports",
@@ -896,6 +894,15 @@ fn twenty_behaviours() -> Value {
         "ports",
         json!([69]),
     ));
+    all.push(
+        json!({"name": "interval-telnet", "metric": "interval_listening_tcp_ports",
+        "criteria": {"comparisonOperator": "not-in-set", "value": {"numbers": [23]}}}),
+    );
+    all.push(
+        json!({"name": "interval-documentation", "metric": "interval_remote_addresses",
+        "criteria": {"comparisonOperator": "not-in-cidr-set",
+            "value": {"cidrs": ["192.0.2.0/24"]}}}),
+    );
     all.push(not_in(
         "documentation",
         "aws:destination-ip-addresses",
@@ -987,7 +994,7 @@ fn fig8_behaviours_judged_on_the_device() {
             ],
         ],
         notes: vec![format!(
-            "20 behaviours, 9 of them on counts the programs keep, which tern reads every 250 ms between reports; a scan is 60 connection attempts to closed ports on loopback in tern's namespace, made 50 ms after a report with a 2 s interval; latency from the 51st refused attempt to the violation event read from tern's stdout; CPU over a {} s window from the scheduler's accounting, with no report in it",
+            "20 behaviours, 11 of them on what the programs keep (9 counts, 2 interval lists), which tern reads every 250 ms between reports (a list only when its set changed); a scan is 60 connection attempts to closed ports on loopback in tern's namespace, made 50 ms after a report with a 2 s interval; latency from the 51st refused attempt to the violation event read from tern's stdout; CPU over a {} s window from the scheduler's accounting, with no report in it",
             window.as_secs()
         )],
         raw: json!({"latency_ms": latency_ms, "cpu_pct_idle_with": with, "cpu_pct_idle_without": without}),
