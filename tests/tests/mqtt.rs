@@ -8,102 +8,16 @@
 //! responder and the proxy talk over loopback in tern's namespace, which tern does not
 //! count. tern must publish each report once, even around a broken connection.
 
-use std::{
-    collections::BTreeMap,
-    fs,
-    path::{Path, PathBuf},
-    thread,
-    time::Duration,
-};
+use std::{collections::BTreeMap, fs, thread, time::Duration};
 
 use serde_json::{Value, json};
 use tern_tests::{
-    Bpffs, Datagrams, LinkStats, Pair, TempDir, Tern,
-    broker::{Identity, Mosquitto, Pki, Proxy, Received, Responder, Verdicts},
+    Bpffs, Datagrams, LinkStats, TempDir, Tern,
+    broker::{BROKER, Cloud, Pki, Proxy, Received, Responder, THING, Verdicts, write_config},
     custom_number, spooled, wait_until,
 };
 
-const BROKER: u16 = 18883;
 const PROXY: u16 = 18884;
-const THING: &str = "gw-1";
-
-/// A Device Client config file as AWS ships it (with sections tern ignores), plus tern's
-/// section tuned for fast tests, with the keys of `tern` set over it.
-fn write_config(dir: &TempDir, endpoint: &str, id: &Identity, ca: &Path, tern: Value) -> PathBuf {
-    let mut config = json!({
-        "endpoint": endpoint,
-        "cert": id.cert,
-        "key": id.key,
-        "root-ca": ca,
-        "thing-name": THING,
-        "logging": {"enable-sdk-logging": false, "level": "DEBUG", "type": "STDOUT"},
-        "jobs": {"enabled": false},
-        "tunneling": {"enabled": false},
-        "device-defender": {"enabled": true, "interval": 1},
-        "tern": {"keep-alive": 1, "reconnect-max": 2, "reply-timeout": 5}
-    });
-    for (key, value) in tern.as_object().expect("tern keys") {
-        config["tern"][key] = value.clone();
-    }
-    let path = dir.join("config.json");
-    fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-    path
-}
-
-/// One test's world: a veth pair, certificates made for the test, and mosquitto (mutual TLS,
-/// per-thing ACLs) with the responder in namespace `a`; a directory for tern's config and
-/// state. Fields drop in order: the responder before the broker, the namespaces last.
-struct Cloud {
-    responder: Responder,
-    broker: Mosquitto,
-    dir: TempDir,
-    pki: Pki,
-    pair: Pair,
-}
-
-impl Cloud {
-    fn start(tag: &str, verdicts: Verdicts) -> Self {
-        let pair = Pair::new();
-        let pki = Pki::new(tag);
-        let broker = Mosquitto::start(&pair.a, &pki, BROKER);
-        let responder = Responder::start(&pair.a, &pki, BROKER, verdicts);
-        Self {
-            responder,
-            broker,
-            dir: TempDir::new(tag),
-            pki,
-            pair,
-        }
-    }
-
-    /// THING's config for `endpoint` with `identity`, the `tern` keys of `tern` set over
-    /// the test defaults.
-    fn config(&self, endpoint: &str, identity: &Identity, tern: Value) -> PathBuf {
-        write_config(&self.dir, endpoint, identity, &self.pki.ca, tern)
-    }
-
-    /// THING's config straight to the broker.
-    fn direct_config(&self, tern: Value) -> PathBuf {
-        self.config(
-            &format!("localhost:{BROKER}"),
-            &self.pki.client(THING),
-            tern,
-        )
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.join("state")
-    }
-
-    /// tern with `config` and this world's state directory, once attached.
-    fn launch(&self, config: &Path) -> Tern {
-        Tern::launch(
-            &self.pair.a,
-            &self.state(),
-            &["--config", config.to_str().unwrap()],
-        )
-    }
-}
 
 /// The reports of THING by report_id, checking that tern published each once and in
 /// increasing order of report_id. A second copy is accepted only when the broker marked it

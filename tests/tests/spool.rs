@@ -18,106 +18,66 @@ use std::{
 
 use serde_json::{Value, json};
 use tern_tests::{
-    Datagrams, LinkStats, Netns, Pair, TempDir, Tern,
-    broker::{Mosquitto, Pki, Received, Responder, Verdicts},
+    Datagrams, LinkStats, Netns, TempDir, Tern,
+    broker::{Cloud, Received, THING, Verdicts},
     proc_status, sh, spooled, wait_until,
 };
 
-const BROKER: u16 = 18883;
-const THING: &str = "gw-1";
 /// The largest integer a JSON number (an IEEE double) holds exactly.
 const ID_BOUND: u64 = (1 << 53) - 1;
 /// The account tests run tern as (`--user nobody`).
 const NOBODY: u32 = 65534;
 
-/// A test's world: a veth pair, certificates, mosquitto and the responder in namespace `a`,
-/// and a directory for tern's config and state. Fields drop in order: the responder before
-/// the broker, the namespaces last.
-struct Cloud {
-    responder: Responder,
-    broker: Mosquitto,
-    dir: TempDir,
-    pki: Pki,
-    pair: Pair,
+/// THING's config straight to the broker, a report a second, with the keys of `tern` set
+/// over the test defaults.
+fn config(cloud: &Cloud, tern: Value) -> PathBuf {
+    let mut keys = json!({"reconnect-max": 1});
+    for (key, value) in tern.as_object().expect("tern keys") {
+        keys[key] = value.clone();
+    }
+    cloud.direct_config(keys)
 }
 
-impl Cloud {
-    fn start(tag: &str) -> Self {
-        let pair = Pair::new();
-        let pki = Pki::new(tag);
-        let broker = Mosquitto::start(&pair.a, &pki, BROKER);
-        let responder = Responder::start(&pair.a, &pki, BROKER, Verdicts::Judge);
-        Self {
-            responder,
-            broker,
-            dir: TempDir::new(tag),
-            pki,
-            pair,
+/// tern with `config` and `state`, once attached, with what it logged until then.
+fn launch(cloud: &Cloud, config: &Path, state: &Path) -> (Tern, Vec<String>) {
+    Tern::launch_logged(
+        &cloud.pair.a,
+        state,
+        &["--config", config.to_str().unwrap()],
+    )
+}
+
+/// THING's reports in arrival order, each once.
+fn reports(cloud: &Cloud) -> Vec<(u64, Value)> {
+    distinct(&cloud.responder.received())
+}
+
+fn ids(cloud: &Cloud) -> Vec<u64> {
+    reports(cloud).into_iter().map(|(id, _)| id).collect()
+}
+
+/// Waits up to `timeout` until `n` distinct reports have arrived; returns their ids.
+fn wait_ids(cloud: &Cloud, n: usize, timeout: Duration) -> Vec<u64> {
+    wait_until(timeout, Duration::from_millis(50), || {
+        let ids = ids(cloud);
+        if ids.len() >= n { Ok(ids) } else { Err(ids) }
+    })
+    .unwrap_or_else(|ids| panic!("{} report(s) within {timeout:?}: {ids:?}", ids.len()))
+}
+
+/// Waits up to 30 s until the delivered reports account for `sent`: nothing lost.
+fn wait_totals(cloud: &Cloud, sent: LinkStats) {
+    let counted = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        let reports = reports(cloud);
+        let counted = LinkStats::reported(reports.iter().map(|(_, r)| r));
+        if counted == sent {
+            Ok(())
+        } else {
+            Err(counted)
         }
-    }
-
-    /// THING's config straight to the broker, interval 1 s, with the keys of `tern` set over
-    /// the test defaults.
-    fn config(&self, tern: Value) -> PathBuf {
-        let id = self.pki.client(THING);
-        let mut config = json!({
-            "endpoint": format!("localhost:{BROKER}"),
-            "cert": id.cert,
-            "key": id.key,
-            "root-ca": self.pki.ca,
-            "thing-name": THING,
-            "device-defender": {"enabled": true, "interval": 1},
-            "tern": {"keep-alive": 1, "reconnect-max": 1, "reply-timeout": 5}
-        });
-        for (key, value) in tern.as_object().expect("tern keys") {
-            config["tern"][key] = value.clone();
-        }
-        let path = self.dir.join("config.json");
-        fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-        path
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.join("state")
-    }
-
-    /// tern with `config` and `state`, once attached, with what it logged until then.
-    fn launch(&self, config: &Path, state: &Path) -> (Tern, Vec<String>) {
-        Tern::launch_logged(&self.pair.a, state, &["--config", config.to_str().unwrap()])
-    }
-
-    /// THING's reports in arrival order, each once.
-    fn reports(&self) -> Vec<(u64, Value)> {
-        distinct(&self.responder.received())
-    }
-
-    fn ids(&self) -> Vec<u64> {
-        self.reports().into_iter().map(|(id, _)| id).collect()
-    }
-
-    /// Waits up to `timeout` until `n` distinct reports have arrived; returns their ids.
-    fn wait_ids(&self, n: usize, timeout: Duration) -> Vec<u64> {
-        wait_until(timeout, Duration::from_millis(50), || {
-            let ids = self.ids();
-            if ids.len() >= n { Ok(ids) } else { Err(ids) }
-        })
-        .unwrap_or_else(|ids| panic!("{} report(s) within {timeout:?}: {ids:?}", ids.len()))
-    }
-
-    /// Waits up to 30 s until the delivered reports account for `sent`: nothing lost.
-    fn wait_totals(&self, sent: LinkStats) {
-        let counted = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
-            let reports = self.reports();
-            let counted = LinkStats::reported(reports.iter().map(|(_, r)| r));
-            if counted == sent {
-                Ok(())
-            } else {
-                Err(counted)
-            }
-        });
-        if let Err(counted) = counted {
-            panic!("delivered reports add up to {counted:?}, the test sent {sent:?}");
-        }
+    });
+    if let Err(counted) = counted {
+        panic!("delivered reports add up to {counted:?}, the test sent {sent:?}");
     }
 }
 
@@ -269,15 +229,15 @@ impl Drop for Mount {
 /// increasing ids a JSON number holds exactly.
 #[test]
 fn a_stored_id_near_2_64_is_set_aside_and_ids_stay_distinct_and_under_2_53() {
-    let cloud = Cloud::start("id-max");
+    let cloud = Cloud::start("id-max", Verdicts::Judge);
     let state = cloud.state();
     state_dir(&state);
     let stored = u64::MAX - 2;
     fs::write(state.join("last_report_id"), format!("{stored}\n")).unwrap();
     give_to_account(&state.join("last_report_id"), 0o600);
     let started = now_ms();
-    let (tern, log) = cloud.launch(&cloud.config(json!({})), &state);
-    let ids = cloud.wait_ids(5, Duration::from_secs(20));
+    let (tern, log) = launch(&cloud, &config(&cloud, json!({})), &state);
+    let ids = wait_ids(&cloud, 5, Duration::from_secs(20));
     let stopped = tern.stop();
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
     assert_sendable(&ids);
@@ -334,7 +294,7 @@ fn a_stored_id_far_ahead_of_the_clock_is_set_aside_and_the_clock_takes_over() {
 /// go on above the spooled ones: the broker sees ids increase.
 #[test]
 fn with_the_stored_id_lost_new_ids_go_on_above_the_spooled_ones() {
-    let cloud = Cloud::start("id-lost");
+    let cloud = Cloud::start("id-lost", Verdicts::Judge);
     let state = cloud.state();
     state_dir(&state);
     let base = now_ms() + 3_600_000;
@@ -342,8 +302,8 @@ fn with_the_stored_id_lost_new_ids_go_on_above_the_spooled_ones() {
     for id in planted {
         plant(&state, id, &spool_entry(id, 1));
     }
-    let (tern, log) = cloud.launch(&cloud.config(json!({})), &state);
-    let ids = cloud.wait_ids(6, Duration::from_secs(20));
+    let (tern, log) = launch(&cloud, &config(&cloud, json!({})), &state);
+    let ids = wait_ids(&cloud, 6, Duration::from_secs(20));
     let stopped = tern.stop();
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
     assert_eq!(ids[..3], planted, "the spooled reports first");
@@ -357,14 +317,14 @@ fn with_the_stored_id_lost_new_ids_go_on_above_the_spooled_ones() {
 /// nothing is lost and no write leaves a file behind.
 #[test]
 fn with_the_state_directory_read_only_reports_go_out_from_memory_until_it_is_writable() {
-    let mut cloud = Cloud::start("read-only");
+    let mut cloud = Cloud::start("read-only", Verdicts::Judge);
     let state = cloud.state();
     state_dir(&state);
     let mount = Mount::read_only(&state);
     let mut udp = Datagrams::new(&cloud.pair);
-    let (tern, mut log) = cloud.launch(&cloud.config(json!({})), &state);
+    let (tern, mut log) = launch(&cloud, &config(&cloud, json!({})), &state);
     udp.send(100, 500, 0, 0);
-    let first = cloud.wait_ids(3, Duration::from_secs(15));
+    let first = wait_ids(&cloud, 3, Duration::from_secs(15));
     assert_sendable(&first);
 
     // The broker away: reports wait in memory; the directory writable: they go to disk.
@@ -380,12 +340,12 @@ fn with_the_state_directory_read_only_reports_go_out_from_memory_until_it_is_wri
     assert!(on_disk.is_ok(), "{on_disk:?} report(s) spooled");
     cloud.broker.restart();
     udp.send(30, 900, 0, 0);
-    cloud.wait_totals(udp.sent);
+    wait_totals(&cloud, udp.sent);
     let stopped = tern.stop();
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
     log.extend(stopped.log);
 
-    assert_sendable(&cloud.ids());
+    assert_sendable(&ids(&cloud));
     let lines = said(&log, "cannot write the spool");
     assert_eq!(lines.len(), 1, "said once: {lines:?}");
     let spool = state.join("spool");
@@ -410,11 +370,11 @@ fn with_the_state_directory_read_only_reports_go_out_from_memory_until_it_is_wri
 /// reports wait in memory, and at stop the log says how many are lost rather than nothing.
 #[test]
 fn reports_held_in_memory_at_stop_are_counted_in_the_log() {
-    let mut cloud = Cloud::start("held");
+    let mut cloud = Cloud::start("held", Verdicts::Judge);
     cloud.broker.stop();
     let state = cloud.state();
     state_dir(&state);
-    let (tern, _) = cloud.launch(&cloud.config(json!({})), &state);
+    let (tern, _) = launch(&cloud, &config(&cloud, json!({})), &state);
     give_to_account(&state.join("spool"), 0o500);
     thread::sleep(Duration::from_millis(3500));
     let stopped = tern.stop();
@@ -444,13 +404,13 @@ fn reports_held_in_memory_at_stop_are_counted_in_the_log() {
 /// the broker once it is back.
 #[test]
 fn a_full_disk_leaves_no_temporary_file_and_every_report_still_goes_out() {
-    let mut cloud = Cloud::start("full-disk");
+    let mut cloud = Cloud::start("full-disk", Verdicts::Judge);
     cloud.broker.stop();
     let state = cloud.state();
     fs::create_dir_all(&state).unwrap();
     let _mount = Mount::tmpfs(&state, 4 * 4096);
     let mut udp = Datagrams::new(&cloud.pair);
-    let (tern, _) = cloud.launch(&cloud.config(json!({})), &state);
+    let (tern, _) = launch(&cloud, &config(&cloud, json!({})), &state);
     udp.send(80, 600, 0, 0);
     let full = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
         let avail = sh("df", &["-B1", "--output=avail", state.to_str().unwrap()]);
@@ -465,10 +425,10 @@ fn a_full_disk_leaves_no_temporary_file_and_every_report_still_goes_out() {
     assert_eq!(leftovers(&state), Vec::<String>::new());
 
     cloud.broker.restart();
-    cloud.wait_totals(udp.sent);
+    wait_totals(&cloud, udp.sent);
     let stopped = tern.stop();
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
-    assert_sendable(&cloud.ids());
+    assert_sendable(&ids(&cloud));
     assert_eq!(leftovers(&state), Vec::<String>::new());
     // Said once, unless the disk filled again after the broker came back.
     let lines = said(&stopped.log, "cannot write the spool");
@@ -512,12 +472,12 @@ fn settled(tern: &Tern) -> (u64, u64) {
 #[test]
 fn a_40_mb_spool_is_not_read_at_open_nor_held_after_it_drains() {
     const SPOOL: u64 = 40 << 20;
-    let mut cloud = Cloud::start("memory");
+    let mut cloud = Cloud::start("memory", Verdicts::Judge);
     cloud.broker.stop();
-    let config = cloud.config(json!({"spool-bytes": SPOOL}));
+    let config = config(&cloud, json!({"spool-bytes": SPOOL}));
     let empty = cloud.dir.join("empty");
     state_dir(&empty);
-    let (tern, _) = cloud.launch(&config, &empty);
+    let (tern, _) = launch(&cloud, &config, &empty);
     let (rss_empty, read_empty) = settled(&tern);
     drop(tern);
 
@@ -529,7 +489,7 @@ fn a_40_mb_spool_is_not_read_at_open_nor_held_after_it_drains() {
     for n in 0..SPOOL / entry.len() as u64 {
         plant(&big, first + n, &spool_entry(first + n, 60_000));
     }
-    let (tern, _) = cloud.launch(&config, &big);
+    let (tern, _) = launch(&cloud, &config, &big);
     let (rss_big, read_big) = settled(&tern);
     drop(tern);
     eprintln!(
@@ -555,7 +515,7 @@ fn a_40_mb_spool_is_not_read_at_open_nor_held_after_it_drains() {
     for n in 0..count {
         plant(&state, first + n, &spool_entry(first + n, 1300));
     }
-    let (tern, _) = cloud.launch(&config, &state);
+    let (tern, _) = launch(&cloud, &config, &state);
     cloud.broker.restart();
     let drained = wait_until(
         Duration::from_secs(120),
@@ -575,8 +535,8 @@ fn a_40_mb_spool_is_not_read_at_open_nor_held_after_it_drains() {
         rss_drained < rss_empty + (SPOOL >> 10) / 5,
         "after draining: {rss_drained} kB resident, an empty spool {rss_empty} kB"
     );
-    assert!(cloud.ids().len() as u64 >= count);
-    assert_sendable(&cloud.ids());
+    assert!(ids(&cloud).len() as u64 >= count);
+    assert_sendable(&ids(&cloud));
     let stopped = tern.stop();
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
 }

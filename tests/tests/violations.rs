@@ -8,57 +8,40 @@ use std::{fs, net::TcpListener, path::PathBuf, time::Duration};
 
 use serde_json::{Value, json};
 use tern_tests::{
-    Pair, TempDir, Tern,
-    broker::{Delivered, Mosquitto, Pki, Responder, Subscriber, Verdicts},
+    Tern,
+    broker::{BROKER, Cloud, Delivered, Subscriber, THING, Verdicts},
     wait_until,
 };
 
-const BROKER: u16 = 18883;
 /// The port the test listens on: no behaviour allows it.
 const LISTENER: u16 = 18890;
-const THING: &str = "gw-1";
 /// tern's default violations topic for THING.
 const TOPIC: &str = "tern/things/gw-1/violations";
 
-/// A test's world: a veth pair, certificates, mosquitto, the responder and a subscriber to
-/// the violations in namespace `a`, and a directory for tern's config, behaviours and
-/// state. Fields drop in order: the clients before the broker, the namespaces last.
-struct Cloud {
+/// A test's world: the publishing tests' `Cloud`, and a subscriber to the violations of
+/// every thing. Fields drop in order: the subscriber before the broker.
+struct World {
     subscriber: Subscriber,
-    responder: Responder,
-    broker: Mosquitto,
-    dir: TempDir,
-    pki: Pki,
-    pair: Pair,
+    cloud: Cloud,
 }
 
-impl Cloud {
+impl World {
     fn start(tag: &str) -> Self {
-        let pair = Pair::new();
-        let pki = Pki::new(tag);
-        let broker = Mosquitto::start(&pair.a, &pki, BROKER);
-        let responder = Responder::start(&pair.a, &pki, BROKER, Verdicts::Judge);
+        let cloud = Cloud::start(tag, Verdicts::Judge);
         let subscriber = Subscriber::start(
-            &pair.a,
-            &pki,
+            &cloud.pair.a,
+            &cloud.pki,
             BROKER,
             "cloud-violations",
             "tern/things/+/violations",
         );
-        Self {
-            subscriber,
-            responder,
-            broker,
-            dir: TempDir::new(tag),
-            pki,
-            pair,
-        }
+        Self { subscriber, cloud }
     }
 
     /// THING's config straight to the broker, a report a second, judging one behaviour:
     /// no TCP port listens but the broker's.
     fn config(&self) -> PathBuf {
-        let behaviors = self.dir.join("behaviors.json");
+        let behaviors = self.cloud.dir.join("behaviors.json");
         let profile = json!({
             "securityProfileName": "edge",
             "behaviors": [{
@@ -68,44 +51,28 @@ impl Cloud {
             }]
         });
         fs::write(&behaviors, profile.to_string()).unwrap();
-        let id = self.pki.client(THING);
-        let config = json!({
-            "endpoint": format!("localhost:{BROKER}"),
-            "cert": id.cert,
-            "key": id.key,
-            "root-ca": self.pki.ca,
-            "thing-name": THING,
-            "device-defender": {"enabled": true, "interval": 1},
-            "tern": {"keep-alive": 1, "reconnect-max": 1, "reply-timeout": 5,
-                     "behaviors": behaviors}
-        });
-        let path = self.dir.join("config.json");
-        fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-        path
+        self.cloud
+            .direct_config(json!({"reconnect-max": 1, "behaviors": behaviors}))
     }
 
     /// tern with this world's config and state, once attached and publishing.
     fn launch(&self) -> Tern {
-        let config = self.config();
-        let tern = Tern::launch(
-            &self.pair.a,
-            &self.dir.join("state"),
-            &["--config", config.to_str().unwrap()],
-        );
-        self.responder.wait_for(1, Duration::from_secs(20));
+        let tern = self.cloud.launch(&self.config());
+        self.cloud.responder.wait_for(1, Duration::from_secs(20));
         tern
     }
 
     /// A TCP listener on LISTENER in tern's namespace.
     fn listen(&self) -> TcpListener {
-        self.pair
+        self.cloud
+            .pair
             .a
             .enter(|| TcpListener::bind(("0.0.0.0", LISTENER)).expect("listening"))
     }
 
     /// Violations waiting in tern's spool.
     fn spooled_violations(&self) -> usize {
-        fs::read_dir(self.dir.join("state").join("spool")).map_or(0, |d| {
+        fs::read_dir(self.cloud.state().join("spool")).map_or(0, |d| {
             d.filter(|e| {
                 e.as_ref()
                     .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".violation"))
@@ -173,47 +140,49 @@ fn assert_alarm_and_clearing(events: &[Value], raised: &[u16], cleared: &[u16]) 
 
 #[test]
 fn an_alarm_and_its_clearing_reach_the_violations_topic() {
-    let cloud = Cloud::start("violations");
-    let tern = cloud.launch();
-    let listener = cloud.listen();
-    cloud.subscriber.wait_for(1, Duration::from_secs(20));
+    let world = World::start("violations");
+    let tern = world.launch();
+    let listener = world.listen();
+    world.subscriber.wait_for(1, Duration::from_secs(20));
     drop(listener);
-    cloud.subscriber.wait_for(2, Duration::from_secs(20));
+    world.subscriber.wait_for(2, Duration::from_secs(20));
     // Reports go on; no event comes that the test did not make.
-    let reports = cloud.responder.received().len();
-    cloud
+    let reports = world.cloud.responder.received().len();
+    world
+        .cloud
         .responder
         .wait_for(reports + 2, Duration::from_secs(20));
-    let events = events(&cloud.subscriber.received());
+    let events = events(&world.subscriber.received());
     assert_alarm_and_clearing(&events, &[BROKER, LISTENER], &[BROKER]);
-    cloud.wait_spooled(0, Duration::from_secs(5));
+    world.wait_spooled(0, Duration::from_secs(5));
     let stopped = tern.stop();
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
 }
 
 #[test]
 fn violations_raised_while_the_broker_is_down_arrive_once_it_is_back() {
-    let mut cloud = Cloud::start("violations-outage");
-    let tern = cloud.launch();
-    cloud.broker.stop();
+    let mut world = World::start("violations-outage");
+    let tern = world.launch();
+    world.cloud.broker.stop();
     // The broker's own port closes with it: only the test's listener is left.
-    let listener = cloud.listen();
+    let listener = world.listen();
     tern.wait_log("in alarm:", Duration::from_secs(20));
-    cloud.wait_spooled(1, Duration::from_secs(5));
+    world.wait_spooled(1, Duration::from_secs(5));
     drop(listener);
     tern.wait_log("alarm cleared:", Duration::from_secs(20));
-    cloud.wait_spooled(2, Duration::from_secs(5));
-    assert!(cloud.subscriber.received().is_empty(), "nothing while down");
+    world.wait_spooled(2, Duration::from_secs(5));
+    assert!(world.subscriber.received().is_empty(), "nothing while down");
 
-    cloud.broker.restart();
-    cloud.subscriber.wait_for(2, Duration::from_secs(30));
-    cloud.wait_spooled(0, Duration::from_secs(10));
+    world.cloud.broker.restart();
+    world.subscriber.wait_for(2, Duration::from_secs(30));
+    world.wait_spooled(0, Duration::from_secs(10));
     // Reports go on; no event comes that the test did not make.
-    let reports = cloud.responder.received().len();
-    cloud
+    let reports = world.cloud.responder.received().len();
+    world
+        .cloud
         .responder
         .wait_for(reports + 2, Duration::from_secs(20));
-    let events = events(&cloud.subscriber.received());
+    let events = events(&world.subscriber.received());
     assert_alarm_and_clearing(&events, &[LISTENER], &[]);
     let stopped = tern.stop();
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
@@ -224,25 +193,26 @@ fn violations_raised_while_the_broker_is_down_arrive_once_it_is_back() {
 /// every behaviour normal, so the alarm's clearing never comes; nothing else does either.
 #[test]
 fn a_violation_spooled_before_a_crash_is_published_by_the_next_tern() {
-    let mut cloud = Cloud::start("violations-crash");
-    let tern = cloud.launch();
-    cloud.broker.stop();
-    let listener = cloud.listen();
+    let mut world = World::start("violations-crash");
+    let tern = world.launch();
+    world.cloud.broker.stop();
+    let listener = world.listen();
     tern.wait_log("in alarm:", Duration::from_secs(20));
-    cloud.wait_spooled(1, Duration::from_secs(5));
+    world.wait_spooled(1, Duration::from_secs(5));
     tern.kill();
     drop(listener);
-    assert_eq!(cloud.spooled_violations(), 1, "kept across the crash");
+    assert_eq!(world.spooled_violations(), 1, "kept across the crash");
 
-    cloud.broker.restart();
-    let tern = cloud.launch();
-    cloud.subscriber.wait_for(1, Duration::from_secs(30));
-    cloud.wait_spooled(0, Duration::from_secs(10));
-    let reports = cloud.responder.received().len();
-    cloud
+    world.cloud.broker.restart();
+    let tern = world.launch();
+    world.subscriber.wait_for(1, Duration::from_secs(30));
+    world.wait_spooled(0, Duration::from_secs(10));
+    let reports = world.cloud.responder.received().len();
+    world
+        .cloud
         .responder
         .wait_for(reports + 2, Duration::from_secs(20));
-    let events = events(&cloud.subscriber.received());
+    let events = events(&world.subscriber.received());
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["violationEventType"], "in-alarm", "{}", events[0]);
     assert_eq!(
