@@ -70,6 +70,16 @@ impl World {
             .enter(|| TcpListener::bind(("0.0.0.0", LISTENER)).expect("listening"))
     }
 
+    /// The violation events received, once two more reports have arrived: time for any
+    /// event the test did not make to arrive too.
+    fn events_settled(&self) -> Vec<Value> {
+        let reports = self.cloud.responder.received().len();
+        self.cloud
+            .responder
+            .wait_for(reports + 2, Duration::from_secs(20));
+        events(&self.subscriber.received())
+    }
+
     /// Violations waiting in tern's spool.
     fn spooled_violations(&self) -> usize {
         fs::read_dir(self.cloud.state().join("spool")).map_or(0, |d| {
@@ -146,13 +156,7 @@ fn an_alarm_and_its_clearing_reach_the_violations_topic() {
     world.subscriber.wait_for(1, Duration::from_secs(20));
     drop(listener);
     world.subscriber.wait_for(2, Duration::from_secs(20));
-    // Reports go on; no event comes that the test did not make.
-    let reports = world.cloud.responder.received().len();
-    world
-        .cloud
-        .responder
-        .wait_for(reports + 2, Duration::from_secs(20));
-    let events = events(&world.subscriber.received());
+    let events = world.events_settled();
     assert_alarm_and_clearing(&events, &[BROKER, LISTENER], &[BROKER]);
     world.wait_spooled(0, Duration::from_secs(5));
     let stopped = tern.stop();
@@ -176,13 +180,7 @@ fn violations_raised_while_the_broker_is_down_arrive_once_it_is_back() {
     world.cloud.broker.restart();
     world.subscriber.wait_for(2, Duration::from_secs(30));
     world.wait_spooled(0, Duration::from_secs(10));
-    // Reports go on; no event comes that the test did not make.
-    let reports = world.cloud.responder.received().len();
-    world
-        .cloud
-        .responder
-        .wait_for(reports + 2, Duration::from_secs(20));
-    let events = events(&world.subscriber.received());
+    let events = world.events_settled();
     assert_alarm_and_clearing(&events, &[LISTENER], &[]);
     let stopped = tern.stop();
     assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
@@ -207,12 +205,7 @@ fn a_violation_spooled_before_a_crash_is_published_by_the_next_tern() {
     let tern = world.launch();
     world.subscriber.wait_for(1, Duration::from_secs(30));
     world.wait_spooled(0, Duration::from_secs(10));
-    let reports = world.cloud.responder.received().len();
-    world
-        .cloud
-        .responder
-        .wait_for(reports + 2, Duration::from_secs(20));
-    let events = events(&world.subscriber.received());
+    let events = world.events_settled();
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["violationEventType"], "in-alarm", "{}", events[0]);
     assert_eq!(
