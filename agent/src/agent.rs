@@ -36,8 +36,8 @@ use crate::{
     report::{Encoding, ReportIds},
 };
 
-/// How often the counts that can raise an alarm early are read: an alarm comes within this
-/// of the event that makes it certain.
+/// How often the counts and interval lists that can raise an alarm early are read: an alarm
+/// comes within this of the event that makes it certain.
 const LOOK_EVERY: Duration = Duration::from_millis(250);
 
 /// What a pass of the loop does.
@@ -45,7 +45,7 @@ const LOOK_EVERY: Duration = Duration::from_millis(250);
 enum Due {
     /// Builds and sends the report of the interval.
     Report,
-    /// Reads the counts that can raise an alarm before the report, and judges them.
+    /// Reads the counts and lists that can raise an alarm before the report, and judges them.
     Look,
 }
 
@@ -282,7 +282,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let mut baseline_failing = false;
     // Whether a report went out; an error once no report can get anywhere again.
     let no_interfaces = HashSet::new();
-    // The counts whose growth can raise an alarm before the report: read as they grow.
+    // The counts and lists whose growth can raise an alarm before the report: read as they
+    // grow.
     let mut early: Vec<String> = detector
         .iter()
         .flat_map(Detector::early)
