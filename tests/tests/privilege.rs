@@ -1,3 +1,5 @@
+// Over 400 lines: one test per promise of least privilege, each read top to bottom, sharing
+// the helpers that read credentials, capabilities, programs and links from outside tern.
 //! Least privilege and attachment lifetime, checked from outside tern: /proc/<pid>/status for
 //! credentials and capabilities, `ss` for sockets, /proc/<pid>/fdinfo and bpftool for
 //! programs and links.

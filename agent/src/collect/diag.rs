@@ -1,3 +1,5 @@
+// Over 400 lines: the sockets without eBPF and the tests that hold them to what the kernel
+// programs report, sockets of every kind and form, side by side.
 //! Sockets without eBPF: the report's listening TCP ports, established TCP connections and
 //! listening UDP ports, read from sock_diag at report time. Each socket is put in the form
 //! the kernel maps hold it and converted by the eBPF collectors' own helpers, so a report
