@@ -21,12 +21,13 @@ use crate::{
     detect::Detector,
     host::{descriptors, links::LinkWatch},
     kernel::{
+        maps::Maps,
         object,
         pins::Pins,
         preflight,
-        programs::{LoadOptions, NewInterfaces, Programs},
+        programs::{Attached, LoadOptions, NewInterfaces, Programs},
     },
-    output::{self, Output, mqtt},
+    output::{self, Layout, Output, mqtt},
     process::{
         self,
         link_child::{self, Fork},
@@ -105,6 +106,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         (Some(Destination::Stdout), _) => None,
         (_, broker) => broker.as_ref(),
     };
+    let layout = Layout::of_stdout();
     stop::install()?;
     process::check_start_capabilities()?;
     state_dir::prepare(&settings.state_dir, &account)?;
@@ -150,36 +152,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
         },
         _ => None,
     };
-    let (mut programs, maps, attached) = match loaded {
-        Ok((programs, maps, attached)) => (Some(programs), Some(maps), Some(attached)),
-        Err(err) => {
-            warn!(
-                "degraded: no eBPF ({err:#}); every metric comes from netlink and the kernel's \
-                 own counters, and the metrics only events give are left out"
-            );
-            (None, None, None)
-        }
-    };
-    // Both sockets subscribe before the dump, so a link created meanwhile reaches the child,
-    // which attaches the TC programs to new interfaces when they count the traffic.
-    let mut links = LinkWatch::open()?;
-    let mut child = match programs.take() {
-        Some(attaching) if attaching.count_traffic() && !args.static_interfaces => {
-            Some((attaching, LinkWatch::open()?))
-        }
-        other => {
-            programs = other;
-            None
-        }
-    };
-    for event in links.dump()? {
-        match (&mut programs, &mut child) {
-            (Some(programs), _) | (None, Some((programs, _))) => programs.apply(event),
-            (None, None) => {}
-        }
-    }
+    let (programs, maps, attached) = or_without_ebpf(loaded);
+    let (links, programs, child) = follow_links(programs, !args.static_interfaces)?;
     // Seeding enters other namespaces (--all-namespaces), which needs privilege.
-    let mut collectors = Collectors::start(
+    let collectors = Collectors::start(
         maps.zip(attached.as_ref()),
         &SocketOptions {
             all_namespaces: args.all_namespaces,
@@ -204,30 +180,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
         libc::malloc_trim(0)
     };
     object::release();
-    let parent = std::process::id();
-    let mut link_child_pid = None;
-    if let Some((attaching, watch)) = child {
-        match link_child::fork()? {
-            Fork::Child => {
-                drop((collectors, links));
-                link_child::serve(attaching, watch, &account, parent)
-            }
-            Fork::Parent(pid) => {
-                drop(watch);
-                link_child_pid = Some(pid);
-                programs = Some(attaching);
-            }
-        }
-    }
-    if let Some(programs) = programs.as_mut() {
-        programs.set_new_interfaces(match link_child_pid {
-            Some(_) => NewInterfaces::LinkChild,
-            None => NewInterfaces::Ignore,
-        });
-        // Reading maps needs no program: what a network flaw could reach is only the maps
-        // (and, with no link child to hold them, the links).
-        programs.shed(link_child_pid.is_some());
-    }
+    let (mut programs, mut link_child_pid, (mut collectors, mut links)) =
+        fork_link_child(child, programs, &account, (collectors, links))?;
     let notifier = Notifier::from_env()?;
     process::drop_to(&account, &process::main_process_keeps())?;
     // Before any thread starts, so that every one inherits it.
@@ -242,7 +196,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     state_dir::settle(&settings.state_dir, &account)?;
     // After a crash: the counts since the last report are in this run's first one.
     let boot = Baseline::this_boot()?;
-    let (mut output, spooled) = Output::open(&settings, broker)?;
+    let (mut output, spooled) = Output::open(&settings, broker, layout)?;
     if let Some(baseline) = Baseline::load(&settings.state_dir, &boot, spooled) {
         info!(
             "continuing from the last report of the tern before{}",
@@ -468,4 +422,89 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
     }
     lost.map_or(Ok(()), Err)
+}
+
+/// The programs, their maps and what attached, or, when they could not be loaded, nothing:
+/// the degraded mode where every metric comes from netlink and the kernel's own counters.
+pub fn or_without_ebpf(
+    loaded: Result<(Programs, Maps, Attached)>,
+) -> (Option<Programs>, Option<Maps>, Option<Attached>) {
+    match loaded {
+        Ok((programs, maps, attached)) => (Some(programs), Some(maps), Some(attached)),
+        Err(err) => {
+            warn!(
+                "degraded: no eBPF ({err:#}); every metric comes from netlink and the kernel's \
+                 own counters, and the metrics only events give are left out"
+            );
+            (None, None, None)
+        }
+    }
+}
+
+/// What the link child attaches with: the programs, and a watch of link changes of its own.
+pub type ForLinkChild = (Programs, LinkWatch);
+
+/// Opens the watch of link changes and applies the links there are now. When the programs
+/// count traffic and `new_interfaces` are to be counted, they go with a watch of their own
+/// into the third value, for the link child; else they stay in the second.
+pub fn follow_links(
+    mut programs: Option<Programs>,
+    new_interfaces: bool,
+) -> Result<(LinkWatch, Option<Programs>, Option<ForLinkChild>)> {
+    // Both sockets subscribe before the dump, so a link created meanwhile reaches the child,
+    // which attaches the TC programs to new interfaces when they count the traffic.
+    let mut links = LinkWatch::open()?;
+    let mut child = match programs.take() {
+        Some(attaching) if attaching.count_traffic() && new_interfaces => {
+            Some((attaching, LinkWatch::open()?))
+        }
+        other => {
+            programs = other;
+            None
+        }
+    };
+    for event in links.dump()? {
+        match (&mut programs, &mut child) {
+            (Some(programs), _) | (None, Some((programs, _))) => programs.apply(event),
+            (None, None) => {}
+        }
+    }
+    Ok((links, programs, child))
+}
+
+/// Step 3 of [`process`]: forks the link child when `child` holds the programs that attach
+/// the interfaces added from now on, and sheds what the main process does not need. The
+/// child drops `parent_only` (what only the main process reads) and never returns; the
+/// parent gets it back with the programs it keeps and the child's pid.
+pub fn fork_link_child<T>(
+    child: Option<ForLinkChild>,
+    mut programs: Option<Programs>,
+    account: &process::Account,
+    parent_only: T,
+) -> Result<(Option<Programs>, Option<libc::pid_t>, T)> {
+    let parent = std::process::id();
+    let mut link_child_pid = None;
+    if let Some((attaching, watch)) = child {
+        match link_child::fork()? {
+            Fork::Child => {
+                drop(parent_only);
+                link_child::serve(attaching, watch, account, parent)
+            }
+            Fork::Parent(pid) => {
+                drop(watch);
+                link_child_pid = Some(pid);
+                programs = Some(attaching);
+            }
+        }
+    }
+    if let Some(programs) = programs.as_mut() {
+        programs.set_new_interfaces(match link_child_pid {
+            Some(_) => NewInterfaces::LinkChild,
+            None => NewInterfaces::Ignore,
+        });
+        // Reading maps needs no program: what a network flaw could reach is only the maps
+        // (and, with no link child to hold them, the links).
+        programs.shed(link_child_pid.is_some());
+    }
+    Ok((programs, link_child_pid, parent_only))
 }

@@ -17,6 +17,8 @@ mod kernel;
 mod output;
 mod process;
 mod report;
+#[cfg(feature = "watch")]
+mod watch;
 
 use std::process::ExitCode;
 
@@ -40,21 +42,45 @@ enum Command {
     Uninstall(install::UninstallArgs),
     /// Check a configuration and report every problem at once; exit 0 only if it would run.
     CheckConfig(ConfigArgs),
+    /// Show, full screen and live, what the kernel programs see (loads programs of its own).
+    #[cfg(feature = "watch")]
+    Watch(watch::WatchArgs),
+    /// Not in this build: the release artifacts leave the terminal view out.
+    #[cfg(not(feature = "watch"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Watch {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The view holds the terminal: its log is kept and shown within it.
+    let target = match cli.command {
+        #[cfg(feature = "watch")]
+        Command::Watch(_) => env_logger::Target::Pipe(Box::new(watch::LogLines)),
+        _ => env_logger::Target::Stderr,
+    };
     env_logger::Builder::new()
         .filter_level(log::LevelFilter::Info)
         .parse_env("TERN_LOG")
         .format_target(false)
-        .target(env_logger::Target::Stderr)
+        .target(target)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => agent::run(&args),
         Command::Install(args) => install::install(&args),
         Command::Uninstall(args) => install::uninstall(&args),
         Command::CheckConfig(args) => config::check(&args),
+        #[cfg(feature = "watch")]
+        Command::Watch(args) => watch::watch(&args),
+        #[cfg(not(feature = "watch"))]
+        Command::Watch { .. } => Err(anyhow::anyhow!(
+            "this tern is built without tern watch: the release artifacts leave the terminal \
+             view out, so that the deployed agent does not carry it; build it with \
+             cargo build --release --features watch"
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,8 +5,8 @@ use std::{fs, path::Path};
 
 /// The units of `agent/src`, top first: a unit may name only those after it.
 const LAYERS: &[&str] = &[
-    "main", "agent", "install", "output", "process", "config", "detect", "collect", "kernel",
-    "report", "host",
+    "main", "watch", "agent", "install", "output", "process", "config", "detect", "collect",
+    "kernel", "report", "host",
 ];
 
 fn rank(unit: &str) -> usize {

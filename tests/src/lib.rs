@@ -9,7 +9,7 @@
 //! process under test; `traffic` makes the traffic a test counts itself; `truth` reads what
 //! tern is compared with; `schema` holds the document rules every report is checked against
 //! and `metrics` reads custom metrics out of a report; `temp` and `wait` are the temporary
-//! directory and the bounded wait; `deny` takes bpf() or perf_event_open away from a
+//! directory and the bounded wait; `tmux` is a terminal a test types in and reads; `deny` takes bpf() or perf_event_open away from a
 //! process; `refusal` runs the commands that end on their own (check-config, a refused run). `broker` holds the MQTT side (PKI, mosquitto, a responder playing the cloud, and
 //! a proxy) and `bench` the benchmarks' helpers. The items tests use are re-exported here.
 
@@ -23,6 +23,7 @@ pub mod refusal;
 pub mod schema;
 mod temp;
 mod tern;
+mod tmux;
 mod traffic;
 mod truth;
 mod wait;
@@ -36,6 +37,7 @@ pub use netns::{
 };
 pub use temp::TempDir;
 pub use tern::{Launch, Stopped, Tern, pins_of, spooled, tern_bin};
+pub use tmux::Pane;
 pub use traffic::{
     Accepted, Clients, Datagrams, hold_accepted, hold_connections, open_connections,
     raise_fd_limit, transfer,

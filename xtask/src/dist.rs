@@ -438,8 +438,8 @@ const MAX_BINARY_BYTES: u64 = 6 * 1024 * 1024;
 /// `cargo xtask test`'s check of the artifacts: built and signed with a throwaway key, the
 /// sums and the signature verified (and a tampered SHA256SUMS refused), each binary static
 /// and under MAX_BINARY_BYTES, each .deb holding that binary and nothing that runs at
-/// install, and, where the checkout has no uncommitted change, a second build from a clone
-/// at another path giving the same bytes.
+/// install, none carrying the terminal view (`tern watch`), and, where the checkout has no
+/// uncommitted change, a second build from a clone at another path giving the same bytes.
 pub fn check() -> Result<()> {
     let work = target_dir().join("dist-check");
     if work.exists() {
@@ -499,7 +499,23 @@ pub fn check() -> Result<()> {
             &binary,
             &work,
         )?;
+        // Every crate leaves its name in the binary's panic locations.
+        let text = fs::read(&binary)?;
+        ensure!(
+            !text.windows(b"ratatui".len()).any(|w| w == b"ratatui"),
+            "{} carries the terminal view's library: the release build must leave the watch \
+             feature out",
+            binary.display()
+        );
     }
+    let native = out.join(format!("tern-{version}-{}-linux", X86_64.name));
+    let refused = Command::new(&native).arg("watch").output()?;
+    let said = String::from_utf8_lossy(&refused.stderr);
+    ensure!(
+        !refused.status.success() && said.contains("built without tern watch"),
+        "{} watch should refuse, naming the build that has it; it said: {said}",
+        native.display()
+    );
     reproduced(&out, &work)
 }
 

@@ -37,6 +37,12 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Set up, build tern with its terminal view, and run `tern watch` (root) until `q`.
+    Watch {
+        /// More arguments for `tern watch`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Set up, then run every test: format, lints, unit tests, the kernel tests (root), the
     /// kernel matrix (QEMU) and the smallest case of every benchmark once.
     Test,
@@ -84,6 +90,7 @@ fn main() -> Result<()> {
         Task::Setup => setup::run(),
         Task::BuildEbpf => build_ebpf(),
         Task::Run { interval, args } => run(interval, &args),
+        Task::Watch { args } => watch(&args),
         Task::Test => test(),
         Task::Bench { quick } => bench_run(quick),
         Task::TestKernels => kernels::run(),
@@ -162,8 +169,21 @@ fn target_dir() -> PathBuf {
     root_dir().join(target)
 }
 
-fn build_agent() -> Result<PathBuf> {
-    status(cmd("cargo", &["build", "--release", "--package", "tern"]))?;
+/// What a build of tern holds beyond the deployed agent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Build {
+    /// The agent as the release artifacts hold it.
+    Deployed,
+    /// With `tern watch`, the terminal view (the `watch` feature).
+    WithView,
+}
+
+fn build_agent(build: Build) -> Result<PathBuf> {
+    let mut args = vec!["build", "--release", "--package", "tern"];
+    if build == Build::WithView {
+        args.extend(["--features", "watch"]);
+    }
+    status(cmd("cargo", &args))?;
     Ok(target_dir().join("release/tern"))
 }
 
@@ -177,7 +197,7 @@ fn require_root(what: &str) -> Result<()> {
 
 fn run(interval: u64, args: &[String]) -> Result<()> {
     setup::run()?;
-    let tern = build_agent()?;
+    let tern = build_agent(Build::Deployed)?;
     require_root("tern")?;
     let mut command = Command::new(tern);
     command.args([
@@ -187,14 +207,28 @@ fn run(interval: u64, args: &[String]) -> Result<()> {
         "--interval",
         &interval.to_string(),
     ]);
-    // A development machine has no account of tern's own (`tern install` creates one):
-    // nobody, accepted as shared, unless the arguments name a user.
+    as_some_user(&mut command, args);
+    // tern stops on Ctrl-C itself; the same SIGINT reaches this process, which just waits.
+    status(command)
+}
+
+fn watch(args: &[String]) -> Result<()> {
+    setup::run()?;
+    let tern = build_agent(Build::WithView)?;
+    require_root("tern watch")?;
+    let mut command = Command::new(tern);
+    command.arg("watch");
+    as_some_user(&mut command, args);
+    status(command)
+}
+
+/// Adds `args` to tern's command line. A development machine has no account of tern's own
+/// (`tern install` creates one): nobody, accepted as shared, unless `args` name a user.
+fn as_some_user(command: &mut Command, args: &[String]) {
     if !args.iter().any(|a| a == "--user") {
         command.args(["--user", "nobody", "--shared-user"]);
     }
     command.args(args);
-    // tern stops on Ctrl-C itself; the same SIGINT reaches this process, which just waits.
-    status(command)
 }
 
 fn test() -> Result<()> {
@@ -213,13 +247,32 @@ fn test() -> Result<()> {
             "xtask",
             "--package",
             "tern-tests",
+            "--features",
+            "tern/watch",
             "--",
             "-D",
             "warnings",
         ],
     ))?;
-    let tern = build_agent()?;
-    status(cmd("cargo", &["test", "--release"]))?;
+    // The deployed agent alone too: nothing in it may be there only for the view.
+    status(cmd(
+        "cargo",
+        &[
+            "clippy",
+            "--all-targets",
+            "--package",
+            "tern",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    ))?;
+    // The kernel tests run the view too; the agent's code is the same in both builds.
+    let tern = build_agent(Build::WithView)?;
+    status(cmd(
+        "cargo",
+        &["test", "--release", "--features", "tern/watch"],
+    ))?;
     require_root("the kernel tests")?;
     let mut kernel = cmd(
         "cargo",
@@ -265,7 +318,7 @@ fn fuzz(seconds: u64) -> Result<()> {
 
 fn bench_run(quick: bool) -> Result<()> {
     setup::run()?;
-    let tern = build_agent()?;
+    let tern = build_agent(Build::Deployed)?;
     require_root("the benchmarks")?;
     let out = root_dir().join("bench/.work/figures");
     let size = if quick {

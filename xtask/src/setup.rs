@@ -7,8 +7,8 @@ use std::{path::Path, process::Command};
 use anyhow::{Context, Result, bail};
 
 /// Debian packages: LLVM 22 for bpf-linker, the tools the kernel, broker and install tests
-/// use (systemd-analyze, useradd, setpriv, readelf), and the benchmarks' traffic generator
-/// and Python virtual environments.
+/// use (systemd-analyze, useradd, setpriv, readelf, tmux for the terminal view's), and the
+/// benchmarks' traffic generator and Python virtual environments.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
@@ -25,6 +25,7 @@ const PACKAGES: &[&str] = &[
     "binutils",
     "iperf3",
     "python3-venv",
+    "tmux",
 ];
 
 /// What the kernel matrix (`cargo xtask test-kernels`, part of `cargo xtask test`) adds to

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 
-use super::delta::delta;
+use super::{ByInterface, delta::delta};
 use crate::{
     host::linkstats::{self, LinkStats},
     report::NetworkStats,
@@ -46,15 +46,15 @@ impl LinkTraffic {
         &mut self.last
     }
 
-    /// The traffic since the previous call. A failed read changes nothing, so the next call
-    /// still counts this interval.
-    pub fn collect(&mut self) -> Result<NetworkStats> {
+    /// The traffic since the previous call, on each interface. A failed read changes
+    /// nothing, so the next call still counts this interval.
+    pub fn collect(&mut self) -> Result<ByInterface> {
         Ok(self.advance(&linkstats::dump()?))
     }
 
     /// Records `links` as the latest reading; returns the growth since the previous one.
-    fn advance(&mut self, links: &[LinkStats]) -> NetworkStats {
-        let mut stats = NetworkStats::default();
+    fn advance(&mut self, links: &[LinkStats]) -> ByInterface {
+        let mut each = Vec::with_capacity(links.len());
         let mut last = HashMap::with_capacity(links.len());
         for link in links {
             if link.interface.loopback && !self.include_loopback {
@@ -67,12 +67,14 @@ impl LinkTraffic {
                 .get(&link.interface.index)
                 .copied()
                 .unwrap_or_default();
+            let mut stats = NetworkStats::default();
             stats.add(std::array::from_fn(|i| delta(before[i], now[i])));
+            each.push((link.interface.index, stats));
             last.insert(link.interface.index, now);
         }
         // Interfaces gone since are dropped, so an index used again counts from zero.
         self.last = last;
-        stats
+        each
     }
 }
 
@@ -83,6 +85,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
+    use crate::collect::total;
     use crate::host::{
         links::Interface,
         linkstats::Counters,
@@ -130,7 +133,7 @@ mod tests {
             link(2, false, (7, 700), (9, 900)),
             link(3, false, (4, 400), (2, 200)),
         ]);
-        assert_eq!(grown, stats(5, 500, 3, 300));
+        assert_eq!(total(&grown), stats(5, 500, 3, 300));
     }
 
     #[test]
@@ -141,7 +144,7 @@ mod tests {
         };
         traffic.advance(&[link(1, true, (10, 1000), (10, 1000))]);
         let grown = traffic.advance(&[link(1, true, (12, 1200), (12, 1200))]);
-        assert_eq!(grown, stats(2, 200, 2, 200));
+        assert_eq!(total(&grown), stats(2, 200, 2, 200));
     }
 
     #[test]
@@ -152,9 +155,9 @@ mod tests {
         };
         traffic.advance(&[link(2, false, (5_000, 9_000_000), (4_000, 8_000_000))]);
         let grown = traffic.advance(&[link(2, false, (3, 300), (4_001, 8_000_100))]);
-        assert_eq!(grown, stats(3, 300, 1, 100));
+        assert_eq!(total(&grown), stats(3, 300, 1, 100));
         let grown = traffic.advance(&[link(2, false, (4, 350), (4_001, 8_000_100))]);
-        assert_eq!(grown, stats(1, 50, 0, 0));
+        assert_eq!(total(&grown), stats(1, 50, 0, 0));
     }
 
     #[test]
@@ -166,14 +169,14 @@ mod tests {
         traffic.advance(&[link(2, false, (100, 10_000), (100, 10_000))]);
         // 5 appears with what it counted since its creation; 2 is gone.
         let grown = traffic.advance(&[link(5, false, (3, 300), (4, 400))]);
-        assert_eq!(grown, stats(3, 300, 4, 400));
+        assert_eq!(total(&grown), stats(3, 300, 4, 400));
         // A new interface given index 2 again starts from zero, not from the old one's
         // counters.
         let grown = traffic.advance(&[
             link(2, false, (150, 15_000), (1, 100)),
             link(5, false, (3, 300), (4, 400)),
         ]);
-        assert_eq!(grown, stats(150, 15_000, 1, 100));
+        assert_eq!(total(&grown), stats(150, 15_000, 1, 100));
     }
 
     /// Sends `count` Ethernet frames of `len` bytes out of `dev` through a packet socket: a
@@ -301,15 +304,18 @@ mod tests {
             let counted = without_loopback.collect().unwrap();
             let all = with_loopback.collect().unwrap();
 
-            assert_eq!(counted, grown(&before, &after, &["a0", "a1"]));
-            assert_eq!(all, grown(&before, &after, &["a0", "a1", "lo"]));
+            assert_eq!(total(&counted), grown(&before, &after, &["a0", "a1"]));
+            assert_eq!(total(&all), grown(&before, &after, &["a0", "a1", "lo"]));
             // What the test sent: each frame leaves a0 and enters a1; each datagram leaves
             // and enters loopback, which counts from the IPv4 header (28 bytes with UDP's):
             // it takes the Ethernet header off before counting.
-            assert_eq!(counted, stats(10, 1000, 10, 1000));
+            assert_eq!(total(&counted), stats(10, 1000, 10, 1000));
             let looped = 7 * (64 + 28);
-            assert_eq!(all, stats(17, 1000 + looped, 17, 1000 + looped));
-            assert_eq!(without_loopback.collect().unwrap(), stats(0, 0, 0, 0));
+            assert_eq!(total(&all), stats(17, 1000 + looped, 17, 1000 + looped));
+            assert_eq!(
+                total(&without_loopback.collect().unwrap()),
+                stats(0, 0, 0, 0)
+            );
         });
     }
 
@@ -322,8 +328,8 @@ mod tests {
             send_frames("b0", 4, 80);
             let first = traffic.collect().unwrap();
             let none = HashMap::new();
-            assert_eq!(first, grown(&none, &ip_stats(), &["b0", "b1"]));
-            assert_eq!(first, stats(4, 320, 4, 320));
+            assert_eq!(total(&first), grown(&none, &ip_stats(), &["b0", "b1"]));
+            assert_eq!(total(&first), stats(4, 320, 4, 320));
 
             // Counted since the previous report by a pair that is gone at the next.
             send_frames("b0", 5, 80);
@@ -331,8 +337,8 @@ mod tests {
             veth("c0", "c1");
             send_frames("c0", 6, 90);
             let second = traffic.collect().unwrap();
-            assert_eq!(second, grown(&none, &ip_stats(), &["c0", "c1"]));
-            assert_eq!(second, stats(6, 540, 6, 540));
+            assert_eq!(total(&second), grown(&none, &ip_stats(), &["c0", "c1"]));
+            assert_eq!(total(&second), stats(6, 540, 6, 540));
         });
     }
 }

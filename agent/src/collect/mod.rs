@@ -44,7 +44,7 @@ use crate::{
         programs::Attached,
     },
     report::{
-        CustomMetric, Interval,
+        CustomMetric, Interval, NetworkStats,
         catalog::{self, Metric},
     },
 };
@@ -70,6 +70,24 @@ pub struct SocketOptions {
     /// The most connections a report can list (`encode::most_connections`): collectors keep
     /// no more.
     pub most_listed: usize,
+}
+
+/// One interval's traffic on each interface, by index; [`traffic::OVERFLOW`] holds that of
+/// the interfaces the kernel's map had no room for.
+pub type ByInterface = Vec<(u32, NetworkStats)>;
+
+/// The traffic of every interface together.
+pub fn total(each: &[(u32, NetworkStats)]) -> NetworkStats {
+    let mut sum = NetworkStats::default();
+    for (_, stats) in each {
+        sum.add([
+            stats.bytes_in,
+            stats.packets_in,
+            stats.bytes_out,
+            stats.packets_out,
+        ]);
+    }
+    sum
 }
 
 /// How much each kernel counter grew over the interval.
@@ -329,12 +347,22 @@ impl Collectors {
     /// `gone` since. A failed read is logged and gives nothing: the kernel keeps counting,
     /// and the next interval carries what this one could not.
     pub fn collect(&mut self, counted: &HashSet<u32>, gone: &HashSet<u32>) -> Option<Interval> {
+        self.collect_each(counted, gone)
+            .map(|(interval, _)| interval)
+    }
+
+    /// As [`Self::collect`], with the interval's traffic on each interface.
+    pub fn collect_each(
+        &mut self,
+        counted: &HashSet<u32>,
+        gone: &HashSet<u32>,
+    ) -> Option<(Interval, ByInterface)> {
         let traffic = match &mut self.traffic {
             Traffic::Programs(programs) => programs.collect(counted, gone),
             Traffic::Links(links) => links.collect(),
         };
-        let network_stats = match traffic {
-            Ok(stats) => stats,
+        let each = match traffic {
+            Ok(each) => each,
             Err(err) => {
                 error!("{err:#}; this interval's traffic goes into the next report");
                 return None;
@@ -357,8 +385,8 @@ impl Collectors {
         }
         own.extend(self.device.collect());
         own.push(self.ladder.sources_metric());
-        Some(Interval {
-            network_stats,
+        let interval = Interval {
+            network_stats: total(&each),
             listening_tcp_ports: tcp.listening_tcp_ports,
             listening_udp_ports: udp.listening_udp_ports,
             tcp_connections: tcp.tcp_connections,
@@ -368,7 +396,8 @@ impl Collectors {
                 .iter()
                 .filter_map(|m| Some((m.name.clone(), m.read()?)))
                 .collect(),
-        })
+        };
+        Some((interval, each))
     }
 
     /// The sockets, from the programs where they follow them and else from sock_diag, and

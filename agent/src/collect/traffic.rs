@@ -8,12 +8,12 @@ use anyhow::{Context, Result};
 use log::warn;
 use tern_common::traffic::{IF_TRAFFIC_SLOTS, IfTraffic};
 
-use super::delta::Readings;
+use super::{ByInterface, delta::Readings};
 use crate::{kernel::maps::TrafficMaps, report::NetworkStats};
 
-/// The slot of `IF_TRAFFIC_BY_INDEX` that holds the traffic of interfaces that found the
+/// The slot of `IF_TRAFFIC_BY_INDEX` (and key of [`ByInterface`]) that holds the traffic of interfaces that found the
 /// hash map full; no interface has index 0.
-const OVERFLOW: u32 = 0;
+pub const OVERFLOW: u32 = 0;
 
 pub struct TrafficCollector {
     maps: TrafficMaps,
@@ -45,17 +45,19 @@ impl TrafficCollector {
         &mut self.readings
     }
 
-    /// Traffic since the previous call on the interfaces `counted` now and those `gone`
-    /// since (their last packets). Array slots are read for those interfaces only; their
+    /// Traffic since the previous call on each of the interfaces `counted` now and those
+    /// `gone` since (their last packets), and in the overflow slot. Array slots are read for those interfaces only; their
     /// readings are kept for good, so an index used again later continues from where its
     /// slot stands. Hash entries of interfaces no longer counted are removed from the kernel
     /// map once read. Nothing is recorded unless every read succeeds, so after an error the
     /// next call still counts this interval.
-    pub fn collect(&mut self, counted: &HashSet<u32>, gone: &HashSet<u32>) -> Result<NetworkStats> {
+    pub fn collect(&mut self, counted: &HashSet<u32>, gone: &HashSet<u32>) -> Result<ByInterface> {
         let read = self.read(&counted.union(gone).copied().collect())?;
-        let mut stats = NetworkStats::default();
+        let mut each = Vec::with_capacity(read.len());
         for &(key, fields) in &read {
+            let mut stats = NetworkStats::default();
             stats.add(self.readings.advance(key, fields));
+            each.push((key, stats));
         }
         let removed = read
             .iter()
@@ -68,7 +70,7 @@ impl TrafficCollector {
             }
             self.readings.forget(&ifindex);
         }
-        Ok(stats)
+        Ok(each)
     }
 }
 

@@ -42,6 +42,12 @@ impl Watch {
         }
     }
 
+    /// Whether the behaviour is in alarm.
+    #[cfg(feature = "watch")]
+    pub fn in_alarm(&self) -> bool {
+        self.in_alarm
+    }
+
     /// Judges one report's value of the metric (none when the report lacks it, which leaves
     /// the state as it is). A sum over a window still short of reports, or with a report that
     /// lacked the metric, can only grow: it is judged only where growing cannot make it

@@ -69,6 +69,14 @@ impl Detector {
             .map(|b| b.metric.as_str())
     }
 
+    /// Each behaviour, with whether it is in alarm.
+    #[cfg(feature = "watch")]
+    pub fn alarms(&self) -> impl Iterator<Item = (&behaviors::Behavior, bool)> {
+        self.watches
+            .iter()
+            .map(|(watch, _)| (&watch.behavior, watch.in_alarm()))
+    }
+
     /// Judges the interval's custom metrics not reported yet (metric and value so far: a
     /// count, or what a list holds so far) at `now`: the alarms they raise.
     pub fn judge_running(

@@ -1,13 +1,14 @@
-//! Output: where reports go, one per line on stdout or through the spool to an MQTT broker,
-//! and the violations of behaviours judged on the device, in the log and beside the
-//! reports: on stdout, or through the same spool to the broker's violations topic. Never
-//! collects.
+//! Output: where reports go, one per line on stdout (indented at a terminal) or through the
+//! spool to an MQTT broker, and the violations of behaviours judged on the device, in the log
+//! and beside the reports: on stdout, or through the same spool to the broker's violations
+//! topic. Never collects.
 
 pub mod mqtt;
 mod outbox;
+mod pretty;
 mod spool;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use anyhow::{Context, Result};
 use log::{info, warn};
@@ -21,15 +22,21 @@ use mqtt::Publisher;
 use outbox::Outbox;
 
 pub enum Output {
-    Stdout(Encoding),
+    /// Each report on one line, or indented where a person reads them.
+    Stdout(Encoding, Layout),
     Broker(Outbox, Publisher),
 }
 
 impl Output {
     /// Opens the spool and starts the publisher (the only other thread) when reports go to
     /// `broker`; returns it with the readings spooled with the newest report, read before
-    /// the publisher could deliver it. Runs after the privilege drop.
-    pub fn open(settings: &Settings, broker: Option<&Broker>) -> Result<(Self, Option<Vec<u8>>)> {
+    /// the publisher could deliver it. Runs after the privilege drop; `layout` was chosen
+    /// before it ([`Layout::of_stdout`]).
+    pub fn open(
+        settings: &Settings,
+        broker: Option<&Broker>,
+        layout: Layout,
+    ) -> Result<(Self, Option<Vec<u8>>)> {
         Ok(match broker {
             Some(broker) => {
                 let outbox = Outbox::open(&settings.state_dir, broker.spool_bytes);
@@ -40,7 +47,7 @@ impl Output {
                 let publisher = mqtt::start_publisher(outbox.shared(), settings, broker)?;
                 (Self::Broker(outbox, publisher), readings)
             }
-            None => (Self::Stdout(encoding(settings, usize::MAX)), None),
+            None => (Self::Stdout(encoding(settings, usize::MAX), layout), None),
         })
     }
 
@@ -48,7 +55,7 @@ impl Output {
     pub fn newest_spooled(&self) -> Option<u64> {
         match self {
             Self::Broker(outbox, _) => outbox.newest(),
-            Self::Stdout(_) => None,
+            Self::Stdout(..) => None,
         }
     }
 
@@ -68,8 +75,8 @@ impl Output {
                 outbox.push(report, readings, sent);
                 Ok(None)
             }
-            Self::Stdout(encoding) => {
-                let bytes = print(&report, encoding)?;
+            Self::Stdout(encoding, layout) => {
+                let bytes = print(&report, encoding, *layout)?;
                 sent();
                 Ok(Some(bytes))
             }
@@ -85,7 +92,7 @@ impl Output {
         }
         match self {
             Self::Broker(outbox, _) => outbox.push_violation(report_id, violation),
-            Self::Stdout(_) => {
+            Self::Stdout(..) => {
                 let mut out = std::io::stdout().lock();
                 out.write_all(violation.json_line().as_bytes())
                     .and_then(|()| out.write_all(b"\n"))
@@ -103,7 +110,7 @@ impl Output {
     pub fn publisher_health(&self) -> Option<mqtt::Health> {
         match self {
             Self::Broker(_, publisher) => Some(publisher.health()),
-            Self::Stdout(_) => None,
+            Self::Stdout(..) => None,
         }
     }
 
@@ -111,6 +118,26 @@ impl Output {
     pub fn close(self) {
         if let Self::Broker(_, publisher) = self {
             publisher.stop();
+        }
+    }
+}
+
+/// How reports are laid out on stdout.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One report a line, for a program.
+    Lines,
+    /// Indented, for a person at a terminal.
+    Indented,
+}
+
+impl Layout {
+    /// Indented when stdout is a terminal. Asked before the privilege drop: the main
+    /// process's system-call filter refuses the terminal's ioctl.
+    pub fn of_stdout() -> Self {
+        match std::io::stdout().is_terminal() {
+            true => Self::Indented,
+            false => Self::Lines,
         }
     }
 }
@@ -145,12 +172,13 @@ fn encode(report: &Report, encoding: &Encoding) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Writes one report on stdout; returns its encoded size.
-fn print(report: &Report, encoding: &Encoding) -> Result<usize> {
+/// Writes one report on stdout as `layout` says; returns its encoded size.
+fn print(report: &Report, encoding: &Encoding, layout: Layout) -> Result<usize> {
     let id = report.header.report_id;
     let bytes = encode(report, encoding)?;
     let mut out = std::io::stdout().lock();
     match encoding.format {
+        Format::Json if layout == Layout::Indented => out.write_all(&pretty::indent(&bytes)),
         Format::Json => out.write_all(&bytes),
         Format::Cbor => out.write_all(hex(&bytes).as_bytes()),
     }
