@@ -25,7 +25,7 @@ use crate::{
         object,
         pins::Pins,
         preflight,
-        programs::{Attached, LoadOptions, NewInterfaces, Programs},
+        programs::{AGENT_FILTERS, Attached, LoadOptions, NewInterfaces, Programs},
     },
     output::{self, Layout, Output, mqtt},
     process::{
@@ -125,6 +125,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             include_loopback: args.include_loopback,
             record_connections: args.interval_connections,
             pins,
+            filter_names: AGENT_FILTERS,
         })
     };
     let loaded = preflight::check().and_then(|()| match load(pins.clone()) {

@@ -9,7 +9,7 @@ use std::{
 };
 
 use serde_json::json;
-use tern_tests::{ADDR_A, DEV_A, LinkStats, Netns, Pair, Pane, TempDir, tern_bin, transfer};
+use tern_tests::{ADDR_A, DEV_A, LinkStats, Netns, Pair, Pane, TempDir, Tern, tern_bin, transfer};
 
 const WIDTH: u16 = 120;
 const HEIGHT: u16 = 40;
@@ -167,6 +167,29 @@ fn the_view_shows_the_traffic_listeners_and_connections_the_test_made_and_q_quit
     pane.keys(&["q"]);
     check_terminal_given_back(&pane, 0);
     drop((older, newer, clients, accepted));
+}
+
+#[test]
+fn a_view_beside_the_agent_leaves_the_agents_counts_whole() {
+    let pair = Pair::new();
+    let before = pair.a.link_stats(DEV_A);
+    let tern = Tern::start(&pair.a, &["--interval", "1"]);
+    let dir = TempDir::new("watch");
+    let pane = watch(&pair.a, &dir, &[]);
+    let (a, b) = pair.udp();
+    transfer(&b, &a, 300, 500);
+    pane.wait_for("the view's count", SHOWN, |s| {
+        shown_totals(s, DEV_A).is_some_and(|t| t.packets_in == 300)
+    });
+    pane.keys(&["q"]);
+    check_terminal_given_back(&pane, 0);
+    // Counted by the agent alone again, once the view let go of the interface.
+    transfer(&a, &b, 200, 300);
+    let stopped = tern.stop();
+    assert_eq!(stopped.code, Some(0), "{:?}", stopped.log);
+    let counted = LinkStats::reported(stopped.reports.iter());
+    assert_eq!(counted, pair.a.link_stats(DEV_A).since(before));
+    assert_eq!((counted.packets_in, counted.packets_out), (300, 200));
 }
 
 #[test]

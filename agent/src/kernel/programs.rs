@@ -85,7 +85,14 @@ pub struct LoadOptions {
     pub record_connections: bool,
     /// Where the maps that hold counts are pinned (adopted when they are there already).
     pub pins: Option<Pins>,
+    /// The names tern's netlink TC filters (kernels without TCX) carry, ingress then egress.
+    /// Filters outlive their process, and a tern removes those of its names as stale: the
+    /// agent's and the view's differ, so neither removes the other's.
+    pub filter_names: [&'static str; 2],
 }
+
+/// The agent's TC filter names: its programs' own.
+pub const AGENT_FILTERS: [&str; 2] = [names::TC_INGRESS, names::TC_EGRESS];
 
 /// TCX links (6.6+) die with their fds and need no capability once the program is loaded.
 pub fn tcx_available() -> bool {
@@ -126,6 +133,7 @@ pub struct Programs {
     /// Whether the TC programs loaded: interfaces are attached only then.
     traffic: bool,
     include_loopback: bool,
+    filter_names: [&'static str; 2],
     new_interfaces: NewInterfaces,
     attached: HashMap<u32, Attachment>,
     /// Interfaces already said to be left out, so each is logged once.
@@ -261,6 +269,7 @@ impl Programs {
             ebpf: Some(ebpf),
             traffic: traffic.is_ok(),
             include_loopback: options.include_loopback,
+            filter_names: options.filter_names,
             new_interfaces: NewInterfaces::Attach,
             attached: HashMap::new(),
             ignored: HashSet::new(),
@@ -426,7 +435,7 @@ impl Programs {
             added_clsact = tc::add_clsact(index).context("adding the clsact qdisc")?;
             // Legacy filters outlive their process: remove those a previous tern left.
             for hook in [Hook::Ingress, Hook::Egress] {
-                let name = tc_program(hook);
+                let name = self.filter_name(hook);
                 match tc::remove_filters(index, hook, name) {
                     Ok(0) => {}
                     Ok(_) => info!("removed a stale {name} filter from {}", interface.name),
@@ -460,10 +469,10 @@ impl Programs {
     }
 
     /// Attaches the program of `hook` to interface `index`: a TCX link where `tcx`, else a
-    /// netlink filter under the program's name (by which a later tern finds it stale).
+    /// netlink filter under its filter name (by which a later tern finds it stale).
     fn attach_hook(&mut self, index: u32, hook: Hook, tcx: bool) -> Result<TcLink> {
-        let name = tc_program(hook);
-        let program = self.program(name)?.fd()?.as_fd();
+        let name = self.filter_name(hook);
+        let program = self.program(tc_program(hook))?.fd()?.as_fd();
         match tcx {
             true => tc::attach_tcx(program, index, hook),
             false => tc::attach_filter(program, name, index, hook),
@@ -532,6 +541,16 @@ impl Drop for Programs {
 }
 
 /// The traffic program of `hook`.
+impl Programs {
+    /// The name of tern's netlink filter on `hook`.
+    fn filter_name(&self, hook: Hook) -> &'static str {
+        match hook {
+            Hook::Ingress => self.filter_names[0],
+            Hook::Egress => self.filter_names[1],
+        }
+    }
+}
+
 fn tc_program(hook: Hook) -> &'static str {
     match hook {
         Hook::Ingress => names::TC_INGRESS,

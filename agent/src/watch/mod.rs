@@ -54,6 +54,9 @@ const KEYS_EVERY: Duration = Duration::from_millis(100);
 /// The most connections a second's report keeps, for the remote addresses: the view's memory
 /// stays bounded however many sockets there are.
 const MOST_LISTED: usize = 65_536;
+/// The view's netlink TC filter names (kernels without TCX): not the agent's, so that a view
+/// and an agent on the same interfaces leave each other's filters alone.
+const FILTERS: [&str; 2] = ["w00", "w01"];
 /// How many of the log's newest lines the view shows.
 const LOG_LINES: usize = 2;
 
@@ -92,6 +95,7 @@ pub fn watch(args: &WatchArgs) -> Result<()> {
             include_loopback: args.include_loopback,
             record_connections: false,
             pins: None,
+            filter_names: FILTERS,
         })
     });
     let (programs, maps, attached) = or_without_ebpf(loaded);

@@ -39,7 +39,10 @@ pub struct View<'a> {
 pub fn draw(frame: &mut Frame, view: &View) {
     let seen = view.seen;
     let traffic_rows = u16::try_from(seen.interfaces.len() * 2).unwrap_or(u16::MAX);
-    let alarm_rows = u16::try_from(view.alarms.len().max(1)).unwrap_or(u16::MAX);
+    // Many behaviours leave the middle a quarter of the screen or more.
+    let alarm_rows = u16::try_from(view.alarms.len().max(1))
+        .unwrap_or(u16::MAX)
+        .min((frame.area().height / 4).saturating_sub(2).max(1));
     let [title, sources, traffic, middle, alarms, log, keys] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(2),
@@ -215,7 +218,11 @@ fn draw_signals(frame: &mut Frame, area: Rect, seen: &Seen) {
 }
 
 fn draw_alarms(frame: &mut Frame, area: Rect, view: &View) {
-    let block = Block::bordered().title(" behaviours ");
+    let raised = view.alarms.iter().filter(|a| a.in_alarm).count();
+    let block = Block::bordered().title(match view.alarms.len() {
+        0 => " behaviours ".to_owned(),
+        all => format!(" behaviours: {raised} of {all} in alarm "),
+    });
     if view.alarms.is_empty() {
         frame.render_widget(
             Paragraph::new("none given (a behaviours file in the configuration is judged here)")
@@ -224,23 +231,31 @@ fn draw_alarms(frame: &mut Frame, area: Rect, view: &View) {
         );
         return;
     }
-    let rows = view.alarms.iter().map(|a| {
-        let state = match a.in_alarm {
-            true => Cell::from("IN ALARM").red().bold(),
-            false => Cell::from("normal").green(),
-        };
-        Row::new([
-            Cell::from(clean(&a.behavior)),
-            Cell::from(a.metric.clone()),
-            state,
-            Cell::from(a.changed.clone().unwrap_or_default()),
-        ])
-    });
+    // Those in alarm first, so a screen too short for all still shows them.
+    let alarms = view.alarms.iter().filter(|a| a.in_alarm);
+    let rows = alarms
+        .chain(view.alarms.iter().filter(|a| !a.in_alarm))
+        .map(|a| {
+            let state = match a.in_alarm {
+                true => Cell::from("IN ALARM").red().bold(),
+                false => Cell::from("normal").green(),
+            };
+            Row::new([
+                Cell::from(clean(&a.behavior)),
+                Cell::from(a.metric.clone()),
+                state,
+                Cell::from(a.changed.clone().unwrap_or_default()),
+            ])
+        });
+    let widest = |of: fn(&Alarm) -> &str, most: usize| {
+        let widest = view.alarms.iter().map(|a| of(a).chars().count()).max();
+        Constraint::Length(u16::try_from(widest.unwrap_or(0).min(most)).unwrap_or(0))
+    };
     let widths = [
-        Constraint::Fill(1),
-        Constraint::Fill(2),
+        widest(|a| &a.behavior, 28),
+        widest(|a| &a.metric, 36),
         Constraint::Length(8),
-        Constraint::Fill(2),
+        Constraint::Fill(1),
     ];
     frame.render_widget(Table::new(rows, widths).block(block), area);
 }
