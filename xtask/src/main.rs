@@ -234,39 +234,26 @@ fn as_some_user(command: &mut Command, args: &[String]) {
 fn test() -> Result<()> {
     setup::run()?;
     status(cmd("cargo", &["fmt", "--all", "--", "--check"]))?;
-    status(cmd(
-        "cargo",
-        &[
-            "clippy",
-            "--all-targets",
-            "--package",
-            "tern",
-            "--package",
-            "tern-common",
-            "--package",
-            "xtask",
-            "--package",
-            "tern-tests",
-            "--features",
-            "tern/watch",
-            "--",
-            "-D",
-            "warnings",
-        ],
-    ))?;
+    let clippy = |selected: &[&str]| {
+        let mut args = vec!["clippy", "--all-targets"];
+        args.extend_from_slice(selected);
+        args.extend(["--", "-D", "warnings"]);
+        status(cmd("cargo", &args))
+    };
+    clippy(&[
+        "--package",
+        "tern",
+        "--package",
+        "tern-common",
+        "--package",
+        "xtask",
+        "--package",
+        "tern-tests",
+        "--features",
+        "tern/watch",
+    ])?;
     // The deployed agent alone too: nothing in it may be there only for the view.
-    status(cmd(
-        "cargo",
-        &[
-            "clippy",
-            "--all-targets",
-            "--package",
-            "tern",
-            "--",
-            "-D",
-            "warnings",
-        ],
-    ))?;
+    clippy(&["--package", "tern"])?;
     // The kernel tests run the view too; the agent's code is the same in both builds.
     let tern = build_agent(Build::WithView)?;
     status(cmd(

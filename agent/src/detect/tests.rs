@@ -6,22 +6,13 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::*;
-use crate::report::{Metrics, Port, PortList, catalog::Selection};
+use crate::report::{Metrics, PortList, catalog::Selection};
 
 fn report(ports: &[u16]) -> Report {
     Report::new(
         1,
         Metrics {
-            listening_tcp_ports: Some(PortList {
-                ports: ports
-                    .iter()
-                    .map(|&port| Port {
-                        port,
-                        interface: None,
-                    })
-                    .collect(),
-                total: ports.len() as u64,
-            }),
+            listening_tcp_ports: Some(PortList::wildcards(ports)),
             ..Default::default()
         },
     )

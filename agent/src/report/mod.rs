@@ -125,6 +125,23 @@ pub struct PortList {
     pub total: u64,
 }
 
+#[cfg(test)]
+impl PortList {
+    /// `ports`, each bound to every address.
+    pub fn wildcards(ports: &[u16]) -> Self {
+        Self {
+            ports: ports
+                .iter()
+                .map(|&port| Port {
+                    port,
+                    interface: None,
+                })
+                .collect(),
+            total: ports.len() as u64,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Port {
     pub port: u16,

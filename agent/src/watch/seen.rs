@@ -279,16 +279,7 @@ mod tests {
         let mut report = Report::new(
             1,
             Metrics {
-                listening_tcp_ports: Some(PortList {
-                    ports: ports
-                        .iter()
-                        .map(|&port| Port {
-                            port,
-                            interface: None,
-                        })
-                        .collect(),
-                    total: ports.len() as u64,
-                }),
+                listening_tcp_ports: Some(PortList::wildcards(ports)),
                 tcp_connections: Some(TcpConnections {
                     established_connections: Connections {
                         connections: remotes
