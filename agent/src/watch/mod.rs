@@ -80,7 +80,15 @@ enum End {
     TooSmall(u16, u16),
 }
 
+/// Runs the view until it ends; what tern logged meanwhile then goes to stderr, where the
+/// error that ended it, if any, follows.
 pub fn watch(args: &WatchArgs) -> Result<()> {
+    let watched = view(args);
+    log::release();
+    watched
+}
+
+fn view(args: &WatchArgs) -> Result<()> {
     if !std::io::stdout().is_terminal() {
         bail!(
             "tern watch draws on a terminal and stdout is not one; for reports a program \
@@ -113,14 +121,22 @@ pub fn watch(args: &WatchArgs) -> Result<()> {
         args.include_loopback,
         settings.metrics.clone(),
     )?;
-    let (mut programs, link_child_pid, (mut collectors, mut links)) =
+    let (programs, link_child_pid, (collectors, links)) =
         fork_link_child(child, programs, &account, (collectors, links))?;
     process::drop_to(&account, &process::main_process_keeps())?;
-    let mut detector = settings
-        .detection
-        .as_ref()
-        .map(|d| d.detector(settings.interval));
-    let mut terminal = ratatui::try_init().context("taking the terminal for the view")?;
+    let mut watched = Watched {
+        collectors,
+        programs,
+        links,
+        names,
+        named,
+        detector: settings
+            .detection
+            .as_ref()
+            .map(|d| d.detector(settings.interval)),
+        so_far: None,
+        judged_at: Instant::now(),
+    };
     let mut state = State {
         seen: Seen::default(),
         order: Order::default(),
@@ -128,20 +144,11 @@ pub fn watch(args: &WatchArgs) -> Result<()> {
         alarms: Vec::new(),
         interval: settings.interval,
     };
-    state.judge(detector.as_mut(), &[]);
-    let mut watched = Watched {
-        collectors: &mut collectors,
-        programs: &mut programs,
-        links: &mut links,
-        names: &mut names,
-        named: &mut named,
-        detector: detector.as_mut(),
-        so_far: None,
-        judged_at: Instant::now(),
-    };
-    let ended = show(&mut terminal, &mut state, &mut watched);
+    state.judge(watched.detector.as_ref(), &[]);
+    let ended = ratatui::try_init()
+        .context("taking the terminal for the view")
+        .and_then(|mut terminal| show(&mut terminal, &mut state, &mut watched));
     let restored = ratatui::try_restore().context("giving the terminal back");
-    log::release();
     if let Some(pid) = link_child_pid {
         link_child::stop(pid);
     }
@@ -166,13 +173,14 @@ struct State {
 }
 
 /// What the view collects from and judges with.
-struct Watched<'a> {
-    collectors: &'a mut Collectors,
-    programs: &'a mut Option<Programs>,
-    links: &'a mut LinkWatch,
-    names: &'a mut LinkWatch,
-    named: &'a mut HashMap<u32, String>,
-    detector: Option<&'a mut Detector>,
+struct Watched {
+    collectors: Collectors,
+    programs: Option<Programs>,
+    /// Link changes for the programs, and for the interfaces' names.
+    links: LinkWatch,
+    names: LinkWatch,
+    named: HashMap<u32, String>,
+    detector: Option<Detector>,
     /// The seconds since the behaviours were last judged, folded into one report.
     so_far: Option<Report>,
     judged_at: Instant,
@@ -246,14 +254,14 @@ fn show(terminal: &mut DefaultTerminal, state: &mut State, watched: &mut Watched
         if let Some(report) = watched.second(state, elapsed) {
             let due = watched.judged_at.elapsed().as_secs() >= state.interval;
             let events = watched.judge(report, due);
-            state.judge(watched.detector.as_deref_mut(), &events);
+            state.judge(watched.detector.as_ref(), &events);
         }
         // A paused view still collects, so its totals and minute stay whole.
         draw = !state.paused;
     }
 }
 
-impl Watched<'_> {
+impl Watched {
     /// Follows link changes and collects the last second into `state`; returns the second's
     /// report.
     fn second(&mut self, state: &mut State, elapsed: Duration) -> Option<Report> {
@@ -266,7 +274,7 @@ impl Watched<'_> {
             Err(err) => ::log::error!("reading link changes: {err:#}"),
         }
         match self.names.changes() {
-            Ok(events) => name(self.named, events),
+            Ok(events) => name(&mut self.named, events),
             Err(err) => ::log::error!("reading link changes: {err:#}"),
         }
         let counted: HashSet<u32> = self.programs.iter().flat_map(Programs::counted).collect();
@@ -277,14 +285,14 @@ impl Watched<'_> {
             programs.clear_gone();
         }
         let report = interval.into_report(state.seen.seconds + 1, &Selection::All);
-        state.seen.take(&report, &each, self.named, elapsed);
+        state.seen.take(&report, &each, &self.named, elapsed);
         Some(report)
     }
 
     /// Folds the second's `report` into the interval's so far and judges the behaviours: on
     /// the whole interval when it is `due`, else on what can only grow until then.
     fn judge(&mut self, report: Report, due: bool) -> Vec<Violation> {
-        let Some(detector) = self.detector.as_deref_mut() else {
+        let Some(detector) = self.detector.as_mut() else {
             return Vec::new();
         };
         let mut folded = report;
@@ -318,7 +326,7 @@ impl Watched<'_> {
 
 impl State {
     /// Takes the behaviours' alarms from `detector`, with when `events` changed them.
-    fn judge(&mut self, detector: Option<&mut Detector>, events: &[Violation]) {
+    fn judge(&mut self, detector: Option<&Detector>, events: &[Violation]) {
         let Some(detector) = detector else {
             return;
         };
