@@ -32,7 +32,10 @@ use crate::{
         Detector,
         violation::{EventType, Violation},
     },
-    host::links::{LinkEvent, LinkWatch},
+    host::{
+        descriptors,
+        links::{LinkEvent, LinkWatch},
+    },
     kernel::{
         preflight,
         programs::{LoadOptions, Programs},
@@ -94,6 +97,10 @@ fn view(args: &WatchArgs) -> Result<()> {
             "tern watch draws on a terminal and stdout is not one; for reports a program \
              reads, use tern run --output stdout"
         );
+    }
+    // As `run`: nothing the starting process left open reaches the account the view drops to.
+    if let Err(err) = descriptors::close_inherited() {
+        ::log::warn!("{err:#}; descriptors tern inherited stay open");
     }
     let (settings, account) = config::load(&args.config)?;
     stop::install()?;
