@@ -42,6 +42,14 @@ impl Violation {
         serde_json::to_string(&Line { violation: self }).unwrap_or_default()
     }
 
+    /// Logs the event in words: a warning when it raises an alarm.
+    pub fn log(&self) {
+        match self.violation_event_type {
+            EventType::InAlarm => log::warn!("{}", self.log_line()),
+            EventType::AlarmCleared => log::info!("{}", self.log_line()),
+        }
+    }
+
     /// The event in words, for the log.
     pub fn log_line(&self) -> String {
         let name = self.behavior["name"].as_str().unwrap_or_default();

@@ -11,11 +11,11 @@ mod spool;
 use std::io::{IsTerminal, Write};
 
 use anyhow::{Context, Result};
-use log::{info, warn};
+use log::info;
 
 use crate::{
     config::{Broker, Settings},
-    detect::violation::{EventType, Violation},
+    detect::violation::Violation,
     report::{Encoded, Encoding, Format, Report},
 };
 use mqtt::Publisher;
@@ -86,10 +86,7 @@ impl Output {
     /// Logs `violation`, judged on report `report_id`, in one line, and prints it on stdout
     /// as one JSON line of its own, `{"violation": {...}}`, or spools it for the broker.
     pub fn violation(&mut self, report_id: u64, violation: &Violation) -> Result<()> {
-        match violation.violation_event_type {
-            EventType::InAlarm => warn!("{}", violation.log_line()),
-            EventType::AlarmCleared => info!("{}", violation.log_line()),
-        }
+        violation.log();
         match self {
             Self::Broker(outbox, _) => outbox.push_violation(report_id, violation),
             Self::Stdout(..) => {

@@ -8,6 +8,7 @@
 //! child, then drops to the configured account before it draws anything; it goes without
 //! run's system-call filter, which does not allow the terminal library's calls.
 
+mod alarms;
 mod log;
 mod screen;
 mod seen;
@@ -28,10 +29,7 @@ use crate::{
     agent::{follow_links, fork_link_child, or_without_ebpf},
     collect::{Collectors, SocketOptions},
     config::{self, ConfigArgs},
-    detect::{
-        Detector,
-        violation::{EventType, Violation},
-    },
+    detect::{Detector, violation::Violation},
     host::{
         descriptors,
         links::{LinkEvent, LinkWatch},
@@ -46,8 +44,9 @@ use crate::{
         catalog::{self, Selection},
     },
 };
+use alarms::Alarm;
 pub use log::Kept as LogLines;
-use screen::{Alarm, SMALLEST, View};
+use screen::{SMALLEST, View};
 use seen::{Order, Seen};
 
 /// How often the view collects and redraws.
@@ -151,7 +150,9 @@ fn view(args: &WatchArgs) -> Result<()> {
         alarms: Vec::new(),
         interval: settings.interval,
     };
-    state.judge(watched.detector.as_ref(), &[]);
+    if let Some(detector) = &watched.detector {
+        alarms::update(&mut state.alarms, detector, &[]);
+    }
     let ended = ratatui::try_init()
         .context("taking the terminal for the view")
         .and_then(|mut terminal| show(&mut terminal, &mut state, &mut watched));
@@ -261,7 +262,9 @@ fn show(terminal: &mut DefaultTerminal, state: &mut State, watched: &mut Watched
         if let Some(report) = watched.second(state, elapsed) {
             let due = watched.judged_at.elapsed().as_secs() >= state.interval;
             let events = watched.judge(report, due);
-            state.judge(watched.detector.as_ref(), &events);
+            if let Some(detector) = &watched.detector {
+                alarms::update(&mut state.alarms, detector, &events);
+            }
         }
         // A paused view still collects, so its totals and minute stay whole.
         draw = !state.paused;
@@ -321,53 +324,8 @@ impl Watched {
             self.so_far = Some(folded);
             events
         };
-        for event in &events {
-            match event.violation_event_type {
-                EventType::InAlarm => ::log::warn!("{}", event.log_line()),
-                EventType::AlarmCleared => ::log::info!("{}", event.log_line()),
-            }
-        }
+        events.iter().for_each(Violation::log);
         events
-    }
-}
-
-impl State {
-    /// Takes the behaviours' alarms from `detector`, with when `events` changed them.
-    fn judge(&mut self, detector: Option<&Detector>, events: &[Violation]) {
-        let Some(detector) = detector else {
-            return;
-        };
-        let mut changed: HashMap<String, String> = self
-            .alarms
-            .iter_mut()
-            .filter_map(|a| Some((a.behavior.clone(), a.changed.take()?)))
-            .collect();
-        for event in events {
-            let Some(name) = event.behavior.get("name").and_then(|n| n.as_str()) else {
-                continue;
-            };
-            let what = match event.violation_event_type {
-                EventType::InAlarm => "raised",
-                EventType::AlarmCleared => "cleared",
-            };
-            changed.insert(
-                name.to_owned(),
-                format!(
-                    "{what} {} at {}",
-                    serde_json::to_string(&event.metric_value).unwrap_or_default(),
-                    clock(event.violation_event_time)
-                ),
-            );
-        }
-        self.alarms = detector
-            .alarms()
-            .map(|(behavior, in_alarm)| Alarm {
-                behavior: behavior.name.clone(),
-                metric: behavior.metric.clone(),
-                in_alarm,
-                changed: changed.remove(&behavior.name),
-            })
-            .collect();
     }
 }
 
@@ -382,21 +340,5 @@ fn name(named: &mut HashMap<u32, String>, events: Vec<LinkEvent>) {
                 named.remove(&index);
             }
         }
-    }
-}
-
-/// The time of day, in UTC, of `seconds` since the epoch.
-fn clock(seconds: u64) -> String {
-    let day = seconds % 86_400;
-    format!("{:02}:{:02}:{:02}", day / 3600, day / 60 % 60, day % 60)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_clock_is_the_time_of_day() {
-        assert_eq!(clock(86_400 * 3 + 3_600 * 13 + 60 * 4 + 5), "13:04:05");
     }
 }

@@ -10,20 +10,14 @@ use ratatui::{
     widgets::{Block, Cell, Paragraph, Row, Table, Wrap},
 };
 
-use super::seen::{Interface, MINUTE, Order, Seen, clean};
+use super::{
+    alarms::Alarm,
+    seen::{Interface, MINUTE, Order, Seen, clean},
+};
 use crate::report::catalog;
 
 /// The smallest terminal the view is drawn in.
 pub const SMALLEST: (u16, u16) = (80, 24);
-
-/// One behaviour's alarm.
-pub struct Alarm {
-    pub behavior: String,
-    pub metric: String,
-    pub in_alarm: bool,
-    /// The last change, as the view says it ("raised at 12:03:04: 5").
-    pub changed: Option<String>,
-}
 
 /// Everything one drawing shows.
 pub struct View<'a> {
